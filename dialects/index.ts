@@ -1,0 +1,31 @@
+import type { Knex } from 'knex'
+import type { Dialect } from './dialect.js'
+import { mysqlDialect } from './mysql.js'
+import { postgresDialect } from './postgres.js'
+import { sqliteDialect } from './sqlite.js'
+
+export type { AcquireRequest, Dialect, DialectName, NativeSupport } from './dialect.js'
+export { acquireEmulated } from './emulated.js'
+
+// Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',
+// better-sqlite3 → 'sqlite3', pg-native → 'postgresql').
+const registry: Readonly<Record<string, Dialect>> = {
+  postgresql: postgresDialect,
+  sqlite3: sqliteDialect,
+  mysql: mysqlDialect,
+}
+
+/** The knex dialect name of a knex instance, or `undefined` if it is not one. */
+export function knexDialectName(knex: Knex): string | undefined {
+  const dialect: unknown = (knex as { client?: { dialect?: unknown } }).client?.dialect
+  return typeof dialect === 'string' ? dialect : undefined
+}
+
+/** The dialect for a knex instance, or `undefined` when its database is not supported. */
+export function findDialect(knex: Knex): Dialect | undefined {
+  const name = knexDialectName(knex)
+  return name !== undefined && Object.hasOwn(registry, name) ? registry[name] : undefined
+}
+
+/** The knex client names that are supported, for error messages. */
+export const supportedKnexClients: readonly string[] = ['pg', 'better-sqlite3', 'sqlite3', 'mysql2', 'mysql']

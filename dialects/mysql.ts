@@ -1,0 +1,59 @@
+import type { Knex } from 'knex'
+import { errorCode, nowBinding, type AcquireRequest, type Dialect, type NativeSupport } from './dialect.js'
+
+// LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
+// `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
+// inserted or took over reports 0. Unlike affectedRows this does not depend on the connection's
+// CLIENT_FOUND_ROWS flag (mysql2 sets it by default, and then "refused" and "inserted" both
+// report 1), and unlike RETURNING it is plain MySQL that MariaDB runs the same way.
+const REFUSED_MARKER = 1
+
+function errno(error: unknown): unknown {
+  return typeof error === 'object' && error !== null ? (error as { errno?: unknown }).errno : undefined
+}
+
+/** MySQL and MariaDB through `mysql2` (or `mysql`). */
+export const mysqlDialect: Dialect = {
+  name: 'mysql',
+  // UNIX_TIMESTAMP(NOW(3)) converts local time back to UTC and is off by an hour around a DST
+  // change; the difference of two UTC datetimes is plain calendar arithmetic.
+  nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
+  maxBindings: 65_535,
+
+  async nativeSupport(knex: Knex): Promise<NativeSupport> {
+    const [rows] = (await knex.raw('SELECT VERSION() AS version')) as [Array<{ version: string }>]
+    const version = rows[0]?.version ?? 'unknown'
+    const server = /mariadb/i.test(version) ? `MariaDB ${version}` : `MySQL ${version}`
+    // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
+    return { supported: true, server, reason: '' }
+  },
+
+  async acquireNative(knex: Knex, r: AcquireRequest): Promise<boolean> {
+    const now = nowBinding(knex, mysqlDialect, r.nowMs)
+    // MySQL assigns left to right and later assignments see earlier ones, so the token is
+    // decided first and the other columns follow only if the token became ours. Any other order
+    // compares against half-updated values and corrupts the row.
+    const [header] = (await knex.raw(
+      `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ?)
+       ON DUPLICATE KEY UPDATE
+         token = IF(last_renewed_ts + ? < ? OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
+         instance_name = IF(token = ?, ?, instance_name),
+         last_renewed_ts = IF(token = ?, ?, last_renewed_ts)`,
+      [
+        r.table, r.name, r.key, r.instanceName, r.token, now,
+        r.lockTimeoutMs, now, r.instanceName, r.token,
+        r.token, r.instanceName,
+        r.token, now,
+      ],
+    )) as [{ insertId: number | string }]
+    return Number(header.insertId) !== REFUSED_MARKER
+  },
+
+  // InnoDB's REPEATABLE READ takes gap locks on the delete of a missing key, and concurrent
+  // attempts on a new key then deadlock (1213) most of the time; READ COMMITTED takes none.
+  emulatedTransaction: { isolationLevel: 'read committed' },
+
+  isUniqueViolation: (error) => errno(error) === 1062 || errorCode(error) === 'ER_DUP_ENTRY',
+  // 1213 ER_LOCK_DEADLOCK: InnoDB rolled this transaction back to let another one proceed.
+  isTransientConflict: (error) => errno(error) === 1213 || errorCode(error) === 'ER_LOCK_DEADLOCK',
+}

@@ -1,0 +1,33 @@
+import type { Knex } from 'knex'
+import { acquireOnConflict } from './on-conflict.js'
+import { errorCode, type AcquireRequest, type Dialect, type NativeSupport } from './dialect.js'
+
+// INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
+const MIN_NATIVE_VERSION_NUM = 90500
+
+/** PostgreSQL through `pg`. */
+export const postgresDialect: Dialect = {
+  name: 'postgres',
+  // clock_timestamp() rather than now(): now() is frozen at the start of the caller's
+  // transaction, which may be long open. numeric epoch (PostgreSQL 14+) keeps milliseconds exact.
+  nowSql: "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint",
+  maxBindings: 65_535,
+
+  async nativeSupport(knex: Knex): Promise<NativeSupport> {
+    const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
+    const row = result.rows[0] as { num: string; version: string }
+    const supported = Number(row.num) >= MIN_NATIVE_VERSION_NUM
+    return { supported, server: `PostgreSQL ${row.version}`, reason: supported ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later' }
+  },
+
+  acquireNative: (knex: Knex, request: AcquireRequest) =>
+    acquireOnConflict(knex, postgresDialect, request, (result) => (result as { rows: unknown[] }).rows),
+
+  // READ COMMITTED whatever the server's default: at REPEATABLE READ or SERIALIZABLE the losers
+  // of a race fail with 40001 instead of seeing the winner's row.
+  emulatedTransaction: { isolationLevel: 'read committed' },
+
+  isUniqueViolation: (error) => errorCode(error) === '23505',
+  // 40001 serialization_failure, 40P01 deadlock_detected
+  isTransientConflict: (error) => errorCode(error) === '40001' || errorCode(error) === '40P01',
+}

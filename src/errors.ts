@@ -1,0 +1,51 @@
+/** Stable codes carried by every {@link LockError}; safe to switch on. */
+export type LockErrorCode =
+  | 'INVALID_LOCK_NAME'
+  | 'UNSUPPORTED_DATABASE'
+  | 'STORE_CLOSED'
+  | 'DATABASE_ERROR'
+
+/**
+ * Base class of every error worker-locks raises itself. `code` is stable across versions;
+ * messages are for people and may change. Option mistakes are reported as the built-in
+ * `TypeError`/`RangeError` instead, like any misuse of a JavaScript API.
+ */
+export class LockError extends Error {
+  /** Which kind of failure this is. */
+  readonly code: LockErrorCode
+
+  constructor(code: LockErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.code = code
+    this.name = new.target.name
+  }
+}
+
+/** A lock name or key is not a string, is empty (names only), too long, or holds a NUL or a lone surrogate. */
+export class InvalidLockNameError extends LockError {
+  constructor(message: string) {
+    super('INVALID_LOCK_NAME', message)
+  }
+}
+
+/** The knex client is not one worker-locks supports, or the requested strategy cannot run on this server. */
+export class UnsupportedDatabaseError extends LockError {
+  constructor(message: string) {
+    super('UNSUPPORTED_DATABASE', message)
+  }
+}
+
+/** The store was closed; it acquires nothing more. */
+export class LockStoreClosedError extends LockError {
+  constructor() {
+    super('STORE_CLOSED', 'This LockStore has been closed; create a new one to acquire locks again.')
+  }
+}
+
+/** The database failed a statement for a reason other than contention. The driver's error is `cause`. */
+export class LockDatabaseError extends LockError {
+  constructor(message: string, cause: unknown) {
+    const detail = cause instanceof Error ? cause.message : String(cause)
+    super('DATABASE_ERROR', `${message}: ${detail}`, { cause })
+  }
+}

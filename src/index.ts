@@ -1,0 +1,11 @@
+export { LockStore, type Strategy } from './lock-store.js'
+export { Lock } from './lock.js'
+export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
+export {
+  LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError,
+  type LockErrorCode,
+} from './errors.js'
+export type { Logger, LogLevel } from './logger.js'
+export { MAX_NAME_LENGTH, type LockStoreOptions, type ClockOption, type StrategyOption } from './validate.js'
+export { createLockTable, dropLockTable, migrationsDirectory, type LockTableOptions } from './schema.js'
+export type { DialectName } from '../dialects/index.js'

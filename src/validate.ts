@@ -1,0 +1,173 @@
+import type { Clock } from './clock.js'
+import { InvalidLockNameError } from './errors.js'
+import type { Logger } from './logger.js'
+
+/**
+ * The longest lock name, lock key or instance name, in Unicode code points. 255 code points of
+ * UTF-8 fit InnoDB's key limit for the two-column primary key on MySQL/MariaDB; the same limit
+ * applies on every database so that code moves between them unchanged.
+ */
+export const MAX_NAME_LENGTH = 255
+
+// Longest identifier PostgreSQL keeps (63 bytes); MySQL allows 64, SQLite more.
+const TABLE_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
+
+/** Milliseconds setTimeout can wait for; longer delays fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1
+
+/** The lock table's name when none is given. */
+export const DEFAULT_TABLE_NAME = 'worker_locks'
+
+/** Returns `value` if it is a plain SQL identifier; throws a TypeError naming `what` otherwise. */
+export function validateTableName(value: unknown, what: string): string {
+  if (typeof value !== 'string' || !TABLE_NAME_PATTERN.test(value)) {
+    throw new TypeError(
+      `${what} must be 1 to 63 letters, digits and underscores, not starting with a digit, got ${typeof value === 'string' ? JSON.stringify(value) : describe(value)}.`,
+    )
+  }
+  return value
+}
+
+function describe(value: unknown): string {
+  if (typeof value === 'string') return `a string of length ${value.length}`
+  if (value === null) return 'null'
+  return typeof value === 'number' ? `the number ${String(value)}` : `a value of type ${typeof value}`
+}
+
+/** Why `value` is not an acceptable name string, or `undefined` when it is. */
+function nameProblem(value: unknown, allowEmpty: boolean): string | undefined {
+  if (typeof value !== 'string') return `must be a string, got ${describe(value)}`
+  if (!allowEmpty && value.length === 0) return 'must not be empty'
+  if (value.includes('\0')) return 'must not contain NUL characters (U+0000)'
+  // A lone surrogate cannot be stored as UTF-8; databases would turn it into U+FFFD and two
+  // different strings would become one lock.
+  if (!value.isWellFormed()) return 'must be well-formed Unicode (it contains a lone surrogate)'
+  const codePoints = value.length <= MAX_NAME_LENGTH ? value.length : [...value].length
+  if (codePoints > MAX_NAME_LENGTH) return `must be at most ${MAX_NAME_LENGTH} characters, got ${codePoints}`
+  return undefined
+}
+
+/** Throws {@link InvalidLockNameError} unless `name` and `key` identify a lock. */
+export function validateLockId(name: unknown, key: unknown): asserts name is string {
+  const nameError = nameProblem(name, false)
+  if (nameError) throw new InvalidLockNameError(`Lock name ${nameError}.`)
+  const keyError = nameProblem(key, true)
+  if (keyError) throw new InvalidLockNameError(`Lock key ${keyError}.`)
+}
+
+/** How a store gets `now`: from the database, from `Date.now()`, or from a {@link Clock}. */
+export type ClockOption = 'database' | 'local' | Clock
+
+/** Which acquire statement a store uses; `auto` picks native where the server supports it. */
+export type StrategyOption = 'auto' | 'native' | 'emulated'
+
+/** Options of `new LockStore(knex, options)`. */
+export interface LockStoreOptions {
+  /**
+   * Who this store is. A store takes over, at once, locks whose row carries its own instance
+   * name: give a restarted worker the name of the one it replaces (its hostname, a pod name) to
+   * reclaim that worker's locks without waiting for them to time out. Two live stores must never
+   * share a name, or each may take the other's locks.
+   * @default a random name made for each store, so a restarted process waits `lockTimeoutMs`
+   * for its predecessor's locks
+   */
+  instanceName?: string
+  /** The lock table, created by the shipped migrations. @default 'worker_locks' */
+  tableName?: string
+  /** A lock whose row has not been renewed for this long may be taken by another worker. @default 120_000 */
+  lockTimeoutMs?: number
+  /** How often held locks are renewed; must be less than `lockTimeoutMs`. @default 30_000 */
+  renewalIntervalMs?: number
+  /** Which acquire statement to use. @default 'auto' */
+  strategy?: StrategyOption
+  /**
+   * Where `now` comes from. `'database'` reads the database server's clock in each statement, so
+   * workers with wrong clocks still agree; `'local'` uses `Date.now()`; a {@link Clock} drives
+   * both `now` and the store's timers (see `ManualClock`).
+   * @default 'database'
+   */
+  clock?: ClockOption
+  /** Receives renewal failures, lost and leaked locks. @default silent */
+  logger?: Logger
+}
+
+/** Options with every default filled in. */
+export interface ResolvedOptions {
+  readonly instanceName: string | undefined
+  readonly tableName: string
+  readonly lockTimeoutMs: number
+  readonly renewalIntervalMs: number
+  readonly strategy: StrategyOption
+  readonly clock: ClockOption
+  readonly logger: Logger | undefined
+}
+
+const OPTION_NAMES: ReadonlySet<string> = new Set([
+  'instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger',
+])
+
+function positiveInteger(option: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value)) {
+    throw new TypeError(`LockStore option ${option} must be an integer number of milliseconds, got ${describe(value)}.`)
+  }
+  if (value <= 0 || value > MAX_TIMER_MS) {
+    throw new RangeError(`LockStore option ${option} must be between 1 and ${MAX_TIMER_MS} milliseconds, got ${value}.`)
+  }
+  return value
+}
+
+function isClock(value: unknown): value is Clock {
+  const c = value as Partial<Clock> | null
+  return typeof c === 'object' && c !== null && typeof c.now === 'function'
+    && typeof c.setTimeout === 'function' && typeof c.clearTimeout === 'function'
+}
+
+/** Checks every option and fills in the defaults; throws TypeError/RangeError naming the problem. */
+export function resolveOptions(options: unknown): ResolvedOptions {
+  if (options === undefined) options = {}
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new TypeError(`LockStore options must be an object, got ${describe(options)}.`)
+  }
+  const o = options as Record<string, unknown>
+  for (const name of Object.keys(o)) {
+    if (!OPTION_NAMES.has(name)) {
+      throw new TypeError(`Unknown LockStore option ${JSON.stringify(name)}; known options are ${[...OPTION_NAMES].join(', ')}.`)
+    }
+  }
+
+  let instanceName: string | undefined
+  if (o.instanceName !== undefined) {
+    const problem = nameProblem(o.instanceName, false)
+    if (problem) throw new TypeError(`LockStore option instanceName ${problem}.`)
+    instanceName = o.instanceName as string
+  }
+
+  const tableName = validateTableName(o.tableName ?? DEFAULT_TABLE_NAME, 'LockStore option tableName')
+
+  const lockTimeoutMs = positiveInteger('lockTimeoutMs', o.lockTimeoutMs, 120_000)
+  const renewalDefault = Math.min(30_000, Math.max(1, Math.floor(lockTimeoutMs / 4)))
+  const renewalIntervalMs = positiveInteger('renewalIntervalMs', o.renewalIntervalMs, renewalDefault)
+  if (renewalIntervalMs >= lockTimeoutMs) {
+    throw new RangeError(
+      `LockStore option renewalIntervalMs (${renewalIntervalMs}) must be less than lockTimeoutMs (${lockTimeoutMs}), or locks expire between renewals.`,
+    )
+  }
+
+  const strategy = o.strategy ?? 'auto'
+  if (strategy !== 'auto' && strategy !== 'native' && strategy !== 'emulated') {
+    throw new TypeError(`LockStore option strategy must be 'auto', 'native' or 'emulated', got ${JSON.stringify(strategy)}.`)
+  }
+
+  const clock = o.clock ?? 'database'
+  if (clock !== 'database' && clock !== 'local' && !isClock(clock)) {
+    throw new TypeError("LockStore option clock must be 'database', 'local' or an object with now(), setTimeout() and clearTimeout().")
+  }
+
+  const logger = o.logger
+  if (logger !== undefined && (typeof logger !== 'object' || logger === null)) {
+    throw new TypeError(`LockStore option logger must be an object such as console or a pino logger, got ${describe(logger)}.`)
+  }
+
+  return { instanceName, tableName, lockTimeoutMs, renewalIntervalMs, strategy, clock, logger: logger as Logger | undefined }
+}

@@ -1,0 +1,134 @@
+// Holding a lock over time, driven by ManualClock: renewal, stale takeover, leaks, errors.
+import assert from 'node:assert/strict'
+import { it } from 'node:test'
+import { ManualClock, createLockTable, dropLockTable, type Lock, type LockStore } from '../../src/index.js'
+import { uniqueName } from '../targets.mjs'
+import { RecordingLogger, type Harness } from '../harness.mjs'
+
+const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
+const RENEWAL = 2_000
+
+async function collectGarbage(until: () => boolean): Promise<void> {
+  const gc = (globalThis as { gc?: () => void }).gc
+  assert.ok(gc, 'run the tests with node --expose-gc')
+  // until() may deref a WeakRef, which keeps its target alive to the end of the current job, so
+  // each collection runs in a fresh job after the check.
+  for (let i = 0; i < 50; i++) {
+    await new Promise((resolve) => setImmediate(resolve))
+    gc()
+    await new Promise((resolve) => setImmediate(resolve))
+    if (until()) return
+  }
+}
+
+export function renewalSuite(h: Harness): void {
+  it('keeps a renewed lock for many timeouts, refusing another worker throughout', async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(clock)
+    const other = h.clockedStore(clock)
+    const name = h.lockName()
+    const lock = await holder.tryAcquireLock(name)
+    assert.ok(lock)
+    const firstTs = (await h.row(name))?.last_renewed_ts
+    for (let step = 0; step < 20; step++) {
+      await clock.advance(TIMEOUT / 2)
+      assert.equal(await other.tryAcquireLock(name), null, `after ${(step + 1) * TIMEOUT / 2} ms`)
+    }
+    assert.equal(await lock.isStillValid(), true)
+    assert.equal((await h.row(name))?.last_renewed_ts, (firstTs ?? 0) + 20 * (TIMEOUT / 2), "renewed at the last tick")
+  })
+
+  it('lets another worker take over from a stuck holder once the timeout has passed', async () => {
+    const stuckClock = new ManualClock() // never advanced: the holder's renewals never run
+    const clock = new ManualClock()
+    const holder = h.clockedStore(stuckClock)
+    const other = h.clockedStore(clock)
+    const name = h.lockName()
+    const lock = await holder.tryAcquireLock(name)
+    assert.ok(lock)
+    await clock.advance(TIMEOUT)
+    assert.equal(await other.tryAcquireLock(name), null, 'exactly at the timeout it is not yet stale')
+    await clock.advance(1)
+    const taken = await other.tryAcquireLock(name)
+    assert.ok(taken)
+    assert.equal(await lock.isStillValid(), false)
+    assert.equal(await taken.isStillValid(), true)
+  })
+
+  it('stops renewing a lock whose row was taken over, and leaves the new holder alone', async () => {
+    const logger = new RecordingLogger()
+    const clock = new ManualClock()
+    const stuckClock = new ManualClock()
+    const holder = h.clockedStore(stuckClock, { logger })
+    const name = h.lockName()
+    const lock = await holder.tryAcquireLock(name)
+    assert.ok(lock)
+    await clock.advance(TIMEOUT + 1)
+    const taken = await h.clockedStore(clock).tryAcquireLock(name)
+    assert.ok(taken)
+    await stuckClock.advance(RENEWAL) // the holder's renewal runs now and finds another token
+    assert.equal((await h.row(name))?.token, taken.token)
+    assert.ok(logger.at('warn').some((m) => m.includes('was lost')), 'the loss is logged')
+    assert.ok(await holder.tryAcquireLock(`${name}-unrelated`), 'the store still works')
+    assert.equal(await holder.tryAcquireLock(name), null, 'it asks the database, which says no')
+  })
+
+  it('reports a renewal failure to the logger, keeps retrying, and never rejects', async () => {
+    const logger = new RecordingLogger()
+    const clock = new ManualClock()
+    const tableName = uniqueName('wl_fail')
+    await createLockTable(h.knex, { tableName })
+    const store = h.clockedStore(clock, { logger, tableName })
+    const lock = await store.tryAcquireLock(h.lockName())
+    assert.ok(lock)
+    await dropLockTable(h.knex, { tableName }) // every statement of this store now fails
+    await clock.advance(RENEWAL)
+    await clock.advance(RENEWAL)
+    const failures = logger.at('warn').filter((m) => m.includes('renewing lock'))
+    assert.equal(failures.length, 2)
+    await assert.rejects(lock.release(), { name: 'LockDatabaseError' })
+    await assert.rejects(store.close(), { name: 'LockDatabaseError' })
+  })
+
+  it('stops renewing a Lock that was garbage-collected unreleased, and logs it as an error', async () => {
+    const logger = new RecordingLogger()
+    const clock = new ManualClock()
+    const store = h.clockedStore(clock, { logger })
+    const name = h.lockName('leak')
+    await (async () => { assert.ok(await store.tryAcquireLock(name)) })()
+    await collectGarbage(() => logger.at('error').length > 0)
+    assert.equal(logger.at('error').length, 1, 'the leak was reported once')
+    assert.match(logger.at('error')[0] ?? '', /garbage-collected without release/)
+    const ts = (await h.row(name))?.last_renewed_ts
+    await clock.advance(RENEWAL * 3)
+    assert.equal((await h.row(name))?.last_renewed_ts, ts, 'no renewal after the leak')
+    await clock.advance(TIMEOUT)
+    assert.ok(await h.clockedStore(clock).tryAcquireLock(name), 'the row timed out')
+  })
+
+  it('does not keep an unreleased Lock alive through renewal bookkeeping', async () => {
+    const clock = new ManualClock()
+    const store: LockStore = h.clockedStore(clock)
+    let ref: WeakRef<Lock> | undefined
+    await (async () => {
+      const lock = await store.tryAcquireLock(h.lockName('weak'))
+      assert.ok(lock)
+      ref = new WeakRef(lock)
+    })()
+    await clock.advance(RENEWAL) // a renewal pass must not pin it
+    await collectGarbage(() => ref?.deref() === undefined)
+    assert.equal(ref?.deref(), undefined)
+  })
+
+  it('renews with one timer per store, and none when nothing is held', async () => {
+    const clock = new ManualClock()
+    const store = h.clockedStore(clock)
+    assert.equal(clock.pendingTimers, 0)
+    const locks = await Promise.all([h.lockName(), h.lockName(), h.lockName()].map((n) => store.tryAcquireLock(n)))
+    assert.equal(clock.pendingTimers, 1)
+    await clock.advance(RENEWAL)
+    assert.equal(clock.pendingTimers, 1)
+    for (const lock of locks) await lock?.release()
+    assert.equal(clock.pendingTimers, 0)
+  })
+}
