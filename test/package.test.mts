@@ -1,0 +1,91 @@
+// The package as users get it: both module systems, what `npm pack` ships, the knex CLI loading
+// the shipped migrations, and the README's TypeScript examples compiling against the types.
+import assert from 'node:assert/strict'
+import { execFile } from 'node:child_process'
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createRequire } from 'node:module'
+import { join } from 'node:path'
+import { after, describe, it } from 'node:test'
+import { promisify } from 'node:util'
+import { uniqueName } from './targets.mjs'
+
+const run = promisify(execFile)
+const root = join(import.meta.dirname, '..', '..')
+const scratch = join(root, 'dist', 'scratch', uniqueName('package'))
+mkdirSync(scratch, { recursive: true })
+after(() => rmSync(scratch, { recursive: true, force: true }))
+
+describe('package', () => {
+  it('exposes the same API to import and require, without a second copy', async () => {
+    const esm = await import('worker-locks')
+    const cjs = createRequire(join(root, 'package.json'))('worker-locks') as typeof esm
+    for (const name of ['LockStore', 'Lock', 'ManualClock', 'LockError', 'InvalidLockNameError', 'createLockTable', 'migrationsDirectory']) {
+      assert.ok(name in esm, `import has ${name}`)
+      assert.equal((esm as Record<string, unknown>)[name], (cjs as Record<string, unknown>)[name], `${name} is one object`)
+    }
+  })
+
+  it('ships compiled code, types, migrations, README and LICENSE, and nothing else', async () => {
+    const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root })
+    const files = (JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]?.files.map((f) => f.path) ?? []
+    for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/dialects/mysql.js', 'migrations/20261126000000_worker_locks_create.cjs']) {
+      assert.ok(files.includes(required), `ships ${required}`)
+    }
+    const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
+    assert.deepEqual(unexpected, [])
+  })
+
+  it('migrates up (twice) and down through the knex CLI with the README knexfile', async () => {
+    const project = join(scratch, 'cli')
+    mkdirSync(join(project, 'migrations'), { recursive: true })
+    const readme = readFileSync(join(root, 'README.md'), 'utf8')
+    const knexfile = /```js\n(\/\/ knexfile\.cjs\n[\s\S]*?)```/.exec(readme)?.[1]
+    assert.ok(knexfile, 'the README shows a knexfile')
+    const database = join(project, 'app.sqlite')
+    writeFileSync(join(project, 'knexfile.cjs'), knexfile
+      .replace("client: 'pg'", "client: 'better-sqlite3', useNullAsDefault: true")
+      .replace('process.env.DATABASE_URL', JSON.stringify({ filename: database })))
+    const cli = join(root, 'node_modules', 'knex', 'bin', 'cli.js')
+    const knexCli = (...args: string[]) => run(process.execPath, [cli, ...args, '--knexfile', 'knexfile.cjs'], { cwd: project })
+    assert.match((await knexCli('migrate:latest')).stdout, /Batch 1 run: 1 migrations/)
+    assert.match((await knexCli('migrate:latest')).stdout, /Already up to date/)
+    const sqlite = createRequire(join(root, 'package.json'))('better-sqlite3') as new (file: string) => {
+      prepare(sql: string): { all(): Array<{ name: string }> }
+      close(): void
+    }
+    const tables = () => {
+      const db = new sqlite(database)
+      try { return db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((r) => r.name) } finally { db.close() }
+    }
+    assert.ok(tables().includes('worker_locks'))
+    await knexCli('migrate:rollback', '--all')
+    assert.ok(!tables().includes('worker_locks'))
+  })
+
+  it('compiles every TypeScript example in the README', async () => {
+    const readme = readFileSync(join(root, 'README.md'), 'utf8')
+    const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] ?? '')
+    assert.ok(blocks.length >= 3)
+    const dir = join(scratch, 'readme')
+    mkdirSync(dir, { recursive: true })
+    const files = blocks.map((code, i) => {
+      const file = `example-${i}.mts`
+      // The API overview block uses names it does not define; declare them as a reader would have them.
+      const prelude = code.includes("from 'worker-locks'") ? '' :
+        "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock } from 'worker-locks'\n" +
+        'declare const knex: Knex, instanceName: string, tableName: string, lockTimeoutMs: number, renewalIntervalMs: number\n' +
+        "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n"
+      writeFileSync(join(dir, file), `${prelude}${code}\nexport {}\n`)
+      return file
+    })
+    writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
+      extends: join(root, 'tsconfig.json'),
+      compilerOptions: { noEmit: true, rootDir: '.', noUnusedLocals: false },
+      files,
+      include: [],
+    }))
+    const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+    const result = await run(process.execPath, [tsc, '-p', join(dir, 'tsconfig.json')], { cwd: dir }).catch((e: { stdout: string }) => e)
+    assert.equal(result.stdout, '', 'tsc reports no errors')
+  })
+})
