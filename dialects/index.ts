@@ -5,7 +5,7 @@ import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
 export type { AcquireRequest, Dialect, DialectName, NativeSupport } from './dialect.js'
-export { acquireEmulated } from './emulated.js'
+export { acquire, type Strategy } from './acquire.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',
 // better-sqlite3 → 'sqlite3', pg-native → 'postgresql').

@@ -1,4 +1,4 @@
-export { LockStore, type Strategy } from './lock-store.js'
+export { LockStore } from './lock-store.js'
 export { Lock } from './lock.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {
@@ -8,4 +8,4 @@ export {
 export type { Logger, LogLevel } from './logger.js'
 export { MAX_NAME_LENGTH, type LockStoreOptions, type ClockOption, type StrategyOption } from './validate.js'
 export { createLockTable, dropLockTable, migrationsDirectory, type LockTableOptions } from './schema.js'
-export type { DialectName } from '../dialects/index.js'
+export type { DialectName, Strategy } from '../dialects/index.js'

@@ -1,16 +1,13 @@
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Knex } from 'knex'
-import { acquireEmulated, findDialect, knexDialectName, supportedKnexClients, type Dialect, type DialectName } from '../dialects/index.js'
+import { acquire, findDialect, knexDialectName, supportedKnexClients, type Dialect, type DialectName, type Strategy } from '../dialects/index.js'
 import { systemClock, type Clock, type TimerHandle } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
 import { Lock, type LockOwner, type LockState } from './lock.js'
 import { LockTable } from './lock-table.js'
 import { logTo, type Logger, type LogLevel } from './logger.js'
 import { resolveOptions, validateLockId, type LockStoreOptions, type ResolvedOptions } from './validate.js'
-
-/** The acquire statement a store resolved to use. */
-export type Strategy = 'native' | 'emulated'
 
 /** The store's bookkeeping for a lock it made; holds the Lock only weakly so a dropped one can be collected. */
 interface HeldLock extends LockState {
@@ -66,7 +63,7 @@ export class LockStore {
     isStillValid: (state) => this.#isStillValid(state as HeldLock),
   }
   #strategy: Strategy | undefined
-  #initializing: Promise<void> | undefined
+  #initializing: Promise<Strategy> | undefined
   #timer: TimerHandle | undefined
   #renewing: Promise<void> | undefined
   #closing: Promise<void> | undefined
@@ -111,12 +108,8 @@ export class LockStore {
    * @throws UnsupportedDatabaseError when `strategy: 'native'` was asked for and the server cannot run it
    * @throws LockDatabaseError when the database cannot be asked
    */
-  init(): Promise<void> {
-    this.#initializing ??= this.#resolveStrategy().catch((error: unknown) => {
-      this.#initializing = undefined
-      throw error
-    })
-    return this.#initializing
+  async init(): Promise<void> {
+    await this.#resolvedStrategy()
   }
 
   /**
@@ -172,22 +165,31 @@ export class LockStore {
     }
   }
 
-  async #resolveStrategy(): Promise<void> {
-    if (this.#options.strategy === 'emulated') {
-      this.#strategy = 'emulated'
-      return
-    }
+  #resolvedStrategy(): Promise<Strategy> {
+    this.#initializing ??= this.#resolveStrategy().then((strategy) => {
+      this.#strategy = strategy
+      return strategy
+    }, (error: unknown) => {
+      this.#initializing = undefined // a later call asks again
+      throw error
+    })
+    return this.#initializing
+  }
+
+  async #resolveStrategy(): Promise<Strategy> {
+    if (this.#options.strategy === 'emulated') return 'emulated'
     const support = await this.#database('ask the database for its version', () => this.#sql.nativeSupport(this.#knex))
-    if (!support.supported && this.#options.strategy === 'native') {
+    if (support.supported) return 'native'
+    if (this.#options.strategy === 'native') {
       throw new UnsupportedDatabaseError(
         `strategy 'native' cannot run on ${support.server}: ${support.reason}. Use strategy 'auto' or 'emulated'.`,
       )
     }
-    this.#strategy = support.supported ? 'native' : 'emulated'
+    return 'emulated'
   }
 
   async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
-    await this.init()
+    const strategy = await this.#resolvedStrategy()
     const token = randomBytes(16).toString('hex')
     const request = {
       table: this.tableName, name, key, token,
@@ -196,9 +198,7 @@ export class LockStore {
       nowMs: this.#nowMs(),
     }
     const acquired = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
-      this.#strategy === 'native'
-        ? this.#sql.acquireNative(this.#knex, request)
-        : acquireEmulated(this.#knex, this.#sql, request))
+      acquire(this.#knex, this.#sql, strategy, request))
     if (!acquired) return null
     if (this.#closing) {
       await this.#table.release(request).catch((error: unknown) =>

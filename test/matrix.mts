@@ -19,10 +19,12 @@ function reportMissing(title: string, only?: Database): void {
   }
 }
 
-/** Registers `register` in a describe block for each (database × strategy) pair. */
-export function forEachTarget(title: string, register: (target: Target) => void): void {
-  reportMissing(title)
-  for (const target of matrix.targets) describe(`${target.id} ${title}`, () => register(target))
+/** Registers `register` in a describe block for each (database × strategy) pair, or those of the `only` databases. */
+export function forEachTarget(title: string, register: (target: Target) => void, only?: readonly Database[]): void {
+  for (const database of only ?? [undefined]) reportMissing(title, database)
+  for (const target of matrix.targets) {
+    if (!only || only.includes(target.database)) describe(`${target.id} ${title}`, () => register(target))
+  }
 }
 
 /** Registers `register` once per reachable database (or only `only`), for what does not depend on the strategy. */

@@ -29,6 +29,18 @@ process.on('exit', () => {
 export interface ConnectionTweaks {
   mysqlFlags?: string[]
   poolMax?: number
+  /** A statement each new PostgreSQL or MySQL connection runs first (session settings). */
+  sessionSql?: string
+}
+
+type Callback = (error: Error | null, connection: unknown) => void
+function runOnConnect(sql: string | undefined) {
+  if (sql === undefined) return {}
+  return {
+    afterCreate(conn: { query(sql: string, cb: (error: Error | null) => void): void }, done: Callback) {
+      conn.query(sql, (error) => done(error, conn))
+    },
+  }
 }
 
 /** A new knex instance for `database`; the caller destroys it. */
@@ -43,7 +55,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
         // As applications run SQLite: WAL, several connections, a busy timeout.
         pool: {
           ...pool,
-          afterCreate(conn: { pragma(s: string): unknown }, done: (err: Error | null, conn: unknown) => void) {
+          afterCreate(conn: { pragma(s: string): unknown }, done: Callback) {
             conn.pragma('journal_mode = WAL')
             conn.pragma('busy_timeout = 5000')
             done(null, conn)
@@ -51,7 +63,11 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
         },
       })
     case 'postgres':
-      return knexFactory({ client: 'pg', connection: { connectionString: POSTGRES_URL, connectionTimeoutMillis: 3000 }, pool })
+      return knexFactory({
+        client: 'pg',
+        connection: { connectionString: POSTGRES_URL, connectionTimeoutMillis: 3000 },
+        pool: { ...pool, ...runOnConnect(tweaks.sessionSql) },
+      })
     case 'mysql': {
       const url = new URL(MYSQL_URL)
       return knexFactory({
@@ -61,7 +77,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
           password: decodeURIComponent(url.password), database: url.pathname.slice(1), connectTimeout: 3000,
           ...(tweaks.mysqlFlags ? { flags: tweaks.mysqlFlags } : {}),
         },
-        pool,
+        pool: { ...pool, ...runOnConnect(tweaks.sessionSql) },
       })
     }
   }

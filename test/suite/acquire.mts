@@ -188,6 +188,20 @@ export function acquireSuite(h: Harness): void {
     assert.equal(await store.tryAcquireLock(fresh), null)
   })
 
+  it("stamps rows with this process's Date.now() under clock: 'local'", async () => {
+    const store = h.store({ clock: 'local', lockTimeoutMs: 60_000, renewalIntervalMs: 10_000 })
+    const name = h.lockName('local')
+    const before = Date.now()
+    assert.ok(await store.tryAcquireLock(name))
+    const after = Date.now()
+    const ts = (await h.row(name))?.last_renewed_ts ?? 0
+    assert.ok(ts >= before && ts <= after, `${ts} within [${before}, ${after}]`)
+    // A row stamped in the future by a worker whose clock runs ahead is fresh to this one.
+    const ahead = h.lockName('ahead')
+    await h.knex(h.tableName).insert({ lock_name: ahead, lock_key: '', instance_name: 'fast-clock', token: 't', last_renewed_ts: after + 10 * 60_000 })
+    assert.equal(await store.tryAcquireLock(ahead), null)
+  })
+
   it('wraps database failures in LockDatabaseError with the driver error as cause', async () => {
     const store = new LockStore(h.knex, { tableName: 'worker_locks_missing_table', strategy: h.target.strategy })
     const error = await store.tryAcquireLock('x').then(() => undefined, (e: unknown) => e)
