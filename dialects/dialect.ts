@@ -18,32 +18,52 @@ export interface AcquireRequest {
   readonly nowMs: number | null
 }
 
-/** Whether the one-statement acquire can run on the connected server, and what was seen. */
-export interface NativeSupport {
-  readonly supported: boolean
-  /** The server and version that decided it, e.g. `SQLite 3.49.1`. */
+/** The identity of one held row: what token-guarded statements match on. */
+export interface RowIdentity {
+  readonly name: string
+  readonly key: string
+  readonly token: string
+}
+
+/** What a server can do, asked once per store. */
+export interface ServerFacts {
+  /** The server and version, e.g. `SQLite 3.49.1`. */
   readonly server: string
+  /** Whether the one-statement acquire can run. */
+  readonly native: boolean
   /** Why native is not possible; empty when it is. */
   readonly reason: string
+  /** Whether `INSERT … RETURNING` works, so the emulated insert can hand back the fence. */
+  readonly returning: boolean
 }
 
 /**
  * Everything that differs between databases. `src/` talks to databases only through this
- * interface; statements that are the same everywhere (release, renew, validity) live there.
+ * interface; statements that read the same everywhere (release, renew, validity) live there.
  */
 export interface Dialect {
   readonly name: DialectName
   /** An SQL expression for the database clock as whole milliseconds since the epoch. */
   readonly nowSql: string
-  /** Most bound parameters one statement may carry on this database. */
-  readonly maxBindings: number
-  /** Asks the server whether the native acquire statement is available. */
-  nativeSupport(knex: Knex): Promise<NativeSupport>
+  /** Asks the server what it supports. */
+  detect(knex: Knex): Promise<ServerFacts>
   /**
-   * Runs the one-statement acquire. Resolves `true` only when this request's row was written
-   * (inserted, or taken over from a stale row or from the same instance).
+   * Runs the one-statement acquire. Resolves the new fence when this request's row was written
+   * (inserted, or taken over from a stale row or from the same instance), `null` when refused.
    */
-  acquireNative(knex: Knex, request: AcquireRequest): Promise<boolean>
+  acquireNative(knex: Knex, request: AcquireRequest): Promise<bigint | null>
+  /**
+   * The value an INSERT writes into `fence`, or `undefined` where the database fills the column
+   * itself (a column default or a trigger).
+   */
+  fenceValue(knex: Knex, table: string): Knex.Raw | undefined
+  /**
+   * A derived table with columns `n`, `k`, `tok` holding `rows`, for statements that touch many
+   * locks at once with one bound parameter, however many rows there are.
+   */
+  rowSet(knex: Knex, rows: readonly RowIdentity[]): Knex.Raw
+  /** The rows of a `knex.raw` result (each driver shapes it differently). */
+  rowsOf(result: unknown): readonly Record<string, unknown>[]
   /**
    * Transaction settings for the emulated path's delete and insert, or `null` to run them as two
    * autocommit statements. Both are correct: the insert's primary key alone decides who wins, and
@@ -64,4 +84,17 @@ export function errorCode(error: unknown): unknown {
 /** The `now` value of a request as a knex binding: either the number or the dialect's clock expression. */
 export function nowBinding(knex: Knex, dialect: Dialect, nowMs: number | null): Knex.Raw | number {
   return nowMs === null ? knex.raw(dialect.nowSql) : nowMs
+}
+
+/** A fence as the driver returned it (number, numeric string, or bigint) as a bigint. */
+export function toFence(value: unknown): bigint {
+  if (typeof value === 'bigint') return value
+  if (typeof value === 'number' || typeof value === 'string') return BigInt(value)
+  throw new TypeError(`worker-locks: the database returned a fence of type ${typeof value}`)
+}
+
+/** Reads the fence of our row, for databases that cannot return it from the write itself. */
+export async function selectFence(knex: Knex, table: string, row: RowIdentity): Promise<bigint | null> {
+  const found = await knex(table).where({ lock_name: row.name, lock_key: row.key, token: row.token }).first('fence')
+  return found === undefined ? null : toFence((found as { fence: unknown }).fence)
 }

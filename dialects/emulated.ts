@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import { nowBinding, type AcquireRequest, type Dialect } from './dialect.js'
+import { nowBinding, selectFence, toFence, type AcquireRequest, type Dialect, type ServerFacts } from './dialect.js'
 
 function inTransaction<T>(knex: Knex, config: Knex.TransactionConfig | null, run: (db: Knex) => Promise<T>): Promise<T> {
   return config === null ? run(knex) : knex.transaction(run, config)
@@ -8,26 +8,30 @@ function inTransaction<T>(knex: Knex, config: Knex.TransactionConfig | null, run
 /**
  * The acquire that works on every database: delete the row for the lock if it is stale or ours,
  * then insert (in one transaction, except where `Dialect.emulatedTransaction` says otherwise).
- * A unique-key violation on the insert means another worker holds the lock; every other error
- * is the caller's to see.
+ * Resolves the new fence, or `null` when the insert hits the primary key: another worker holds
+ * the lock. Every other error is the caller's to see.
  */
-export async function acquireEmulated(knex: Knex, dialect: Dialect, request: AcquireRequest): Promise<boolean> {
+export async function acquireEmulated(knex: Knex, dialect: Dialect, facts: ServerFacts, r: AcquireRequest): Promise<bigint | null> {
   try {
     return await inTransaction(knex, dialect.emulatedTransaction, async (db) => {
-      const now = nowBinding(db, dialect, request.nowMs)
+      const now = nowBinding(db, dialect, r.nowMs)
       await db.raw(
         // `ts + timeout < now` rather than `ts < now - timeout`: PostgreSQL cannot type `$1 - $2`.
         'DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND (last_renewed_ts + ? < ? OR instance_name = ?)',
-        [request.table, request.name, request.key, request.lockTimeoutMs, now, request.instanceName],
+        [r.table, r.name, r.key, r.lockTimeoutMs, now, r.instanceName],
       )
-      await db.raw(
-        'INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ?)',
-        [request.table, request.name, request.key, request.instanceName, request.token, now],
+      const fence = dialect.fenceValue(db, r.table)
+      const result: unknown = await db.raw(
+        `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts${fence ? ', fence' : ''})
+         VALUES (?, ?, ?, ?, ?${fence ? ', ?' : ''})${facts.returning ? ' RETURNING fence' : ''}`,
+        [r.table, r.name, r.key, r.instanceName, r.token, now, ...(fence ? [fence] : [])],
       )
-      return true
+      if (!facts.returning) return selectFence(db, r.table, r)
+      const row = dialect.rowsOf(result)[0]
+      return row === undefined ? null : toFence(row.fence)
     })
   } catch (error) {
-    if (dialect.isUniqueViolation(error)) return false
+    if (dialect.isUniqueViolation(error)) return null
     throw error
   }
 }

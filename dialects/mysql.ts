@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import { errorCode, nowBinding, type AcquireRequest, type Dialect, type NativeSupport } from './dialect.js'
+import { errorCode, nowBinding, selectFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -18,21 +18,21 @@ export const mysqlDialect: Dialect = {
   // UNIX_TIMESTAMP(NOW(3)) converts local time back to UTC and is off by an hour around a DST
   // change; the difference of two UTC datetimes is plain calendar arithmetic.
   nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
-  maxBindings: 65_535,
 
-  async nativeSupport(knex: Knex): Promise<NativeSupport> {
-    const [rows] = (await knex.raw('SELECT VERSION() AS version')) as [Array<{ version: string }>]
-    const version = rows[0]?.version ?? 'unknown'
+  async detect(knex: Knex): Promise<ServerFacts> {
+    const rows = mysqlDialect.rowsOf(await knex.raw('SELECT VERSION() AS version'))
+    const version = String(rows[0]?.version ?? 'unknown')
     const server = /mariadb/i.test(version) ? `MariaDB ${version}` : `MySQL ${version}`
-    // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
-    return { supported: true, server, reason: '' }
+    // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version;
+    // RETURNING exists on MariaDB only, and is not used.
+    return { server, native: true, reason: '', returning: false }
   },
 
-  async acquireNative(knex: Knex, r: AcquireRequest): Promise<boolean> {
+  async acquireNative(knex: Knex, r: AcquireRequest): Promise<bigint | null> {
     const now = nowBinding(knex, mysqlDialect, r.nowMs)
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
-    // compares against half-updated values and corrupts the row.
+    // compares against half-updated values and corrupts the row. The fence is set by triggers.
     const [header] = (await knex.raw(
       `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ?)
        ON DUPLICATE KEY UPDATE
@@ -46,8 +46,25 @@ export const mysqlDialect: Dialect = {
         r.token, now,
       ],
     )) as [{ insertId: number | string }]
-    return Number(header.insertId) !== REFUSED_MARKER
+    if (Number(header.insertId) === REFUSED_MARKER) return null
+    // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
+    return selectFence(knex, r.table, r)
   },
+
+  // Triggers fill the column (see migration 2).
+  fenceValue: () => undefined,
+
+  // JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.
+  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
+    knex.raw(
+      `SELECT n, k, tok FROM JSON_TABLE(?, '$[*]' COLUMNS (
+         n VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[0]',
+         k VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[1]',
+         tok VARCHAR(64) CHARACTER SET utf8mb4 PATH '$[2]')) AS r`,
+      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))],
+    ),
+
+  rowsOf: (result) => (result as [Record<string, unknown>[]])[0],
 
   // InnoDB's REPEATABLE READ takes gap locks on the delete of a missing key, and concurrent
   // attempts on a new key then deadlock (1213) most of the time; READ COMMITTED takes none.

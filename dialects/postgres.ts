@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, type AcquireRequest, type Dialect, type NativeSupport } from './dialect.js'
+import { errorCode, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
@@ -10,18 +10,25 @@ export const postgresDialect: Dialect = {
   name: 'postgres',
   // clock_timestamp() rather than now(): now() is frozen at the start of the caller's
   // transaction, which may be long open. numeric epoch (PostgreSQL 14+) keeps milliseconds exact.
-  nowSql: "(floor(extract(epoch from clock_timestamp()) * 1000))::bigint",
-  maxBindings: 65_535,
+  nowSql: '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint',
 
-  async nativeSupport(knex: Knex): Promise<NativeSupport> {
+  async detect(knex: Knex): Promise<ServerFacts> {
     const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
-    const row = result.rows[0] as { num: string; version: string }
-    const supported = Number(row.num) >= MIN_NATIVE_VERSION_NUM
-    return { supported, server: `PostgreSQL ${row.version}`, reason: supported ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later' }
+    const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string }
+    const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
+    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true }
   },
 
-  acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, postgresDialect, request, (result) => (result as { rows: unknown[] }).rows),
+  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, postgresDialect, request),
+
+  // The column's default draws from a sequence (see migration 2).
+  fenceValue: () => undefined,
+
+  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
+    knex.raw("SELECT e->>0 AS n, e->>1 AS k, e->>2 AS tok FROM jsonb_array_elements(?::jsonb) AS e",
+      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))]),
+
+  rowsOf: (result) => (result as { rows: Record<string, unknown>[] }).rows,
 
   // READ COMMITTED whatever the server's default: at REPEATABLE READ or SERIALIZABLE the losers
   // of a race fail with 40001 instead of seeing the winner's row.

@@ -1,9 +1,9 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, type AcquireRequest, type Dialect, type NativeSupport } from './dialect.js'
+import { errorCode, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
-// Upsert needs 3.24; telling whether our row was written in the same statement needs RETURNING
-// (3.35), because knex's raw() does not hand back the change count on every SQLite driver.
+// Upsert needs 3.24; telling whether our row was written, and its fence, in the same statement
+// needs RETURNING (3.35).
 const MIN_NATIVE_VERSION: readonly [number, number] = [3, 35]
 
 /** Whether an SQLite library version string (e.g. `3.34.1`) can run the native acquire. */
@@ -18,22 +18,33 @@ export const sqliteDialect: Dialect = {
   // julianday() arithmetic loses milliseconds to floating point; whole seconds plus the
   // millisecond digits of %f is exact. 'now' is fixed for the whole statement.
   nowSql: "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))",
-  // SQLITE_MAX_VARIABLE_NUMBER before 3.32; later builds allow 32,766.
-  maxBindings: 999,
 
-  async nativeSupport(knex: Knex): Promise<NativeSupport> {
-    const rows = (await knex.raw('SELECT sqlite_version() AS version')) as Array<{ version: string }>
-    const version = rows[0]?.version ?? '0'
-    const supported = sqliteSupportsNative(version)
+  async detect(knex: Knex): Promise<ServerFacts> {
+    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))
+    const version = String(rows[0]?.version ?? '0')
+    const native = sqliteSupportsNative(version)
     return {
-      supported,
       server: `SQLite ${version}`,
-      reason: supported ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
+      native,
+      reason: native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
+      returning: native,
     }
   },
 
-  acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, sqliteDialect, request, (result) => result as unknown[]),
+  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, sqliteDialect, request),
+
+  // A statement that writes holds SQLite's write lock from its first step, so reading the
+  // highest fence inside the INSERT cannot race another writer. Deleted rows' fences are kept
+  // by a trigger in `<table>_fence` (see migration 2), so deleting a row cannot lower it.
+  fenceValue: (knex: Knex, table: string) =>
+    knex.raw('(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ?? UNION ALL SELECT high_water FROM ??))', [table, `${table}_fence`]),
+
+  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
+    // json_extract rather than ->>, which needs SQLite 3.38.
+    knex.raw("SELECT json_extract(value, '$[0]') AS n, json_extract(value, '$[1]') AS k, json_extract(value, '$[2]') AS tok FROM json_each(?)",
+      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))]),
+
+  rowsOf: (result) => result as Record<string, unknown>[],
 
   // No transaction. better-sqlite3 runs statements synchronously, busy handler included: a
   // transaction left open across an await on one pooled connection while another connection of

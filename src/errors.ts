@@ -4,6 +4,7 @@ export type LockErrorCode =
   | 'UNSUPPORTED_DATABASE'
   | 'STORE_CLOSED'
   | 'DATABASE_ERROR'
+  | 'LOCK_LOST'
 
 /**
  * Base class of every error worker-locks raises itself. `code` is stable across versions;
@@ -47,5 +48,29 @@ export class LockDatabaseError extends LockError {
   constructor(message: string, cause: unknown) {
     const detail = cause instanceof Error ? cause.message : String(cause)
     super('DATABASE_ERROR', `${message}: ${detail}`, { cause })
+  }
+}
+
+/**
+ * Why a held lock ended: `released` by `release()` or `store.close()`; `taken-over` when its row
+ * was deleted or now carries another holder's token; `expired` when no renewal succeeded for
+ * `lockTimeoutMs`, so another worker may have taken it.
+ */
+export type LockLossReason = 'released' | 'taken-over' | 'expired'
+
+/** The reason of an aborted `lock.signal`: the lock is no longer held. */
+export class LockLostError extends LockError {
+  /** How the lock ended. */
+  readonly reason: LockLossReason
+  /** The lock's name. */
+  readonly lockName: string
+  /** The lock's key. */
+  readonly lockKey: string
+
+  constructor(reason: LockLossReason, lockName: string, lockKey: string, message: string, options?: { cause?: unknown }) {
+    super('LOCK_LOST', message, options)
+    this.reason = reason
+    this.lockName = lockName
+    this.lockKey = lockKey
   }
 }

@@ -1,38 +1,40 @@
 import { randomBytes } from 'node:crypto'
 import { hostname } from 'node:os'
+import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
-import { acquire, findDialect, knexDialectName, supportedKnexClients, type Dialect, type DialectName, type Strategy } from '../dialects/index.js'
-import { systemClock, type Clock, type TimerHandle } from './clock.js'
+import {
+  acquire, findDialect, knexDialectName, supportedKnexClients,
+  type Dialect, type DialectName, type ServerFacts, type Strategy,
+} from '../dialects/index.js'
+import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { Lock, type LockOwner, type LockState } from './lock.js'
+import { describeLock, HeldLocks, type HeldLock } from './held-locks.js'
+import { Lock, type LockOwner } from './lock.js'
 import { LockTable } from './lock-table.js'
-import { logTo, type Logger, type LogLevel } from './logger.js'
+import { logTo, type LogLevel } from './logger.js'
 import { resolveOptions, validateLockId, type LockStoreOptions, type ResolvedOptions } from './validate.js'
-
-/** The store's bookkeeping for a lock it made; holds the Lock only weakly so a dropped one can be collected. */
-interface HeldLock extends LockState {
-  readonly ref: WeakRef<Lock>
-  state: 'held' | 'released' | 'lost'
-  releasing: Promise<void> | undefined
-}
 
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 const lockId = (name: string, key: string): string => `${name}\0${key}`
-const describeLock = (name: string, key: string): string => `${JSON.stringify(name)} (key ${JSON.stringify(key)})`
 
 function isKnex(value: unknown): value is Knex {
   return typeof value === 'function' && typeof (value as { client?: unknown }).client === 'object'
 }
 
+interface Resolved {
+  readonly strategy: Strategy
+  readonly facts: ServerFacts
+}
+
 /**
  * Acquires and holds named locks in one database table, shared by every worker that uses the
  * same table. A lock is identified by its exact `(name, key)` strings. Each store renews the
- * locks it holds until they are released or the store is closed.
+ * locks it holds, all on one timer, until they are released or the store is closed.
  *
  * ```ts
  * const store = new LockStore(knex)
  * const lock = await store.tryAcquireLock('nightly-report', 'tenant-42')
- * if (lock) { try { await work() } finally { await lock.release() } }
+ * if (lock) { try { await work(lock.signal) } finally { await lock.release() } }
  * ```
  */
 export class LockStore {
@@ -51,21 +53,18 @@ export class LockStore {
   readonly #sql: Dialect
   readonly #table: LockTable
   readonly #options: ResolvedOptions
-  readonly #timers: Clock
-  readonly #held = new Map<string, HeldLock>()
+  readonly #held: HeldLocks
+  readonly #monotonicNow: () => number
   readonly #acquiring = new Set<string>()
+  readonly #inflight = new Set<Promise<unknown>>()
   // Released by the caller, but the delete failed: close() tries these rows again.
   readonly #undeleted = new Set<HeldLock>()
-  readonly #inflight = new Set<Promise<unknown>>()
-  readonly #finalizer = new FinalizationRegistry<HeldLock>((record) => this.#leaked(record))
   readonly #owner: LockOwner = {
     release: (state) => this.#release(state as HeldLock),
     isStillValid: (state) => this.#isStillValid(state as HeldLock),
   }
-  #strategy: Strategy | undefined
-  #initializing: Promise<Strategy> | undefined
-  #timer: TimerHandle | undefined
-  #renewing: Promise<void> | undefined
+  #resolved: Resolved | undefined
+  #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
 
   /**
@@ -94,12 +93,23 @@ export class LockStore {
     this.renewalIntervalMs = this.#options.renewalIntervalMs
     this.#table = new LockTable(knex, sql, this.tableName, this.lockTimeoutMs)
     const clock = this.#options.clock
-    this.#timers = typeof clock === 'object' ? clock : systemClock
+    const timers = typeof clock === 'object' ? clock : systemClock
+    // Deadlines need a clock that never jumps; a test Clock is trusted to be one.
+    this.#monotonicNow = typeof clock === 'object' ? () => clock.now() : () => performance.now()
+    this.#held = new HeldLocks({
+      table: this.#table,
+      timers,
+      monotonicNow: this.#monotonicNow,
+      nowMs: () => this.#nowMs(),
+      lockTimeoutMs: this.lockTimeoutMs,
+      renewalIntervalMs: this.renewalIntervalMs,
+      log: (level, details, message) => this.#log(level, details, message),
+    })
   }
 
   /** The acquire statement in use: `undefined` until the first acquire or `init()` has asked the server. */
   get strategy(): Strategy | undefined {
-    return this.#strategy
+    return this.#resolved?.strategy
   }
 
   /**
@@ -109,14 +119,14 @@ export class LockStore {
    * @throws LockDatabaseError when the database cannot be asked
    */
   async init(): Promise<void> {
-    await this.#resolvedStrategy()
+    await this.#resolve()
   }
 
   /**
    * Tries once to take the lock `(name, key)`, without waiting. Resolves a {@link Lock} if this
    * store now holds it, or `null` if someone else does, including another call of this store
-   * (held, or being acquired at the same moment). Two different strategies, instances or
-   * databases give the same answer.
+   * (held, or being acquired at the same moment). Both strategies and all databases give the
+   * same answer.
    * @param name what is locked, 1 to 255 characters
    * @param key which one of it, 0 to 255 characters @default ''
    * @throws InvalidLockNameError for a bad name or key, before any SQL runs
@@ -127,7 +137,7 @@ export class LockStore {
     validateLockId(name, key)
     if (this.#closing) throw new LockStoreClosedError()
     const id = lockId(name, key)
-    if (this.#acquiring.has(id) || this.#holds(id)) return null
+    if (this.#acquiring.has(id) || this.#held.holds(id)) return null
     this.#acquiring.add(id)
     const attempt = this.#acquire(id, name, key)
     this.#inflight.add(attempt)
@@ -140,10 +150,10 @@ export class LockStore {
   }
 
   /**
-   * Stops renewing and releases every lock this store holds, waiting for acquisitions under way
-   * (a lock they win is released at once and they reject with `LockStoreClosedError`). Safe to
-   * call more than once. Does not destroy the knex instance.
-   * @throws LockDatabaseError if some rows could not be deleted; those locks expire after `lockTimeoutMs`
+   * Stops renewing and releases every lock this store holds (aborting their signals), waiting
+   * for acquisitions under way (a lock they win is released at once and they reject with
+   * `LockStoreClosedError`). Safe to call more than once. Does not destroy the knex instance.
+   * @throws LockDatabaseError if the rows could not be deleted; those locks expire after `lockTimeoutMs`
    */
   close(): Promise<void> {
     this.#closing ??= this.#close()
@@ -151,45 +161,38 @@ export class LockStore {
   }
 
   async #close(): Promise<void> {
-    this.#stopTimer()
+    await this.#held.stop()
     await Promise.allSettled([...this.#inflight])
-    await this.#renewing
-    const records = [...this.#held.values(), ...this.#undeleted]
-    const results = await Promise.allSettled(records.map((record) => this.#release(record)))
-    const failures = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected')
-    if (failures.length > 0) {
-      throw new LockDatabaseError(
-        `Could not release ${failures.length} of ${records.length} locks while closing; they expire after ${this.lockTimeoutMs} ms`,
-        failures[0]?.reason,
-      )
-    }
+    const records = [...this.#held.records(), ...this.#undeleted]
+    for (const record of records) this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
+    if (records.length === 0) return
+    await this.#database(`release ${records.length} lock(s) while closing; they expire after ${this.lockTimeoutMs} ms`,
+      () => this.#table.releaseMany(records))
   }
 
-  #resolvedStrategy(): Promise<Strategy> {
-    this.#initializing ??= this.#resolveStrategy().then((strategy) => {
-      this.#strategy = strategy
-      return strategy
+  #resolve(): Promise<Resolved> {
+    this.#resolving ??= this.#detect().then((resolved) => {
+      this.#resolved = resolved
+      return resolved
     }, (error: unknown) => {
-      this.#initializing = undefined // a later call asks again
+      this.#resolving = undefined // a later call asks again
       throw error
     })
-    return this.#initializing
+    return this.#resolving
   }
 
-  async #resolveStrategy(): Promise<Strategy> {
-    if (this.#options.strategy === 'emulated') return 'emulated'
-    const support = await this.#database('ask the database for its version', () => this.#sql.nativeSupport(this.#knex))
-    if (support.supported) return 'native'
+  async #detect(): Promise<Resolved> {
+    const facts = await this.#database('ask the database for its version', () => this.#sql.detect(this.#knex))
+    if (this.#options.strategy === 'emulated') return { strategy: 'emulated', facts }
+    if (facts.native) return { strategy: 'native', facts }
     if (this.#options.strategy === 'native') {
-      throw new UnsupportedDatabaseError(
-        `strategy 'native' cannot run on ${support.server}: ${support.reason}. Use strategy 'auto' or 'emulated'.`,
-      )
+      throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)
     }
-    return 'emulated'
+    return { strategy: 'emulated', facts }
   }
 
   async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
-    const strategy = await this.#resolvedStrategy()
+    const { strategy, facts } = await this.#resolve()
     const token = randomBytes(16).toString('hex')
     const request = {
       table: this.tableName, name, key, token,
@@ -197,33 +200,32 @@ export class LockStore {
       lockTimeoutMs: this.lockTimeoutMs,
       nowMs: this.#nowMs(),
     }
-    const acquired = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
-      acquire(this.#knex, this.#sql, strategy, request))
-    if (!acquired) return null
+    const sentAt = this.#monotonicNow()
+    const fence = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
+      acquire(this.#knex, this.#sql, facts, strategy, request))
+    if (fence === null) return null
     if (this.#closing) {
       await this.#table.release(request).catch((error: unknown) =>
-        this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire'))
+        this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire.'))
       throw new LockStoreClosedError()
     }
-    const record: HeldLock = { id, name, key, token, ref: undefined as unknown as WeakRef<Lock>, state: 'held', releasing: undefined }
+    const record: HeldLock = {
+      id, name, key, token, fence,
+      controller: new AbortController(),
+      state: 'held',
+      ref: undefined as unknown as WeakRef<Lock>, // set below, once the Lock exists
+      releasing: undefined,
+      renewedAt: sentAt,
+    }
     const lock = new Lock(this.#owner, record)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
-    this.#finalizer.register(lock, record, record)
-    this.#held.set(id, record)
-    this.#startTimer()
+    this.#held.add(record, lock)
     return lock
-  }
-
-  #holds(id: string): boolean {
-    const record = this.#held.get(id)
-    if (record && record.ref.deref() === undefined) this.#leaked(record)
-    return this.#held.has(id)
   }
 
   #release(record: HeldLock): Promise<void> {
     if (record.releasing) return record.releasing
-    record.state = 'released'
-    this.#forget(record)
+    this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const releasing = this.#database(`release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
       .then(() => {
         this.#undeleted.delete(record)
@@ -239,63 +241,6 @@ export class LockStore {
   async #isStillValid(record: HeldLock): Promise<boolean> {
     if (record.state !== 'held') return false
     return this.#database(`check lock ${describeLock(record.name, record.key)}`, () => this.#table.isValid(record, this.#nowMs()))
-  }
-
-  /** Drops a record from the live map, unless a newer acquisition of the same lock replaced it. */
-  #forget(record: HeldLock): void {
-    if (this.#held.get(record.id) === record) this.#held.delete(record.id)
-    this.#finalizer.unregister(record)
-    if (this.#held.size === 0) this.#stopTimer()
-  }
-
-  #leaked(record: HeldLock): void {
-    if (record.state !== 'held') return
-    record.state = 'released'
-    this.#forget(record)
-    this.#log('error', { lockName: record.name, lockKey: record.key },
-      `worker-locks: lock ${describeLock(record.name, record.key)} was garbage-collected without release(); it is no longer renewed and expires after ${this.lockTimeoutMs} ms. Call release() or hold it with \`await using\`.`)
-  }
-
-  #startTimer(): void {
-    if (this.#timer !== undefined || this.#closing || this.#held.size === 0) return
-    this.#timer = this.#timers.setTimeout(() => this.#tick(), this.renewalIntervalMs)
-  }
-
-  #stopTimer(): void {
-    if (this.#timer === undefined) return
-    this.#timers.clearTimeout(this.#timer)
-    this.#timer = undefined
-  }
-
-  // Returns the renewal's promise so that a ManualClock can wait for it; never rejects.
-  async #tick(): Promise<void> {
-    this.#timer = undefined
-    this.#renewing = this.#renewAll()
-    await this.#renewing
-    this.#renewing = undefined
-    this.#startTimer()
-  }
-
-  async #renewAll(): Promise<void> {
-    for (const record of [...this.#held.values()]) {
-      if (record.ref.deref() === undefined) {
-        this.#leaked(record)
-        continue
-      }
-      if (record.state !== 'held') continue
-      try {
-        const ours = await this.#table.renew(record, this.#nowMs())
-        if (!ours && record.state === 'held') {
-          record.state = 'lost'
-          this.#forget(record)
-          this.#log('warn', { lockName: record.name, lockKey: record.key },
-            `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)
-        }
-      } catch (error) {
-        this.#log('warn', { err: error, lockName: record.name, lockKey: record.key },
-          `worker-locks: renewing lock ${describeLock(record.name, record.key)} failed; retrying at the next renewal.`)
-      }
-    }
   }
 
   #nowMs(): number | null {

@@ -1,11 +1,14 @@
 import type { Knex } from 'knex'
-import type { Dialect } from '../dialects/index.js'
+import type { Dialect, RowIdentity } from '../dialects/index.js'
 
-/** The identity of one held row: what token-guarded statements match on. */
-export interface RowIdentity {
-  readonly name: string
-  readonly key: string
-  readonly token: string
+// Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
+// so bind-parameter limits do not apply; this only bounds the size of one statement.
+const ROWS_PER_STATEMENT = 10_000
+
+function chunks<T>(items: readonly T[]): T[][] {
+  const out: T[][] = []
+  for (let i = 0; i < items.length; i += ROWS_PER_STATEMENT) out.push(items.slice(i, i + ROWS_PER_STATEMENT))
+  return out
 }
 
 /**
@@ -33,18 +36,39 @@ export class LockTable {
     return this.#knex(this.#table).where({ lock_name: row.name, lock_key: row.key, token: row.token })
   }
 
-  /** Refreshes the row's timestamp. Resolves `false` when the row is no longer ours. */
-  async renew(row: RowIdentity, nowMs: number | null): Promise<boolean> {
-    const updated = await this.#row(row).update({ last_renewed_ts: this.#now(nowMs) })
-    if (Number(updated) > 0) return true
-    // MySQL without CLIENT_FOUND_ROWS counts changed rows only, so a renewal in the same
-    // millisecond as the last write reports 0 although the row is ours. Ask before declaring loss.
-    return (await this.#row(row).first(this.#knex.raw('1 AS present'))) !== undefined
+  #rows(rows: readonly RowIdentity[]): Knex.QueryBuilder {
+    return this.#knex(this.#table).whereRaw('(lock_name, lock_key, token) IN (?)', [this.#dialect.rowSet(this.#knex, rows)])
+  }
+
+  /**
+   * Refreshes the timestamp of every row that still carries its token, in one statement per
+   * 10,000 rows (plus one when some are gone). Resolves the tokens that are still ours.
+   */
+  async renewMany(rows: readonly RowIdentity[], nowMs: number | null): Promise<Set<string>> {
+    const ours = new Set<string>()
+    for (const chunk of chunks(rows)) {
+      const updated = Number(await this.#rows(chunk).update({ last_renewed_ts: this.#now(nowMs) }))
+      if (updated === chunk.length) {
+        for (const row of chunk) ours.add(row.token)
+        continue
+      }
+      // Some rows are gone or taken over; ask which remain. (MySQL without CLIENT_FOUND_ROWS
+      // also lands here when a renewal falls in the same millisecond as the last write, since it
+      // counts changed rows only.)
+      const present = await this.#rows(chunk).select('token')
+      for (const found of present as Array<{ token: unknown }>) ours.add(String(found.token))
+    }
+    return ours
   }
 
   /** Deletes the row if it still carries this token. Resolves whether a row was deleted. */
   async release(row: RowIdentity): Promise<boolean> {
     return Number(await this.#row(row).delete()) > 0
+  }
+
+  /** Deletes every row that still carries its token, in one statement per 10,000 rows. */
+  async releaseMany(rows: readonly RowIdentity[]): Promise<void> {
+    for (const chunk of chunks(rows)) await this.#rows(chunk).delete()
   }
 
   /** Whether the row exists with this token and is not stale. */

@@ -10,6 +10,9 @@ export interface LockState {
   readonly name: string
   readonly key: string
   readonly token: string
+  readonly fence: bigint
+  readonly controller: AbortController
+  state: 'held' | 'released' | 'lost'
 }
 
 /**
@@ -24,6 +27,14 @@ export class Lock {
   readonly key: string
   /** A random value unique to this acquisition; the database row carries it while it is ours. */
   readonly token: string
+  /**
+   * The fencing token: larger than the fence of every earlier acquisition of the same
+   * `(name, key)`, by any worker, even across restarts and after the row was deleted. Send it
+   * with every write to the resource the lock protects; the resource keeps the highest fence it
+   * has seen and refuses writes that carry a lower one, which stops a holder that lost the lock
+   * without knowing it.
+   */
+  readonly fence: bigint
   readonly #owner: LockOwner
   readonly #state: LockState
 
@@ -32,8 +43,24 @@ export class Lock {
     this.name = state.name
     this.key = state.key
     this.token = state.token
+    this.fence = state.fence
     this.#owner = owner
     this.#state = state
+  }
+
+  /**
+   * Aborts as soon as the store knows the lock is no longer held: another worker took it over
+   * or its row was deleted (found by a renewal), no renewal succeeded for `lockTimeoutMs`, or it
+   * was released. Its `reason` is a `LockLostError` saying which. Pass it to the work the lock
+   * protects (`fetch(url, { signal })`, timers, your own loops) so that work stops with it.
+   */
+  get signal(): AbortSignal {
+    return this.#state.controller.signal
+  }
+
+  /** `true` once the lock was lost without being released (see {@link signal}). */
+  get lost(): boolean {
+    return this.#state.state === 'lost'
   }
 
   /**
@@ -47,9 +74,10 @@ export class Lock {
   }
 
   /**
-   * Deletes the lock's row if it still carries our token (never another holder's), and stops
-   * renewing. Safe to call more than once; a call after a failed one tries the delete again.
-   * Rejects with a `LockDatabaseError` if the database fails; the lock then expires on its own.
+   * Deletes the lock's row if it still carries our token (never another holder's), stops
+   * renewing, and aborts {@link signal}. Safe to call more than once; a call after a failed one
+   * tries the delete again. Rejects with a `LockDatabaseError` if the database fails; the lock
+   * then expires on its own.
    */
   release(): Promise<void> {
     return this.#owner.release(this.#state)

@@ -3,13 +3,17 @@ import { Harness } from './harness.mjs'
 import { forEachTarget } from './matrix.mjs'
 import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
+import { fenceSuite } from './suite/fence.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
+import { signalSuite } from './suite/signal.mjs'
 
 forEachTarget('behaviour', (target) => {
   const h = new Harness(target)
   acquireSuite(h)
   renewalSuite(h)
+  signalSuite(h)
+  fenceSuite(h)
   badInputSuite(h)
   schemaSuite(h)
 })

@@ -20,10 +20,13 @@ export function uniqueName(prefix: string): string {
   return `${prefix}_${process.pid}_${randomBytes(4).toString('hex')}`
 }
 
-const sqliteFile = join(tmpdir(), `${uniqueName('worker_locks_test')}.sqlite`)
-process.on('exit', () => {
-  for (const suffix of ['', '-wal', '-shm']) rmSync(sqliteFile + suffix, { force: true })
-})
+/** The SQLite file of this test run; a child process is handed its parent's in WL_SQLITE_FILE. */
+export const sqliteFile = process.env.WL_SQLITE_FILE ?? join(tmpdir(), `${uniqueName('worker_locks_test')}.sqlite`)
+if (process.env.WL_SQLITE_FILE === undefined) {
+  process.on('exit', () => {
+    for (const suffix of ['', '-wal', '-shm']) rmSync(sqliteFile + suffix, { force: true })
+  })
+}
 
 /** Extra connection settings a test may ask for (mysql2 flags, say). */
 export interface ConnectionTweaks {

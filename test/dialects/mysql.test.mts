@@ -30,27 +30,28 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
       const holder = async () => String((await knex(tableName).first('token'))?.token)
 
       it('tells inserted, refused, taken over and reclaimed apart on one connection', async () => {
-        assert.equal(await mysqlDialect.acquireNative(knex, request('A', 'tA', 1000)), true, 'free: inserted')
-        assert.equal(await mysqlDialect.acquireNative(knex, request('B', 'tB', 1050)), false, 'held: refused')
-        assert.equal(await mysqlDialect.acquireNative(knex, request('B', 'tB2', 1100)), false, 'at the timeout: refused')
+        const acquired = async (r: AcquireRequest) => (await mysqlDialect.acquireNative(knex, r)) !== null
+        assert.equal(await acquired(request('A', 'tA', 1000)), true, 'free: inserted')
+        assert.equal(await acquired(request('B', 'tB', 1050)), false, 'held: refused')
+        assert.equal(await acquired(request('B', 'tB2', 1100)), false, 'at the timeout: refused')
         assert.equal(await holder(), 'tA')
-        assert.equal(await mysqlDialect.acquireNative(knex, request('B', 'tB3', 1101)), true, 'stale: taken over')
+        assert.equal(await acquired(request('B', 'tB3', 1101)), true, 'stale: taken over')
         assert.equal(await holder(), 'tB3')
-        assert.equal(await mysqlDialect.acquireNative(knex, request('B', 'tB4', 1102)), true, 'same instance: reclaimed')
+        assert.equal(await acquired(request('B', 'tB4', 1102)), true, 'same instance: reclaimed')
         const row = await knex(tableName).first('instance_name', 'token', 'last_renewed_ts')
         assert.deepEqual([String(row.instance_name), String(row.token), Number(row.last_renewed_ts)], ['B', 'tB4', 1102])
-        assert.equal(await mysqlDialect.acquireNative(knex, request('C', 'tC', 1103)), false, 'refused again')
+        assert.equal(await acquired(request('C', 'tC', 1103)), false, 'refused again')
         await knex(tableName).delete()
-        assert.equal(await mysqlDialect.acquireNative(knex, request('C', 'tC2', 1104)), true, 'a refusal does not leak into the next insert')
+        assert.equal(await acquired(request('C', 'tC2', 1104)), true, 'a refusal does not leak into the next insert')
       })
 
       it('keeps a lock renewed twice in the same millisecond', async () => {
         await knex(tableName).delete()
-        assert.equal(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000)), true)
+        assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000)), null)
         const table = new LockTable(knex, mysqlDialect, tableName, 100)
         const row = { name: 'n', key: 'k', token: 'tA' }
-        assert.equal(await table.renew(row, 5000), true)
-        assert.equal(await table.renew({ ...row, token: 'other' }, 5000), false)
+        assert.deepEqual(await table.renewMany([row], 5000), new Set(['tA']))
+        assert.deepEqual(await table.renewMany([row, { ...row, token: 'other' }], 5000), new Set(['tA']))
       })
     })
   }

@@ -1,0 +1,114 @@
+// lock.fence: strictly larger than every earlier acquisition's fence of the same lock.
+import assert from 'node:assert/strict'
+import { it } from 'node:test'
+import { LockStore, ManualClock, migrationsDirectory, type Lock } from '../../src/index.js'
+import { uniqueName } from '../targets.mjs'
+import type { Harness } from '../harness.mjs'
+
+const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
+
+// A small deterministic generator, so a failing sequence can be replayed.
+function random(seed: number): () => number {
+  let state = seed >>> 0
+  return () => {
+    state = (state * 1_664_525 + 1_013_904_223) >>> 0
+    return state / 2 ** 32
+  }
+}
+
+export function fenceSuite(h: Harness): void {
+  it('hands out a fence with every acquisition, larger after release, takeover and re-acquire', async () => {
+    const clock = new ManualClock()
+    const a = h.clockedStore(clock)
+    const name = h.lockName()
+    const first = await a.tryAcquireLock(name)
+    assert.ok(first)
+    assert.equal(typeof first.fence, 'bigint')
+    assert.ok(first.fence > 0n)
+    await first.release()
+    const second = await a.tryAcquireLock(name)
+    assert.ok(second && second.fence > first.fence)
+    const stuck = h.clockedStore(new ManualClock(clock.now()))
+    await clock.advance(TIMEOUT + 1) // a's renewals run; stuck never renews anything of its own
+    const held = await stuck.tryAcquireLock(name)
+    assert.equal(held, null, 'a renewed it')
+  })
+
+  it('keeps fences strictly increasing per lock over 1,000 mixed steps across stores', async () => {
+    const clock = new ManualClock()
+    // Two workers, and a restarted twin of the first (same instance name) that reclaims its locks.
+    const stores: LockStore[] = [
+      h.clockedStore(clock, { instanceName: 'fence-w1' }),
+      h.clockedStore(clock, { instanceName: 'fence-w2' }),
+      h.clockedStore(clock, { instanceName: 'fence-w1' }),
+    ]
+    const names = [h.lockName('f'), h.lockName('f'), h.lockName('f')]
+    const highest = new Map<string, bigint>()
+    const held = new Map<string, Lock>()
+    const next = random(20261126)
+    const counts = { acquired: 0, refused: 0, released: 0, deleted: 0, expired: 0 }
+    for (let step = 0; step < 1000; step++) {
+      const name = names[Math.floor(next() * names.length)] ?? ''
+      const roll = next()
+      const current = held.get(name)
+      if (roll < 0.5) {
+        const store = stores[Math.floor(next() * stores.length)]
+        const lock = await store?.tryAcquireLock(name)
+        if (!lock) { counts.refused++; continue }
+        counts.acquired++
+        const previous = highest.get(name) ?? 0n
+        assert.ok(lock.fence > previous, `step ${step}: fence ${lock.fence} after ${previous}`)
+        highest.set(name, lock.fence)
+        held.set(name, lock)
+      } else if (roll < 0.75 && current) {
+        counts.released++
+        await current.release()
+        held.delete(name)
+      } else if (roll < 0.85) {
+        counts.deleted++ // an operator deletes the row
+        await h.knex(h.tableName).where({ lock_name: name }).delete()
+      } else if (roll < 0.9) {
+        counts.expired++ // everything goes stale; the next acquire takes over
+        await h.knex(h.tableName).whereIn('lock_name', names).update({ last_renewed_ts: 0 })
+      }
+    }
+    assert.ok(counts.acquired > 100 && counts.refused > 10 && counts.released > 50, JSON.stringify(counts))
+  })
+
+  it('upgrades a table holding live locks in place, and fences then exceed theirs', async () => {
+    const tableName = uniqueName('wl_upgrade')
+    const knex = h.knex.withUserParams({ workerLocksTableName: tableName })
+    const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
+    try {
+      await knex.migrate.up(config) // migration 1 only: the table as the first release made it
+      assert.equal(await h.knex.schema.hasColumn(tableName, 'fence'), false)
+      const now = Date.now()
+      await h.knex(tableName).insert([
+        { lock_name: 'live', lock_key: '', instance_name: 'old-version', token: 'old-live', last_renewed_ts: now },
+        { lock_name: 'stale', lock_key: '', instance_name: 'old-version', token: 'old-stale', last_renewed_ts: 0 },
+      ])
+      await knex.migrate.latest(config)
+      assert.equal(await h.knex.schema.hasColumn(tableName, 'fence'), true)
+      const rows = await h.knex(tableName).orderBy('lock_name').select('lock_name', 'token', 'fence')
+      assert.deepEqual(rows.map((r) => String(r.token)), ['old-live', 'old-stale'], 'live rows survive the upgrade')
+
+      const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      assert.equal(await store.tryAcquireLock('live'), null, 'a lock held before the upgrade is still held')
+      const oldFences = rows.map((r) => BigInt(r.fence))
+      const taken = await store.tryAcquireLock('stale')
+      assert.ok(taken)
+      for (const fence of oldFences) assert.ok(taken.fence > fence)
+      const fresh = await store.tryAcquireLock('new')
+      assert.ok(fresh && fresh.fence > taken.fence)
+      await store.close()
+
+      await knex.migrate.rollback(config, true)
+      assert.equal(await h.knex.schema.hasTable(tableName), false)
+    } finally {
+      await h.knex.schema.dropTableIfExists(tableName)
+      await h.knex.schema.dropTableIfExists(`${tableName}_fence`)
+      await h.knex.schema.dropTableIfExists(`${tableName}_migrations`)
+      await h.knex.schema.dropTableIfExists(`${tableName}_migrations_lock`)
+    }
+  })
+}
