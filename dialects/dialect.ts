@@ -58,10 +58,11 @@ export interface Dialect {
    */
   fenceValue(knex: Knex, table: string): Knex.Raw | undefined
   /**
-   * A derived table with columns `n`, `k`, `tok` holding `rows`, for statements that touch many
-   * locks at once with one bound parameter, however many rows there are.
+   * Restricts a query on the lock table to `rows` (matching name, key and token), passing them as
+   * one bound parameter however many there are, so that renewing or releasing many locks is one
+   * statement. The query stays usable for `update`, `delete` and `select`.
    */
-  rowSet(knex: Knex, rows: readonly RowIdentity[]): Knex.Raw
+  restrictToRows(knex: Knex, query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]): Knex.QueryBuilder
   /** The rows of a `knex.raw` result (each driver shapes it differently). */
   rowsOf(result: unknown): readonly Record<string, unknown>[]
   /**
@@ -97,4 +98,9 @@ export function toFence(value: unknown): bigint {
 export async function selectFence(knex: Knex, table: string, row: RowIdentity): Promise<bigint | null> {
   const found = await knex(table).where({ lock_name: row.name, lock_key: row.key, token: row.token }).first('fence')
   return found === undefined ? null : toFence((found as { fence: unknown }).fence)
+}
+
+/** `rows` as the one JSON parameter that `restrictToRows` binds: an array of [name, key, token]. */
+export function rowsJson(rows: readonly RowIdentity[]): string {
+  return JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))
 }

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import { errorCode, nowBinding, selectFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, nowBinding, rowsJson, selectFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -54,14 +54,16 @@ export const mysqlDialect: Dialect = {
   // Triggers fill the column (see migration 2).
   fenceValue: () => undefined,
 
-  // JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.
-  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
-    knex.raw(
-      `SELECT n, k, tok FROM JSON_TABLE(?, '$[*]' COLUMNS (
+  // A join, not `(a, b, c) IN (subquery)`: MariaDB runs that subquery once per row of the table
+  // (1,000 locks: 1.2 s against 30 ms). JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.
+  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]) =>
+    query.joinRaw(
+      `JOIN JSON_TABLE(?, '$[*]' COLUMNS (
          n VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[0]',
          k VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[1]',
-         tok VARCHAR(64) CHARACTER SET utf8mb4 PATH '$[2]')) AS r`,
-      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))],
+         tok VARCHAR(64) CHARACTER SET utf8mb4 PATH '$[2]')) AS wl_rows
+       ON ??.lock_name = wl_rows.n AND ??.lock_key = wl_rows.k AND ??.token = wl_rows.tok`,
+      [rowsJson(rows), table, table, table],
     ),
 
   rowsOf: (result) => (result as [Record<string, unknown>[]])[0],

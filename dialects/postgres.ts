@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
@@ -24,9 +24,9 @@ export const postgresDialect: Dialect = {
   // The column's default draws from a sequence (see migration 2).
   fenceValue: () => undefined,
 
-  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
-    knex.raw("SELECT e->>0 AS n, e->>1 AS k, e->>2 AS tok FROM jsonb_array_elements(?::jsonb) AS e",
-      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))]),
+  // The planner turns the row-value IN into one index lookup per element.
+  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
+    query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
 
   rowsOf: (result) => (result as { rows: Record<string, unknown>[] }).rows,
 

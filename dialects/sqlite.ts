@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // Upsert needs 3.24; telling whether our row was written, and its fence, in the same statement
 // needs RETURNING (3.35).
@@ -39,10 +39,12 @@ export const sqliteDialect: Dialect = {
   fenceValue: (knex: Knex, table: string) =>
     knex.raw('(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ?? UNION ALL SELECT high_water FROM ??))', [table, `${table}_fence`]),
 
-  rowSet: (knex: Knex, rows: readonly RowIdentity[]) =>
-    // json_extract rather than ->>, which needs SQLite 3.38.
-    knex.raw("SELECT json_extract(value, '$[0]') AS n, json_extract(value, '$[1]') AS k, json_extract(value, '$[2]') AS tok FROM json_each(?)",
-      [JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))]),
+  // json_extract rather than ->>, which needs SQLite 3.38. SQLite looks each element up by key.
+  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
+    query.whereRaw(
+      "(lock_name, lock_key, token) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))",
+      [rowsJson(rows)],
+    ),
 
   rowsOf: (result) => result as Record<string, unknown>[],
 

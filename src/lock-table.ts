@@ -37,7 +37,7 @@ export class LockTable {
   }
 
   #rows(rows: readonly RowIdentity[]): Knex.QueryBuilder {
-    return this.#knex(this.#table).whereRaw('(lock_name, lock_key, token) IN (?)', [this.#dialect.rowSet(this.#knex, rows)])
+    return this.#dialect.restrictToRows(this.#knex, this.#knex(this.#table), this.#table, rows)
   }
 
   /**
@@ -55,7 +55,7 @@ export class LockTable {
       // Some rows are gone or taken over; ask which remain. (MySQL without CLIENT_FOUND_ROWS
       // also lands here when a renewal falls in the same millisecond as the last write, since it
       // counts changed rows only.)
-      const present = await this.#rows(chunk).select('token')
+      const present = await this.#rows(chunk).select(`${this.#table}.token`)
       for (const found of present as Array<{ token: unknown }>) ours.add(String(found.token))
     }
     return ours

@@ -6,6 +6,7 @@ import { badInputSuite } from './suite/bad-input.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
+import { shutdownSuite } from './suite/shutdown.mjs'
 import { signalSuite } from './suite/signal.mjs'
 
 forEachTarget('behaviour', (target) => {
@@ -14,6 +15,7 @@ forEachTarget('behaviour', (target) => {
   renewalSuite(h)
   signalSuite(h)
   fenceSuite(h)
+  shutdownSuite(h)
   badInputSuite(h)
   schemaSuite(h)
 })

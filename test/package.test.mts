@@ -2,7 +2,7 @@
 // the shipped migrations, and the README's TypeScript examples compiling against the types.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { join } from 'node:path'
 import { after, describe, it } from 'node:test'
@@ -47,7 +47,8 @@ describe('package', () => {
       .replace('process.env.DATABASE_URL', JSON.stringify({ filename: database })))
     const cli = join(root, 'node_modules', 'knex', 'bin', 'cli.js')
     const knexCli = (...args: string[]) => run(process.execPath, [cli, ...args, '--knexfile', 'knexfile.cjs'], { cwd: project })
-    assert.match((await knexCli('migrate:latest')).stdout, /Batch 1 run: 1 migrations/)
+    const shipped = readdirSync(join(root, 'migrations')).filter((f) => f.endsWith('.cjs')).length
+    assert.match((await knexCli('migrate:latest')).stdout, new RegExp(`Batch 1 run: ${shipped} migrations`))
     assert.match((await knexCli('migrate:latest')).stdout, /Already up to date/)
     const sqlite = createRequire(join(root, 'package.json'))('better-sqlite3') as new (file: string) => {
       prepare(sql: string): { all(): Array<{ name: string }> }
@@ -60,6 +61,14 @@ describe('package', () => {
     assert.ok(tables().includes('worker_locks'))
     await knexCli('migrate:rollback', '--all')
     assert.ok(!tables().includes('worker_locks'))
+  })
+
+  it('runs the fencing example: the stalled worker\'s late write is refused', async () => {
+    const { stdout } = await run(process.execPath, [join(root, 'dist', 'examples', 'fencing.mjs')], { cwd: root })
+    assert.match(stdout, /worker B took over with fence (\d+)/)
+    assert.match(stdout, /worker A's late write was refused: fence 1 is older than 2/)
+    assert.match(stdout, /worker A's signal aborted: true/)
+    assert.match(stdout, /document: final by B/)
   })
 
   it('compiles every TypeScript example in the README', async () => {

@@ -28,10 +28,13 @@ export function fenceSuite(h: Harness): void {
     await first.release()
     const second = await a.tryAcquireLock(name)
     assert.ok(second && second.fence > first.fence)
-    const stuck = h.clockedStore(new ManualClock(clock.now()))
-    await clock.advance(TIMEOUT + 1) // a's renewals run; stuck never renews anything of its own
-    const held = await stuck.tryAcquireLock(name)
-    assert.equal(held, null, 'a renewed it')
+    // A worker whose clock is past a's deadline sees a's row as stale and takes it over.
+    const b = h.clockedStore(new ManualClock(clock.now() + TIMEOUT + 1))
+    const third = await b.tryAcquireLock(name)
+    assert.ok(third && third.fence > second.fence)
+    await third.release()
+    const fourth = await h.clockedStore(clock).tryAcquireLock(name)
+    assert.ok(fourth && fourth.fence > third.fence)
   })
 
   it('keeps fences strictly increasing per lock over 1,000 mixed steps across stores', async () => {

@@ -1,0 +1,66 @@
+// releaseOnSignals, in a real child process: SIGTERM frees its lock for another process at once.
+import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { join } from 'node:path'
+import { it } from 'node:test'
+import { releaseOnSignals } from '../../src/index.js'
+import { sqliteFile } from '../targets.mjs'
+import type { Harness } from '../harness.mjs'
+
+const fixture = join(import.meta.dirname, '..', 'fixtures', 'hold-lock.mjs')
+
+interface Exit { code: number | null; signal: NodeJS.Signals | null; stdout: string }
+
+/** Starts a worker holding `lockName`; resolves once it says ready. */
+async function startWorker(h: Harness, lockName: string, extraEnv: Record<string, string> = {}) {
+  const child = spawn(process.execPath, [fixture], {
+    env: {
+      ...process.env, WL_DATABASE: h.target.database, WL_STRATEGY: h.target.strategy,
+      WL_TABLE: h.tableName, WL_LOCK: lockName, WL_SQLITE_FILE: sqliteFile, ...extraEnv,
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  let stdout = ''
+  const exited = new Promise<Exit>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stdout })))
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      stdout += chunk.toString()
+      if (stdout.includes('ready')) resolve()
+    })
+    void exited.then((e) => reject(new Error(`worker exited before it was ready: ${JSON.stringify({ ...e, stdout })}`)))
+  })
+  return { child, exited }
+}
+
+export function shutdownSuite(h: Harness): void {
+  it('frees the lock of a process stopped with SIGTERM at once, and the process dies of the signal', async () => {
+    const name = h.lockName('sigterm')
+    const { child, exited } = await startWorker(h, name)
+    const other = h.store({ lockTimeoutMs: 600_000 })
+    assert.equal(await other.tryAcquireLock(name), null, 'the worker holds it')
+    child.kill('SIGTERM')
+    const exit = await exited
+    assert.equal(exit.signal, 'SIGTERM', 'exits as it would have without the handler')
+    assert.ok(await other.tryAcquireLock(name), 'free long before the 10-minute timeout')
+  })
+
+  it("leaves the exit to the application's own handler when it has one", async () => {
+    const name = h.lockName('apphandler')
+    const { child, exited } = await startWorker(h, name, { WL_APP_HANDLER: '1' })
+    child.kill('SIGTERM')
+    const exit = await exited
+    assert.equal(exit.code, 3)
+    assert.match(exit.stdout, /app handler/)
+    assert.ok(await h.store({ lockTimeoutMs: 600_000 }).tryAcquireLock(name))
+  })
+
+  it('changes no signal handling until asked, and removes its handlers on request', () => {
+    const before = process.listenerCount('SIGTERM')
+    const remove = releaseOnSignals(h.store(), { signals: ['SIGTERM'] })
+    assert.equal(process.listenerCount('SIGTERM'), before + 1)
+    remove()
+    assert.equal(process.listenerCount('SIGTERM'), before)
+    assert.throws(() => releaseOnSignals(h.store(), { signals: [] }), TypeError)
+    assert.throws(() => releaseOnSignals(h.store(), { timeoutMs: -1 }), RangeError)
+  })
+}
