@@ -25,6 +25,25 @@ export interface RowIdentity {
   readonly token: string
 }
 
+/** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
+export interface ReleaseSubscription {
+  /** Ends the connection. */
+  close(): Promise<void>
+}
+
+/** Telling other processes that a lock was released. */
+export interface ReleaseNotifications {
+  /** Deletes our row and announces the release in the same statement; listeners hear of it only once it has committed. */
+  releaseAndNotify(knex: Knex, table: string, row: RowIdentity): Promise<boolean>
+  /** The same for many rows at once, in one statement. */
+  releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
+  /**
+   * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
+   * announced for `table`, and `onClosed` once if the connection fails or ends.
+   */
+  listen(knex: Knex, table: string, onRelease: (name: string, key: string) => void, onClosed: (error: unknown) => void): Promise<ReleaseSubscription>
+}
+
 /** What a server can do, asked once per store. */
 export interface ServerFacts {
   /** The server and version, e.g. `SQLite 3.49.1`. */
@@ -63,6 +82,11 @@ export interface Dialect {
    * statement. The query stays usable for `update`, `delete` and `select`.
    */
   restrictToRows(knex: Knex, query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]): Knex.QueryBuilder
+  /**
+   * Cross-process release notifications, where the database has them (PostgreSQL's
+   * LISTEN/NOTIFY). Without them, waiters in other processes find a released lock by polling.
+   */
+  readonly notifications?: ReleaseNotifications
   /** The rows of a `knex.raw` result (each driver shapes it differently). */
   rowsOf(result: unknown): readonly Record<string, unknown>[]
   /**

@@ -4,7 +4,7 @@ import { mysqlDialect } from './mysql.js'
 import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
-export type { AcquireRequest, Dialect, DialectName, RowIdentity, ServerFacts } from './dialect.js'
+export type { AcquireRequest, Dialect, DialectName, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts } from './dialect.js'
 export { acquire, type Strategy } from './acquire.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',

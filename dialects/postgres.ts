@@ -1,9 +1,23 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import {
+  errorCode, rowsJson,
+  type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
+} from './dialect.js'
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
+
+/** The NOTIFY channel of a lock table. Table names are at most 48 characters, so this stays within PostgreSQL's 63. */
+const channelOf = (table: string): string => `${table}_released`
+
+/** The parts of a `pg` client the listener uses. */
+interface ListeningClient {
+  on(event: 'notification', listener: (message: { channel: string; payload?: string }) => void): void
+  on(event: 'error', listener: (error: Error) => void): void
+  on(event: 'end', listener: () => void): void
+  query(sql: string): Promise<unknown>
+}
 
 /** PostgreSQL through `pg`. */
 export const postgresDialect: Dialect = {
@@ -27,6 +41,60 @@ export const postgresDialect: Dialect = {
   // The planner turns the row-value IN into one index lookup per element.
   restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
     query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
+
+  notifications: {
+    async releaseAndNotify(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
+      // NOTIFY inside a statement is delivered when its transaction commits, so no listener
+      // hears of the release before the row is really gone.
+      const result = await knex.raw(
+        `WITH released AS (DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+         SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`,
+        [table, row.name, row.key, row.token, channelOf(table)],
+      )
+      return postgresDialect.rowsOf(result).length > 0
+    },
+
+    async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void> {
+      await knex.raw(
+        `WITH released AS (
+           DELETE FROM ?? WHERE (lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)
+           RETURNING lock_name, lock_key)
+         SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`,
+        [table, rowsJson(rows), channelOf(table)],
+      )
+    },
+
+    async listen(knex, table, onRelease, onClosed): Promise<ReleaseSubscription> {
+      const channel = channelOf(table)
+      // A connection of its own, outside the pool: LISTEN belongs to one session for its lifetime.
+      const client = (await knex.client.acquireRawConnection()) as ListeningClient
+      let closed = false
+      const close = (error: unknown): void => {
+        if (closed) return
+        closed = true
+        onClosed(error)
+      }
+      client.on('notification', (message) => {
+        if (message.channel !== channel || message.payload === undefined) return
+        const released: unknown = JSON.parse(message.payload)
+        if (Array.isArray(released) && typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1])
+      })
+      client.on('error', close)
+      client.on('end', () => close(new Error('the listening connection ended')))
+      try {
+        await client.query(knex.raw('LISTEN ??', [channel]).toQuery())
+      } catch (error) {
+        await knex.client.destroyRawConnection(client).catch(() => undefined)
+        throw error
+      }
+      return {
+        async close() {
+          closed = true
+          await knex.client.destroyRawConnection(client)
+        },
+      }
+    },
+  },
 
   rowsOf: (result) => (result as { rows: Record<string, unknown>[] }).rows,
 

@@ -5,6 +5,7 @@ export type LockErrorCode =
   | 'STORE_CLOSED'
   | 'DATABASE_ERROR'
   | 'LOCK_LOST'
+  | 'LOCK_TIMEOUT'
 
 /**
  * Base class of every error worker-locks raises itself. `code` is stable across versions;
@@ -72,5 +73,22 @@ export class LockLostError extends LockError {
     this.reason = reason
     this.lockName = lockName
     this.lockKey = lockKey
+  }
+}
+
+/** `acquireLock` or `withLock` waited `timeoutMs` without getting the lock. Nothing is held. */
+export class LockTimeoutError extends LockError {
+  /** The lock's name. */
+  readonly lockName: string
+  /** The lock's key. */
+  readonly lockKey: string
+  /** How long the caller asked to wait, in milliseconds. */
+  readonly timeoutMs: number
+
+  constructor(lockName: string, lockKey: string, timeoutMs: number) {
+    super('LOCK_TIMEOUT', `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(lockName)} (key ${JSON.stringify(lockKey)}).`)
+    this.lockName = lockName
+    this.lockKey = lockKey
+    this.timeoutMs = timeoutMs
   }
 }

@@ -1,12 +1,13 @@
-export { LockStore } from './lock-store.js'
+export { LockStore, type TryWithLockResult } from './lock-store.js'
 export { Lock } from './lock.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {
-  LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError,
+  LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError, LockTimeoutError,
   type LockErrorCode, type LockLossReason,
 } from './errors.js'
 export type { Logger, LogLevel } from './logger.js'
-export { MAX_NAME_LENGTH, type LockStoreOptions, type ClockOption, type StrategyOption } from './validate.js'
+export { MAX_NAME_LENGTH, type LockStoreOptions, type ClockOption, type StrategyOption, type WaitOptions } from './validate.js'
+export type { BackoffOptions } from './backoff.js'
 export { createLockTable, dropLockTable, migrationsDirectory, type LockTableOptions } from './schema.js'
 export type { DialectName, Strategy } from '../dialects/index.js'
 export { releaseOnSignals, type ReleaseOnSignalsOptions } from './shutdown.js'

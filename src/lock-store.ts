@@ -8,11 +8,14 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
+import { announceRelease, onLocalRelease } from './release-bus.js'
+import { ReleaseListener } from './release-listener.js'
+import { WaitRoom } from './wait-room.js'
 import { describeLock, HeldLocks, type HeldLock } from './held-locks.js'
 import { Lock, type LockOwner } from './lock.js'
 import { LockTable } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
-import { resolveOptions, validateLockId, type LockStoreOptions, type ResolvedOptions } from './validate.js'
+import { resolveOptions, resolveWaitOptions, validateLockId, type LockStoreOptions, type ResolvedOptions, type WaitOptions } from './validate.js'
 
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 const lockId = (name: string, key: string): string => `${name}\0${key}`
@@ -20,6 +23,9 @@ const lockId = (name: string, key: string): string => `${name}\0${key}`
 function isKnex(value: unknown): value is Knex {
   return typeof value === 'function' && typeof (value as { client?: unknown }).client === 'object'
 }
+
+/** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
+export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }
 
 interface Resolved {
   readonly strategy: Strategy
@@ -63,6 +69,9 @@ export class LockStore {
     release: (state) => this.#release(state as HeldLock),
     isStillValid: (state) => this.#isStillValid(state as HeldLock),
   }
+  readonly #waiting: WaitRoom
+  readonly #listener: ReleaseListener | undefined
+  #stopHearingReleases: (() => void) | undefined
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -104,6 +113,30 @@ export class LockStore {
       lockTimeoutMs: this.lockTimeoutMs,
       renewalIntervalMs: this.renewalIntervalMs,
       log: (level, details, message) => this.#log(level, details, message),
+    })
+    const wake = (name: string, key: string): void => this.#waiting.wake(lockId(name, key))
+    this.#listener = sql.notifications
+      ? new ReleaseListener(knex, sql.notifications, this.tableName, wake, timers, (level, details, message) => this.#log(level, details, message))
+      : undefined
+    this.#waiting = new WaitRoom({
+      timers,
+      monotonicNow: this.#monotonicNow,
+      backoff: this.#options.backoff,
+      slowWaitWarningMs: this.#options.slowWaitWarningMs,
+      log: (level, details, message) => this.#log(level, details, message),
+      attempt: (name, key) => this.tryAcquireLock(name, key),
+      // Hear of releases (in this process, and from others where the database can tell) only
+      // while someone waits.
+      occupied: (occupied) => {
+        if (occupied) {
+          this.#stopHearingReleases = onLocalRelease(this.tableName, wake)
+          this.#listener?.start()
+        } else {
+          this.#stopHearingReleases?.()
+          this.#stopHearingReleases = undefined
+          void this.#listener?.stop()
+        }
+      },
     })
   }
 
@@ -150,6 +183,64 @@ export class LockStore {
   }
 
   /**
+   * Waits until this store holds the lock `(name, key)` and resolves it. Waiters in one store
+   * are served first come, first served. Between attempts it backs off (see the `backoff`
+   * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
+   * at once.
+   * @throws LockTimeoutError after `timeoutMs`, holding nothing
+   * @throws the signal's reason when `signal` aborts, holding nothing
+   * @throws LockStoreClosedError when the store is closed while waiting
+   * @throws InvalidLockNameError, TypeError or RangeError for bad arguments, before any SQL runs
+   */
+  async acquireLock(name: string, key = '', options?: WaitOptions): Promise<Lock> {
+    validateLockId(name, key)
+    const { timeoutMs, signal } = resolveWaitOptions(options)
+    if (this.#closing) throw new LockStoreClosedError()
+    signal?.throwIfAborted()
+    return this.#waiting.wait(lockId(name, key), name, key, timeoutMs, signal)
+  }
+
+  /**
+   * Waits for the lock (as {@link acquireLock}), runs `fn` with it, releases it whatever `fn`
+   * does, and returns what `fn` returned. `fn` should watch `lock.signal`. If only the release
+   * fails, the result is still returned and the failure is logged: the lock then expires.
+   */
+  async withLock<T>(name: string, key: string, fn: (lock: Lock) => T | Promise<T>, options?: WaitOptions): Promise<T> {
+    if (typeof fn !== 'function') throw new TypeError('withLock needs a function to run under the lock.')
+    const lock = await this.acquireLock(name, key, options)
+    return this.#runHolding(lock, fn)
+  }
+
+  /**
+   * Runs `fn` under the lock if it is free right now, without waiting: resolves
+   * `{ acquired: true, value }` with `fn`'s result, or `{ acquired: false }` if someone else holds
+   * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does.
+   */
+  async tryWithLock<T>(name: string, key: string, fn: (lock: Lock) => T | Promise<T>): Promise<TryWithLockResult<T>> {
+    if (typeof fn !== 'function') throw new TypeError('tryWithLock needs a function to run under the lock.')
+    const lock = await this.tryAcquireLock(name, key)
+    if (!lock) return { acquired: false }
+    return { acquired: true, value: await this.#runHolding(lock, fn) }
+  }
+
+  async #runHolding<T>(lock: Lock, fn: (lock: Lock) => T | Promise<T>): Promise<T> {
+    let value: T
+    try {
+      value = await fn(lock)
+    } catch (error) {
+      await lock.release().catch((releaseError: unknown) => this.#logReleaseFailure(lock, releaseError))
+      throw error
+    }
+    await lock.release().catch((releaseError: unknown) => this.#logReleaseFailure(lock, releaseError))
+    return value
+  }
+
+  #logReleaseFailure(lock: Lock, error: unknown): void {
+    this.#log('warn', { err: error, lockName: lock.name, lockKey: lock.key },
+      `worker-locks: could not release lock ${describeLock(lock.name, lock.key)} after its work; it expires after ${this.lockTimeoutMs} ms.`)
+  }
+
+  /**
    * Stops renewing and releases every lock this store holds (aborting their signals), waiting
    * for acquisitions under way (a lock they win is released at once and they reject with
    * `LockStoreClosedError`). Safe to call more than once. Does not destroy the knex instance.
@@ -161,13 +252,16 @@ export class LockStore {
   }
 
   async #close(): Promise<void> {
+    this.#waiting.stopAll(new LockStoreClosedError())
     await this.#held.stop()
     await Promise.allSettled([...this.#inflight])
+    await this.#listener?.stop()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
     if (records.length === 0) return
     await this.#database(`release ${records.length} lock(s) while closing; they expire after ${this.lockTimeoutMs} ms`,
       () => this.#table.releaseMany(records))
+    for (const record of records) announceRelease(this.tableName, record.name, record.key)
   }
 
   #resolve(): Promise<Resolved> {
@@ -229,6 +323,7 @@ export class LockStore {
     const releasing = this.#database(`release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
       .then(() => {
         this.#undeleted.delete(record)
+        announceRelease(this.tableName, record.name, record.key)
       }, (error: unknown) => {
         record.releasing = undefined
         this.#undeleted.add(record)

@@ -61,14 +61,23 @@ export class LockTable {
     return ours
   }
 
-  /** Deletes the row if it still carries this token. Resolves whether a row was deleted. */
+  /**
+   * Deletes the row if it still carries this token, and where the database can, tells waiting
+   * processes in the same statement. Resolves whether a row was deleted.
+   */
   async release(row: RowIdentity): Promise<boolean> {
+    const notifications = this.#dialect.notifications
+    if (notifications) return notifications.releaseAndNotify(this.#knex, this.#table, row)
     return Number(await this.#row(row).delete()) > 0
   }
 
-  /** Deletes every row that still carries its token, in one statement per 10,000 rows. */
+  /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
   async releaseMany(rows: readonly RowIdentity[]): Promise<void> {
-    for (const chunk of chunks(rows)) await this.#rows(chunk).delete()
+    const notifications = this.#dialect.notifications
+    for (const chunk of chunks(rows)) {
+      if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
+      else await this.#rows(chunk).delete()
+    }
   }
 
   /** Whether the row exists with this token and is not stale. */

@@ -1,3 +1,4 @@
+import { resolveBackoff, type Backoff, type BackoffOptions } from './backoff.js'
 import type { Clock } from './clock.js'
 import { InvalidLockNameError } from './errors.js'
 import type { Logger } from './logger.js'
@@ -9,8 +10,9 @@ import type { Logger } from './logger.js'
  */
 export const MAX_NAME_LENGTH = 255
 
-// Longest identifier PostgreSQL keeps (63 bytes); MySQL allows 64, SQLite more.
-const TABLE_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
+// PostgreSQL keeps identifiers of up to 63 bytes, MySQL 64. The table's name is also the stem of
+// the names made from it (`_fence_seq`, `_released`, `_migrations_lock`), which must fit too.
+const TABLE_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,47}$/
 
 /** Milliseconds setTimeout can wait for; longer delays fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
@@ -22,7 +24,7 @@ export const DEFAULT_TABLE_NAME = 'worker_locks'
 export function validateTableName(value: unknown, what: string): string {
   if (typeof value !== 'string' || !TABLE_NAME_PATTERN.test(value)) {
     throw new TypeError(
-      `${what} must be 1 to 63 letters, digits and underscores, not starting with a digit, got ${typeof value === 'string' ? JSON.stringify(value) : describe(value)}.`,
+      `${what} must be 1 to 48 letters, digits and underscores, not starting with a digit, got ${typeof value === 'string' ? JSON.stringify(value) : describe(value)}.`,
     )
   }
   return value
@@ -89,6 +91,18 @@ export interface LockStoreOptions {
   clock?: ClockOption
   /** Receives renewal failures, lost and leaked locks. @default silent */
   logger?: Logger
+  /** How `acquireLock`/`withLock` space their attempts. @default 100 ms doubling to 5 s, ±10 % jitter */
+  backoff?: BackoffOptions
+  /** A waiter that has waited this long logs a warning, then again every time as long. @default 600_000 */
+  slowWaitWarningMs?: number
+}
+
+/** Options of `acquireLock` and `withLock`. */
+export interface WaitOptions {
+  /** Give up with `LockTimeoutError` after this many milliseconds; 0 tries once. @default Infinity */
+  timeoutMs?: number
+  /** Give up with the signal's reason when it aborts. */
+  signal?: AbortSignal
 }
 
 /** Options with every default filled in. */
@@ -100,10 +114,13 @@ export interface ResolvedOptions {
   readonly strategy: StrategyOption
   readonly clock: ClockOption
   readonly logger: Logger | undefined
+  readonly backoff: Backoff
+  readonly slowWaitWarningMs: number
 }
 
 const OPTION_NAMES: ReadonlySet<string> = new Set([
   'instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger',
+  'backoff', 'slowWaitWarningMs',
 ])
 
 function positiveInteger(option: string, value: unknown, fallback: number): number {
@@ -169,5 +186,32 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     throw new TypeError(`LockStore option logger must be an object such as console or a pino logger, got ${describe(logger)}.`)
   }
 
-  return { instanceName, tableName, lockTimeoutMs, renewalIntervalMs, strategy, clock, logger: logger as Logger | undefined }
+  const backoff = resolveBackoff(o.backoff, 'LockStore option backoff')
+  const slowWaitWarningMs = positiveInteger('slowWaitWarningMs', o.slowWaitWarningMs, 600_000)
+
+  return { instanceName, tableName, lockTimeoutMs, renewalIntervalMs, strategy, clock, logger: logger as Logger | undefined, backoff, slowWaitWarningMs }
+}
+
+/** Checks the options of a waiting call; throws TypeError/RangeError naming the problem. */
+export function resolveWaitOptions(options: unknown): { timeoutMs: number; signal: AbortSignal | undefined } {
+  if (options === undefined) return { timeoutMs: Infinity, signal: undefined }
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new TypeError(`Wait options must be an object, got ${describe(options)}.`)
+  }
+  const o = options as Record<string, unknown>
+  for (const name of Object.keys(o)) {
+    if (name !== 'timeoutMs' && name !== 'signal') throw new TypeError(`Unknown wait option ${JSON.stringify(name)}; known options are timeoutMs, signal.`)
+  }
+  const timeoutMs = o.timeoutMs ?? Infinity
+  if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || (Number.isFinite(timeoutMs) && !Number.isInteger(timeoutMs))) {
+    throw new TypeError(`Wait option timeoutMs must be a whole number of milliseconds or Infinity, got ${describe(timeoutMs)}.`)
+  }
+  if (timeoutMs < 0 || (Number.isFinite(timeoutMs) && timeoutMs > MAX_TIMER_MS)) {
+    throw new RangeError(`Wait option timeoutMs must be between 0 and ${MAX_TIMER_MS} (or Infinity), got ${timeoutMs}.`)
+  }
+  const signal = o.signal
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw new TypeError(`Wait option signal must be an AbortSignal, got ${describe(signal)}.`)
+  }
+  return { timeoutMs, signal }
 }

@@ -8,6 +8,7 @@ import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
 import { shutdownSuite } from './suite/shutdown.mjs'
 import { signalSuite } from './suite/signal.mjs'
+import { waitingSuite } from './suite/waiting.mjs'
 
 forEachTarget('behaviour', (target) => {
   const h = new Harness(target)
@@ -16,6 +17,7 @@ forEachTarget('behaviour', (target) => {
   signalSuite(h)
   fenceSuite(h)
   shutdownSuite(h)
+  waitingSuite(h)
   badInputSuite(h)
   schemaSuite(h)
 })

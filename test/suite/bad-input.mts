@@ -37,7 +37,7 @@ const badOptions: Array<[string, object, typeof TypeError | typeof RangeError]> 
   ['clock without timers', { clock: { now: () => 0 } }, TypeError],
   ['table with a quote', { tableName: 'locks"; DROP TABLE x; --' }, TypeError],
   ['table with a dot', { tableName: 'public.locks' }, TypeError],
-  ['table too long', { tableName: 't'.repeat(64) }, TypeError],
+  ['table too long', { tableName: 't'.repeat(49) }, TypeError],
   ['empty instance', { instanceName: '' }, TypeError],
   ['instance with NUL', { instanceName: 'a\0' }, TypeError],
   ['logger not an object', { logger: 'console' }, TypeError],

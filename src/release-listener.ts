@@ -1,0 +1,85 @@
+import type { Knex } from 'knex'
+import type { ReleaseNotifications } from '../dialects/index.js'
+import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
+import type { Clock } from './clock.js'
+import type { LogLevel } from './logger.js'
+
+/**
+ * Keeps one connection listening for releases announced by other processes while a store has
+ * waiters. If the connection drops it reconnects at once, then with backoff; meanwhile waiters
+ * simply keep polling, so nothing depends on it being up.
+ */
+export class ReleaseListener {
+  readonly #knex: Knex
+  readonly #notifications: ReleaseNotifications
+  readonly #table: string
+  readonly #onRelease: (name: string, key: string) => void
+  readonly #timers: Clock
+  readonly #log: (level: LogLevel, details: object, message: string) => void
+  #running: Promise<void> | undefined
+  // Resolves the current wait (for the connection to drop, or for the retry delay) early.
+  #interrupt: (() => void) | undefined
+  #wanted = false
+
+  constructor(
+    knex: Knex, notifications: ReleaseNotifications, table: string, onRelease: (name: string, key: string) => void,
+    timers: Clock, log: (level: LogLevel, details: object, message: string) => void,
+  ) {
+    this.#knex = knex
+    this.#notifications = notifications
+    this.#table = table
+    this.#onRelease = onRelease
+    this.#timers = timers
+    this.#log = log
+  }
+
+  /** Starts listening in the background; does nothing if already listening. */
+  start(): void {
+    this.#wanted = true
+    this.#running ??= this.#run().finally(() => { this.#running = undefined })
+  }
+
+  /** Stops listening and closes the connection. */
+  async stop(): Promise<void> {
+    this.#wanted = false
+    this.#interrupt?.()
+    await this.#running
+  }
+
+  async #run(): Promise<void> {
+    for (let failures = 0; this.#wanted;) {
+      try {
+        let dropped!: (error: unknown) => void
+        const drop = new Promise<unknown>((resolve) => { dropped = resolve })
+        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#onRelease, dropped)
+        if (this.#wanted) {
+          failures = 0
+          this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
+          this.#interrupt = () => dropped(undefined)
+          const error = await drop
+          this.#interrupt = undefined
+          if (this.#wanted) this.#log('warn', { err: error, table: this.#table }, 'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
+        }
+        await subscription.close().catch(() => undefined)
+      } catch (error) {
+        this.#log('warn', { err: error, table: this.#table }, 'worker-locks: could not listen for releases; waiters poll meanwhile.')
+      }
+      if (!this.#wanted) break
+      // The first reconnect is immediate; repeated failures back off like waiters do.
+      if (failures++ > 0) await this.#pause(backoffDelay(DEFAULT_BACKOFF, failures - 2))
+    }
+  }
+
+  #pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = this.#timers.setTimeout(() => {
+        this.#interrupt = undefined
+        resolve()
+      }, ms)
+      this.#interrupt = () => {
+        this.#timers.clearTimeout(timer)
+        resolve()
+      }
+    })
+  }
+}

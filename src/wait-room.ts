@@ -1,0 +1,175 @@
+import { backoffDelay, type Backoff } from './backoff.js'
+import type { Clock } from './clock.js'
+import { LockDatabaseError, LockTimeoutError } from './errors.js'
+import { describeLock } from './held-locks.js'
+import type { Lock } from './lock.js'
+import type { LogLevel } from './logger.js'
+
+/** What a WaitRoom needs from its store. */
+export interface WaitRoomOptions {
+  readonly timers: Clock
+  readonly monotonicNow: () => number
+  readonly backoff: Backoff
+  readonly slowWaitWarningMs: number
+  readonly log: (level: LogLevel, details: object, message: string) => void
+  /** One non-waiting attempt (`tryAcquireLock`). */
+  readonly attempt: (name: string, key: string) => Promise<Lock | null>
+  /** Called when the first waiter arrives and when the last one leaves. */
+  readonly occupied: (occupied: boolean) => void
+}
+
+interface Waiter {
+  /** Set once the waiter must give up; thrown by its loop. */
+  stop: unknown
+  /** A wake-up arrived while the waiter was not asleep; its next sleep returns at once. */
+  woken: boolean
+  /** Ends the current sleep early. */
+  interrupt: (() => void) | undefined
+  /** Resolves when the loop next falls asleep or ends: the work a sleep's timer started. */
+  settled: { promise: Promise<void>; resolve: () => void } | undefined
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void
+  const promise = new Promise<void>((r) => { resolve = r })
+  return { promise, resolve }
+}
+
+/**
+ * The waiters of one store, in one first-come-first-served queue per lock. Only the head of a
+ * queue asks the database, backing off while the lock is busy; the others sleep until they are
+ * at the head. A release in this process wakes the head of that lock's queue at once (one
+ * wake-up, however many wait), as does a release announced by another process.
+ */
+export class WaitRoom {
+  readonly #o: WaitRoomOptions
+  readonly #queues = new Map<string, Waiter[]>()
+  #count = 0
+
+  constructor(options: WaitRoomOptions) {
+    this.#o = options
+  }
+
+  /** Wakes the first waiter for the lock `id`, if any. */
+  wake(id: string): void {
+    const head = this.#queues.get(id)?.[0]
+    if (!head) return
+    head.woken = true
+    head.interrupt?.()
+  }
+
+  /** Makes every waiter give up with `reason`. */
+  stopAll(reason: unknown): void {
+    for (const queue of this.#queues.values()) for (const waiter of queue) this.#stop(waiter, reason)
+  }
+
+  /**
+   * Waits until this store holds the lock, `timeoutMs` has passed (LockTimeoutError), or
+   * `signal` aborts (its reason). A lock won just as the wait ends is released before rejecting.
+   */
+  async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
+    const o = this.#o
+    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined }
+    this.#enter(id, waiter)
+    const started = o.monotonicNow()
+    const deadline = started + timeoutMs
+    const onAbort = (): void => this.#stop(waiter, signal?.reason)
+    signal?.addEventListener('abort', onAbort, { once: true })
+    const timeout = Number.isFinite(timeoutMs)
+      ? o.timers.setTimeout(() => {
+        this.#stop(waiter, new LockTimeoutError(name, key, timeoutMs))
+        return waiter.settled?.promise
+      }, timeoutMs)
+      : undefined
+    let grown = 0
+    let warnedAt = started
+    try {
+      for (;;) {
+        if (waiter.stop !== undefined) throw waiter.stop
+        if (this.#queues.get(id)?.[0] === waiter) {
+          let lock: Lock | null = null
+          let failed = false
+          try {
+            lock = await o.attempt(name, key)
+          } catch (error) {
+            // Never spin on a failing database: report, then back off like a refusal.
+            if (!(error instanceof LockDatabaseError)) throw error
+            failed = true
+            o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
+          }
+          if (lock) {
+            if (waiter.stop === undefined) return lock
+            await lock.release().catch((error: unknown) =>
+              o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
+            throw waiter.stop
+          }
+          if (o.monotonicNow() >= deadline) throw new LockTimeoutError(name, key, timeoutMs)
+          const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
+          // Only a wait that ran its full length grows the next one; a wake-up never does.
+          if (await this.#sleep(waiter, delay) === 'elapsed' || failed) grown++
+        } else {
+          await this.#sleep(waiter, o.slowWaitWarningMs)
+        }
+        const now = o.monotonicNow()
+        if (now - warnedAt >= o.slowWaitWarningMs) {
+          warnedAt = now
+          o.log('warn', { lockName: name, lockKey: key, waitedMs: now - started },
+            `worker-locks: still waiting for lock ${describeLock(name, key)} after ${Math.round(now - started)} ms.`)
+        }
+      }
+    } finally {
+      if (timeout !== undefined) o.timers.clearTimeout(timeout)
+      signal?.removeEventListener('abort', onAbort)
+      this.#leave(id, waiter)
+      waiter.settled?.resolve()
+    }
+  }
+
+  #stop(waiter: Waiter, reason: unknown): void {
+    if (waiter.stop !== undefined) return
+    waiter.stop = reason ?? new Error('aborted')
+    waiter.interrupt?.()
+  }
+
+  #sleep(waiter: Waiter, ms: number): Promise<'elapsed' | 'woken'> {
+    waiter.settled?.resolve() // the work the previous timer started ends here
+    waiter.settled = deferred()
+    if (waiter.woken || waiter.stop !== undefined) {
+      waiter.woken = false
+      return Promise.resolve('woken')
+    }
+    const settled = waiter.settled
+    return new Promise((resolve) => {
+      const timer = this.#o.timers.setTimeout(() => {
+        waiter.interrupt = undefined
+        resolve('elapsed')
+        return settled.promise
+      }, Math.max(0, ms))
+      waiter.interrupt = () => {
+        waiter.interrupt = undefined
+        this.#o.timers.clearTimeout(timer)
+        waiter.woken = false
+        resolve('woken')
+      }
+    })
+  }
+
+  #enter(id: string, waiter: Waiter): void {
+    const queue = this.#queues.get(id)
+    if (queue) queue.push(waiter)
+    else this.#queues.set(id, [waiter])
+    if (this.#count++ === 0) this.#o.occupied(true)
+  }
+
+  #leave(id: string, waiter: Waiter): void {
+    const queue = this.#queues.get(id)
+    if (!queue) return
+    const index = queue.indexOf(waiter)
+    if (index < 0) return
+    queue.splice(index, 1)
+    if (queue.length === 0) this.#queues.delete(id)
+    // A new head starts trying at once; if the lock is ours it learns so without SQL.
+    else if (index === 0) this.wake(id)
+    if (--this.#count === 0) this.#o.occupied(false)
+  }
+}

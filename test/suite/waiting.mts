@@ -1,0 +1,190 @@
+// acquireLock, withLock and tryWithLock: waiting for a lock, driven by ManualClock.
+import assert from 'node:assert/strict'
+import { it } from 'node:test'
+import { LockStoreClosedError, LockTimeoutError, ManualClock, type Lock } from '../../src/index.js'
+import { RecordingLogger, type Harness } from '../harness.mjs'
+
+const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
+
+export function waitingSuite(h: Harness): void {
+  it('hands a released lock to a waiter at once, without the clock moving', async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(clock)
+    const waiter = h.clockedStore(clock)
+    const name = h.lockName()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const waiting = waiter.acquireLock(name)
+    await held.release()
+    const lock = await waiting
+    assert.equal(lock.name, name)
+    assert.ok(lock.fence > held.fence)
+    assert.equal(await lock.isStillValid(), true)
+  })
+
+  it('gives the lock to a waiter of the same store when the holder releases it', async () => {
+    const store = h.clockedStore(new ManualClock())
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    const waiting = store.acquireLock(name)
+    await held.release()
+    assert.ok(await waiting)
+  })
+
+  it('takes the lock from a stuck holder once it times out', async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(new ManualClock(clock.now())) // never renews
+    const waiter = h.clockedStore(clock)
+    const name = h.lockName()
+    assert.ok(await holder.tryAcquireLock(name))
+    let acquired: Lock | undefined
+    const waiting = waiter.acquireLock(name).then((lock) => { acquired = lock })
+    await clock.advance(TIMEOUT - 1)
+    assert.equal(acquired, undefined, 'not before the timeout')
+    await clock.advance(5_000 + 1) // at most one backoff later
+    await waiting
+    assert.ok(acquired)
+  })
+
+  it('rejects with LockTimeoutError after timeoutMs, holding nothing', async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(clock)
+    const waiter = h.clockedStore(clock)
+    const name = h.lockName()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const waiting = waiter.acquireLock(name, '', { timeoutMs: 3_000 })
+    const outcome = waiting.then(() => 'acquired', (error: unknown) => error)
+    await clock.advance(2_999)
+    await clock.advance(1)
+    const error = await outcome
+    assert.ok(error instanceof LockTimeoutError)
+    assert.equal(error.code, 'LOCK_TIMEOUT')
+    assert.equal(error.timeoutMs, 3_000)
+    await held.release()
+    assert.ok(await waiter.tryAcquireLock(name), 'the waiter holds nothing, so it can take the lock now')
+  })
+
+  it('tries exactly once with timeoutMs 0', async () => {
+    const clock = new ManualClock()
+    const name = h.lockName()
+    assert.ok(await h.clockedStore(clock).tryAcquireLock(name))
+    await assert.rejects(h.clockedStore(clock).acquireLock(name, '', { timeoutMs: 0 }), LockTimeoutError)
+    const free = await h.clockedStore(clock).acquireLock(h.lockName(), '', { timeoutMs: 0 })
+    assert.ok(free)
+  })
+
+  it("rejects with the signal's reason when aborted, holding nothing, even if it just won the lock", async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(clock)
+    const waiter = h.clockedStore(clock)
+    const name = h.lockName()
+    assert.ok(await holder.tryAcquireLock(name))
+    const sleeping = new AbortController()
+    const asleep = waiter.acquireLock(name, '', { signal: sleeping.signal })
+    await clock.advance(50)
+    sleeping.abort(new Error('no longer needed'))
+    await assert.rejects(asleep, /no longer needed/)
+
+    // Aborted while its first attempt, on a free lock, is on the wire: the won lock is released.
+    const free = h.lockName()
+    const racing = new AbortController()
+    const attempt = waiter.acquireLock(free, '', { signal: racing.signal })
+    racing.abort(new Error('too late'))
+    await assert.rejects(attempt, /too late/)
+    assert.equal(await h.row(free), undefined)
+    await assert.rejects(waiter.acquireLock(free, '', { signal: racing.signal }), /too late/, 'an aborted signal rejects at once')
+  })
+
+  it('serves 500 waiters on one key one after another, each once, in order', async () => {
+    const clock = new ManualClock()
+    const holder = h.clockedStore(clock)
+    const store = h.clockedStore(clock)
+    const name = h.lockName('crowd')
+    const first = await holder.tryAcquireLock(name)
+    assert.ok(first)
+    const order: number[] = []
+    const fences: bigint[] = [first.fence]
+    const waiters = Array.from({ length: 500 }, (_, i) => store.acquireLock(name).then(async (lock) => {
+      order.push(i)
+      fences.push(lock.fence)
+      await lock.release()
+    }))
+    await first.release()
+    await Promise.all(waiters)
+    assert.deepEqual(order, Array.from({ length: 500 }, (_, i) => i))
+    for (let i = 1; i < fences.length; i++) assert.ok((fences[i] ?? 0n) > (fences[i - 1] ?? 0n))
+  })
+
+  it('keeps every wait within the backoff cap over hours, and warns about slow waits once per threshold', async () => {
+    const clock = new ManualClock()
+    const logger = new RecordingLogger()
+    const holder = h.clockedStore(clock) // renews all along
+    const knex = h.connection({ poolMax: 1 })
+    const waiter = h.clockedStore(clock, { logger, backoff: { initialDelayMs: 100, maxDelayMs: 5_000 } }, knex)
+    const name = h.lockName('patient')
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const statementTimes: number[] = []
+    knex.on('query', () => statementTimes.push(clock.now()))
+    const waiting = waiter.acquireLock(name)
+    waiting.catch(() => undefined) // awaited below; this keeps a failed assertion from leaving it unhandled
+    const hours = 1
+    await clock.advance(hours * 3_600_000)
+    // An emulated attempt is two statements at the same instant: count instants.
+    const attempts = [...new Set(statementTimes)]
+    const gaps = attempts.slice(1).map((t, i) => t - (attempts[i] ?? t))
+    assert.ok(gaps.length > 600, `${gaps.length} attempts`)
+    assert.ok(gaps.every((g) => g >= 1 && g <= 5_000), `largest gap ${Math.max(...gaps)}`)
+    assert.ok(gaps.slice(-100).every((g) => g >= 4_500), 'at the cap, jitter stays within ±10 %')
+    const warnings = logger.at('warn').filter((m) => m.includes('still waiting'))
+    assert.ok(warnings.length >= hours * 6 - 1 && warnings.length <= hours * 6, `${warnings.length} warnings`)
+    await held.release()
+    assert.ok(await waiting)
+  })
+
+  it('runs withLock callbacks under the lock and always releases', async () => {
+    const store = h.store()
+    const other = h.store()
+    const name = h.lockName()
+    const value = await store.withLock(name, 'k', async (lock) => {
+      assert.equal(await other.tryAcquireLock(name, 'k'), null)
+      assert.equal(lock.signal.aborted, false)
+      return 42
+    })
+    assert.equal(value, 42)
+    await assert.rejects(store.withLock(name, 'k', () => { throw new Error('work failed') }), /work failed/)
+    assert.ok(await other.tryAcquireLock(name, 'k'), 'released after the failure too')
+  })
+
+  it('tells "busy, skipped" from a result with tryWithLock, without an exception', async () => {
+    const store = h.store()
+    const name = h.lockName()
+    assert.deepEqual(await store.tryWithLock(name, '', () => 'done'), { acquired: true, value: 'done' })
+    const held = await h.store().tryAcquireLock(name)
+    assert.ok(held)
+    let ran = false
+    assert.deepEqual(await store.tryWithLock(name, '', () => { ran = true }), { acquired: false })
+    assert.equal(ran, false)
+  })
+
+  it('rejects waiters with LockStoreClosedError when their store closes', async () => {
+    const clock = new ManualClock()
+    const name = h.lockName()
+    assert.ok(await h.clockedStore(clock).tryAcquireLock(name))
+    const store = h.clockedStore(clock)
+    const rejected = assert.rejects(store.acquireLock(name), LockStoreClosedError)
+    await clock.advance(10)
+    await store.close()
+    await rejected
+  })
+
+  it('rejects bad wait options before any SQL', async () => {
+    const store = h.store()
+    for (const options of [{ timeoutMs: -1 }, { timeoutMs: 1.5 }, { timeoutMs: '5' }, { signal: {} }, { timeout: 5 }]) {
+      await assert.rejects(store.acquireLock('x', '', options as never), (e: unknown) => e instanceof TypeError || e instanceof RangeError, JSON.stringify(options))
+    }
+    await assert.rejects(store.withLock('x', '', 'not a function' as never), TypeError)
+  })
+}
