@@ -54,6 +54,8 @@ export interface ServerFacts {
   readonly reason: string
   /** Whether `INSERT … RETURNING` works, so the emulated insert can hand back the fence. */
   readonly returning: boolean
+  /** Why worker-locks cannot run on this server or session at all; empty when it can. */
+  readonly unsupported: string
 }
 
 /**
@@ -64,6 +66,8 @@ export interface Dialect {
   readonly name: DialectName
   /** An SQL expression for the database clock as whole milliseconds since the epoch. */
   readonly nowSql: string
+  /** Whether knex can cancel a running statement on this database (`.timeout(ms, { cancel: true })`). */
+  readonly cancelsQueries: boolean
   /** Asks the server what it supports. */
   detect(knex: Knex): Promise<ServerFacts>
   /**
@@ -76,6 +80,11 @@ export interface Dialect {
    * itself (a column default or a trigger).
    */
   fenceValue(knex: Knex, table: string): Knex.Raw | undefined
+  /**
+   * Runs first in the emulated path's transaction, to take locks in the same order as the native
+   * statement does, so that stores using different strategies on one table cannot deadlock.
+   */
+  emulatedPrelude?(knex: Knex, table: string): Promise<void>
   /**
    * Restricts a query on the lock table to `rows` (matching name, key and token), passing them as
    * one bound parameter however many there are, so that renewing or releasing many locks is one

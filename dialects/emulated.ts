@@ -15,6 +15,7 @@ export async function acquireEmulated(knex: Knex, dialect: Dialect, facts: Serve
   try {
     return await inTransaction(knex, dialect.emulatedTransaction, async (db) => {
       const now = nowBinding(db, dialect, r.nowMs)
+      await dialect.emulatedPrelude?.(db, r.table)
       await db.raw(
         // `ts + timeout < now` rather than `ts < now - timeout`: PostgreSQL cannot type `$1 - $2`.
         'DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND (last_renewed_ts + ? < ? OR instance_name = ?)',

@@ -12,20 +12,39 @@ function errno(error: unknown): unknown {
   return typeof error === 'object' && error !== null ? (error as { errno?: unknown }).errno : undefined
 }
 
+/**
+ * Why a MySQL or MariaDB server version (as `SELECT VERSION()` spells it) is too old, or '' when
+ * it is recent enough. JSON_TABLE, which renews all of a store's locks in one statement, needs
+ * MySQL 8.0.4 or MariaDB 10.6.
+ */
+export function mysqlVersionProblem(version: string): string {
+  const [major = 0, minor = 0, patch = 0] = (/^(\d+)\.(\d+)\.(\d+)/.exec(version) ?? []).slice(1).map(Number)
+  const atLeast = (a: number, b: number, c: number): boolean =>
+    major !== a ? major > a : minor !== b ? minor > b : patch >= c
+  if (/mariadb/i.test(version)) return atLeast(10, 6, 0) ? '' : 'worker-locks needs MariaDB 10.6 or later (JSON_TABLE)'
+  return atLeast(8, 0, 4) ? '' : 'worker-locks needs MySQL 8.0.4 or later (JSON_TABLE)'
+}
+
 /** MySQL and MariaDB through `mysql2` (or `mysql`). */
 export const mysqlDialect: Dialect = {
   name: 'mysql',
   // UNIX_TIMESTAMP(NOW(3)) converts local time back to UTC and is off by an hour around a DST
   // change; the difference of two UTC datetimes is plain calendar arithmetic.
   nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
+  cancelsQueries: true,
 
   async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = mysqlDialect.rowsOf(await knex.raw('SELECT VERSION() AS version'))
+    const rows = mysqlDialect.rowsOf(await knex.raw('SELECT VERSION() AS version, @@SESSION.sql_mode AS sql_mode'))
     const version = String(rows[0]?.version ?? 'unknown')
     const server = /mariadb/i.test(version) ? `MariaDB ${version}` : `MySQL ${version}`
+    // mysql2 formats bound values into the SQL text on the client, escaping quotes with
+    // backslashes; under NO_BACKSLASH_ESCAPES the server reads those escapes differently.
+    const sqlMode = String(rows[0]?.sql_mode ?? '')
+    const unsupported = mysqlVersionProblem(version)
+      || (/NO_BACKSLASH_ESCAPES/i.test(sqlMode) ? 'the session runs with sql_mode NO_BACKSLASH_ESCAPES, under which mysql2 cannot quote values safely' : '')
     // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version;
     // RETURNING exists on MariaDB only, and is not used.
-    return { server, native: true, reason: '', returning: false }
+    return { server, native: true, reason: '', returning: false, unsupported }
   },
 
   async acquireNative(knex: Knex, r: AcquireRequest): Promise<bigint | null> {
@@ -53,6 +72,11 @@ export const mysqlDialect: Dialect = {
 
   // Triggers fill the column (see migration 2).
   fenceValue: () => undefined,
+  // The native upsert's BEFORE INSERT trigger locks the counter row before the lock row; the
+  // emulated DELETE would lock the lock row first. Take the counter first here too.
+  async emulatedPrelude(knex: Knex, table: string): Promise<void> {
+    await knex.raw('SELECT value FROM ?? WHERE id = 1 FOR UPDATE', [`${table}_fence`])
+  },
 
   // A join, not `(a, b, c) IN (subquery)`: MariaDB runs that subquery once per row of the table
   // (1,000 locks: 1.2 s against 30 ms). JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.

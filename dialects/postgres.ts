@@ -25,15 +25,20 @@ export const postgresDialect: Dialect = {
   // clock_timestamp() rather than now(): now() is frozen at the start of the caller's
   // transaction, which may be long open. numeric epoch (PostgreSQL 14+) keeps milliseconds exact.
   nowSql: '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint',
+  cancelsQueries: true,
 
   async detect(knex: Knex): Promise<ServerFacts> {
     const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
     const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string }
     const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
-    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true }
+    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '' }
   },
 
-  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, postgresDialect, request),
+  // The takeover draws a new value rather than using excluded.fence: that one was drawn before
+  // the statement waited for the row lock, and a holder that acquired and released meanwhile
+  // may have drawn a larger one.
+  acquireNative: (knex: Knex, request: AcquireRequest) =>
+    acquireOnConflict(knex, postgresDialect, request, knex.raw('nextval(?::regclass)', [`"${request.table}_fence_seq"`])),
 
   // The column's default draws from a sequence (see migration 2).
   fenceValue: () => undefined,

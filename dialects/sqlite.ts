@@ -18,6 +18,7 @@ export const sqliteDialect: Dialect = {
   // julianday() arithmetic loses milliseconds to floating point; whole seconds plus the
   // millisecond digits of %f is exact. 'now' is fixed for the whole statement.
   nowSql: "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))",
+  cancelsQueries: false,
 
   async detect(knex: Knex): Promise<ServerFacts> {
     const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))
@@ -28,10 +29,13 @@ export const sqliteDialect: Dialect = {
       native,
       reason: native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
       returning: native,
+      unsupported: '',
     }
   },
 
-  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, sqliteDialect, request),
+  // The VALUES are computed under the write lock already, so excluded.fence is fresh.
+  acquireNative: (knex: Knex, request: AcquireRequest) =>
+    acquireOnConflict(knex, sqliteDialect, request, knex.raw('excluded.fence')),
 
   // A statement that writes holds SQLite's write lock from its first step, so reading the
   // highest fence inside the INSERT cannot race another writer. Deleted rows' fences are kept

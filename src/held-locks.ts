@@ -73,7 +73,7 @@ export class HeldLocks {
     if (this.#byId.get(record.id) === record) this.#byId.delete(record.id)
     this.#finalizer.unregister(record)
     if (this.#byId.size === 0) this.#clearTimer()
-    record.controller.abort(new LockLostError(reason, record.name, record.key, message, cause === undefined ? undefined : { cause }))
+    record.controller.deref()?.abort(new LockLostError(reason, record.name, record.key, message, cause === undefined ? undefined : { cause }))
     if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message)
   }
 

@@ -75,6 +75,7 @@ export class LockStore {
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
+  #closed = false
 
   /**
    * @param knex a knex instance for PostgreSQL (`pg`), SQLite (`better-sqlite3`) or
@@ -100,7 +101,8 @@ export class LockStore {
     this.tableName = this.#options.tableName
     this.lockTimeoutMs = this.#options.lockTimeoutMs
     this.renewalIntervalMs = this.#options.renewalIntervalMs
-    this.#table = new LockTable(knex, sql, this.tableName, this.lockTimeoutMs)
+    // A renewal slower than the interval is as good as failed; give it at least a second.
+    this.#table = new LockTable(knex, sql, this.tableName, this.lockTimeoutMs, Math.max(1_000, this.renewalIntervalMs))
     const clock = this.#options.clock
     const timers = typeof clock === 'object' ? clock : systemClock
     // Deadlines need a clock that never jumps; a test Clock is trusted to be one.
@@ -168,7 +170,7 @@ export class LockStore {
    */
   async tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
     validateLockId(name, key)
-    if (this.#closing) throw new LockStoreClosedError()
+    if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
     if (this.#acquiring.has(id) || this.#held.holds(id)) return null
     this.#acquiring.add(id)
@@ -195,7 +197,7 @@ export class LockStore {
   async acquireLock(name: string, key = '', options?: WaitOptions): Promise<Lock> {
     validateLockId(name, key)
     const { timeoutMs, signal } = resolveWaitOptions(options)
-    if (this.#closing) throw new LockStoreClosedError()
+    if (this.#closed) throw new LockStoreClosedError()
     signal?.throwIfAborted()
     return this.#waiting.wait(lockId(name, key), name, key, timeoutMs, signal)
   }
@@ -247,7 +249,11 @@ export class LockStore {
    * @throws LockDatabaseError if the rows could not be deleted; those locks expire after `lockTimeoutMs`
    */
   close(): Promise<void> {
-    this.#closing ??= this.#close()
+    this.#closed = true
+    this.#closing ??= this.#close().catch((error: unknown) => {
+      this.#closing = undefined // a later close() tries the rows that could not be deleted again
+      throw error
+    })
     return this.#closing
   }
 
@@ -257,11 +263,17 @@ export class LockStore {
     await Promise.allSettled([...this.#inflight])
     await this.#listener?.stop()
     const records = [...this.#held.records(), ...this.#undeleted]
-    for (const record of records) this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
+    for (const record of records) {
+      this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
+      this.#undeleted.add(record)
+    }
     if (records.length === 0) return
     await this.#database(`release ${records.length} lock(s) while closing; they expire after ${this.lockTimeoutMs} ms`,
       () => this.#table.releaseMany(records))
-    for (const record of records) announceRelease(this.tableName, record.name, record.key)
+    for (const record of records) {
+      this.#undeleted.delete(record)
+      announceRelease(this.tableName, record.name, record.key)
+    }
   }
 
   #resolve(): Promise<Resolved> {
@@ -277,6 +289,7 @@ export class LockStore {
 
   async #detect(): Promise<Resolved> {
     const facts = await this.#database('ask the database for its version', () => this.#sql.detect(this.#knex))
+    if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
     if (this.#options.strategy === 'emulated') return { strategy: 'emulated', facts }
     if (facts.native) return { strategy: 'native', facts }
     if (this.#options.strategy === 'native') {
@@ -298,20 +311,27 @@ export class LockStore {
     const fence = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) return null
-    if (this.#closing) {
+    if (this.#monotonicNow() - sentAt >= this.lockTimeoutMs) {
+      // The statement took longer than the lease: the row may already look stale to others.
+      await this.#table.release(request).catch(() => undefined)
+      this.#log('warn', { lockName: name, lockKey: key }, `worker-locks: acquiring lock ${describeLock(name, key)} took longer than lockTimeoutMs; it was given up.`)
+      return null
+    }
+    if (this.#closed) {
       await this.#table.release(request).catch((error: unknown) =>
         this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire.'))
       throw new LockStoreClosedError()
     }
+    const controller = new AbortController()
     const record: HeldLock = {
       id, name, key, token, fence,
-      controller: new AbortController(),
+      controller: new WeakRef(controller),
       state: 'held',
       ref: undefined as unknown as WeakRef<Lock>, // set below, once the Lock exists
       releasing: undefined,
       renewedAt: sentAt,
     }
-    const lock = new Lock(this.#owner, record)
+    const lock = new Lock(this.#owner, record, controller)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
     this.#held.add(record, lock)
     return lock
@@ -330,6 +350,10 @@ export class LockStore {
         throw error
       })
     record.releasing = releasing
+    // close() waits for deletes already under way.
+    const settled = releasing.catch(() => undefined)
+    this.#inflight.add(settled)
+    void settled.then(() => this.#inflight.delete(settled))
     return releasing
   }
 

@@ -20,12 +20,22 @@ export class LockTable {
   readonly #dialect: Dialect
   readonly #table: string
   readonly #lockTimeoutMs: number
+  readonly #renewalTimeoutMs: number
 
-  constructor(knex: Knex, dialect: Dialect, table: string, lockTimeoutMs: number) {
+  /**
+   * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
+   *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
+   */
+  constructor(knex: Knex, dialect: Dialect, table: string, lockTimeoutMs: number, renewalTimeoutMs: number) {
     this.#knex = knex
     this.#dialect = dialect
     this.#table = table
     this.#lockTimeoutMs = lockTimeoutMs
+    this.#renewalTimeoutMs = renewalTimeoutMs
+  }
+
+  #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {
+    return query.timeout(this.#renewalTimeoutMs, { cancel: this.#dialect.cancelsQueries })
   }
 
   #now(nowMs: number | null): Knex.Raw {
@@ -47,7 +57,7 @@ export class LockTable {
   async renewMany(rows: readonly RowIdentity[], nowMs: number | null): Promise<Set<string>> {
     const ours = new Set<string>()
     for (const chunk of chunks(rows)) {
-      const updated = Number(await this.#rows(chunk).update({ last_renewed_ts: this.#now(nowMs) }))
+      const updated = Number(await this.#limited(this.#rows(chunk).update({ last_renewed_ts: this.#now(nowMs) })))
       if (updated === chunk.length) {
         for (const row of chunk) ours.add(row.token)
         continue
@@ -55,7 +65,7 @@ export class LockTable {
       // Some rows are gone or taken over; ask which remain. (MySQL without CLIENT_FOUND_ROWS
       // also lands here when a renewal falls in the same millisecond as the last write, since it
       // counts changed rows only.)
-      const present = await this.#rows(chunk).select(`${this.#table}.token`)
+      const present = await this.#limited(this.#rows(chunk).select(`${this.#table}.token`))
       for (const found of present as Array<{ token: unknown }>) ours.add(String(found.token))
     }
     return ours

@@ -11,7 +11,11 @@ export interface LockState {
   readonly key: string
   readonly token: string
   readonly fence: bigint
-  readonly controller: AbortController
+  /**
+   * The controller of the Lock's signal, held weakly: an abort listener that refers to the Lock
+   * (a common pattern) must not let the store's bookkeeping keep a dropped Lock alive.
+   */
+  readonly controller: WeakRef<AbortController>
   state: 'held' | 'released' | 'lost'
 }
 
@@ -37,15 +41,17 @@ export class Lock {
   readonly fence: bigint
   readonly #owner: LockOwner
   readonly #state: LockState
+  readonly #controller: AbortController
 
   /** @internal Locks are made by `LockStore`; constructing one yourself holds nothing. */
-  constructor(owner: LockOwner, state: LockState) {
+  constructor(owner: LockOwner, state: LockState, controller: AbortController) {
     this.name = state.name
     this.key = state.key
     this.token = state.token
     this.fence = state.fence
     this.#owner = owner
     this.#state = state
+    this.#controller = controller
   }
 
   /**
@@ -55,7 +61,7 @@ export class Lock {
    * protects (`fetch(url, { signal })`, timers, your own loops) so that work stops with it.
    */
   get signal(): AbortSignal {
-    return this.#state.controller.signal
+    return this.#controller.signal
   }
 
   /** `true` once the lock was lost without being released (see {@link signal}). */

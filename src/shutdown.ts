@@ -8,16 +8,46 @@ export interface ReleaseOnSignalsOptions {
   timeoutMs?: number
 }
 
+interface Registration {
+  readonly store: LockStore
+  readonly timeoutMs: number
+}
+
+// One handler per signal for the whole process, however many stores registered: the process
+// must go on only once every store has released its locks (or run out of time).
+const registrations = new Map<NodeJS.Signals, Set<Registration>>()
+
+function onSignal(signal: NodeJS.Signals): void {
+  const registered = [...(registrations.get(signal) ?? [])]
+  // Stop handling every signal: a second signal while closing gets the default behaviour.
+  for (const [handled, set] of registrations) {
+    process.removeListener(handled, onSignal)
+    set.clear()
+  }
+  registrations.clear()
+  const closing = registered.map(({ store, timeoutMs }) => {
+    let timer: NodeJS.Timeout | undefined
+    const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })
+    // A failed close has nowhere to be reported here; those locks then expire on their own.
+    const closed = store.close().catch(() => undefined)
+    return Promise.race([closed, deadline]).finally(() => clearTimeout(timer))
+  })
+  void Promise.all(closing).then(() => {
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+  })
+}
+
 /**
  * Opt-in clean shutdown: on the first of `signals`, closes `store` (releasing its locks, so
  * other processes can take them at once instead of after `lockTimeoutMs`), waiting at most
  * `timeoutMs`, then lets the process do what it would have done without this call. If nothing
  * else listens for the signal, that is dying of it (the exit status says so); if the
- * application has its own handlers, they run as usual and decide. A second signal while closing
- * gets the default behaviour at once.
+ * application has its own handlers, they run as usual and decide. Several stores may register;
+ * the process goes on once all of them are done. A second signal while closing gets the default
+ * behaviour at once.
  *
  * Without this call worker-locks never touches signal handling.
- * @returns a function that removes the handlers again
+ * @returns a function that removes this registration again
  */
 export function releaseOnSignals(store: LockStore, options: ReleaseOnSignalsOptions = {}): () => void {
   const signals = options.signals ?? ['SIGINT', 'SIGTERM']
@@ -28,21 +58,21 @@ export function releaseOnSignals(store: LockStore, options: ReleaseOnSignalsOpti
   if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
     throw new RangeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds from 0 to ${2 ** 31 - 1}, got ${String(timeoutMs)}.`)
   }
-
-  const remove = (): void => {
-    for (const signal of signals) process.removeListener(signal, onSignal)
+  const registration: Registration = { store, timeoutMs }
+  for (const signal of new Set(signals)) {
+    let set = registrations.get(signal)
+    if (!set) {
+      registrations.set(signal, (set = new Set()))
+      process.on(signal, onSignal)
+    }
+    set.add(registration)
   }
-  function onSignal(signal: NodeJS.Signals): void {
-    remove()
-    let timer: NodeJS.Timeout | undefined
-    const deadline = new Promise<void>((resolve) => { timer = setTimeout(resolve, timeoutMs) })
-    // A failed close has nowhere to be reported here; the locks then expire on their own.
-    const closed = store.close().catch(() => undefined)
-    void Promise.race([closed, deadline]).then(() => {
-      clearTimeout(timer)
-      if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
-    })
+  return () => {
+    for (const signal of signals) {
+      const set = registrations.get(signal)
+      if (!set?.delete(registration) || set.size > 0) continue
+      registrations.delete(signal)
+      process.removeListener(signal, onSignal)
+    }
   }
-  for (const signal of signals) process.on(signal, onSignal)
-  return remove
 }

@@ -48,7 +48,7 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
       it('keeps a lock renewed twice in the same millisecond', async () => {
         await knex(tableName).delete()
         assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000)), null)
-        const table = new LockTable(knex, mysqlDialect, tableName, 100)
+        const table = new LockTable(knex, mysqlDialect, tableName, 100, 5_000)
         const row = { name: 'n', key: 'k', token: 'tA' }
         assert.deepEqual(await table.renewMany([row], 5000), new Set(['tA']))
         assert.deepEqual(await table.renewMany([row, { ...row, token: 'other' }], 5000), new Set(['tA']))
