@@ -5,9 +5,9 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import type { Knex } from 'knex'
 import type { AcquireRequest } from '../../dialects/index.js'
-import { mysqlDialect } from '../../dialects/mysql.js'
+import { mysqlDialect, mysqlVersionProblem } from '../../dialects/mysql.js'
 import { LockTable } from '../../src/lock-table.js'
-import { createLockTable, dropLockTable } from '../../src/index.js'
+import { LockStore, UnsupportedDatabaseError, createLockTable, dropLockTable } from '../../src/index.js'
 import { forEachDatabase } from '../matrix.mjs'
 import { connect, uniqueName } from '../targets.mjs'
 
@@ -55,4 +55,27 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
       })
     })
   }
+}, 'mysql')
+
+describe('mysql: server checks', () => {
+  it('knows which versions have JSON_TABLE', () => {
+    for (const ok of ['10.6.0-MariaDB', '10.11.19-MariaDB-0+deb12u1', '11.4.2-MariaDB', '8.0.4', '8.0.36', '9.1.0']) assert.equal(mysqlVersionProblem(ok), '', ok)
+    for (const old of ['10.5.23-MariaDB', '10.3.39-MariaDB', '8.0.3', '5.7.44-log']) assert.match(mysqlVersionProblem(old), /needs (MariaDB 10\.6|MySQL 8\.0\.4)/, old)
+  })
+})
+
+forEachDatabase('NO_BACKSLASH_ESCAPES', () => {
+  it('refuses a session in which mysql2 cannot quote values, before any lock SQL', async () => {
+    const knex = connect('mysql', { poolMax: 1, sessionSql: "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')" })
+    try {
+      const store = new LockStore(knex, { tableName: 'never_created' })
+      await assert.rejects(store.tryAcquireLock("it's"), (error: unknown) => {
+        assert.ok(error instanceof UnsupportedDatabaseError)
+        assert.match(error.message, /NO_BACKSLASH_ESCAPES/)
+        return true
+      })
+    } finally {
+      await knex.destroy()
+    }
+  })
 }, 'mysql')

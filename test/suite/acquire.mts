@@ -202,6 +202,16 @@ export function acquireSuite(h: Harness): void {
     assert.equal(await store.tryAcquireLock(ahead), null)
   })
 
+  it('gives up a lock whose acquiring statement outlasted the timeout', async () => {
+    // A clock that jumps 7 s on every reading: the acquire seems to take longer than the 5 s lease.
+    let now = 1_700_000_000_000
+    const jumpy = { now: () => (now += 7_000), setTimeout: () => 0, clearTimeout: () => undefined }
+    const store = h.store({ clock: jumpy, lockTimeoutMs: 5_000, renewalIntervalMs: 1_000 })
+    const name = h.lockName('slow')
+    assert.equal(await store.tryAcquireLock(name), null)
+    assert.equal(await h.row(name), undefined, 'the row was deleted again')
+  })
+
   it('wraps database failures in LockDatabaseError with the driver error as cause', async () => {
     const store = new LockStore(h.knex, { tableName: 'worker_locks_missing_table', strategy: h.target.strategy })
     const error = await store.tryAcquireLock('x').then(() => undefined, (e: unknown) => e)

@@ -90,6 +90,9 @@ export function renewalSuite(h: Harness): void {
     assert.equal(lock.signal.aborted, false, 'failures inside the lease do not abort')
     await assert.rejects(lock.release(), { name: 'LockDatabaseError' })
     await assert.rejects(store.close(), { name: 'LockDatabaseError' })
+    await createLockTable(h.knex, { tableName }) // the database is back
+    await store.close() // and a second close() retries the delete
+    await dropLockTable(h.knex, { tableName })
   })
 
   it('stops renewing a Lock that was garbage-collected unreleased, and logs it as an error', async () => {
@@ -120,6 +123,22 @@ export function renewalSuite(h: Harness): void {
     await clock.advance(RENEWAL) // a renewal pass must not pin it
     await collectGarbage(() => ref?.deref() === undefined)
     assert.equal(ref?.deref(), undefined)
+  })
+
+  it('collects a dropped Lock even when its signal has a listener that refers to it', async () => {
+    const logger = new RecordingLogger()
+    const clock = new ManualClock()
+    const store = h.clockedStore(clock, { logger })
+    let ref: WeakRef<Lock> | undefined
+    await (async () => {
+      const lock = await store.tryAcquireLock(h.lockName('listener'))
+      assert.ok(lock)
+      lock.signal.addEventListener('abort', () => { void lock.release() })
+      ref = new WeakRef(lock)
+    })()
+    await collectGarbage(() => ref?.deref() === undefined && logger.at('error').length > 0)
+    assert.equal(ref?.deref(), undefined)
+    assert.match(logger.at('error')[0] ?? '', /garbage-collected without release/)
   })
 
   it('renews with one timer per store, and none when nothing is held', async () => {

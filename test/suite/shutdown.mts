@@ -44,6 +44,16 @@ export function shutdownSuite(h: Harness): void {
     assert.ok(await other.tryAcquireLock(name), 'free long before the 10-minute timeout')
   })
 
+  it('waits for every registered store before the process goes on', async () => {
+    const name = h.lockName('twostores')
+    const { child, exited } = await startWorker(h, name, { WL_SLOW_STORE: '1' })
+    child.kill('SIGTERM')
+    const exit = await exited
+    assert.equal(exit.signal, 'SIGTERM')
+    assert.match(exit.stdout, /slow store closed/)
+    assert.ok(await h.store({ lockTimeoutMs: 600_000 }).tryAcquireLock(name))
+  })
+
   it("leaves the exit to the application's own handler when it has one", async () => {
     const name = h.lockName('apphandler')
     const { child, exited } = await startWorker(h, name, { WL_APP_HANDLER: '1' })
@@ -57,8 +67,11 @@ export function shutdownSuite(h: Harness): void {
   it('changes no signal handling until asked, and removes its handlers on request', () => {
     const before = process.listenerCount('SIGTERM')
     const remove = releaseOnSignals(h.store(), { signals: ['SIGTERM'] })
-    assert.equal(process.listenerCount('SIGTERM'), before + 1)
+    const removeOther = releaseOnSignals(h.store(), { signals: ['SIGTERM'] })
+    assert.equal(process.listenerCount('SIGTERM'), before + 1, 'one handler for all stores')
     remove()
+    assert.equal(process.listenerCount('SIGTERM'), before + 1)
+    removeOther()
     assert.equal(process.listenerCount('SIGTERM'), before)
     assert.throws(() => releaseOnSignals(h.store(), { signals: [] }), TypeError)
     assert.throws(() => releaseOnSignals(h.store(), { timeoutMs: -1 }), RangeError)
