@@ -8,11 +8,25 @@ import { connect, uniqueName, type ConnectionTweaks, type Target } from './targe
 /** A logger that remembers what it was told. */
 export class RecordingLogger implements Logger {
   readonly entries: Array<{ level: string; details: object; message: string }> = []
-  debug(details: object, message: string): void { this.entries.push({ level: 'debug', details, message }) }
-  info(details: object, message: string): void { this.entries.push({ level: 'info', details, message }) }
-  warn(details: object, message: string): void { this.entries.push({ level: 'warn', details, message }) }
-  error(details: object, message: string): void { this.entries.push({ level: 'error', details, message }) }
+  debug(details: object, message: string): void { this.entries.push({ level: 'debug', details, message }); this.#notify() }
+  info(details: object, message: string): void { this.entries.push({ level: 'info', details, message }); this.#notify() }
+  warn(details: object, message: string): void { this.entries.push({ level: 'warn', details, message }); this.#notify() }
+  error(details: object, message: string): void { this.entries.push({ level: 'error', details, message }); this.#notify() }
   at(level: string): string[] { return this.entries.filter((e) => e.level === level).map((e) => e.message) }
+
+  /** Resolves once `count` messages containing `text` have been logged. */
+  async waitFor(text: string, count = 1): Promise<void> {
+    while (this.entries.filter((e) => e.message.includes(text)).length < count) {
+      await new Promise<void>((resolve) => this.#waiters.push(resolve))
+    }
+  }
+
+  #waiters: Array<() => void> = []
+  #notify(): void {
+    const waiters = this.#waiters
+    this.#waiters = []
+    for (const resolve of waiters) resolve()
+  }
 }
 
 export class Harness {

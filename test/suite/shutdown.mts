@@ -1,36 +1,9 @@
 // releaseOnSignals, in a real child process: SIGTERM frees its lock for another process at once.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { join } from 'node:path'
 import { it } from 'node:test'
 import { releaseOnSignals } from '../../src/index.js'
-import { sqliteFile } from '../targets.mjs'
 import type { Harness } from '../harness.mjs'
-
-const fixture = join(import.meta.dirname, '..', 'fixtures', 'hold-lock.mjs')
-
-interface Exit { code: number | null; signal: NodeJS.Signals | null; stdout: string }
-
-/** Starts a worker holding `lockName`; resolves once it says ready. */
-async function startWorker(h: Harness, lockName: string, extraEnv: Record<string, string> = {}) {
-  const child = spawn(process.execPath, [fixture], {
-    env: {
-      ...process.env, WL_DATABASE: h.target.database, WL_STRATEGY: h.target.strategy,
-      WL_TABLE: h.tableName, WL_LOCK: lockName, WL_SQLITE_FILE: sqliteFile, ...extraEnv,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  let stdout = ''
-  const exited = new Promise<Exit>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal, stdout })))
-  await new Promise<void>((resolve, reject) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString()
-      if (stdout.includes('ready')) resolve()
-    })
-    void exited.then((e) => reject(new Error(`worker exited before it was ready: ${JSON.stringify({ ...e, stdout })}`)))
-  })
-  return { child, exited }
-}
+import { startWorker } from '../worker-process.mjs'
 
 export function shutdownSuite(h: Harness): void {
   it('frees the lock of a process stopped with SIGTERM at once, and the process dies of the signal', async () => {
