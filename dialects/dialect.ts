@@ -37,6 +37,8 @@ export interface ReleaseNotifications {
   releaseAndNotify(knex: Knex, table: string, row: RowIdentity): Promise<boolean>
   /** The same for many rows at once, in one statement. */
   releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
+  /** Announces that `(name, key)` was released by other means (a forced release). */
+  notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
   /**
    * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
    * announced for `table`, and `onClosed` once if the connection fails or ends.

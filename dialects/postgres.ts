@@ -69,6 +69,10 @@ export const postgresDialect: Dialect = {
       )
     },
 
+    async notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void> {
+      await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key])])
+    },
+
     async listen(knex, table, onRelease, onClosed): Promise<ReleaseSubscription> {
       const channel = channelOf(table)
       // A connection of its own, outside the pool: LISTEN belongs to one session for its lifetime.

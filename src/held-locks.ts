@@ -1,5 +1,6 @@
 import type { Clock, TimerHandle } from './clock.js'
 import { LockLostError, type LockLossReason } from './errors.js'
+import type { LockEvents } from './events.js'
 import type { Lock, LockState } from './lock.js'
 import type { LockTable } from './lock-table.js'
 import type { LogLevel } from './logger.js'
@@ -10,6 +11,8 @@ export interface HeldLock extends LockState {
   releasing: Promise<void> | undefined
   /** Monotonic time at which the last write that succeeded (acquire or renewal) was sent. */
   renewedAt: number
+  /** Monotonic time at which the lock was acquired. */
+  readonly acquiredAt: number
 }
 
 export interface HeldLocksOptions {
@@ -22,6 +25,7 @@ export interface HeldLocksOptions {
   readonly lockTimeoutMs: number
   readonly renewalIntervalMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
+  readonly events: LockEvents
 }
 
 export const describeLock = (name: string, key: string): string => `${JSON.stringify(name)} (key ${JSON.stringify(key)})`
@@ -75,6 +79,9 @@ export class HeldLocks {
     if (this.#byId.size === 0) this.#clearTimer()
     record.controller.deref()?.abort(new LockLostError(reason, record.name, record.key, message, cause === undefined ? undefined : { cause }))
     if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message)
+    if (reason !== 'released' && this.#o.events.has('lost')) {
+      this.#o.events.emit('lost', { name: record.name, key: record.key, reason, heldMs: this.#o.monotonicNow() - record.acquiredAt })
+    }
   }
 
   /** Stops the timer for good and waits for a renewal under way. */
@@ -151,6 +158,7 @@ export class HeldLocks {
     }
     this.#failing = false
     this.#lastError = undefined
+    if (ours.size > 0) this.#o.events.emit('renewed', { count: ours.size, durationMs: this.#o.monotonicNow() - sentAt })
     for (const record of records) {
       if (ours.has(record.token)) record.renewedAt = Math.max(record.renewedAt, sentAt)
       else this.end(record, 'taken-over', `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)

@@ -11,17 +11,36 @@ import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } fro
 import { announceRelease, onLocalRelease } from './release-bus.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
+import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
 import { describeLock, HeldLocks, type HeldLock } from './held-locks.js'
 import { Lock, type LockOwner } from './lock.js'
 import { LockTable } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
-import { resolveOptions, resolveWaitOptions, validateLockId, type LockStoreOptions, type ResolvedOptions, type WaitOptions } from './validate.js'
+import {
+  resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
+  type LockFilter, type LockStoreOptions, type ResolvedOptions, type WaitOptions,
+} from './validate.js'
 
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 const lockId = (name: string, key: string): string => `${name}\0${key}`
 
 function isKnex(value: unknown): value is Knex {
   return typeof value === 'function' && typeof (value as { client?: unknown }).client === 'object'
+}
+
+/** One row of the lock table, as {@link LockStore.listLocks} reports it. */
+export interface LockInfo {
+  readonly name: string
+  readonly key: string
+  /** The instance name of the store that holds (or last held) it. */
+  readonly instanceName: string
+  readonly fence: bigint
+  /** When its holder last wrote it. */
+  readonly lastRenewedAt: Date
+  /** Milliseconds since then, by this store's clock. */
+  readonly ageMs: number
+  /** Older than this store's `lockTimeoutMs`: any worker may take it over. */
+  readonly stale: boolean
 }
 
 /** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
@@ -70,6 +89,7 @@ export class LockStore {
     isStillValid: (state) => this.#isStillValid(state as HeldLock),
   }
   readonly #waiting: WaitRoom
+  readonly #events = new LockEvents((error) => this.#log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   readonly #listener: ReleaseListener | undefined
   #stopHearingReleases: (() => void) | undefined
   #resolved: Resolved | undefined
@@ -115,6 +135,7 @@ export class LockStore {
       lockTimeoutMs: this.lockTimeoutMs,
       renewalIntervalMs: this.renewalIntervalMs,
       log: (level, details, message) => this.#log(level, details, message),
+      events: this.#events,
     })
     const wake = (name: string, key: string): void => this.#waiting.wake(lockId(name, key))
     this.#listener = sql.notifications
@@ -127,6 +148,7 @@ export class LockStore {
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
       log: (level, details, message) => this.#log(level, details, message),
       attempt: (name, key) => this.tryAcquireLock(name, key),
+      ended: (name, key, waitedMs, outcome) => this.#events.emit('waited', { name, key, waitedMs, outcome }),
       // Hear of releases (in this process, and from others where the database can tell) only
       // while someone waits.
       occupied: (occupied) => {
@@ -243,6 +265,44 @@ export class LockStore {
   }
 
   /**
+   * Calls `listener` for every `event` of this store, for metrics and tracing (see
+   * {@link LockEventMap}). Cheap when nobody listens. A listener that throws is logged and
+   * otherwise ignored. Returns a function that removes the listener.
+   */
+  on<E extends LockEventName>(event: E, listener: LockEventListener<E>): () => void {
+    return this.#events.on(event, listener)
+  }
+
+  /** Removes a listener added with {@link on}. */
+  off<E extends LockEventName>(event: E, listener: LockEventListener<E>): void {
+    this.#events.off(event, listener)
+  }
+
+  /**
+   * Every lock row in the table (held by any worker), sorted by name and key, or those matching
+   * `filter` exactly. Ages and staleness are judged by this store's clock and `lockTimeoutMs`.
+   * @throws InvalidLockNameError for a bad filter value, before any SQL runs
+   */
+  async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
+    const checked = validateLockFilter(filter)
+    const rows = await this.#database('list locks', () => this.#table.list(checked, this.#nowMs()))
+    return rows.map((row) => ({ ...row, stale: row.ageMs > this.lockTimeoutMs }))
+  }
+
+  /**
+   * Deletes the lock `(name, key)` whoever holds it, for operators. Resolves whether a row was
+   * removed. The holder finds out at its next renewal, through `lock.signal`; waiters are woken as
+   * for a release.
+   * @throws InvalidLockNameError for a bad name or key, before any SQL runs
+   */
+  async forceRelease(name: string, key = ''): Promise<boolean> {
+    validateLockId(name, key)
+    const removed = await this.#database(`force-release lock ${describeLock(name, key)}`, () => this.#table.forceRelease(name, key))
+    if (removed) announceRelease(this.tableName, name, key)
+    return removed
+  }
+
+  /**
    * Stops renewing and releases every lock this store holds (aborting their signals), waiting
    * for acquisitions under way (a lock they win is released at once and they reject with
    * `LockStoreClosedError`). Safe to call more than once. Does not destroy the knex instance.
@@ -273,6 +333,7 @@ export class LockStore {
     for (const record of records) {
       this.#undeleted.delete(record)
       announceRelease(this.tableName, record.name, record.key)
+      this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
     }
   }
 
@@ -310,7 +371,11 @@ export class LockStore {
     const sentAt = this.#monotonicNow()
     const fence = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
-    if (fence === null) return null
+    const durationMs = this.#monotonicNow() - sentAt
+    if (fence === null) {
+      this.#events.emit('refused', { name, key, durationMs })
+      return null
+    }
     if (this.#monotonicNow() - sentAt >= this.lockTimeoutMs) {
       // The statement took longer than the lease: the row may already look stale to others.
       await this.#table.release(request).catch(() => undefined)
@@ -330,10 +395,12 @@ export class LockStore {
       ref: undefined as unknown as WeakRef<Lock>, // set below, once the Lock exists
       releasing: undefined,
       renewedAt: sentAt,
+      acquiredAt: sentAt,
     }
     const lock = new Lock(this.#owner, record, controller)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
     this.#held.add(record, lock)
+    this.#events.emit('acquired', { name, key, fence, durationMs })
     return lock
   }
 
@@ -344,6 +411,7 @@ export class LockStore {
       .then(() => {
         this.#undeleted.delete(record)
         announceRelease(this.tableName, record.name, record.key)
+        this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
       }, (error: unknown) => {
         record.releasing = undefined
         this.#undeleted.add(record)

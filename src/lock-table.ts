@@ -5,6 +5,19 @@ import type { Dialect, RowIdentity } from '../dialects/index.js'
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
 const ROWS_PER_STATEMENT = 10_000
 
+/** A listed row, before the store judges its staleness. */
+export interface ListedRow {
+  readonly name: string
+  readonly key: string
+  readonly instanceName: string
+  readonly fence: bigint
+  readonly lastRenewedAt: Date
+  readonly ageMs: number
+}
+
+// MySQL hands binary string columns back as Buffers of UTF-8.
+const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
+
 function chunks<T>(items: readonly T[]): T[][] {
   const out: T[][] = []
   for (let i = 0; i < items.length; i += ROWS_PER_STATEMENT) out.push(items.slice(i, i + ROWS_PER_STATEMENT))
@@ -88,6 +101,35 @@ export class LockTable {
       if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
       else await this.#rows(chunk).delete()
     }
+  }
+
+  /** Deletes the row of `(name, key)` whatever its token, telling waiting processes where the database can. */
+  async forceRelease(name: string, key: string): Promise<boolean> {
+    const removed = Number(await this.#knex(this.#table).where({ lock_name: name, lock_key: key }).delete()) > 0
+    if (removed) await this.#dialect.notifications?.notifyReleased(this.#knex, this.#table, name, key)
+    return removed
+  }
+
+  /** The rows matching `filter`, sorted by name and key, with their age by `now`. */
+  async list(filter: { name?: string; key?: string; instanceName?: string }, nowMs: number | null): Promise<ListedRow[]> {
+    const where: Record<string, string> = {}
+    if (filter.name !== undefined) where.lock_name = filter.name
+    if (filter.key !== undefined) where.lock_key = filter.key
+    if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
+    const rows = (await this.#knex(this.#table).where(where)
+      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]))
+      .orderBy([{ column: 'lock_name' }, { column: 'lock_key' }])) as Array<Record<string, unknown>>
+    return rows.map((row) => {
+      const renewed = Number(row.last_renewed_ts)
+      return {
+        name: text(row.lock_name),
+        key: text(row.lock_key),
+        instanceName: text(row.instance_name),
+        fence: BigInt(String(row.fence)),
+        lastRenewedAt: new Date(renewed),
+        ageMs: Number(row.now_ms) - renewed,
+      }
+    })
   }
 
   /** Whether the row exists with this token and is not stale. */

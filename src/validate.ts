@@ -215,3 +215,28 @@ export function resolveWaitOptions(options: unknown): { timeoutMs: number; signa
   }
   return { timeoutMs, signal }
 }
+
+/** Which rows `listLocks` returns: those whose fields equal every value given. */
+export interface LockFilter {
+  name?: string
+  key?: string
+  instanceName?: string
+}
+
+/** Checks a `listLocks` filter; throws InvalidLockNameError or TypeError naming the problem. */
+export function validateLockFilter(filter: unknown): LockFilter {
+  if (typeof filter !== 'object' || filter === null || Array.isArray(filter)) {
+    throw new TypeError(`listLocks filter must be an object, got ${describe(filter)}.`)
+  }
+  const checked: LockFilter = {}
+  for (const [field, value] of Object.entries(filter)) {
+    if (field !== 'name' && field !== 'key' && field !== 'instanceName') {
+      throw new TypeError(`Unknown listLocks filter ${JSON.stringify(field)}; known filters are name, key, instanceName.`)
+    }
+    if (value === undefined) continue
+    const problem = nameProblem(value, field === 'key')
+    if (problem) throw new InvalidLockNameError(`listLocks filter ${field} ${problem}.`)
+    checked[field] = value as string
+  }
+  return checked
+}

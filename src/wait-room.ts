@@ -1,6 +1,6 @@
 import { backoffDelay, type Backoff } from './backoff.js'
 import type { Clock } from './clock.js'
-import { LockDatabaseError, LockTimeoutError } from './errors.js'
+import { LockDatabaseError, LockStoreClosedError, LockTimeoutError } from './errors.js'
 import { describeLock } from './held-locks.js'
 import type { Lock } from './lock.js'
 import type { LogLevel } from './logger.js'
@@ -16,6 +16,8 @@ export interface WaitRoomOptions {
   readonly attempt: (name: string, key: string) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
+  /** Called when a wait ends, however it ends. */
+  readonly ended: (name: string, key: string, waitedMs: number, outcome: 'acquired' | 'timeout' | 'aborted' | 'closed') => void
 }
 
 interface Waiter {
@@ -83,6 +85,7 @@ export class WaitRoom {
       : undefined
     let grown = 0
     let warnedAt = started
+    let outcome: 'acquired' | 'timeout' | 'aborted' | 'closed' = 'aborted'
     try {
       for (;;) {
         if (waiter.stop !== undefined) throw waiter.stop
@@ -98,7 +101,10 @@ export class WaitRoom {
             o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
           }
           if (lock) {
-            if (waiter.stop === undefined) return lock
+            if (waiter.stop === undefined) {
+              outcome = 'acquired'
+              return lock
+            }
             await lock.release().catch((error: unknown) =>
               o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
             throw waiter.stop
@@ -117,7 +123,12 @@ export class WaitRoom {
             `worker-locks: still waiting for lock ${describeLock(name, key)} after ${Math.round(now - started)} ms.`)
         }
       }
+    } catch (error) {
+      if (error instanceof LockTimeoutError) outcome = 'timeout'
+      else if (error instanceof LockStoreClosedError) outcome = 'closed'
+      throw error
     } finally {
+      o.ended(name, key, o.monotonicNow() - started, outcome)
       if (timeout !== undefined) o.timers.clearTimeout(timeout)
       signal?.removeEventListener('abort', onAbort)
       this.#leave(id, waiter)

@@ -4,6 +4,7 @@ import { forEachTarget } from './matrix.mjs'
 import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
 import { fenceSuite } from './suite/fence.mjs'
+import { inspectionSuite } from './suite/inspection.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
 import { shutdownSuite } from './suite/shutdown.mjs'
@@ -18,6 +19,7 @@ forEachTarget('behaviour', (target) => {
   fenceSuite(h)
   shutdownSuite(h)
   waitingSuite(h)
+  inspectionSuite(h)
   badInputSuite(h)
   schemaSuite(h)
 })

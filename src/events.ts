@@ -1,0 +1,66 @@
+import type { LockLossReason } from './errors.js'
+
+/** What each event of a store carries. Durations are in milliseconds. */
+export interface LockEventMap {
+  /** A lock was acquired (by `tryAcquireLock`, or by a waiter). `durationMs`: the acquiring statement. */
+  acquired: { name: string; key: string; fence: bigint; durationMs: number }
+  /** An attempt found the lock held by someone else. */
+  refused: { name: string; key: string; durationMs: number }
+  /** A lock this store held was released (`heldMs` since it was acquired). */
+  released: { name: string; key: string; heldMs: number }
+  /** A renewal tick refreshed `count` locks. */
+  renewed: { count: number; durationMs: number }
+  /** A lock was lost without being released. */
+  lost: { name: string; key: string; reason: Exclude<LockLossReason, 'released'>; heldMs: number }
+  /** A wait (`acquireLock`, `withLock`) ended. */
+  waited: { name: string; key: string; waitedMs: number; outcome: 'acquired' | 'timeout' | 'aborted' | 'closed' }
+}
+
+/** The names of a store's events. */
+export type LockEventName = keyof LockEventMap
+
+/** A listener for event `E`. */
+export type LockEventListener<E extends LockEventName> = (event: LockEventMap[E]) => void
+
+/**
+ * A small typed event hub. Emitting with no listener costs one map lookup, and listeners that
+ * throw are isolated from the lock work (their error is handed to `onListenerError`).
+ */
+export class LockEvents {
+  readonly #listeners = new Map<LockEventName, Set<(event: never) => void>>()
+  readonly #onListenerError: (error: unknown) => void
+
+  constructor(onListenerError: (error: unknown) => void) {
+    this.#onListenerError = onListenerError
+  }
+
+  on<E extends LockEventName>(name: E, listener: LockEventListener<E>): () => void {
+    let set = this.#listeners.get(name)
+    if (!set) this.#listeners.set(name, (set = new Set()))
+    set.add(listener as (event: never) => void)
+    return () => this.off(name, listener)
+  }
+
+  off<E extends LockEventName>(name: E, listener: LockEventListener<E>): void {
+    const set = this.#listeners.get(name)
+    set?.delete(listener as (event: never) => void)
+    if (set?.size === 0) this.#listeners.delete(name)
+  }
+
+  /** Whether anyone listens, so callers can skip building an event nobody hears. */
+  has(name: LockEventName): boolean {
+    return this.#listeners.has(name)
+  }
+
+  emit<E extends LockEventName>(name: E, event: LockEventMap[E]): void {
+    const set = this.#listeners.get(name)
+    if (!set) return
+    for (const listener of [...set]) {
+      try {
+        (listener as LockEventListener<E>)(event)
+      } catch (error) {
+        this.#onListenerError(error)
+      }
+    }
+  }
+}
