@@ -31,7 +31,7 @@ describe('package', () => {
     for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/dialects/mysql.js', 'migrations/20261126000000_worker_locks_create.cjs']) {
       assert.ok(files.includes(required), `ships ${required}`)
     }
-    const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
+    const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|src\/cli|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
     assert.deepEqual(unexpected, [])
   })
 

@@ -1,0 +1,68 @@
+// The --help texts, one per command.
+
+const common = `Database:
+  --db URL          postgres://…, mysql://…, sqlite:PATH or a file path
+                    (default: $DATABASE_URL, else ./worker-locks.sqlite)
+  --table NAME      the lock table (default: worker_locks)`
+
+export const help: Readonly<Record<string, string>> = {
+  main: `Usage: worker-locks COMMAND [OPTIONS]
+
+Locks between processes and hosts, kept in the database you already have.
+
+Commands:
+  migrate           create or upgrade the lock table
+  status            show the locks in the table
+  release NAME [KEY]  force-release a lock held by anyone
+  run NAME [OPTIONS] -- COMMAND [ARGS…]
+                    run a command while holding a lock
+
+${common}
+
+Run "worker-locks COMMAND --help" for a command's options.`,
+
+  migrate: `Usage: worker-locks migrate [--db URL] [--table NAME]
+
+Applies the shipped migrations (the same files the knex CLI uses) to create or upgrade the
+lock table. Safe to run again, and from several hosts at once.
+
+${common}`,
+
+  status: `Usage: worker-locks status [--json] [--db URL] [--table NAME]
+
+Shows every lock in the table: name, key, holder, fence, age since its last renewal, and
+whether it is stale (older than --lock-timeout, default 60 s, so anyone may take it over).
+
+  --json            print a JSON array instead of a table
+  --lock-timeout S  the timeout to judge staleness by, in seconds (default: 60)
+
+${common}`,
+
+  release: `Usage: worker-locks release NAME [KEY] [--db URL] [--table NAME]
+
+Deletes the lock NAME (key KEY, default empty) whoever holds it, and prints what was removed.
+Its holder learns at its next renewal and, under "worker-locks run", stops its command.
+Exits 1 if there was no such lock.
+
+${common}`,
+
+  run: `Usage: worker-locks run NAME [--key K] [--wait [SECONDS]] [OPTIONS] -- COMMAND [ARGS…]
+
+Runs COMMAND while holding the lock NAME (key K), renewing it, and releases it when COMMAND
+exits. Exits with COMMAND's exit code (128 + n if it died of signal n).
+
+  --key K           the lock's key (default: empty)
+  --wait [SECONDS]  if the lock is busy, wait for it (for at most SECONDS); without
+                    --wait a busy lock exits 75 at once
+  --lock-timeout S  how long the lock survives if this process dies (default: 60)
+  --on-lost=ACTION  what to do if the lock is lost while COMMAND runs: stop (default:
+                    SIGTERM, then SIGKILL after --grace, exit 70) or ignore
+  --grace S         seconds between SIGTERM and SIGKILL (default: 10)
+
+SIGINT and SIGTERM are passed on to COMMAND; the lock is released after it exits.
+
+Exit codes: COMMAND's own; 75 lock busy or wait timed out; 70 lock lost; 127 command not
+found; 2 usage error; 1 other errors.
+
+${common}`,
+}

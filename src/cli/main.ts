@@ -1,0 +1,125 @@
+#!/usr/bin/env node
+// The worker-locks command. It uses the public API like any other program.
+import type { Knex } from 'knex'
+import { LockError, LockStore, createLockTable, type LockInfo } from '../index.js'
+import { parseArgs, secondsOption, UsageError, type OptionKind, type ParsedArgs } from './args.js'
+import { DatabaseUrlError, DEFAULT_DATABASE, openDatabase } from './database.js'
+import { help } from './help.js'
+import { runCommand } from './run.js'
+
+const databaseOptions: Record<string, OptionKind> = { db: 'value', table: 'value', help: 'flag' }
+const commandOptions: Record<string, Record<string, OptionKind>> = {
+  migrate: databaseOptions,
+  status: { ...databaseOptions, json: 'flag', 'lock-timeout': 'value' },
+  release: databaseOptions,
+  run: { ...databaseOptions, key: 'value', wait: 'optional-number', 'lock-timeout': 'value', 'on-lost': 'value', grace: 'value' },
+}
+
+/** Runs the CLI with `argv` (without node and the script); resolves the exit code. */
+export async function main(argv: readonly string[]): Promise<number> {
+  const [command, ...rest] = argv
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(help.main)
+    return command === undefined ? 2 : 0
+  }
+  const known = commandOptions[command]
+  if (!known) throw new UsageError(`unknown command ${JSON.stringify(command)}; run "worker-locks --help"`)
+  const args = parseArgs(rest, known)
+  if (args.options.has('help')) {
+    console.log(help[command])
+    return 0
+  }
+  const url = stringOption(args, 'db') ?? process.env.DATABASE_URL ?? DEFAULT_DATABASE
+  const tableName = stringOption(args, 'table')
+  const knex = openDatabase(url)
+  try {
+    switch (command) {
+      case 'migrate': return await migrate(knex, tableName, args)
+      case 'status': return await status(knex, tableName, args)
+      case 'release': return await release(knex, tableName, args)
+      default: return await runCommand(knex, tableName, args)
+    }
+  } finally {
+    await knex.destroy()
+  }
+}
+
+function stringOption(args: ParsedArgs, name: string): string | undefined {
+  const value = args.options.get(name)
+  return value === true ? undefined : value
+}
+
+function expectPositionals(args: ParsedArgs, min: number, max: number, usage: string): void {
+  if (args.positionals.length < min || args.positionals.length > max) throw new UsageError(`usage: ${usage}`)
+  if (args.rest !== undefined) throw new UsageError('this command takes no "--" part')
+}
+
+async function migrate(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+  expectPositionals(args, 0, 0, 'worker-locks migrate [--db URL] [--table NAME]')
+  await createLockTable(knex, tableName === undefined ? {} : { tableName })
+  console.log(`worker-locks: table ${tableName ?? 'worker_locks'} is up to date`)
+  return 0
+}
+
+function age(ms: number): string {
+  if (ms < 1_000) return `${Math.max(0, Math.round(ms))}ms`
+  if (ms < 120_000) return `${(ms / 1_000).toFixed(1)}s`
+  return `${Math.round(ms / 60_000)}m`
+}
+
+async function status(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+  expectPositionals(args, 0, 0, 'worker-locks status [--json]')
+  const lockTimeoutMs = secondsOption(args, 'lock-timeout', 60_000)
+  const store = new LockStore(knex, { tableName, lockTimeoutMs, renewalIntervalMs: Math.max(1, Math.floor(lockTimeoutMs / 4)) })
+  const locks = await store.listLocks()
+  if (args.options.has('json')) {
+    console.log(JSON.stringify(locks.map((l: LockInfo) => ({ ...l, fence: String(l.fence), lastRenewedAt: l.lastRenewedAt.toISOString() })), null, 2))
+    return 0
+  }
+  if (locks.length === 0) {
+    console.log('no locks')
+    return 0
+  }
+  const rows = [['NAME', 'KEY', 'HOLDER', 'FENCE', 'AGE', 'STATE'],
+    ...locks.map((l) => [l.name, l.key, l.instanceName, String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'])]
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
+  for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd())
+  return 0
+}
+
+async function release(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+  expectPositionals(args, 1, 2, 'worker-locks release NAME [KEY]')
+  const [name = '', key = ''] = args.positionals
+  const store = new LockStore(knex, { tableName })
+  const [before] = await store.listLocks({ name, key })
+  if (!(await store.forceRelease(name, key))) {
+    console.log(`worker-locks: no lock ${JSON.stringify(name)} (key ${JSON.stringify(key)}) to release`)
+    return 1
+  }
+  const holder = before ? `, held by ${before.instanceName} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
+  console.log(`worker-locks: released ${JSON.stringify(name)} (key ${JSON.stringify(key)})${holder}`)
+  return 0
+}
+
+/** One line for people, never a stack trace. */
+export function describeFailure(error: unknown): string {
+  if (error instanceof UsageError || error instanceof DatabaseUrlError) return error.message
+  let message = (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? ''
+  message = message.replace(/^worker-locks /, '')
+  // knex puts the whole statement in front of the driver's message; people need the reason.
+  const statement = message.match(/^(.*?): (?:select|insert|update|delete|with|create|alter)\b.* - (.*)$/is)
+  if (statement) message = `${statement[1]}: ${statement[2]}`
+  if (error instanceof LockError && /does not exist|no such table|doesn't exist/i.test(message)) {
+    return `${message} (run "worker-locks migrate" first)`
+  }
+  return message
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code
+  }, (error: unknown) => {
+    console.error(`worker-locks: ${describeFailure(error)}`)
+    process.exitCode = error instanceof UsageError ? 2 : 1
+  })
+}
