@@ -1,0 +1,218 @@
+// Every benchmark for one database, in this one process; prints one JSON object. bench/main.mts
+// runs this once per database and prints the tables.
+//
+// Usage: node dist/bench/database.mjs DATABASE [--smoke]
+import { performance } from 'node:perf_hooks'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Knex } from 'knex'
+import { Verrou } from '@verrou/core'
+import { knexStore } from '@verrou/core/drivers/knex'
+import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } from '../src/index.js'
+import { connect, uniqueName, type Database } from '../test/targets.mjs'
+import { newToken, rawContender } from './raw.mjs'
+import { median, p99 } from './stats.mjs'
+
+const database = process.argv[2] as Database
+const smoke = process.argv.includes('--smoke')
+const LOCK_TIMEOUT = 120_000
+const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
+
+type Series = Record<string, number[]>
+
+/** 1. Uncontended acquire + release, contenders interleaved in small batches. */
+async function uncontended(knex: Knex, table: string): Promise<Series> {
+  const rounds = smoke ? 3 : 20
+  const batch = smoke ? 10 : database === 'sqlite' ? 100 : 25
+  const raw = await rawContender(database, table, LOCK_TIMEOUT)
+  const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+  await store.init()
+  const verrouTable = uniqueName('verrou')
+  const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
+  const contenders: Record<string, (i: number) => Promise<void>> = {
+    raw: async (i) => {
+      const t = newToken()
+      await raw.acquire('bench-raw', `k${i % 8}`, t)
+      await raw.release('bench-raw', `k${i % 8}`, t)
+    },
+    'worker-locks': async (i) => {
+      const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    verrou: async (i) => {
+      const lock = verrou.createLock(`bench-v-k${i % 8}`, '2m')
+      if (!(await lock.acquireImmediately())) throw new Error('verrou refused while uncontended')
+      await lock.release()
+    },
+  }
+  const series: Series = { raw: [], 'worker-locks': [], verrou: [] }
+  for (const run of Object.values(contenders)) for (let i = 0; i < 5; i++) await run(i) // warm up
+  for (let round = 0; round < rounds; round++) {
+    for (const [name, run] of Object.entries(contenders)) {
+      for (let i = 0; i < batch; i++) {
+        const start = performance.now()
+        await run(i)
+        series[name]?.push((performance.now() - start) * 1000)
+      }
+    }
+  }
+  await store.close()
+  await raw.close()
+  await knex.schema.dropTableIfExists(verrouTable)
+  return series
+}
+
+/** A raw single committed write: the round trip hand-offs are measured in. */
+async function roundTrip(table: string): Promise<number> {
+  const raw = await rawContender(database, table, LOCK_TIMEOUT)
+  const times: number[] = []
+  for (let i = 0; i < (smoke ? 10 : 100); i++) {
+    const t = newToken()
+    const start = performance.now()
+    await raw.acquire('bench-rtt', 'k', t)
+    times.push(performance.now() - start)
+    await raw.release('bench-rtt', 'k', t)
+  }
+  await raw.close()
+  return median(times)
+}
+
+/** 2. Eight workers in this process on one key: critical sections per second and hand-off latency. */
+async function contention(table: string): Promise<Record<string, { perSecond: number; handoff: number[] }>> {
+  const seconds = smoke ? 1 : 5
+  const results: Record<string, { perSecond: number; handoff: number[] }> = {}
+  // worker-locks: eight stores (as eight workers would have), waiting API.
+  {
+    const knexes = Array.from({ length: 8 }, () => connect(database, { poolMax: 2 }))
+    const stores = knexes.map((k) => new LockStore(k, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 }))
+    const handoff: number[] = []
+    let count = 0
+    let releasedAt: number | undefined
+    const end = performance.now() + seconds * 1000
+    await Promise.all(stores.map(async (store) => {
+      while (performance.now() < end) {
+        const lock = await store.acquireLock('contended')
+        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
+        count++
+        releasedAt = performance.now()
+        await lock.release()
+      }
+    }))
+    results['worker-locks'] = { perSecond: count / seconds, handoff }
+    await Promise.all(stores.map((s) => s.close()))
+    await Promise.all(knexes.map((k) => k.destroy()))
+  }
+  // verrou: its retrying acquire, eight lock instances on one key.
+  {
+    const knex = connect(database, { poolMax: 8 })
+    const verrouTable = uniqueName('verrou')
+    const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
+    const handoff: number[] = []
+    let count = 0
+    let releasedAt: number | undefined
+    const end = performance.now() + seconds * 1000
+    await verrou.createLock('warm', '2m').acquireImmediately()
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (performance.now() < end) {
+        const lock = verrou.createLock('contended', '2m')
+        await lock.acquire()
+        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
+        count++
+        releasedAt = performance.now()
+        await lock.release()
+      }
+    }))
+    results.verrou = { perSecond: count / seconds, handoff }
+    await knex.schema.dropTableIfExists(verrouTable)
+    await knex.destroy()
+  }
+  return results
+}
+
+/** 3. One renewal tick with N held locks: statements and milliseconds, batched against per-lock. */
+async function renewal(knex: Knex, table: string, n: number): Promise<{ statements: number; batchedMs: number; perLockMs: number }> {
+  const clock = new ManualClock()
+  const store = new LockStore(knex, { tableName: table, clock, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+  const locks: Lock[] = []
+  for (let i = 0; i < n; i++) {
+    const lock = await store.tryAcquireLock('renew', `k${i}`)
+    if (!lock) throw new Error('refused while uncontended')
+    locks.push(lock)
+  }
+  let statements = 0
+  const count = (): void => { statements++ }
+  knex.on('query', count)
+  let start = performance.now()
+  await clock.advance(30_000)
+  const batchedMs = performance.now() - start
+  knex.off('query', count)
+  start = performance.now()
+  for (const lock of locks) {
+    await knex(table).where({ lock_name: lock.name, lock_key: lock.key, token: lock.token }).update({ last_renewed_ts: clock.now() })
+  }
+  const perLockMs = performance.now() - start
+  await store.close()
+  return { statements, batchedMs, perLockMs }
+}
+
+/** 4. 500 waiters on one key, served one after another: wall and CPU time. */
+async function crowd(knex: Knex, table: string): Promise<{ waiters: number; wallMs: number; cpuMs: number }> {
+  const waiters = smoke ? 50 : 500
+  const holder = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+  const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+  const first = await holder.tryAcquireLock('crowd')
+  if (!first) throw new Error('refused while uncontended')
+  const all = Array.from({ length: waiters }, () => store.acquireLock('crowd').then((lock) => lock.release()))
+  await sleep(50) // all are queued and asleep
+  const cpu = process.cpuUsage()
+  const start = performance.now()
+  await first.release()
+  await Promise.all(all)
+  const wallMs = performance.now() - start
+  const used = process.cpuUsage(cpu)
+  await holder.close()
+  await store.close()
+  return { waiters, wallMs, cpuMs: (used.user + used.system) / 1000 }
+}
+
+/** 5. Heap per held lock. */
+async function memory(knex: Knex, table: string): Promise<number> {
+  const n = smoke ? 500 : 10_000
+  const store = new LockStore(knex, { tableName: table, clock: new ManualClock(), lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+  const held: Lock[] = []
+  gc()
+  const before = process.memoryUsage().heapUsed
+  for (let i = 0; i < n; i++) {
+    const lock = await store.tryAcquireLock('memory', `k${i}`)
+    if (lock) held.push(lock)
+  }
+  gc()
+  const after = process.memoryUsage().heapUsed
+  await store.close()
+  return (after - before) / held.length
+}
+
+const knex = connect(database, { poolMax: 4 })
+const table = uniqueName('wl_bench')
+await createLockTable(knex, { tableName: table })
+try {
+  const result = {
+    database,
+    roundTripMs: await roundTrip(table),
+    uncontended: await uncontended(knex, table),
+    contention: await contention(table),
+    renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
+    crowd: await crowd(knex, table),
+    bytesPerLock: await memory(knex, table),
+  }
+  for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
+  const summarise = (s: number[]) => ({ median: median(s), p99: p99(s) })
+  console.log(JSON.stringify({
+    ...result,
+    uncontended: Object.fromEntries(Object.entries(result.uncontended).map(([k, v]) => [k, summarise(v)])),
+    contention: Object.fromEntries(Object.entries(result.contention).map(([k, v]) => [k, { perSecond: v.perSecond, ...summarise(v.handoff) }])),
+  }))
+} finally {
+  await dropLockTable(knex, { tableName: table })
+  await knex.destroy()
+}

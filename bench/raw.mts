@@ -1,0 +1,75 @@
+// The physical limit: the same statements worker-locks runs to acquire and release, sent
+// through the bare driver as prepared statements, with no library in between.
+import { randomBytes } from 'node:crypto'
+import Database from 'better-sqlite3'
+import pg from 'pg'
+import mysql from 'mysql2/promise'
+import { MYSQL_URL, POSTGRES_URL, sqliteFile, type Database as DatabaseName } from '../test/targets.mjs'
+
+/** One acquire (returning the fence, or null) and one token-guarded release. */
+export interface RawContender {
+  acquire(name: string, key: string, token: string): Promise<unknown>
+  release(name: string, key: string, token: string): Promise<void>
+  close(): Promise<void>
+}
+
+const token = (): string => randomBytes(16).toString('hex')
+export { token as newToken }
+
+export async function rawContender(database: DatabaseName, table: string, lockTimeoutMs: number): Promise<RawContender> {
+  const instance = `raw-${process.pid}`
+  if (database === 'sqlite') {
+    const db = new Database(sqliteFile)
+    db.pragma('journal_mode = WAL')
+    db.pragma('busy_timeout = 5000')
+    const now = "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))"
+    const acquire = db.prepare(
+      `INSERT INTO "${table}" AS t (lock_name, lock_key, instance_name, token, last_renewed_ts, fence)
+       VALUES (?, ?, ?, ?, ${now}, (SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM "${table}" UNION ALL SELECT high_water FROM "${table}_fence")))
+       ON CONFLICT (lock_name, lock_key) DO UPDATE
+       SET instance_name = excluded.instance_name, token = excluded.token, last_renewed_ts = excluded.last_renewed_ts, fence = excluded.fence
+       WHERE t.last_renewed_ts < excluded.last_renewed_ts - ? OR t.instance_name = excluded.instance_name
+       RETURNING fence`)
+    const release = db.prepare(`DELETE FROM "${table}" WHERE lock_name = ? AND lock_key = ? AND token = ?`)
+    return {
+      acquire: async (n, k, t) => acquire.get(n, k, instance, t, lockTimeoutMs),
+      release: async (n, k, t) => { release.run(n, k, t) },
+      close: async () => { db.close() },
+    }
+  }
+  if (database === 'postgres') {
+    const client = new pg.Client({ connectionString: POSTGRES_URL })
+    await client.connect()
+    const now = '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint'
+    const acquire = `INSERT INTO "${table}" AS t (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES ($1, $2, $3, $4, ${now})
+       ON CONFLICT (lock_name, lock_key) DO UPDATE
+       SET instance_name = excluded.instance_name, token = excluded.token, last_renewed_ts = excluded.last_renewed_ts, fence = nextval('"${table}_fence_seq"'::regclass)
+       WHERE t.last_renewed_ts < excluded.last_renewed_ts - $5 OR t.instance_name = excluded.instance_name
+       RETURNING fence`
+    const release = `WITH released AS (DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 RETURNING lock_name, lock_key)
+       SELECT pg_notify($4, json_build_array(lock_name, lock_key)::text) FROM released`
+    return {
+      acquire: async (n, k, t) => (await client.query({ name: 'raw_acquire', text: acquire, values: [n, k, instance, t, lockTimeoutMs] })).rows[0],
+      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, `${table}_released`] }) },
+      close: async () => { await client.end() },
+    }
+  }
+  const connection = await mysql.createConnection(MYSQL_URL)
+  const now = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
+  const acquire = `INSERT INTO \`${table}\` (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ${now})
+     ON DUPLICATE KEY UPDATE
+       token = IF(last_renewed_ts + ? < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(1), token, token)),
+       instance_name = IF(token = ?, ?, instance_name),
+       last_renewed_ts = IF(token = ?, ${now}, last_renewed_ts)`
+  const fence = `SELECT fence FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
+  const release = `DELETE FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
+  return {
+    async acquire(n, k, t) {
+      const [header] = await connection.execute(acquire, [n, k, instance, t, lockTimeoutMs, instance, t, t, instance, t]) as unknown as [{ insertId: number }]
+      if (header.insertId === 1) return null
+      return (await connection.execute(fence, [n, k, t]))[0]
+    },
+    release: async (n, k, t) => { await connection.execute(release, [n, k, t]) },
+    close: async () => { await connection.end() },
+  }
+}
