@@ -71,6 +71,19 @@ describe('package', () => {
     assert.match(stdout, /document: final by B/)
   })
 
+  it('runs the README quick start command line through npx', async () => {
+    const project = join(scratch, 'quickstart')
+    mkdirSync(project, { recursive: true })
+    const readme = readFileSync(join(root, 'README.md'), 'utf8')
+    const line = /^npx worker-locks migrate && .*$/m.exec(readme)?.[0]
+    assert.ok(line, 'the README shows the command line')
+    // The same words, run from the repository (where npx finds the package's own bin), on a scratch file.
+    const env = { ...process.env, DATABASE_URL: `sqlite:${join(project, 'quickstart.sqlite')}` }
+    const { stdout } = await run('sh', ['-c', line.replaceAll('npx worker-locks', 'npx --no-install worker-locks')], { cwd: root, env })
+    assert.match(stdout, /up to date/)
+    assert.match(stdout, /one of me at a time/)
+  })
+
   it('compiles every TypeScript example in the README', async () => {
     const readme = readFileSync(join(root, 'README.md'), 'utf8')
     const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] ?? '')
@@ -81,9 +94,10 @@ describe('package', () => {
       const file = `example-${i}.mts`
       // The API overview block uses names it does not define; declare them as a reader would have them.
       const prelude = code.includes("from 'worker-locks'") ? '' :
-        "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock } from 'worker-locks'\n" +
+        "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock, type BackoffOptions } from 'worker-locks'\n" +
         'declare const knex: Knex, instanceName: string, tableName: string, lockTimeoutMs: number, renewalIntervalMs: number\n' +
-        "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n"
+        "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n" +
+        'declare const backoff: BackoffOptions, slowWaitWarningMs: number\n'
       writeFileSync(join(dir, file), `${prelude}${code}\nexport {}\n`)
       return file
     })
