@@ -1,4 +1,5 @@
 import type { Knex } from 'knex'
+import { executorFor, statement } from './executor.js'
 
 /** The database families worker-locks supports, as reported by `LockStore#dialect`. */
 export type DialectName = 'postgres' | 'sqlite' | 'mysql'
@@ -33,9 +34,7 @@ export interface ReleaseSubscription {
 
 /** Telling other processes that a lock was released. */
 export interface ReleaseNotifications {
-  /** Deletes our row and announces the release in the same statement; listeners hear of it only once it has committed. */
-  releaseAndNotify(knex: Knex, table: string, row: RowIdentity): Promise<boolean>
-  /** The same for many rows at once, in one statement. */
+  /** Deletes many rows (token-guarded) and announces their release, in one statement. */
   releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
   /** Announces that `(name, key)` was released by other means (a forced release). */
   notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
@@ -78,10 +77,15 @@ export interface Dialect {
    */
   acquireNative(knex: Knex, request: AcquireRequest): Promise<bigint | null>
   /**
-   * The value an INSERT writes into `fence`, or `undefined` where the database fills the column
-   * itself (a column default or a trigger).
+   * The SQL expression an INSERT writes into `fence`, or `undefined` where the database fills
+   * the column itself (a column default or a trigger). `quote` quotes an identifier.
    */
-  fenceValue(knex: Knex, table: string): Knex.Raw | undefined
+  fenceSql(table: string, quote: (name: string) => string): string | undefined
+  /**
+   * Deletes our row (token-guarded) and, where the database can, tells waiting processes in the
+   * same statement, delivered only once it has committed. Resolves whether a row was deleted.
+   */
+  release(knex: Knex, table: string, row: RowIdentity): Promise<boolean>
   /**
    * Runs first in the emulated path's transaction, to take locks in the same order as the native
    * statement does, so that stores using different strategies on one table cannot deadlock.
@@ -138,4 +142,11 @@ export async function selectFence(knex: Knex, table: string, row: RowIdentity): 
 /** `rows` as the one JSON parameter that `restrictToRows` binds: an array of [name, key, token]. */
 export function rowsJson(rows: readonly RowIdentity[]): string {
   return JSON.stringify(rows.map((r) => [r.name, r.key, r.token]))
+}
+
+/** The plain token-guarded release, for databases without release notifications. */
+export async function releaseByDelete(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<boolean> {
+  const sql = statement(knex, `release\0${table}`, (quote) => `DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
+  const { affectedRows } = await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])
+  return affectedRows > 0
 }

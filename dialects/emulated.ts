@@ -21,7 +21,8 @@ export async function acquireEmulated(knex: Knex, dialect: Dialect, facts: Serve
         'DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND (last_renewed_ts + ? < ? OR instance_name = ?)',
         [r.table, r.name, r.key, r.lockTimeoutMs, now, r.instanceName],
       )
-      const fence = dialect.fenceValue(db, r.table)
+      const fenceSql = dialect.fenceSql(r.table, (name) => db.raw('??', [name]).toQuery())
+      const fence = fenceSql === undefined ? undefined : db.raw(fenceSql)
       const result: unknown = await db.raw(
         `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts${fence ? ', fence' : ''})
          VALUES (?, ?, ?, ?, ?${fence ? ', ?' : ''})${facts.returning ? ' RETURNING fence' : ''}`,

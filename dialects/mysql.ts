@@ -1,5 +1,6 @@
 import type { Knex } from 'knex'
-import { errorCode, nowBinding, rowsJson, selectFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { executorFor, statement } from './executor.js'
+import { errorCode, releaseByDelete, rowsJson, selectFence, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -48,30 +49,34 @@ export const mysqlDialect: Dialect = {
   },
 
   async acquireNative(knex: Knex, r: AcquireRequest): Promise<bigint | null> {
-    const now = nowBinding(knex, mysqlDialect, r.nowMs)
+    const databaseClock = r.nowMs === null
+    const now = databaseClock ? mysqlDialect.nowSql : '?'
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
-    const [header] = (await knex.raw(
-      `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ?)
+    const sql = statement(knex, `odku\0${r.table}\0${databaseClock}`, (quote) =>
+      `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ${now})
        ON DUPLICATE KEY UPDATE
-         token = IF(last_renewed_ts + ? < ? OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
+         token = IF(last_renewed_ts + ? < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
          instance_name = IF(token = ?, ?, instance_name),
-         last_renewed_ts = IF(token = ?, ?, last_renewed_ts)`,
-      [
-        r.table, r.name, r.key, r.instanceName, r.token, now,
-        r.lockTimeoutMs, now, r.instanceName, r.token,
-        r.token, r.instanceName,
-        r.token, now,
-      ],
-    )) as [{ insertId: number | string }]
-    if (Number(header.insertId) === REFUSED_MARKER) return null
+         last_renewed_ts = IF(token = ?, ${now}, last_renewed_ts)`)
+    const params = databaseClock
+      ? [r.name, r.key, r.instanceName, r.token, r.lockTimeoutMs, r.instanceName, r.token, r.token, r.instanceName, r.token]
+      : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.lockTimeoutMs, r.nowMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.nowMs]
+    const executor = executorFor(knex, mysqlDialect.rowsOf)
+    if ((await executor.run(sql, params)).insertId === REFUSED_MARKER) return null
     // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
-    return selectFence(knex, r.table, r)
+    const select = statement(knex, `fence\0${r.table}`, (quote) =>
+      `SELECT fence FROM ${quote(r.table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
+    const row = (await executor.run(select, [r.name, r.key, r.token])).rows[0]
+    return row === undefined ? null : toFence(row.fence)
   },
 
   // Triggers fill the column (see migration 2).
-  fenceValue: () => undefined,
+  fenceSql: () => undefined,
+
+  release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, mysqlDialect, table, row),
+
   // The native upsert's BEFORE INSERT trigger locks the counter row before the lock row; the
   // emulated DELETE would lock the lock row first. Take the counter first here too.
   async emulatedPrelude(knex: Knex, table: string): Promise<void> {

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex'
+import { executorFor, statement } from './executor.js'
 import { acquireOnConflict } from './on-conflict.js'
 import {
   errorCode, rowsJson,
@@ -36,29 +37,28 @@ export const postgresDialect: Dialect = {
 
   // The takeover draws a new value rather than using excluded.fence: that one was drawn before
   // the statement waited for the row lock, and a holder that acquired and released meanwhile
-  // may have drawn a larger one.
+  // may have drawn a larger one. (Table names are plain identifiers, safe inside the literal.)
   acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, postgresDialect, request, knex.raw('nextval(?::regclass)', [`"${request.table}_fence_seq"`])),
+    acquireOnConflict(knex, postgresDialect, request, undefined, () => `nextval('"${request.table}_fence_seq"'::regclass)`),
 
   // The column's default draws from a sequence (see migration 2).
-  fenceValue: () => undefined,
+  fenceSql: () => undefined,
+
+  async release(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
+    // NOTIFY inside a statement is delivered when its transaction commits, so no listener
+    // hears of the release before the row is really gone.
+    const sql = statement(knex, `release\0${table}`, (quote) =>
+      `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+       SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`)
+    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, [row.name, row.key, row.token, channelOf(table)])
+    return rows.length > 0
+  },
 
   // The planner turns the row-value IN into one index lookup per element.
   restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
     query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
 
   notifications: {
-    async releaseAndNotify(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
-      // NOTIFY inside a statement is delivered when its transaction commits, so no listener
-      // hears of the release before the row is really gone.
-      const result = await knex.raw(
-        `WITH released AS (DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-         SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`,
-        [table, row.name, row.key, row.token, channelOf(table)],
-      )
-      return postgresDialect.rowsOf(result).length > 0
-    },
-
     async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void> {
       await knex.raw(
         `WITH released AS (

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // Upsert needs 3.24; telling whether our row was written, and its fence, in the same statement
 // needs RETURNING (3.35).
@@ -35,13 +35,15 @@ export const sqliteDialect: Dialect = {
 
   // The VALUES are computed under the write lock already, so excluded.fence is fresh.
   acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, sqliteDialect, request, knex.raw('excluded.fence')),
+    acquireOnConflict(knex, sqliteDialect, request, (quote) => sqliteDialect.fenceSql(request.table, quote) ?? '', () => 'excluded.fence'),
 
   // A statement that writes holds SQLite's write lock from its first step, so reading the
   // highest fence inside the INSERT cannot race another writer. Deleted rows' fences are kept
   // by a trigger in `<table>_fence` (see migration 2), so deleting a row cannot lower it.
-  fenceValue: (knex: Knex, table: string) =>
-    knex.raw('(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ?? UNION ALL SELECT high_water FROM ??))', [table, `${table}_fence`]),
+  fenceSql: (table: string, quote: (name: string) => string) =>
+    `(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ${quote(table)} UNION ALL SELECT high_water FROM ${quote(`${table}_fence`)}))`,
+
+  release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
 
   // json_extract rather than ->>, which needs SQLite 3.38. SQLite looks each element up by key.
   restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>

@@ -88,10 +88,8 @@ export class LockTable {
    * Deletes the row if it still carries this token, and where the database can, tells waiting
    * processes in the same statement. Resolves whether a row was deleted.
    */
-  async release(row: RowIdentity): Promise<boolean> {
-    const notifications = this.#dialect.notifications
-    if (notifications) return notifications.releaseAndNotify(this.#knex, this.#table, row)
-    return Number(await this.#row(row).delete()) > 0
+  release(row: RowIdentity): Promise<boolean> {
+    return this.#dialect.release(this.#knex, this.#table, row)
   }
 
   /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
