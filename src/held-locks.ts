@@ -1,7 +1,7 @@
 import type { Clock, TimerHandle } from './clock.js'
-import { LockLostError, type LockLossReason } from './errors.js'
+import type { LockLossReason } from './errors.js'
 import type { LockEvents } from './events.js'
-import type { Lock, LockState } from './lock.js'
+import { lossError, type Lock, type LockState } from './lock.js'
 import type { LockTable } from './lock-table.js'
 import type { LogLevel } from './logger.js'
 
@@ -71,14 +71,16 @@ export class HeldLocks {
   }
 
   /** Ends a lock: stops tracking it and aborts its signal. A newer lock with the same id is untouched. */
-  end(record: HeldLock, reason: LockLossReason, message: string, cause?: unknown, logLevel: LogLevel | null = reason === 'released' ? null : 'warn'): void {
+  end(record: HeldLock, reason: LockLossReason, message: () => string, cause?: unknown, logLevel: LogLevel | null = reason === 'released' ? null : 'warn'): void {
     if (record.state !== 'held') return
     record.state = reason === 'released' ? 'released' : 'lost'
+    record.loss = { reason, message, cause }
     if (this.#byId.get(record.id) === record) this.#byId.delete(record.id)
     this.#finalizer.unregister(record)
     if (this.#byId.size === 0) this.#clearTimer()
-    record.controller.deref()?.abort(new LockLostError(reason, record.name, record.key, message, cause === undefined ? undefined : { cause }))
-    if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message)
+    const controller = record.controller?.deref()
+    if (controller) controller.abort(lossError(record, record.loss))
+    if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message())
     if (reason !== 'released' && this.#o.events.has('lost')) {
       this.#o.events.emit('lost', { name: record.name, key: record.key, reason, heldMs: this.#o.monotonicNow() - record.acquiredAt })
     }
@@ -131,7 +133,7 @@ export class HeldLocks {
       if (record.state === 'held' && now - record.renewedAt >= this.#o.lockTimeoutMs) {
         const last = this.#lastError instanceof Error ? ` (last error: ${this.#lastError.message})` : ''
         this.end(record, 'expired',
-          `worker-locks: lock ${describeLock(record.name, record.key)} was lost: no renewal succeeded for ${this.#o.lockTimeoutMs} ms, so another worker may hold it now${last}.`,
+          () => `worker-locks: lock ${describeLock(record.name, record.key)} was lost: no renewal succeeded for ${this.#o.lockTimeoutMs} ms, so another worker may hold it now${last}.`,
           this.#lastError)
       }
     }
@@ -161,14 +163,14 @@ export class HeldLocks {
     if (ours.size > 0) this.#o.events.emit('renewed', { count: ours.size, durationMs: this.#o.monotonicNow() - sentAt })
     for (const record of records) {
       if (ours.has(record.token)) record.renewedAt = Math.max(record.renewedAt, sentAt)
-      else this.end(record, 'taken-over', `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)
+      else this.end(record, 'taken-over', () => `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)
     }
   }
 
   #leaked(record: HeldLock): void {
     // Someone may still hold its signal: abort it, since nothing renews the lock any more.
     this.end(record, 'expired',
-      `worker-locks: lock ${describeLock(record.name, record.key)} was garbage-collected without release(); it is no longer renewed and expires after ${this.#o.lockTimeoutMs} ms. Call release() or hold it with \`await using\`.`,
+      () => `worker-locks: lock ${describeLock(record.name, record.key)} was garbage-collected without release(); it is no longer renewed and expires after ${this.#o.lockTimeoutMs} ms. Call release() or hold it with \`await using\`.`,
       undefined, 'error')
   }
 }

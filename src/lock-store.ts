@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
@@ -324,7 +324,7 @@ export class LockStore {
     await this.#listener?.stop()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
-      this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
+      this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
       this.#undeleted.add(record)
     }
     if (records.length === 0) return
@@ -361,7 +361,7 @@ export class LockStore {
 
   async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
     const { strategy, facts } = await this.#resolve()
-    const token = randomBytes(16).toString('hex')
+    const token = randomUUID()
     const request = {
       table: this.tableName, name, key, token,
       instanceName: this.instanceName,
@@ -387,17 +387,17 @@ export class LockStore {
         this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire.'))
       throw new LockStoreClosedError()
     }
-    const controller = new AbortController()
     const record: HeldLock = {
       id, name, key, token, fence,
-      controller: new WeakRef(controller),
+      controller: undefined,
+      loss: undefined,
       state: 'held',
       ref: undefined as unknown as WeakRef<Lock>, // set below, once the Lock exists
       releasing: undefined,
       renewedAt: sentAt,
       acquiredAt: sentAt,
     }
-    const lock = new Lock(this.#owner, record, controller)
+    const lock = new Lock(this.#owner, record)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
     this.#held.add(record, lock)
     this.#events.emit('acquired', { name, key, fence, durationMs })
@@ -406,7 +406,7 @@ export class LockStore {
 
   #release(record: HeldLock): Promise<void> {
     if (record.releasing) return record.releasing
-    this.#held.end(record, 'released', `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
+    this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const releasing = this.#database(`release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
       .then(() => {
         this.#undeleted.delete(record)

@@ -1,3 +1,5 @@
+import { LockLostError, type LockLossReason } from './errors.js'
+
 /** What a Lock asks of the store that made it. Not part of the public API. */
 export interface LockOwner {
   release(state: LockState): Promise<void>
@@ -12,11 +14,26 @@ export interface LockState {
   readonly token: string
   readonly fence: bigint
   /**
-   * The controller of the Lock's signal, held weakly: an abort listener that refers to the Lock
+   * The controller of the Lock's signal, made when someone first reads `lock.signal` (most
+   * short-lived locks never need one) and held weakly: an abort listener that refers to the Lock
    * (a common pattern) must not let the store's bookkeeping keep a dropped Lock alive.
    */
-  readonly controller: WeakRef<AbortController>
+  controller: WeakRef<AbortController> | undefined
   state: 'held' | 'released' | 'lost'
+  /** How the lock ended, once it has; the signal's reason is made from it. */
+  loss: LockLoss | undefined
+}
+
+/** How a lock ended; `message` is built only if someone needs it. */
+export interface LockLoss {
+  readonly reason: LockLossReason
+  readonly message: () => string
+  readonly cause: unknown
+}
+
+/** The error a lock's signal aborts with. */
+export function lossError(state: LockState, loss: LockLoss): LockLostError {
+  return new LockLostError(loss.reason, state.name, state.key, loss.message(), loss.cause === undefined ? undefined : { cause: loss.cause })
 }
 
 /**
@@ -41,17 +58,16 @@ export class Lock {
   readonly fence: bigint
   readonly #owner: LockOwner
   readonly #state: LockState
-  readonly #controller: AbortController
+  #controller: AbortController | undefined
 
   /** @internal Locks are made by `LockStore`; constructing one yourself holds nothing. */
-  constructor(owner: LockOwner, state: LockState, controller: AbortController) {
+  constructor(owner: LockOwner, state: LockState) {
     this.name = state.name
     this.key = state.key
     this.token = state.token
     this.fence = state.fence
     this.#owner = owner
     this.#state = state
-    this.#controller = controller
   }
 
   /**
@@ -61,6 +77,13 @@ export class Lock {
    * protects (`fetch(url, { signal })`, timers, your own loops) so that work stops with it.
    */
   get signal(): AbortSignal {
+    if (!this.#controller) {
+      const controller = new AbortController()
+      this.#controller = controller
+      const loss = this.#state.loss
+      if (loss) controller.abort(lossError(this.#state, loss))
+      else this.#state.controller = new WeakRef(controller)
+    }
     return this.#controller.signal
   }
 

@@ -21,7 +21,7 @@ export function acquireSuite(h: Harness): void {
     assert.ok(lock instanceof Lock)
     assert.equal(lock.name, name)
     assert.equal(lock.key, 'k')
-    assert.match(lock.token, /^[0-9a-f]{32}$/)
+    assert.match(lock.token, /^[0-9a-f-]{36}$/)
     assert.equal((await h.row(name, 'k'))?.token, lock.token)
     assert.equal(await b.tryAcquireLock(name, 'k'), null)
     assert.equal(await lock.isStillValid(), true)
