@@ -98,9 +98,30 @@ async function contention(table: string): Promise<Record<string, { perSecond: nu
         await lock.release()
       }
     }))
-    results['worker-locks'] = { perSecond: count / seconds, handoff }
+    results['worker-locks, eight stores'] = { perSecond: count / seconds, handoff }
     await Promise.all(stores.map((s) => s.close()))
     await Promise.all(knexes.map((k) => k.destroy()))
+  }
+  // worker-locks: eight tasks sharing one store (one service, eight concurrent jobs).
+  {
+    const knex = connect(database, { poolMax: 4 })
+    const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+    const handoff: number[] = []
+    let count = 0
+    let releasedAt: number | undefined
+    const end = performance.now() + seconds * 1000
+    await Promise.all(Array.from({ length: 8 }, async () => {
+      while (performance.now() < end) {
+        const lock = await store.acquireLock('contended-one-store')
+        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
+        count++
+        releasedAt = performance.now()
+        await lock.release()
+      }
+    }))
+    results['worker-locks, one store'] = { perSecond: count / seconds, handoff }
+    await store.close()
+    await knex.destroy()
   }
   // verrou: its retrying acquire, eight lock instances on one key.
   {

@@ -8,7 +8,7 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, onLocalRelease } from './release-bus.js'
+import { announceRelease, waitForLocalRelease } from './release-bus.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -91,7 +91,6 @@ export class LockStore {
   readonly #waiting: WaitRoom
   readonly #events = new LockEvents((error) => this.#log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   readonly #listener: ReleaseListener | undefined
-  #stopHearingReleases: (() => void) | undefined
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -152,15 +151,10 @@ export class LockStore {
       // Hear of releases (in this process, and from others where the database can tell) only
       // while someone waits.
       occupied: (occupied) => {
-        if (occupied) {
-          this.#stopHearingReleases = onLocalRelease(this.tableName, wake)
-          this.#listener?.start()
-        } else {
-          this.#stopHearingReleases?.()
-          this.#stopHearingReleases = undefined
-          void this.#listener?.stop()
-        }
+        if (occupied) this.#listener?.start()
+        else void this.#listener?.stop()
       },
+      waitingFor: (id) => waitForLocalRelease(this.tableName, id, () => this.#waiting.wake(id)),
     })
   }
 
@@ -298,7 +292,7 @@ export class LockStore {
   async forceRelease(name: string, key = ''): Promise<boolean> {
     validateLockId(name, key)
     const removed = await this.#database(`force-release lock ${describeLock(name, key)}`, () => this.#table.forceRelease(name, key))
-    if (removed) announceRelease(this.tableName, name, key)
+    if (removed) announceRelease(this.tableName, lockId(name, key))
     return removed
   }
 
@@ -332,7 +326,7 @@ export class LockStore {
       () => this.#table.releaseMany(records))
     for (const record of records) {
       this.#undeleted.delete(record)
-      announceRelease(this.tableName, record.name, record.key)
+      announceRelease(this.tableName, lockId(record.name, record.key))
       this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
     }
   }
@@ -410,7 +404,7 @@ export class LockStore {
     const releasing = this.#database(`release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
       .then(() => {
         this.#undeleted.delete(record)
-        announceRelease(this.tableName, record.name, record.key)
+        announceRelease(this.tableName, lockId(record.name, record.key))
         this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
       }, (error: unknown) => {
         record.releasing = undefined

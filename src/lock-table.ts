@@ -89,21 +89,35 @@ export class LockTable {
    * processes in the same statement. Resolves whether a row was deleted.
    */
   release(row: RowIdentity): Promise<boolean> {
-    return this.#dialect.release(this.#knex, this.#table, row)
+    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row))
+  }
+
+  // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213).
+  // Deleting by token is idempotent, so trying again is safe, and it must not fail for that.
+  async #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await run()
+      } catch (error) {
+        if (attempt >= 5 || !this.#dialect.isTransientConflict(error)) throw error
+      }
+    }
   }
 
   /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
   async releaseMany(rows: readonly RowIdentity[]): Promise<void> {
     const notifications = this.#dialect.notifications
     for (const chunk of chunks(rows)) {
-      if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
-      else await this.#rows(chunk).delete()
+      await this.#retryingConflicts(async () => {
+        if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
+        else await this.#rows(chunk).delete()
+      })
     }
   }
 
   /** Deletes the row of `(name, key)` whatever its token, telling waiting processes where the database can. */
   async forceRelease(name: string, key: string): Promise<boolean> {
-    const removed = Number(await this.#knex(this.#table).where({ lock_name: name, lock_key: key }).delete()) > 0
+    const removed = Number(await this.#retryingConflicts(() => this.#knex(this.#table).where({ lock_name: name, lock_key: key }).delete())) > 0
     if (removed) await this.#dialect.notifications?.notifyReleased(this.#knex, this.#table, name, key)
     return removed
   }

@@ -1,25 +1,34 @@
-// Tells every store in this process that a lock was released, so their waiters for it try again
-// at once instead of at their next backoff. Keyed by table name: stores on different databases
-// that share a table name only get a wake-up too many, which costs one attempt.
+// Tells the stores of this process that a lock was released, so a waiter for it tries again at
+// once instead of at its next backoff. One release frees one lock, so it wakes one store: the
+// one that has waited for that lock longest (then the next, in turn). (Waking every store would send them all to the
+// database for a lock only one can get.) Keyed by table name: stores on different databases
+// that share a table name may get a wake-up too many, which costs one attempt.
 
-type OnRelease = (name: string, key: string) => void
+type Wake = () => void
 
-const byTable = new Map<string, Set<OnRelease>>()
+const waitingStores = new Map<string, Wake[]>()
 
-/** Hears of every release of a lock in `table` in this process, until the returned function is called. */
-export function onLocalRelease(table: string, onRelease: OnRelease): () => void {
-  let listeners = byTable.get(table)
-  if (!listeners) byTable.set(table, (listeners = new Set()))
-  listeners.add(onRelease)
+/** Registers a store that waits for `lockId` in `table`; the returned function unregisters it. */
+export function waitForLocalRelease(table: string, lockId: string, wake: Wake): () => void {
+  const key = `${table}\0${lockId}`
+  let queue = waitingStores.get(key)
+  if (!queue) waitingStores.set(key, (queue = []))
+  queue.push(wake)
   return () => {
-    listeners.delete(onRelease)
-    if (listeners.size === 0 && byTable.get(table) === listeners) byTable.delete(table)
+    const index = queue.indexOf(wake)
+    if (index >= 0) queue.splice(index, 1)
+    if (queue.length === 0 && waitingStores.get(key) === queue) waitingStores.delete(key)
   }
 }
 
-/** Announces a release that has committed. */
-export function announceRelease(table: string, name: string, key: string): void {
-  const listeners = byTable.get(table)
-  if (!listeners) return
-  for (const onRelease of [...listeners]) onRelease(name, key)
+/**
+ * Announces a release that has committed: wakes the store that has waited longest for it, and
+ * moves that store to the back of the line, so that stores take turns.
+ */
+export function announceRelease(table: string, lockId: string): void {
+  const queue = waitingStores.get(`${table}\0${lockId}`)
+  const first = queue?.shift()
+  if (!queue || !first) return
+  queue.push(first)
+  first()
 }

@@ -16,6 +16,8 @@ export interface WaitRoomOptions {
   readonly attempt: (name: string, key: string) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
+  /** Called when the first waiter for lock `id` arrives; returns what to call when the last one leaves. */
+  readonly waitingFor: (id: string) => () => void
   /** Called when a wait ends, however it ends. */
   readonly ended: (name: string, key: string, waitedMs: number, outcome: 'acquired' | 'timeout' | 'aborted' | 'closed') => void
 }
@@ -46,6 +48,7 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
 export class WaitRoom {
   readonly #o: WaitRoomOptions
   readonly #queues = new Map<string, Waiter[]>()
+  readonly #stopWaitingFor = new Map<string, () => void>()
   #count = 0
 
   constructor(options: WaitRoomOptions) {
@@ -168,7 +171,10 @@ export class WaitRoom {
   #enter(id: string, waiter: Waiter): void {
     const queue = this.#queues.get(id)
     if (queue) queue.push(waiter)
-    else this.#queues.set(id, [waiter])
+    else {
+      this.#queues.set(id, [waiter])
+      this.#stopWaitingFor.set(id, this.#o.waitingFor(id))
+    }
     if (this.#count++ === 0) this.#o.occupied(true)
   }
 
@@ -178,7 +184,11 @@ export class WaitRoom {
     const index = queue.indexOf(waiter)
     if (index < 0) return
     queue.splice(index, 1)
-    if (queue.length === 0) this.#queues.delete(id)
+    if (queue.length === 0) {
+      this.#queues.delete(id)
+      this.#stopWaitingFor.get(id)?.()
+      this.#stopWaitingFor.delete(id)
+    }
     // A new head starts trying at once; if the lock is ours it learns so without SQL.
     else if (index === 0) this.wake(id)
     if (--this.#count === 0) this.#o.occupied(false)

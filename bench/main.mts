@@ -1,0 +1,69 @@
+// npm run bench [-- --smoke]: every benchmark, one process per database, printed as markdown.
+// Ratios within one run are the figure; absolute times on a shared machine are noise.
+import { execFileSync } from 'node:child_process'
+import { join } from 'node:path'
+import { resolveMatrix } from '../test/targets.mjs'
+
+const smoke = process.argv.includes('--smoke')
+const script = join(import.meta.dirname, 'database.mjs')
+
+interface Summary { median: number; p99: number }
+interface Result {
+  database: string
+  roundTripMs: number
+  uncontended: Record<string, Summary>
+  contention: Record<string, Summary & { perSecond: number }>
+  renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
+  crowd: { waiters: number; wallMs: number; cpuMs: number }
+  bytesPerLock: number
+}
+
+const { targets, missing } = await resolveMatrix()
+for (const m of missing) console.error(`skipped ${m.database}: ${m.reason}`)
+const results: Result[] = []
+for (const database of new Set(targets.map((t) => t.database))) {
+  const output = execFileSync(process.execPath, ['--expose-gc', script, database, ...(smoke ? ['--smoke'] : [])], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+  results.push(JSON.parse(output.trim().split('\n').pop() ?? '{}') as Result)
+}
+
+const f = (n: number, digits = 1): string => n.toFixed(digits)
+console.log(`# worker-locks benchmarks${smoke ? ' (smoke mode: tiny samples, numbers mean nothing)' : ''}\n`)
+console.log(`Node ${process.version}, ${new Date().toISOString().slice(0, 10)}\n`)
+
+console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
+console.log('| database | raw driver median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | worker-locks / raw | verrou / raw |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+for (const r of results) {
+  const raw = r.uncontended.raw, wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
+  if (!raw || !wl || !v) continue
+  console.log(`| ${r.database} | ${f(raw.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
+}
+
+console.log('\n## 2. Contention: 8 workers in one process on one key\n')
+console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes |')
+console.log('| --- | --- | --- | --- | --- | --- |')
+for (const r of results) {
+  for (const [name, c] of Object.entries(r.contention)) {
+    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} |`)
+  }
+}
+
+console.log('\n## 3. One renewal tick\n')
+console.log('| database | held locks | statements | batched ms | per-lock statements ms | per-lock / batched |')
+console.log('| --- | --- | --- | --- | --- | --- |')
+for (const r of results) {
+  for (const [n, x] of Object.entries(r.renewal)) {
+    console.log(`| ${r.database} | ${n} | ${x.statements} | ${f(x.batchedMs, 2)} | ${f(x.perLockMs, 2)} | ${f(x.perLockMs / x.batchedMs)}× |`)
+  }
+}
+
+console.log('\n## 4. Waiters on one key, served one after another\n')
+console.log('| database | waiters | wall ms | CPU ms |')
+console.log('| --- | --- | --- | --- |')
+for (const r of results) console.log(`| ${r.database} | ${r.crowd.waiters} | ${f(r.crowd.wallMs)} | ${f(r.crowd.cpuMs)} |`)
+
+console.log('\n## 5. Memory per held lock\n')
+console.log('| database | bytes of heap per held lock |')
+console.log('| --- | --- |')
+for (const r of results) console.log(`| ${r.database} | ${f(r.bytesPerLock, 0)} |`)
+console.log(`\nA raw write (one committed acquiring statement) takes ${results.map((r) => `${f(r.roundTripMs, 3)} ms on ${r.database}`).join(', ')}.`)
