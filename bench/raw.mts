@@ -47,10 +47,10 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
        WHERE t.last_renewed_ts < excluded.last_renewed_ts - $5 OR t.instance_name = excluded.instance_name
        RETURNING fence`
     const release = `WITH released AS (DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 RETURNING lock_name, lock_key)
-       SELECT pg_notify($4, json_build_array(lock_name, lock_key)::text) FROM released`
+       SELECT pg_notify($4, json_build_array(lock_name, lock_key, $5::text)::text) FROM released`
     return {
       acquire: async (n, k, t) => (await client.query({ name: 'raw_acquire', text: acquire, values: [n, k, instance, t, lockTimeoutMs] })).rows[0],
-      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, `${table}_released`] }) },
+      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, `${table}_released`, 'raw'] }) },
       close: async () => { await client.end() },
     }
   }

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
 import { acquireOnConflict } from './on-conflict.js'
@@ -8,6 +9,9 @@ import {
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
+
+// Marks the releases this process announces (a pid could repeat on another host).
+const processTag = randomUUID()
 
 /** The NOTIFY channel of a lock table. Table names are at most 48 characters, so this stays within PostgreSQL's 63. */
 const channelOf = (table: string): string => `${table}_released`
@@ -49,8 +53,8 @@ export const postgresDialect: Dialect = {
     // hears of the release before the row is really gone.
     const sql = statement(knex, `release\0${table}`, (quote) =>
       `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-       SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`)
-    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, [row.name, row.key, row.token, channelOf(table)])
+       SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
+    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, [row.name, row.key, row.token, channelOf(table), processTag])
     return rows.length > 0
   },
 
@@ -64,13 +68,13 @@ export const postgresDialect: Dialect = {
         `WITH released AS (
            DELETE FROM ?? WHERE (lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)
            RETURNING lock_name, lock_key)
-         SELECT pg_notify(?, json_build_array(lock_name, lock_key)::text) FROM released`,
-        [table, rowsJson(rows), channelOf(table)],
+         SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`,
+        [table, rowsJson(rows), channelOf(table), processTag],
       )
     },
 
     async notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void> {
-      await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key])])
+      await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key, processTag])])
     },
 
     async listen(knex, table, onRelease, onClosed): Promise<ReleaseSubscription> {
@@ -86,7 +90,10 @@ export const postgresDialect: Dialect = {
       client.on('notification', (message) => {
         if (message.channel !== channel || message.payload === undefined) return
         const released: unknown = JSON.parse(message.payload)
-        if (Array.isArray(released) && typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1])
+        // Releases made by this process have woken its waiters already, one store at a time;
+        // hearing them again would send every waiting store to the database at once.
+        if (!Array.isArray(released) || released[2] === processTag) return
+        if (typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1])
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))

@@ -5,6 +5,7 @@ import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
+import { propertiesSuite } from './suite/properties.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
 import { shutdownSuite } from './suite/shutdown.mjs'
@@ -20,6 +21,7 @@ forEachTarget('behaviour', (target) => {
   shutdownSuite(h)
   waitingSuite(h)
   inspectionSuite(h)
+  propertiesSuite(h)
   badInputSuite(h)
   schemaSuite(h)
 })
