@@ -14,7 +14,7 @@ import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
 import { describeLock, HeldLocks, type HeldLock } from './held-locks.js'
 import { Lock, type LockOwner } from './lock.js'
-import { LockTable } from './lock-table.js'
+import { LockTable, type ListedRow } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
 import {
   resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
@@ -29,16 +29,7 @@ function isKnex(value: unknown): value is Knex {
 }
 
 /** One row of the lock table, as {@link LockStore.listLocks} reports it. */
-export interface LockInfo {
-  readonly name: string
-  readonly key: string
-  /** The instance name of the store that holds (or last held) it. */
-  readonly instanceName: string
-  readonly fence: bigint
-  /** When its holder last wrote it. */
-  readonly lastRenewedAt: Date
-  /** Milliseconds since then, by this store's clock. */
-  readonly ageMs: number
+export interface LockInfo extends ListedRow {
   /** Older than this store's `lockTimeoutMs`: any worker may take it over. */
   readonly stale: boolean
 }

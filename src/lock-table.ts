@@ -5,13 +5,16 @@ import type { Dialect, RowIdentity } from '../dialects/index.js'
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
 const ROWS_PER_STATEMENT = 10_000
 
-/** A listed row, before the store judges its staleness. */
+/** A row of the lock table as listed, before the store judges its staleness. */
 export interface ListedRow {
   readonly name: string
   readonly key: string
+  /** The instance name of the store that holds (or last held) it. */
   readonly instanceName: string
   readonly fence: bigint
+  /** When its holder last wrote it. */
   readonly lastRenewedAt: Date
+  /** Milliseconds since then, by the listing store's clock. */
   readonly ageMs: number
 }
 
