@@ -96,7 +96,7 @@ export interface Dialect {
    * one bound parameter however many there are, so that renewing or releasing many locks is one
    * statement. The query stays usable for `update`, `delete` and `select`.
    */
-  restrictToRows(knex: Knex, query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]): Knex.QueryBuilder
+  restrictToRows(query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]): Knex.QueryBuilder
   /**
    * Cross-process release notifications, where the database has them (PostgreSQL's
    * LISTEN/NOTIFY). Without them, waiters in other processes find a released lock by polling.

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
-import { errorCode, releaseByDelete, rowsJson, selectFence, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, releaseByDelete, rowsJson, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -85,7 +85,7 @@ export const mysqlDialect: Dialect = {
 
   // A join, not `(a, b, c) IN (subquery)`: MariaDB runs that subquery once per row of the table
   // (1,000 locks: 1.2 s against 30 ms). JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.
-  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]) =>
+  restrictToRows: (query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]) =>
     query.joinRaw(
       `JOIN JSON_TABLE(?, '$[*]' COLUMNS (
          n VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[0]',

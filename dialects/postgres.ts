@@ -59,7 +59,7 @@ export const postgresDialect: Dialect = {
   },
 
   // The planner turns the row-value IN into one index lookup per element.
-  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
+  restrictToRows: (query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
     query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
 
   notifications: {

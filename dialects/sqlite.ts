@@ -46,7 +46,7 @@ export const sqliteDialect: Dialect = {
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
 
   // json_extract rather than ->>, which needs SQLite 3.38. SQLite looks each element up by key.
-  restrictToRows: (knex: Knex, query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
+  restrictToRows: (query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
     query.whereRaw(
       "(lock_name, lock_key, token) IN (SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]') FROM json_each(?))",
       [rowsJson(rows)],

@@ -63,7 +63,7 @@ export class LockTable {
   }
 
   #rows(rows: readonly RowIdentity[]): Knex.QueryBuilder {
-    return this.#dialect.restrictToRows(this.#knex, this.#knex(this.#table), this.#table, rows)
+    return this.#dialect.restrictToRows(this.#knex(this.#table), this.#table, rows)
   }
 
   /**

@@ -1,0 +1,253 @@
+// The torture run's verdict, kept free of processes, timers and databases so that a test can feed
+// it a lost update or a stale-fence write and see it fail (test/torture.test.mts).
+
+/** One accepted change of a counter, as the resource's trigger recorded it, in commit order (`id`). */
+export interface JournalEntry {
+  id: number
+  lock: string
+  /** `claim`: a holder announced its fence before reading. `write`: a holder stored read + 1. */
+  op: 'claim' | 'write'
+  fence: bigint
+  writer: string | null
+  /** What the writer had read (writes only). */
+  readValue: bigint | null
+  /** The counter after the change. */
+  value: bigint
+}
+
+export interface JournalVerdict {
+  claims: number
+  writes: number
+  /** A write that did not read the value the previous accepted write left: an update was lost. */
+  lostUpdates: string[]
+  /** A change accepted although the resource had already seen a higher fence. */
+  staleFences: string[]
+  /** Anything else that cannot happen (a claim that changed the value, a write that did not add 1, a counter the journal does not explain). */
+  corrupt: string[]
+}
+
+const fmt = (e: JournalEntry): string => `#${e.id} ${e.op} by ${e.writer ?? '?'} with fence ${e.fence}`
+
+/**
+ * Replays the journal of every lock in commit order. Every accepted write must have read exactly
+ * what the previous accepted write stored (else the update in between was lost), no change may
+ * carry a fence lower than one accepted before it, and each counter must end where its journal
+ * does: at the number of accepted writes.
+ */
+export function checkJournal(entries: readonly JournalEntry[], counters: ReadonlyMap<string, bigint>): JournalVerdict {
+  const verdict: JournalVerdict = { claims: 0, writes: 0, lostUpdates: [], staleFences: [], corrupt: [] }
+  const locks = new Set([...counters.keys(), ...entries.map((e) => e.lock)])
+  for (const lock of [...locks].sort()) {
+    const journal = entries.filter((e) => e.lock === lock).sort((a, b) => a.id - b.id)
+    let value = 0n
+    let highest = 0n
+    let highestBy: JournalEntry | undefined
+    let writes = 0n
+    for (const e of journal) {
+      if (e.fence < highest) {
+        verdict.staleFences.push(`${lock}: ${fmt(e)} was accepted after ${highestBy ? fmt(highestBy) : `fence ${highest}`}`)
+      }
+      if (e.op === 'claim') {
+        verdict.claims++
+        if (e.value !== value) verdict.corrupt.push(`${lock}: ${fmt(e)} changed the counter from ${value} to ${e.value}`)
+      } else {
+        verdict.writes++
+        writes++
+        if (e.readValue !== value) {
+          verdict.lostUpdates.push(`${lock}: ${fmt(e)} stored ${e.value} from a read of ${e.readValue ?? 'nothing'}, but the counter held ${value}: ` +
+            (e.readValue !== null && e.readValue < value ? `${value - e.readValue} accepted update(s) were overwritten` : 'it never held what was read'))
+        }
+        if (e.readValue === null || e.value !== e.readValue + 1n) verdict.corrupt.push(`${lock}: ${fmt(e)} stored ${e.value} after reading ${e.readValue ?? 'nothing'}`)
+      }
+      value = e.value
+      if (e.fence >= highest) {
+        highest = e.fence
+        highestBy = e
+      }
+    }
+    const counter = counters.get(lock)
+    if (counter === undefined) verdict.corrupt.push(`${lock}: the journal has changes for a counter that does not exist`)
+    else if (counter !== value) verdict.corrupt.push(`${lock}: the counter holds ${counter}, but its journal ends at ${value}`)
+    if (counter !== undefined && counter !== writes) {
+      verdict.lostUpdates.push(`${lock}: the counter holds ${counter} after ${writes} accepted write(s) of +1`)
+    }
+  }
+  return verdict
+}
+
+/** A critical section as its worker reported it (or as the harness closed it when it killed the worker). */
+export interface SectionRecord {
+  worker: string
+  lock: string
+  fence: bigint
+  start: number
+  end: number
+  claim: string
+  write: string
+  /** lock.signal had aborted when the section ended. */
+  aborted: boolean
+  /** The longest the worker's event loop was blocked during the section. */
+  maxLagMs: number
+  stalled: boolean
+  /** The worker was SIGKILLed inside it; `end` is the kill. */
+  killed: boolean
+}
+
+/**
+ * What workers said about their writes must match the journal: a write reported accepted is in
+ * it, a write reported refused is not. (A write that failed with an error may be either.)
+ */
+export function checkReports(sections: readonly SectionRecord[], entries: readonly JournalEntry[]): string[] {
+  const written = new Set(entries.filter((e) => e.op === 'write').map((e) => `${e.lock}\0${e.fence}\0${e.writer ?? ''}`))
+  const problems: string[] = []
+  for (const s of sections) {
+    const found = written.has(`${s.lock}\0${s.fence}\0${s.worker}`)
+    if (s.write === 'ok' && !found) problems.push(`${s.worker} says its write to ${s.lock} with fence ${s.fence} was accepted; the journal has no such write`)
+    if (s.write === 'refused' && found) problems.push(`${s.worker} says its write to ${s.lock} with fence ${s.fence} was refused; the journal has it`)
+  }
+  return problems
+}
+
+/** One acquisition of a lock, when its worker had it. */
+export interface Acquisition { worker: string; lock: string; fence: bigint; at: number }
+
+/**
+ * Fences must be unique per lock and grow with time: an acquisition more than `toleranceMs` after
+ * another of the same lock must carry a higher fence.
+ */
+export function checkFences(acquisitions: readonly Acquisition[], toleranceMs = 50): string[] {
+  const problems: string[] = []
+  const byLock = new Map<string, Acquisition[]>()
+  for (const a of acquisitions) byLock.set(a.lock, [...(byLock.get(a.lock) ?? []), a])
+  for (const [lock, list] of byLock) {
+    const seen = new Map<bigint, Acquisition>()
+    for (const a of list) {
+      const twin = seen.get(a.fence)
+      if (twin) problems.push(`${lock}: fence ${a.fence} was handed out twice, to ${twin.worker} and to ${a.worker}`)
+      else seen.set(a.fence, a)
+    }
+    const sorted = [...list].sort((a, b) => a.at - b.at)
+    let before = 0
+    let highest: Acquisition | undefined
+    for (const a of sorted) {
+      while (before < sorted.length && (sorted[before] as Acquisition).at < a.at - toleranceMs) {
+        const candidate = sorted[before] as Acquisition
+        if (!highest || candidate.fence > highest.fence) highest = candidate
+        before++
+      }
+      if (highest && a.fence <= highest.fence) {
+        problems.push(`${lock}: ${a.worker} got fence ${a.fence} ${Math.round(a.at - highest.at)} ms after ${highest.worker} got fence ${highest.fence}`)
+      }
+    }
+  }
+  return problems
+}
+
+export interface Overlap {
+  lock: string
+  earlier: SectionRecord
+  later: SectionRecord
+  overlapMs: number
+  /** How the earlier holder could run on after losing its lease: it knew (signal aborted), it was stalled, or its event loop was blocked. */
+  explanation: string | undefined
+}
+
+/**
+ * Critical sections of one lock that ran at the same time. A lease lock allows that only when the
+ * earlier holder lost its lease: then, if its event loop could run, its signal had aborted by the
+ * time it finished. An overlap longer than `toleranceMs` whose earlier holder neither knew nor was
+ * blocked for at least `blockedMs` means the lock was given to two workers at once.
+ */
+export function findOverlaps(sections: readonly SectionRecord[], toleranceMs: number, blockedMs: number): Overlap[] {
+  const overlaps: Overlap[] = []
+  const byLock = new Map<string, SectionRecord[]>()
+  for (const s of sections) byLock.set(s.lock, [...(byLock.get(s.lock) ?? []), s])
+  for (const [lock, list] of byLock) {
+    const sorted = [...list].sort((a, b) => a.start - b.start)
+    let active: SectionRecord[] = []
+    for (const later of sorted) {
+      active = active.filter((earlier) => earlier.end > later.start + toleranceMs)
+      for (const earlier of active) {
+        const explanation = earlier.aborted ? 'its signal had aborted'
+          : earlier.stalled ? 'it was stalled'
+          : earlier.maxLagMs >= blockedMs ? `its event loop was blocked for ${earlier.maxLagMs} ms`
+          : undefined
+        overlaps.push({ lock, earlier, later, overlapMs: Math.min(earlier.end, later.end) - later.start, explanation })
+      }
+      active.push(later)
+    }
+  }
+  return overlaps
+}
+
+/** A holder the harness SIGKILLed. */
+export interface Kill {
+  worker: string
+  lock: string
+  fence: bigint
+  at: number
+  /** The replacement got the same instance name (so it must get the lock at once) or a new one. */
+  sameName: boolean
+  /** The killed worker had already heard its lock was lost: nothing to check. */
+  alreadyLost: boolean
+}
+
+/** What a replacement with the same instance name reported on its first attempt. */
+export interface Reclaim { worker: string; lock: string; acquired: boolean; at: number }
+
+export interface KillVerdict {
+  reclaimed: number
+  reclaimInconclusive: string[]
+  takenOver: number[]
+  notChecked: number
+  problems: string[]
+}
+
+/**
+ * A killed holder's lock must not be given to anyone else before its lease can have run out
+ * (`lockTimeoutMs - renewalIntervalMs` after the kill, less `toleranceMs`), must be free for
+ * others within `availableWithinMs` of the kill, and must be given at once to a replacement with
+ * the same instance name (inconclusive if that replacement started so late that someone else had
+ * rightly taken the lock first).
+ */
+export function checkKills(
+  kills: readonly Kill[], acquisitions: readonly Acquisition[], reclaims: readonly Reclaim[],
+  timing: { lockTimeoutMs: number; renewalIntervalMs: number; toleranceMs: number; availableWithinMs: number; runEnd: number },
+): KillVerdict {
+  const verdict: KillVerdict = { reclaimed: 0, reclaimInconclusive: [], takenOver: [], notChecked: 0, problems: [] }
+  const earliest = timing.lockTimeoutMs - timing.renewalIntervalMs - timing.toleranceMs
+  for (const kill of kills) {
+    if (kill.alreadyLost) {
+      verdict.notChecked++
+      continue
+    }
+    const after = acquisitions.filter((a) => a.lock === kill.lock && a.at > kill.at).sort((a, b) => a.at - b.at)
+    const first = after[0]
+    const what = `${kill.lock} (fence ${kill.fence}) of ${kill.worker}, SIGKILLed`
+    if (first && first.worker !== kill.worker && first.at - kill.at < earliest) {
+      verdict.problems.push(`${what}, went to ${first.worker} ${Math.round(first.at - kill.at)} ms after the kill, before its lease could have run out`)
+    }
+    if (kill.sameName) {
+      const reclaim = reclaims.find((r) => r.worker === kill.worker && r.lock === kill.lock && r.at > kill.at)
+      if (reclaim?.acquired) verdict.reclaimed++
+      else if (first && first.worker !== kill.worker && (!reclaim || first.at <= reclaim.at)) {
+        verdict.reclaimInconclusive.push(`${what}: its replacement ${reclaim ? `asked ${Math.round(reclaim.at - kill.at)} ms after the kill` : 'never asked'}, after ${first.worker} had taken it over (${Math.round(first.at - kill.at)} ms)`)
+      } else {
+        verdict.problems.push(`${what}: its replacement with the same instance name ${reclaim ? `was refused the lock ${Math.round(reclaim.at - kill.at)} ms after the kill` : 'never reported trying to reclaim it'}`)
+      }
+    } else if (first && first.at - kill.at <= timing.availableWithinMs) {
+      verdict.takenOver.push(first.at - kill.at)
+    } else if (timing.runEnd - kill.at > timing.availableWithinMs) {
+      verdict.problems.push(`${what}: nobody got it within ${timing.availableWithinMs} ms${first ? ` (first after ${Math.round(first.at - kill.at)} ms)` : ''}`)
+    } else {
+      verdict.notChecked++
+    }
+  }
+  return verdict
+}
+
+/** One line of the verdict: an invariant, whether it held, and the evidence. */
+export interface Invariant { name: string; ok: boolean; detail: string; problems: string[] }
+
+export const invariant = (name: string, problems: readonly string[], detail: string): Invariant =>
+  ({ name, ok: problems.length === 0, detail, problems: [...problems] })
