@@ -186,10 +186,14 @@ export interface Kill {
   lock: string
   fence: bigint
   at: number
+  /** When the killed worker got the lock. */
+  heldSince: number
+  /** When the killed worker last sent a write of its row (acquire or renewal): the row is at least that fresh. */
+  leaseFrom: number
   /** The replacement got the same instance name (so it must get the lock at once) or a new one. */
   sameName: boolean
-  /** The killed worker had already heard its lock was lost: nothing to check. */
-  alreadyLost: boolean
+  /** Why this kill says nothing about the lock (the holder had already lost it, or just released it). */
+  skip: string | undefined
 }
 
 /** What a replacement with the same instance name reported on its first attempt. */
@@ -199,33 +203,39 @@ export interface KillVerdict {
   reclaimed: number
   reclaimInconclusive: string[]
   takenOver: number[]
+  /** For every lock taken by someone else after a kill: how long after the killed holder's lease could have ended. */
+  margins: number[]
   notChecked: number
   problems: string[]
 }
 
 /**
  * A killed holder's lock must not be given to anyone else before its lease can have run out
- * (`lockTimeoutMs - renewalIntervalMs` after the kill, less `toleranceMs`), must be free for
+ * (`lockTimeoutMs` after its last write of the row was sent, less `toleranceMs`), must be free for
  * others within `availableWithinMs` of the kill, and must be given at once to a replacement with
  * the same instance name (inconclusive if that replacement started so late that someone else had
  * rightly taken the lock first).
  */
 export function checkKills(
   kills: readonly Kill[], acquisitions: readonly Acquisition[], reclaims: readonly Reclaim[],
-  timing: { lockTimeoutMs: number; renewalIntervalMs: number; toleranceMs: number; availableWithinMs: number; runEnd: number },
+  timing: { lockTimeoutMs: number; toleranceMs: number; availableWithinMs: number; runEnd: number },
 ): KillVerdict {
-  const verdict: KillVerdict = { reclaimed: 0, reclaimInconclusive: [], takenOver: [], notChecked: 0, problems: [] }
-  const earliest = timing.lockTimeoutMs - timing.renewalIntervalMs - timing.toleranceMs
+  const verdict: KillVerdict = { reclaimed: 0, reclaimInconclusive: [], takenOver: [], margins: [], notChecked: 0, problems: [] }
   for (const kill of kills) {
-    if (kill.alreadyLost) {
+    // Someone else got the lock between the killed worker's acquisition and the kill: the killed
+    // worker had lost it already (a stall, a failing connection), so its lease proves nothing.
+    const lostBefore = acquisitions.some((a) => a.lock === kill.lock && a.worker !== kill.worker && a.at > kill.heldSince && a.at < kill.at)
+    if (kill.skip !== undefined || lostBefore) {
       verdict.notChecked++
       continue
     }
     const after = acquisitions.filter((a) => a.lock === kill.lock && a.at > kill.at).sort((a, b) => a.at - b.at)
     const first = after[0]
     const what = `${kill.lock} (fence ${kill.fence}) of ${kill.worker}, SIGKILLed`
-    if (first && first.worker !== kill.worker && first.at - kill.at < earliest) {
-      verdict.problems.push(`${what}, went to ${first.worker} ${Math.round(first.at - kill.at)} ms after the kill, before its lease could have run out`)
+    const leaseEnd = kill.leaseFrom + timing.lockTimeoutMs
+    if (first && first.worker !== kill.worker) verdict.margins.push(first.at - leaseEnd)
+    if (first && first.worker !== kill.worker && first.at < leaseEnd - timing.toleranceMs) {
+      verdict.problems.push(`${what}, went to ${first.worker} ${Math.round(first.at - kill.at)} ms after the kill, ${Math.round(leaseEnd - first.at)} ms before its lease could have run out`)
     }
     if (kill.sameName) {
       const reclaim = reclaims.find((r) => r.worker === kill.worker && r.lock === kill.lock && r.at > kill.at)

@@ -32,6 +32,8 @@ export interface WorkerConfig {
   locks: string[]
   /** A lock the previous process with this instance name held when it was killed: try it first. */
   reclaim: string | undefined
+  /** How long the "work" inside a critical section takes: mostly a few ms (`mixed`), or 50–400 ms (`long`). */
+  work: 'mixed' | 'long'
 }
 
 export function workerEnv(config: WorkerConfig): Record<string, string> {
@@ -43,6 +45,7 @@ export function workerEnv(config: WorkerConfig): Record<string, string> {
     WLT_CLOCK: config.clock,
     WLT_SKEW_MS: String(config.skewMs),
     WLT_LOCKS: config.locks.join(','),
+    WLT_WORK: config.work,
     ...(config.reclaim === undefined ? {} : { WLT_RECLAIM: config.reclaim }),
   }
 }
@@ -62,6 +65,7 @@ export function workerConfigFromEnv(env: NodeJS.ProcessEnv): WorkerConfig {
     skewMs: Number(env.WLT_SKEW_MS ?? 0),
     locks: need('WLT_LOCKS').split(','),
     reclaim: env.WLT_RECLAIM || undefined,
+    work: env.WLT_WORK === 'long' ? 'long' : 'mixed',
   }
 }
 
@@ -85,6 +89,9 @@ export const resourceSql = {
   read: (table: string) => `SELECT value FROM ${countersTable(table)} WHERE lock_name = ?`,
   write: (table: string) =>
     `UPDATE ${countersTable(table)} SET value = ?, fence = ?, op = 'write', writer = ?, read_value = ? WHERE lock_name = ? AND fence <= ?`,
+  /** TORTURE_UNFENCED=1 only: the same write without the fence check, so that the run must fail. */
+  unfencedWrite: (table: string) =>
+    `UPDATE ${countersTable(table)} SET value = ?, fence = ?, op = 'write', writer = ?, read_value = ? WHERE lock_name = ? AND ? IS NOT NULL`,
 }
 
 /** Rows changed by an UPDATE run through knex.raw, whatever the driver. */
@@ -150,7 +157,10 @@ export async function dropResource(knex: Knex, database: Database, table: string
 export type WorkerEvent =
   | { t: 'ready'; worker: string; pid: number; at: number }
   | { t: 'reclaim'; worker: string; lock: string; acquired: boolean; fence?: string; at: number }
-  | { t: 'acq'; worker: string; lock: string; fence: string; via: 'try' | 'wait'; at: number }
+  /** `leaseFrom`: when the acquiring statement was sent; the row's timestamp is no earlier. */
+  | { t: 'acq'; worker: string; lock: string; fence: string; via: 'try' | 'wait'; at: number; leaseFrom: number }
+  /** A renewal of the worker's lock succeeded; it was sent at `sentAt`, so the row is at least that fresh. */
+  | { t: 'renew'; worker: string; sentAt: number }
   | { t: 'lost'; worker: string; lock: string; fence: string; reason: string; at: number }
   | {
       t: 'sec'; worker: string; lock: string; fence: string; start: number; end: number

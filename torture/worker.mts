@@ -82,6 +82,16 @@ const store = new LockStore(knex, {
   logger,
 })
 
+// A self-check of the harness: without the fence check, a stalled holder's late write is
+// accepted and overwrites its successor's, and the run must report the lost update.
+const unfenced = process.env.TORTURE_UNFENCED === '1'
+
+// When the row of the lock held now was last written (acquired or renewed), as a lower bound of
+// its timestamp: the harness judges a killed holder's lease by it.
+let leaseFrom = 0
+store.on('acquired', (e) => { leaseFrom = realNow() - e.durationMs })
+store.on('renewed', (e) => emit({ t: 'renew', worker, sentAt: realNow() - e.durationMs }))
+
 // Statements on the resource may hang while the server restarts; never for long.
 const cancels = config.database !== 'sqlite'
 const run = (sql: string, bindings: unknown[]): Promise<unknown> =>
@@ -99,7 +109,7 @@ function busyWait(ms: number): void {
 async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
   const fence = Number(lock.fence) // far below 2^53; every driver binds numbers the same way
   const start = realNow()
-  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start })
+  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start, leaseFrom })
   const onAbort = (): void => {
     const reason = lock.signal.reason instanceof LockLostError ? lock.signal.reason.reason : String(lock.signal.reason)
     emit({ t: 'lost', worker, lock: lock.name, fence: String(lock.fence), reason, at: realNow() })
@@ -116,7 +126,8 @@ async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
     // refused from now on. A refused claim means a newer holder got there first; carry on
     // anyway: the write must then be refused too, and the check sees that it is.
     claim = 'error'
-    claim = changedRows(config.database, await run(resourceSql.claim(config.table), [fence, worker, lock.name, fence])) === 1 ? 'ok' : 'refused'
+    if (unfenced) claim = 'skipped'
+    else claim = changedRows(config.database, await run(resourceSql.claim(config.table), [fence, worker, lock.name, fence])) === 1 ? 'ok' : 'refused'
     const rows = selectedRows(config.database, await run(resourceSql.read(config.table), [lock.name]))
     read = Number(rows[0]?.value)
     if (!Number.isSafeInteger(read)) throw new Error(`counter ${lock.name} has no value: ${JSON.stringify(rows)}`)
@@ -131,10 +142,11 @@ async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
       // The late write below goes ahead regardless, as a holder that ignored its signal would:
       // the resource's fence check has to stop it if someone else took the lock meanwhile.
     } else {
-      await sleep(between(2, 25)) // the "work"
+      // The "work": mostly a few ms; sometimes long enough that renewals run during it.
+      await sleep(config.work === 'long' ? between(50, 400) : Math.random() < 0.1 ? between(200, 700) : between(2, 25))
     }
     write = 'error'
-    write = changedRows(config.database, await run(resourceSql.write(config.table), [read + 1, fence, worker, read, lock.name, fence])) === 1 ? 'ok' : 'refused'
+    write = changedRows(config.database, await run((unfenced ? resourceSql.unfencedWrite : resourceSql.write)(config.table), [read + 1, fence, worker, read, lock.name, fence])) === 1 ? 'ok' : 'refused'
   } catch (error) {
     errors++
     emit({ t: 'err', worker, where: `critical section (claim ${claim}, write ${write})`, message: message(error), at: realNow() })

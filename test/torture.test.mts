@@ -1,0 +1,99 @@
+// The torture run's verdict (torture/check.mts) must be able to fail: fed a lost update, a write
+// accepted with a stale fence, a fence handed out twice, two unaware holders at once or a lock
+// taken from a killed holder too early, it says so. The run itself (`npm run torture`) is too long
+// for the test suite; CI runs it separately.
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { checkFences, checkJournal, checkKills, checkReports, findOverlaps, type JournalEntry, type SectionRecord } from '../torture/check.mjs'
+
+let nextId = 0
+const claim = (writer: string, fence: bigint, value: bigint): JournalEntry =>
+  ({ id: ++nextId, lock: 'lock-a', op: 'claim', fence, writer, readValue: null, value })
+const write = (writer: string, fence: bigint, readValue: bigint): JournalEntry =>
+  ({ id: ++nextId, lock: 'lock-a', op: 'write', fence, writer, readValue, value: readValue + 1n })
+const counters = (value: bigint): Map<string, bigint> => new Map([['lock-a', value]])
+
+describe('torture verdict', () => {
+  it('passes a journal in which every write read its predecessor and fences only grew', () => {
+    const journal = [claim('w1', 1n, 0n), write('w1', 1n, 0n), claim('w2', 2n, 1n), write('w2', 2n, 1n)]
+    const verdict = checkJournal(journal, counters(2n))
+    assert.deepEqual({ lost: verdict.lostUpdates, stale: verdict.staleFences, corrupt: verdict.corrupt }, { lost: [], stale: [], corrupt: [] })
+    assert.equal(verdict.writes, 2)
+    assert.equal(verdict.claims, 2)
+  })
+
+  it('reports a lost update: two accepted writes that read the same value', () => {
+    // w1 and w2 both read 0; both writes were accepted (fences in order), so one +1 vanished.
+    const journal = [claim('w1', 1n, 0n), claim('w2', 2n, 0n), write('w2', 2n, 0n), write('w3', 3n, 0n)]
+    const verdict = checkJournal(journal, counters(1n))
+    assert.equal(verdict.staleFences.length, 0)
+    assert.ok(verdict.lostUpdates.some((p) => /#\d+ write by w3 with fence 3 stored 1 from a read of 0, but the counter held 1/.test(p)), verdict.lostUpdates.join('\n'))
+    assert.ok(verdict.lostUpdates.some((p) => /the counter holds 1 after 2 accepted write/.test(p)), verdict.lostUpdates.join('\n'))
+  })
+
+  it('reports a write accepted with a stale fence, even when no update was lost', () => {
+    // w2 claimed fence 2 and wrote; then w1, overtaken, wrote with fence 1 and was accepted.
+    const journal = [claim('w1', 1n, 0n), claim('w2', 2n, 0n), write('w2', 2n, 0n), write('w1', 1n, 1n)]
+    const verdict = checkJournal(journal, counters(2n))
+    assert.deepEqual(verdict.lostUpdates, [])
+    assert.equal(verdict.staleFences.length, 1)
+    assert.match(verdict.staleFences[0] ?? '', /write by w1 with fence 1 was accepted after #\d+ write by w2 with fence 2/)
+  })
+
+  it('reports a counter that moved without a journaled write, and reports that contradict the journal', () => {
+    const journal = [claim('w1', 1n, 0n), write('w1', 1n, 0n)]
+    assert.ok(checkJournal(journal, counters(5n)).corrupt.some((p) => /holds 5, but its journal ends at 1/.test(p)))
+    const section = (worker: string, fence: bigint, outcome: string): SectionRecord => ({
+      worker, lock: 'lock-a', fence, start: 0, end: 1, claim: 'ok', write: outcome, aborted: false, maxLagMs: 0, stalled: false, killed: false,
+    })
+    const problems = checkReports([section('w1', 1n, 'refused'), section('w2', 2n, 'ok'), section('w3', 3n, 'error')], journal)
+    assert.equal(problems.length, 2)
+  })
+
+  it('reports a fence handed out twice and a fence that went down', () => {
+    const problems = checkFences([
+      { worker: 'w1', lock: 'lock-a', fence: 5n, at: 0 },
+      { worker: 'w2', lock: 'lock-a', fence: 5n, at: 1_000 },
+      { worker: 'w3', lock: 'lock-a', fence: 4n, at: 2_000 },
+      { worker: 'w4', lock: 'lock-b', fence: 4n, at: 2_000 }, // another lock: its own sequence
+    ])
+    assert.equal(problems.filter((p) => /handed out twice/.test(p)).length, 1)
+    assert.equal(problems.filter((p) => /w3 got fence 4/.test(p)).length, 1)
+    assert.ok(problems.every((p) => p.startsWith('lock-a')))
+  })
+
+  it('tells overlaps of holders that knew (or were stalled) from holders that did not', () => {
+    const section = (worker: string, start: number, end: number, extra: Partial<SectionRecord> = {}): SectionRecord => ({
+      worker, lock: 'lock-a', fence: BigInt(start), start, end, claim: 'ok', write: 'ok', aborted: false, maxLagMs: 0, stalled: false, killed: false, ...extra,
+    })
+    const overlaps = findOverlaps([
+      section('w1', 0, 3_000, { stalled: true, aborted: true }),
+      section('w2', 2_000, 2_100), // inside w1's stall: explained
+      section('w3', 5_000, 5_500),
+      section('w4', 5_200, 5_300), // w3 never knew: a lock given to two workers at once
+      section('w5', 5_490, 5_600), // 10 ms of overlap with w3: within tolerance
+    ], 25, 900)
+    assert.equal(overlaps.length, 2)
+    assert.match(overlaps[0]?.explanation ?? '', /signal had aborted/)
+    assert.equal(overlaps[1]?.explanation, undefined)
+    assert.equal(overlaps[1]?.later.worker, 'w4')
+  })
+
+  it('reports a killed holder\'s lock given away too early, or refused to its namesake', () => {
+    const timing = { lockTimeoutMs: 1_500, toleranceMs: 100, availableWithinMs: 6_500, runEnd: 60_000 }
+    // Its row was last renewed by a statement sent at 9,800: nobody else may have it before 11,300.
+    const kill = { worker: 'w1', lock: 'lock-a', fence: 7n, at: 10_000, heldSince: 9_500, leaseFrom: 9_800, skip: undefined }
+    const early = checkKills([{ ...kill, sameName: false }], [{ worker: 'w2', lock: 'lock-a', fence: 8n, at: 10_400 }], [], timing)
+    assert.match(early.problems[0] ?? '', /went to w2 400 ms after the kill, 900 ms before its lease could have run out/)
+    const alsoEarly = checkKills([{ ...kill, sameName: false }], [{ worker: 'w2', lock: 'lock-a', fence: 8n, at: 11_150 }], [], timing)
+    assert.equal(alsoEarly.problems.length, 1)
+    const fine = checkKills([{ ...kill, sameName: false }], [{ worker: 'w2', lock: 'lock-a', fence: 8n, at: 11_350 }], [], timing)
+    assert.deepEqual(fine.problems, [])
+    assert.deepEqual(fine.takenOver, [1_350])
+    const refused = checkKills([{ ...kill, sameName: true }], [], [{ worker: 'w1', lock: 'lock-a', acquired: false, at: 10_500 }], timing)
+    assert.match(refused.problems[0] ?? '', /same instance name was refused the lock 500 ms after the kill/)
+    const reclaimed = checkKills([{ ...kill, sameName: true }], [{ worker: 'w1', lock: 'lock-a', fence: 8n, at: 10_500 }], [{ worker: 'w1', lock: 'lock-a', acquired: true, at: 10_500 }], timing)
+    assert.equal(reclaimed.reclaimed, 1)
+    assert.deepEqual(reclaimed.problems, [])
+  })
+})
