@@ -115,6 +115,7 @@ export class LockStore {
     this.#table = new LockTable(knex, sql, this.tableName, this.lockTimeoutMs, Math.max(1_000, this.renewalIntervalMs))
     const clock = this.#options.clock
     const timers = typeof clock === 'object' ? clock : systemClock
+    const log = (level: LogLevel, details: object, message: string): void => this.#log(level, details, message)
     // Deadlines need a clock that never jumps; a test Clock is trusted to be one.
     this.#monotonicNow = typeof clock === 'object' ? () => clock.now() : () => performance.now()
     this.#held = new HeldLocks({
@@ -124,19 +125,19 @@ export class LockStore {
       nowMs: () => this.#nowMs(),
       lockTimeoutMs: this.lockTimeoutMs,
       renewalIntervalMs: this.renewalIntervalMs,
-      log: (level, details, message) => this.#log(level, details, message),
+      log,
       events: this.#events,
     })
     const wake = (name: string, key: string): void => this.#waiting.wake(lockId(name, key))
     this.#listener = sql.notifications
-      ? new ReleaseListener(knex, sql.notifications, this.tableName, wake, timers, (level, details, message) => this.#log(level, details, message))
+      ? new ReleaseListener(knex, sql.notifications, this.tableName, wake, timers, log)
       : undefined
     this.#waiting = new WaitRoom({
       timers,
       monotonicNow: this.#monotonicNow,
       backoff: this.#options.backoff,
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
-      log: (level, details, message) => this.#log(level, details, message),
+      log,
       attempt: (name, key) => this.tryAcquireLock(name, key),
       ended: (name, key, waitedMs, outcome) => this.#events.emit('waited', { name, key, waitedMs, outcome }),
       // Hear of releases (in this process, and from others where the database can tell) only

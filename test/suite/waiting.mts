@@ -1,19 +1,25 @@
 // acquireLock, withLock and tryWithLock: waiting for a lock, driven by ManualClock.
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
-import { LockStoreClosedError, LockTimeoutError, ManualClock, type Lock } from '../../src/index.js'
+import { LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
 import { RecordingLogger, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
 
+/** A lock held by one store, and another store (same clock) that will wait for it. */
+async function heldByAnother(h: Harness): Promise<{ clock: ManualClock; waiter: LockStore; name: string; held: Lock }> {
+  const clock = new ManualClock()
+  const holder = h.clockedStore(clock)
+  const waiter = h.clockedStore(clock)
+  const name = h.lockName()
+  const held = await holder.tryAcquireLock(name)
+  assert.ok(held)
+  return { clock, waiter, name, held }
+}
+
 export function waitingSuite(h: Harness): void {
   it('hands a released lock to a waiter at once, without the clock moving', async () => {
-    const clock = new ManualClock()
-    const holder = h.clockedStore(clock)
-    const waiter = h.clockedStore(clock)
-    const name = h.lockName()
-    const held = await holder.tryAcquireLock(name)
-    assert.ok(held)
+    const { waiter, name, held } = await heldByAnother(h)
     const waiting = waiter.acquireLock(name)
     await held.release()
     const lock = await waiting
@@ -48,12 +54,7 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('rejects with LockTimeoutError after timeoutMs, holding nothing', async () => {
-    const clock = new ManualClock()
-    const holder = h.clockedStore(clock)
-    const waiter = h.clockedStore(clock)
-    const name = h.lockName()
-    const held = await holder.tryAcquireLock(name)
-    assert.ok(held)
+    const { clock, waiter, name, held } = await heldByAnother(h)
     const waiting = waiter.acquireLock(name, '', { timeoutMs: 3_000 })
     const outcome = waiting.then(() => 'acquired', (error: unknown) => error)
     await clock.advance(2_999)
@@ -76,11 +77,7 @@ export function waitingSuite(h: Harness): void {
   })
 
   it("rejects with the signal's reason when aborted, holding nothing, even if it just won the lock", async () => {
-    const clock = new ManualClock()
-    const holder = h.clockedStore(clock)
-    const waiter = h.clockedStore(clock)
-    const name = h.lockName()
-    assert.ok(await holder.tryAcquireLock(name))
+    const { clock, waiter, name } = await heldByAnother(h)
     const sleeping = new AbortController()
     const asleep = waiter.acquireLock(name, '', { signal: sleeping.signal })
     await clock.advance(50)
