@@ -10,21 +10,32 @@ export type Strategy = 'native' | 'emulated'
 const CONFLICT_ATTEMPTS = 3
 
 /**
+ * Runs `run`, running it again (up to `attempts` times in all) while the database reports that
+ * it lost a race: a deadlock or a serialization failure. When the attempts are used up,
+ * `exhausted` decides the outcome. Every other error rejects at once.
+ */
+export async function retryingConflicts<T>(
+  dialect: Dialect, attempts: number, run: () => Promise<T>, exhausted: (error: unknown) => T,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await run()
+    } catch (error) {
+      if (!dialect.isTransientConflict(error)) throw error
+      if (attempt >= attempts) return exhausted(error)
+    }
+  }
+}
+
+/**
  * One acquisition attempt with the chosen strategy. Resolves the new fence if our row was
  * written, else `null`. Losing a race is `null`, never an error, even where the server reports
  * it as a deadlock or a serialization failure (a session at SERIALIZABLE, say); other errors reject.
  */
-export async function acquire(
+export function acquire(
   knex: Knex, dialect: Dialect, facts: ServerFacts, strategy: Strategy, request: AcquireRequest,
 ): Promise<bigint | null> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return strategy === 'native'
-        ? await dialect.acquireNative(knex, request)
-        : await acquireEmulated(knex, dialect, facts, request)
-    } catch (error) {
-      if (!dialect.isTransientConflict(error)) throw error
-      if (attempt >= CONFLICT_ATTEMPTS) return null
-    }
-  }
+  return retryingConflicts(dialect, CONFLICT_ATTEMPTS, () => strategy === 'native'
+    ? dialect.acquireNative(knex, request)
+    : acquireEmulated(knex, dialect, facts, request), () => null)
 }

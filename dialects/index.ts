@@ -5,7 +5,8 @@ import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
 export type { AcquireRequest, Dialect, DialectName, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts } from './dialect.js'
-export { acquire, type Strategy } from './acquire.js'
+export { acquire, retryingConflicts, type Strategy } from './acquire.js'
+export { nowBinding } from './dialect.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',
 // better-sqlite3 → 'sqlite3', pg-native → 'postgresql').

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import type { Dialect, RowIdentity } from '../dialects/index.js'
+import { nowBinding, retryingConflicts, type Dialect, type RowIdentity } from '../dialects/index.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
@@ -54,8 +54,8 @@ export class LockTable {
     return query.timeout(this.#renewalTimeoutMs, { cancel: this.#dialect.cancelsQueries })
   }
 
-  #now(nowMs: number | null): Knex.Raw {
-    return nowMs === null ? this.#knex.raw(this.#dialect.nowSql) : this.#knex.raw('?', [nowMs])
+  #now(nowMs: number | null): Knex.Raw | number {
+    return nowBinding(this.#knex, this.#dialect, nowMs)
   }
 
   #row(row: RowIdentity): Knex.QueryBuilder {
@@ -97,14 +97,8 @@ export class LockTable {
 
   // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213).
   // Deleting by token is idempotent, so trying again is safe, and it must not fail for that.
-  async #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await run()
-      } catch (error) {
-        if (attempt >= 5 || !this.#dialect.isTransientConflict(error)) throw error
-      }
-    }
+  #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {
+    return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
   }
 
   /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
