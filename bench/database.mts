@@ -9,6 +9,7 @@ import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } from '../src/index.js'
 import { connect, uniqueName, type Database } from '../test/targets.mjs'
+import { acrossProcesses, type ProcessContention } from './processes.mjs'
 import { newToken, rawContender } from './raw.mjs'
 import { median, p99 } from './stats.mjs'
 
@@ -19,10 +20,9 @@ const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
 
 type Series = Record<string, number[]>
 
-/** 1. Uncontended acquire + release, contenders interleaved in small batches. */
+/** 1. Uncontended acquire + release, contenders interleaved cycle by cycle. */
 async function uncontended(knex: Knex, table: string): Promise<Series> {
-  const rounds = smoke ? 3 : 20
-  const batch = smoke ? 10 : database === 'sqlite' ? 100 : 25
+  const samples = smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500
   const raw = await rawContender(database, table, LOCK_TIMEOUT)
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
   await store.init()
@@ -46,14 +46,13 @@ async function uncontended(knex: Knex, table: string): Promise<Series> {
     },
   }
   const series: Series = { raw: [], 'worker-locks': [], verrou: [] }
-  for (const run of Object.values(contenders)) for (let i = 0; i < 5; i++) await run(i) // warm up
-  for (let round = 0; round < rounds; round++) {
+  for (const run of Object.values(contenders)) for (let i = 0; i < 20; i++) await run(i) // warm up
+  // One cycle of each contender in turn, so that drift on this shared machine hits all alike.
+  for (let i = 0; i < samples; i++) {
     for (const [name, run] of Object.entries(contenders)) {
-      for (let i = 0; i < batch; i++) {
-        const start = performance.now()
-        await run(i)
-        series[name]?.push((performance.now() - start) * 1000)
-      }
+      const start = performance.now()
+      await run(i)
+      series[name]?.push((performance.now() - start) * 1000)
     }
   }
   await store.close()
@@ -77,28 +76,67 @@ async function roundTrip(table: string): Promise<number> {
   return median(times)
 }
 
+/**
+ * Eight tasks take turns: each runs `session` (which resolves once it holds the lock, with the
+ * function that releases it) over and over for `seconds`. Hand-off: from the moment a holder
+ * begins releasing to the moment the next holder has the lock.
+ */
+async function eightTasks(seconds: number, session: (task: number) => Promise<() => Promise<void>>): Promise<{ perSecond: number; handoff: number[] }> {
+  const handoff: number[] = []
+  let count = 0
+  let releasedAt: number | undefined
+  const end = performance.now() + seconds * 1000
+  await Promise.all(Array.from({ length: 8 }, async (_, task) => {
+    while (performance.now() < end) {
+      const release = await session(task)
+      if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
+      count++
+      releasedAt = performance.now()
+      await release()
+    }
+  }))
+  return { perSecond: count / seconds, handoff }
+}
+
 /** 2. Eight workers in this process on one key: critical sections per second and hand-off latency. */
 async function contention(table: string): Promise<Record<string, { perSecond: number; handoff: number[] }>> {
   const seconds = smoke ? 1 : 5
   const results: Record<string, { perSecond: number; handoff: number[] }> = {}
+  // The floor: the raw driver's two statements per hand-off (release, then the next acquire) on
+  // one connection, with a bare promise queue passing the turn between the eight tasks. No lock
+  // library can hand off faster in one process.
+  {
+    const raw = await rawContender(database, table, LOCK_TIMEOUT)
+    const turns: Array<() => void> = []
+    let busy = false
+    const take = (): Promise<void> => {
+      if (!busy) { busy = true; return Promise.resolve() }
+      return new Promise((resolve) => turns.push(resolve))
+    }
+    const give = (): void => {
+      const next = turns.shift()
+      if (next) next()
+      else busy = false
+    }
+    results['raw driver + promise queue (floor)'] = await eightTasks(seconds, async () => {
+      await take()
+      const t = newToken()
+      if (!(await raw.acquire('contended-raw', 'k', t))) throw new Error('the raw acquire was refused with the turn in hand')
+      return async () => {
+        await raw.release('contended-raw', 'k', t)
+        give()
+      }
+    })
+    await raw.close()
+  }
   // worker-locks: eight stores (as eight workers would have), waiting API.
   {
     const knexes = Array.from({ length: 8 }, () => connect(database, { poolMax: 2 }))
     const stores = knexes.map((k) => new LockStore(k, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 }))
-    const handoff: number[] = []
-    let count = 0
-    let releasedAt: number | undefined
-    const end = performance.now() + seconds * 1000
-    await Promise.all(stores.map(async (store) => {
-      while (performance.now() < end) {
-        const lock = await store.acquireLock('contended')
-        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
-        count++
-        releasedAt = performance.now()
-        await lock.release()
-      }
-    }))
-    results['worker-locks, eight stores'] = { perSecond: count / seconds, handoff }
+    results['worker-locks, eight stores'] = await eightTasks(seconds, async (task) => {
+      const lock = await stores[task]!.acquireLock('contended')
+      return () => lock.release()
+    })
     await Promise.all(stores.map((s) => s.close()))
     await Promise.all(knexes.map((k) => k.destroy()))
   }
@@ -106,20 +144,10 @@ async function contention(table: string): Promise<Record<string, { perSecond: nu
   {
     const knex = connect(database, { poolMax: 4 })
     const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
-    const handoff: number[] = []
-    let count = 0
-    let releasedAt: number | undefined
-    const end = performance.now() + seconds * 1000
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (performance.now() < end) {
-        const lock = await store.acquireLock('contended-one-store')
-        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
-        count++
-        releasedAt = performance.now()
-        await lock.release()
-      }
-    }))
-    results['worker-locks, one store'] = { perSecond: count / seconds, handoff }
+    results['worker-locks, one store'] = await eightTasks(seconds, async () => {
+      const lock = await store.acquireLock('contended-one-store')
+      return () => lock.release()
+    })
     await store.close()
     await knex.destroy()
   }
@@ -128,22 +156,12 @@ async function contention(table: string): Promise<Record<string, { perSecond: nu
     const knex = connect(database, { poolMax: 8 })
     const verrouTable = uniqueName('verrou')
     const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
-    const handoff: number[] = []
-    let count = 0
-    let releasedAt: number | undefined
-    const end = performance.now() + seconds * 1000
     await verrou.createLock('warm', '2m').acquireImmediately()
-    await Promise.all(Array.from({ length: 8 }, async () => {
-      while (performance.now() < end) {
-        const lock = verrou.createLock('contended', '2m')
-        await lock.acquire()
-        if (releasedAt !== undefined) handoff.push(performance.now() - releasedAt)
-        count++
-        releasedAt = performance.now()
-        await lock.release()
-      }
-    }))
-    results.verrou = { perSecond: count / seconds, handoff }
+    results.verrou = await eightTasks(seconds, async () => {
+      const lock = verrou.createLock('contended', '2m')
+      await lock.acquire()
+      return () => lock.release()
+    })
     await knex.schema.dropTableIfExists(verrouTable)
     await knex.destroy()
   }
@@ -213,6 +231,10 @@ async function memory(knex: Knex, table: string): Promise<number> {
   return (after - before) / held.length
 }
 
+function summariseProcesses(result: ProcessContention): { perSecond: number; median: number; p99: number; sameProcess: number } {
+  return { perSecond: result.perSecond, median: median(result.handoff), p99: p99(result.handoff), sameProcess: result.sameProcess }
+}
+
 const knex = connect(database, { poolMax: 4 })
 const table = uniqueName('wl_bench')
 await createLockTable(knex, { tableName: table })
@@ -222,6 +244,10 @@ try {
     roundTripMs: await roundTrip(table),
     uncontended: await uncontended(knex, table),
     contention: await contention(table),
+    processes: {
+      'worker-locks': summariseProcesses(await acrossProcesses(database, 'worker-locks', smoke ? 1 : 5)),
+      verrou: summariseProcesses(await acrossProcesses(database, 'verrou', smoke ? 1 : 5)),
+    },
     renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
     crowd: await crowd(knex, table),
     bytesPerLock: await memory(knex, table),

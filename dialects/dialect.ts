@@ -146,7 +146,7 @@ export function rowsJson(rows: readonly RowIdentity[]): string {
 
 /** The plain token-guarded release, for databases without release notifications. */
 export async function releaseByDelete(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<boolean> {
-  const sql = statement(knex, `release\0${table}`, (quote) => `DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
+  const sql = statement(knex, 'release', table, (quote) => `DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
   const { affectedRows } = await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])
   return affectedRows > 0
 }

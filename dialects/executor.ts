@@ -57,7 +57,8 @@ async function withConnection<T>(client: Client, sql: string, params: readonly u
     client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid })
     return await run(connection)
   } finally {
-    await client.releaseConnection(connection)
+    // Synchronous in knex (the promise it returns is already settled): no need to wait a tick for it.
+    void client.releaseConnection(connection)
   }
 }
 
@@ -89,7 +90,7 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
     case 'pg':
       return {
         run: (sql, params) => withConnection(client, sql, params, async (connection) => {
-          const result = await (connection as PgConnection).query({ ...pgStatement(sql), values: [...params] })
+          const result = await (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
           return { rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }
         }),
       }
@@ -120,16 +121,22 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
   }
 }
 
-const statements = new Map<string, string>()
+// dialect → kind → table → SQL. Nested rather than one joined key, so a lookup on the hot path
+// builds no string: the kinds are constants and the table name is the store's own string.
+const statements = new Map<string, Map<string, Map<string, string>>>()
 
 /**
- * The text of a statement, built once per database family and table (and whatever else `key`
- * holds) and then reused, so the hot path builds no SQL. `quote` quotes an identifier the way
- * knex does for this database.
+ * The text of the statement `kind` for `table`, built once per database family and then reused,
+ * so the hot path builds no SQL. `kind` must name everything else the text depends on (a
+ * constant per variant). `quote` quotes an identifier the way knex does for this database.
  */
-export function statement(knex: Knex, key: string, build: (quote: (name: string) => string) => string): string {
-  const cacheKey = `${(knex.client as { dialect?: string }).dialect}\0${key}`
-  let sql = statements.get(cacheKey)
-  if (sql === undefined) statements.set(cacheKey, (sql = build((name) => knex.raw('??', [name]).toQuery())))
+export function statement(knex: Knex, kind: string, table: string, build: (quote: (name: string) => string) => string): string {
+  const dialect = (knex.client as { dialect?: string }).dialect ?? ''
+  let kinds = statements.get(dialect)
+  if (!kinds) statements.set(dialect, (kinds = new Map()))
+  let tables = kinds.get(kind)
+  if (!tables) kinds.set(kind, (tables = new Map()))
+  let sql = tables.get(table)
+  if (sql === undefined) tables.set(table, (sql = build((name) => knex.raw('??', [name]).toQuery())))
   return sql
 }

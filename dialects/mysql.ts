@@ -54,7 +54,7 @@ export const mysqlDialect: Dialect = {
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
-    const sql = statement(knex, `odku\0${r.table}\0${databaseClock}`, (quote) =>
+    const sql = statement(knex, databaseClock ? 'odku/database-clock' : 'odku/local-clock', r.table, (quote) =>
       `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ${now})
        ON DUPLICATE KEY UPDATE
          token = IF(last_renewed_ts + ? < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
@@ -66,7 +66,7 @@ export const mysqlDialect: Dialect = {
     const executor = executorFor(knex, mysqlDialect.rowsOf)
     if ((await executor.run(sql, params)).insertId === REFUSED_MARKER) return null
     // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
-    const select = statement(knex, `fence\0${r.table}`, (quote) =>
+    const select = statement(knex, 'fence', r.table, (quote) =>
       `SELECT fence FROM ${quote(r.table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
     const row = (await executor.run(select, [r.name, r.key, r.token])).rows[0]
     return row === undefined ? null : toFence(row.fence)

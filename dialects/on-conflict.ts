@@ -17,7 +17,7 @@ export async function acquireOnConflict(
   takeoverFenceSql: (quote: (name: string) => string) => string,
 ): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
-  const sql = statement(knex, `on-conflict\0${r.table}\0${databaseClock}`, (quote) => {
+  const sql = statement(knex, databaseClock ? 'on-conflict/database-clock' : 'on-conflict/local-clock', r.table, (quote) => {
     const t = quote(r.table)
     const fence = fenceSql?.(quote)
     return `INSERT INTO ${t} AS t (lock_name, lock_key, instance_name, token, last_renewed_ts${fence ? ', fence' : ''})

@@ -51,7 +51,7 @@ export const postgresDialect: Dialect = {
   async release(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
     // NOTIFY inside a statement is delivered when its transaction commits, so no listener
     // hears of the release before the row is really gone.
-    const sql = statement(knex, `release\0${table}`, (quote) =>
+    const sql = statement(knex, 'release-notify', table, (quote) =>
       `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
        SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
     const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, [row.name, row.key, row.token, channelOf(table), processTag])

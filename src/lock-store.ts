@@ -21,6 +21,11 @@ import {
   type LockFilter, type LockStoreOptions, type ResolvedOptions, type WaitOptions,
 } from './validate.js'
 
+// How long the connection listening for other processes' releases stays open after the last
+// waiter left. Opening one costs PostgreSQL a new backend process; a service that waits on locks
+// now and then keeps one connection instead of opening one per wait.
+const LISTENER_LINGER_MS = 10_000
+
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 const lockId = (name: string, key: string): string => `${name}\0${key}`
 
@@ -144,7 +149,7 @@ export class LockStore {
       // while someone waits.
       occupied: (occupied) => {
         if (occupied) this.#listener?.start()
-        else void this.#listener?.stop()
+        else this.#listener?.idle(LISTENER_LINGER_MS)
       },
       waitingFor: (id) => waitForLocalRelease(this.tableName, id, () => this.#waiting.wake(id)),
     })
@@ -283,7 +288,7 @@ export class LockStore {
    */
   async forceRelease(name: string, key = ''): Promise<boolean> {
     validateLockId(name, key)
-    const removed = await this.#database(`force-release lock ${describeLock(name, key)}`, () => this.#table.forceRelease(name, key))
+    const removed = await this.#database(() => `force-release lock ${describeLock(name, key)}`, () => this.#table.forceRelease(name, key))
     if (removed) announceRelease(this.tableName, lockId(name, key))
     return removed
   }
@@ -314,7 +319,7 @@ export class LockStore {
       this.#undeleted.add(record)
     }
     if (records.length === 0) return
-    await this.#database(`release ${records.length} lock(s) while closing; they expire after ${this.lockTimeoutMs} ms`,
+    await this.#database(() => `release ${records.length} lock(s) while closing; they expire after ${this.lockTimeoutMs} ms`,
       () => this.#table.releaseMany(records))
     for (const record of records) {
       this.#undeleted.delete(record)
@@ -355,7 +360,7 @@ export class LockStore {
       nowMs: this.#nowMs(),
     }
     const sentAt = this.#monotonicNow()
-    const fence = await this.#database(`acquire lock ${describeLock(name, key)}`, () =>
+    const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     const durationMs = this.#monotonicNow() - sentAt
     if (fence === null) {
@@ -393,7 +398,7 @@ export class LockStore {
   #release(record: HeldLock): Promise<void> {
     if (record.releasing) return record.releasing
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
-    const releasing = this.#database(`release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
+    const releasing = this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
       .then(() => {
         this.#undeleted.delete(record)
         announceRelease(this.tableName, lockId(record.name, record.key))
@@ -413,7 +418,7 @@ export class LockStore {
 
   async #isStillValid(record: HeldLock): Promise<boolean> {
     if (record.state !== 'held') return false
-    return this.#database(`check lock ${describeLock(record.name, record.key)}`, () => this.#table.isValid(record, this.#nowMs()))
+    return this.#database(() => `check lock ${describeLock(record.name, record.key)}`, () => this.#table.isValid(record, this.#nowMs()))
   }
 
   #nowMs(): number | null {
@@ -422,11 +427,13 @@ export class LockStore {
     return clock === 'local' ? Date.now() : clock.now()
   }
 
-  async #database<T>(what: string, run: () => Promise<T>): Promise<T> {
+  // `what` is a function when it would cost work to build: the hot path only needs it on failure.
+  async #database<T>(what: string | (() => string), run: () => Promise<T>): Promise<T> {
     try {
       return await run()
     } catch (error) {
-      throw new LockDatabaseError(`worker-locks could not ${what} in table ${JSON.stringify(this.tableName)}`, error)
+      const action = typeof what === 'string' ? what : what()
+      throw new LockDatabaseError(`worker-locks could not ${action} in table ${JSON.stringify(this.tableName)}`, error)
     }
   }
 

@@ -1,12 +1,12 @@
 import type { Knex } from 'knex'
 import type { ReleaseNotifications } from '../dialects/index.js'
 import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
-import type { Clock } from './clock.js'
+import type { Clock, TimerHandle } from './clock.js'
 import type { LogLevel } from './logger.js'
 
 /**
  * Keeps one connection listening for releases announced by other processes while a store has
- * waiters. If the connection drops it reconnects at once, then with backoff; meanwhile waiters
+ * waiters (and for a while after the last one left, see {@link idle}). If the connection drops it reconnects at once, then with backoff; meanwhile waiters
  * simply keep polling, so nothing depends on it being up.
  */
 export class ReleaseListener {
@@ -20,6 +20,8 @@ export class ReleaseListener {
   // Resolves the current wait (for the connection to drop, or for the retry delay) early.
   #interrupt: (() => void) | undefined
   #wanted = false
+  // The pending stop of idle(), if any.
+  #idleTimer: TimerHandle | undefined
 
   constructor(
     knex: Knex, notifications: ReleaseNotifications, table: string, onRelease: (name: string, key: string) => void,
@@ -33,17 +35,39 @@ export class ReleaseListener {
     this.#log = log
   }
 
-  /** Starts listening in the background; does nothing if already listening. */
+  /** Starts listening in the background; does nothing (but cancel a pending idle stop) if already listening. */
   start(): void {
+    this.#cancelIdle()
     this.#wanted = true
     this.#running ??= this.#run().finally(() => { this.#running = undefined })
   }
 
+  /**
+   * Stops listening after `lingerMs` unless `start()` is called first. A process that waits
+   * again soon keeps its connection (and hears releases from the first moment) instead of
+   * opening a new one, which costs the server a new backend, every time.
+   */
+  idle(lingerMs: number): void {
+    this.#cancelIdle()
+    if (!this.#wanted) return
+    this.#idleTimer = this.#timers.setTimeout(() => {
+      this.#idleTimer = undefined
+      return this.stop()
+    }, lingerMs)
+  }
+
   /** Stops listening and closes the connection. */
   async stop(): Promise<void> {
+    this.#cancelIdle()
     this.#wanted = false
     this.#interrupt?.()
     await this.#running
+  }
+
+  #cancelIdle(): void {
+    if (this.#idleTimer === undefined) return
+    this.#timers.clearTimeout(this.#idleTimer)
+    this.#idleTimer = undefined
   }
 
   async #run(): Promise<void> {
