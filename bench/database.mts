@@ -231,8 +231,8 @@ async function memory(knex: Knex, table: string): Promise<number> {
   return (after - before) / held.length
 }
 
-function summariseProcesses(result: ProcessContention): { perSecond: number; median: number; p99: number; sameProcess: number } {
-  return { perSecond: result.perSecond, median: median(result.handoff), p99: p99(result.handoff), sameProcess: result.sameProcess }
+function summariseProcesses(result: ProcessContention): { perSecond: number; median: number; p99: number; sameProcess: number; cpuMsPerSection: number } {
+  return { perSecond: result.perSecond, median: median(result.handoff), p99: p99(result.handoff), sameProcess: result.sameProcess, cpuMsPerSection: result.cpuMsPerSection }
 }
 
 const knex = connect(database, { poolMax: 4 })

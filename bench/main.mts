@@ -13,7 +13,7 @@ interface Result {
   roundTripMs: number
   uncontended: Record<string, Summary>
   contention: Record<string, Summary & { perSecond: number }>
-  processes: Record<string, Summary & { perSecond: number; sameProcess: number }>
+  processes: Record<string, Summary & { perSecond: number; sameProcess: number; cpuMsPerSection: number }>
   renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
   crowd: { waiters: number; wallMs: number; cpuMs: number }
   bytesPerLock: number
@@ -50,11 +50,11 @@ for (const r of results) {
 }
 
 console.log('\n## 2b. Contention: 8 worker processes on one key\n')
-console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes | taken back by the releasing process |')
-console.log('| --- | --- | --- | --- | --- | --- | --- |')
+console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes | taken back by the releasing process | workers\' CPU ms per section |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const r of results) {
   for (const [name, c] of Object.entries(r.processes)) {
-    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} | ${f(c.sameProcess * 100, 0)} % |`)
+    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.cpuMsPerSection, 2)} |`)
   }
 }
 

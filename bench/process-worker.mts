@@ -1,7 +1,7 @@
 // One of the worker processes of the across-process contention benchmark (bench/processes.mts).
 // Connects, says "ready", and on "go END" takes the contended lock over and over until the wall
 // clock passes END, then prints one JSON line: when it acquired and when it began releasing,
-// on the wall clock (comparable across processes on one machine).
+// on the wall clock (comparable across processes on one machine), and the CPU time it used.
 //
 // Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou).
 import { createInterface } from 'node:readline'
@@ -36,11 +36,13 @@ if (env.WL_CONTENDER === 'verrou') {
 
 const acquiredAt: number[] = []
 const releasingAt: number[] = []
+let cpuAtStart = process.cpuUsage()
 const lines = createInterface({ input: process.stdin })
 console.log('ready')
 for await (const line of lines) {
   const end = Number(/^go ([\d.]+)$/.exec(line)?.[1])
   if (!Number.isFinite(end)) continue
+  cpuAtStart = process.cpuUsage()
   while (wallNow() < end) {
     const release = await session()
     acquiredAt.push(wallNow())
@@ -50,6 +52,7 @@ for await (const line of lines) {
   break
 }
 lines.close()
+const cpu = process.cpuUsage(cpuAtStart)
 await close()
 await knex.destroy()
-console.log(JSON.stringify({ acquiredAt, releasingAt }))
+console.log(JSON.stringify({ acquiredAt, releasingAt, cpuMs: (cpu.user + cpu.system) / 1000 }))

@@ -16,11 +16,15 @@ export interface ProcessContention {
   handoff: number[]
   /** The share of hand-offs in which the releasing process took the lock straight back. */
   sameProcess: number
+  /** CPU time of all worker processes (not the database's) per critical section, in ms. */
+  cpuMsPerSection: number
 }
+
+interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
 interface Worker {
   ready: Promise<void>
-  done: Promise<{ acquiredAt: number[]; releasingAt: number[] }>
+  done: Promise<WorkerResult>
   go(end: number): void
 }
 
@@ -36,9 +40,9 @@ function startWorker(database: Database, table: string, contender: string): Work
     stdout += chunk.toString()
     if (stdout.includes('ready\n')) onReady()
   })
-  const done = new Promise<{ acquiredAt: number[]; releasingAt: number[] }>((resolve, reject) => child.on('exit', (code) => {
+  const done = new Promise<WorkerResult>((resolve, reject) => child.on('exit', (code) => {
     if (code !== 0) return reject(new Error(`a benchmark worker exited with ${code}: ${stdout}`))
-    resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as { acquiredAt: number[]; releasingAt: number[] })
+    resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as WorkerResult)
   }))
   return { ready: Promise.race([ready, done.then(() => undefined)]), done, go: (end) => child.stdin.end(`go ${end}\n`) }
 }
@@ -68,7 +72,8 @@ export async function acrossProcesses(database: Database, contender: 'worker-loc
       handoff.push((holds[i]?.acquiredAt ?? NaN) - (holds[i - 1]?.releasingAt ?? NaN))
       if (holds[i]?.worker === holds[i - 1]?.worker) same++
     }
-    return { perSecond: holds.length / seconds, handoff, sameProcess: same / Math.max(1, handoff.length) }
+    const cpuMs = results.reduce((sum, r) => sum + r.cpuMs, 0)
+    return { perSecond: holds.length / seconds, handoff, sameProcess: same / Math.max(1, handoff.length), cpuMsPerSection: cpuMs / Math.max(1, holds.length) }
   } finally {
     if (contender === 'verrou') await knex.schema.dropTableIfExists(table)
     else await dropLockTable(knex, { tableName: table })

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto'
 import Database from 'better-sqlite3'
 import pg from 'pg'
-import mysql from 'mysql2/promise'
+import mysql from 'mysql2'
 import { MYSQL_URL, POSTGRES_URL, sqliteFile, type Database as DatabaseName } from '../test/targets.mjs'
 
 /** One acquire (returning the fence, or null) and one token-guarded release. */
@@ -54,7 +54,10 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
       close: async () => { await client.end() },
     }
   }
-  const connection = await mysql.createConnection(MYSQL_URL)
+  // The callback API: the promise wrapper of mysql2 costs a few per cent more per statement.
+  const connection = mysql.createConnection(MYSQL_URL)
+  const execute = (sql: string, values: unknown[]): Promise<unknown> => new Promise((resolve, reject) =>
+    connection.execute(sql, values as never, (error: Error | null, result: unknown) => (error ? reject(error) : resolve(result))))
   const now = "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)"
   const acquire = `INSERT INTO \`${table}\` (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ${now})
      ON DUPLICATE KEY UPDATE
@@ -65,11 +68,11 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
   const release = `DELETE FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
   return {
     async acquire(n, k, t) {
-      const [header] = await connection.execute(acquire, [n, k, instance, t, lockTimeoutMs, instance, t, t, instance, t]) as unknown as [{ insertId: number }]
+      const header = await execute(acquire, [n, k, instance, t, lockTimeoutMs, instance, t, t, instance, t]) as { insertId: number }
       if (header.insertId === 1) return null
-      return (await connection.execute(fence, [n, k, t]))[0]
+      return execute(fence, [n, k, t])
     },
-    release: async (n, k, t) => { await connection.execute(release, [n, k, t]) },
-    close: async () => { await connection.end() },
+    release: async (n, k, t) => { await execute(release, [n, k, t]) },
+    close: () => new Promise<void>((resolve, reject) => connection.end((error) => (error ? reject(error) : resolve()))),
   }
 }

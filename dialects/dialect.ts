@@ -82,6 +82,12 @@ export interface Dialect {
    */
   fenceSql(table: string, quote: (name: string) => string): string | undefined
   /**
+   * The SQL expression an UPDATE that gives a row to a new holder writes into `fence`, or
+   * `undefined` where a trigger does it. It is evaluated once the row is locked, so it exceeds
+   * every fence handed out before.
+   */
+  takeoverFenceSql(table: string, quote: (name: string) => string): string | undefined
+  /**
    * Deletes our row (token-guarded) and, where the database can, tells waiting processes in the
    * same statement, delivered only once it has committed. Resolves whether a row was deleted.
    */
@@ -131,6 +137,13 @@ export function toFence(value: unknown): bigint {
   if (typeof value === 'bigint') return value
   if (typeof value === 'number' || typeof value === 'string') return BigInt(value)
   throw new TypeError(`worker-locks: the database returned a fence of type ${typeof value}`)
+}
+
+/** Reads the fence of our row with a prepared statement, for databases that cannot return it from the write itself; `null` if the row is not ours. */
+export async function fenceOf(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<bigint | null> {
+  const sql = statement(knex, 'fence', table, (quote) => `SELECT fence FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
+  const found = (await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])).rows[0]
+  return found === undefined ? null : toFence(found.fence)
 }
 
 /** Reads the fence of our row, for databases that cannot return it from the write itself. */

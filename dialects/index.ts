@@ -6,6 +6,7 @@ import { sqliteDialect } from './sqlite.js'
 
 export type { AcquireRequest, Dialect, DialectName, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts } from './dialect.js'
 export { acquire, retryingConflicts, type Strategy } from './acquire.js'
+export { handOver, type HandOverRequest } from './hand-over.js'
 export { nowBinding } from './dialect.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',

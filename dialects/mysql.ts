@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
-import { errorCode, releaseByDelete, rowsJson, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, fenceOf, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -63,17 +63,14 @@ export const mysqlDialect: Dialect = {
     const params = databaseClock
       ? [r.name, r.key, r.instanceName, r.token, r.lockTimeoutMs, r.instanceName, r.token, r.token, r.instanceName, r.token]
       : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.lockTimeoutMs, r.nowMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.nowMs]
-    const executor = executorFor(knex, mysqlDialect.rowsOf)
-    if ((await executor.run(sql, params)).insertId === REFUSED_MARKER) return null
+    if ((await executorFor(knex, mysqlDialect.rowsOf).run(sql, params)).insertId === REFUSED_MARKER) return null
     // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
-    const select = statement(knex, 'fence', r.table, (quote) =>
-      `SELECT fence FROM ${quote(r.table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
-    const row = (await executor.run(select, [r.name, r.key, r.token])).rows[0]
-    return row === undefined ? null : toFence(row.fence)
+    return fenceOf(knex, mysqlDialect, r.table, r)
   },
 
-  // Triggers fill the column (see migration 2).
+  // Triggers fill the column (see migration 2), on insert and whenever the token changes.
   fenceSql: () => undefined,
+  takeoverFenceSql: () => undefined,
 
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, mysqlDialect, table, row),
 

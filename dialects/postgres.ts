@@ -43,10 +43,11 @@ export const postgresDialect: Dialect = {
   // the statement waited for the row lock, and a holder that acquired and released meanwhile
   // may have drawn a larger one. (Table names are plain identifiers, safe inside the literal.)
   acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, postgresDialect, request, undefined, () => `nextval('"${request.table}_fence_seq"'::regclass)`),
+    acquireOnConflict(knex, postgresDialect, request, undefined, (quote) => postgresDialect.takeoverFenceSql(request.table, quote) ?? ''),
 
   // The column's default draws from a sequence (see migration 2).
   fenceSql: () => undefined,
+  takeoverFenceSql: (table: string) => `nextval('"${table}_fence_seq"'::regclass)`,
 
   async release(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
     // NOTIFY inside a statement is delivered when its transaction commits, so no listener

@@ -43,6 +43,9 @@ export const sqliteDialect: Dialect = {
   fenceSql: (table: string, quote: (name: string) => string) =>
     `(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ${quote(table)} UNION ALL SELECT high_water FROM ${quote(`${table}_fence`)}))`,
 
+  // Computed under the write lock too; the row's own fence is among those it exceeds.
+  takeoverFenceSql: (table: string, quote: (name: string) => string) => sqliteDialect.fenceSql(table, quote),
+
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
 
   // json_extract rather than ->>, which needs SQLite 3.38. SQLite looks each element up by key.

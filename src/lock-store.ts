@@ -362,19 +362,28 @@ export class LockStore {
     const sentAt = this.#monotonicNow()
     const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
-    const durationMs = this.#monotonicNow() - sentAt
     if (fence === null) {
-      this.#events.emit('refused', { name, key, durationMs })
+      this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
-    if (this.#monotonicNow() - sentAt >= this.lockTimeoutMs) {
+    return this.#won(id, name, key, token, fence, sentAt)
+  }
+
+  /**
+   * Takes on the row this store has just written with `token` (a statement sent at `sentAt`),
+   * unless the write came too late to trust or the store is closing: then it deletes the row.
+   */
+  async #won(id: string, name: string, key: string, token: string, fence: bigint, sentAt: number): Promise<Lock | null> {
+    const durationMs = this.#monotonicNow() - sentAt
+    const row = { name, key, token }
+    if (durationMs >= this.lockTimeoutMs) {
       // The statement took longer than the lease: the row may already look stale to others.
-      await this.#table.release(request).catch(() => undefined)
+      await this.#table.release(row).catch(() => undefined)
       this.#log('warn', { lockName: name, lockKey: key }, `worker-locks: acquiring lock ${describeLock(name, key)} took longer than lockTimeoutMs; it was given up.`)
       return null
     }
     if (this.#closed) {
-      await this.#table.release(request).catch((error: unknown) =>
+      await this.#table.release(row).catch((error: unknown) =>
         this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire.'))
       throw new LockStoreClosedError()
     }
@@ -397,23 +406,55 @@ export class LockStore {
 
   #release(record: HeldLock): Promise<void> {
     if (record.releasing) return record.releasing
+    const held = record.state === 'held'
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
-    const releasing = this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
-      .then(() => {
-        this.#undeleted.delete(record)
-        announceRelease(this.tableName, lockId(record.name, record.key))
-        this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
-      }, (error: unknown) => {
-        record.releasing = undefined
-        this.#undeleted.add(record)
-        throw error
-      })
+    const facts = this.#resolved?.facts
+    const releasing = held && facts && !this.#closed && !this.#acquiring.has(record.id) && this.#waiting.canHandOver(record.id)
+      ? this.#handOver(record, facts)
+      : this.#delete(record)
     record.releasing = releasing
     // close() waits for deletes already under way.
     const settled = releasing.catch(() => undefined)
     this.#inflight.add(settled)
     void settled.then(() => this.#inflight.delete(settled))
     return releasing
+  }
+
+  #delete(record: HeldLock): Promise<void> {
+    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
+      .then(() => this.#released(record, true), (error: unknown) => this.#releaseFailed(record, error))
+  }
+
+  // A waiter of this store for the same lock is asleep: it takes the row over in one statement
+  // (a new token and fence) instead of a delete and an insert, and nobody else sees the lock free.
+  #handOver(record: HeldLock, facts: ServerFacts): Promise<void> {
+    const { id, name, key } = record
+    const token = randomUUID()
+    const sentAt = this.#monotonicNow()
+    this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
+    const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
+      () => this.#table.handOver(record, token, facts, this.#nowMs()))
+    // Registered first, so that 'released' is emitted before the waiter's 'acquired'.
+    const releasing = written.then(() => this.#released(record, false), (error: unknown) => this.#releaseFailed(record, error))
+    // The waiter tries on its own if the row was no longer ours or the statement failed.
+    const claim = written
+      .then((fence) => (fence === null ? null : this.#won(id, name, key, token, fence, sentAt)))
+      .catch(() => null)
+      .finally(() => this.#acquiring.delete(id))
+    this.#waiting.handOver(id, claim)
+    return releasing
+  }
+
+  #released(record: HeldLock, freed: boolean): void {
+    this.#undeleted.delete(record)
+    if (freed) announceRelease(this.tableName, lockId(record.name, record.key))
+    this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
+  }
+
+  #releaseFailed(record: HeldLock, error: unknown): never {
+    record.releasing = undefined
+    this.#undeleted.add(record)
+    throw error
   }
 
   async #isStillValid(record: HeldLock): Promise<boolean> {

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import { nowBinding, retryingConflicts, type Dialect, type RowIdentity } from '../dialects/index.js'
+import { handOver, nowBinding, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts } from '../dialects/index.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
@@ -95,8 +95,17 @@ export class LockTable {
     return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row))
   }
 
-  // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213).
-  // Deleting by token is idempotent, so trying again is safe, and it must not fail for that.
+  /**
+   * Gives the row to `token`, a new acquisition of the same store, if it still carries the
+   * releasing token: a fresh timestamp and a new fence in one statement. Resolves the new fence,
+   * or `null` when the row is no longer ours.
+   */
+  handOver(row: RowIdentity, token: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
+    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, nowMs }))
+  }
+
+  // InnoDB may pick a release (or a hand-over) as the victim of a deadlock with acquirers of the same row (1213).
+  // Both are guarded by our token, so trying again is safe, and they must not fail for that.
   #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {
     return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
   }

@@ -31,6 +31,8 @@ interface Waiter {
   interrupt: (() => void) | undefined
   /** Resolves when the loop next falls asleep or ends: the work a sleep's timer started. */
   settled: { promise: Promise<void>; resolve: () => void } | undefined
+  /** A lock being handed over to this waiter (see WaitRoom.handOver), or `null` if that failed. */
+  claim: Promise<Lock | null> | undefined
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
@@ -63,6 +65,27 @@ export class WaitRoom {
     head.interrupt?.()
   }
 
+  /**
+   * Whether the first waiter for the lock `id` is asleep between attempts, so that the store may
+   * hand it the lock directly with {@link handOver}.
+   */
+  canHandOver(id: string): boolean {
+    const head = this.#queues.get(id)?.[0]
+    return head !== undefined && head.interrupt !== undefined && head.stop === undefined && head.claim === undefined
+  }
+
+  /**
+   * Gives the first waiter for `id` (asleep, see {@link canHandOver}) the lock `claim` resolves:
+   * it wakes, makes no attempt of its own until `claim` settles, then takes the lock, or goes on
+   * trying as before if `claim` resolves `null`. `claim` must not reject.
+   */
+  handOver(id: string, claim: Promise<Lock | null>): void {
+    const head = this.#queues.get(id)?.[0]
+    if (!head) return
+    head.claim = claim
+    head.interrupt?.()
+  }
+
   /** Makes every waiter give up with `reason`. */
   stopAll(reason: unknown): void {
     for (const queue of this.#queues.values()) for (const waiter of queue) this.#stop(waiter, reason)
@@ -74,7 +97,7 @@ export class WaitRoom {
    */
   async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
     const o = this.#o
-    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined }
+    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined }
     this.#enter(id, waiter)
     const started = o.monotonicNow()
     const deadline = started + timeoutMs
@@ -91,10 +114,16 @@ export class WaitRoom {
     let outcome: 'acquired' | 'timeout' | 'aborted' | 'closed' = 'aborted'
     try {
       for (;;) {
-        if (waiter.stop !== undefined) throw waiter.stop
-        if (this.#queues.get(id)?.[0] === waiter) {
-          let lock: Lock | null = null
-          let failed = false
+        // A lock handed over comes before giving up: one won as the wait ends is released below.
+        let lock: Lock | null = null
+        let failed = false
+        if (waiter.claim) {
+          lock = await waiter.claim
+          waiter.claim = undefined
+        }
+        if (!lock && waiter.stop !== undefined) throw waiter.stop
+        const attempting = !lock && this.#queues.get(id)?.[0] === waiter
+        if (attempting) {
           try {
             lock = await o.attempt(name, key)
           } catch (error) {
@@ -103,15 +132,17 @@ export class WaitRoom {
             failed = true
             o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
           }
-          if (lock) {
-            if (waiter.stop === undefined) {
-              outcome = 'acquired'
-              return lock
-            }
-            await lock.release().catch((error: unknown) =>
-              o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
-            throw waiter.stop
+        }
+        if (lock) {
+          if (waiter.stop === undefined) {
+            outcome = 'acquired'
+            return lock
           }
+          await lock.release().catch((error: unknown) =>
+            o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
+          throw waiter.stop
+        }
+        if (attempting) {
           if (o.monotonicNow() >= deadline) throw new LockTimeoutError(name, key, timeoutMs)
           const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
           // Only a wait that ran its full length grows the next one; a wake-up never does.

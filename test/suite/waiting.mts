@@ -17,6 +17,21 @@ async function heldByAnother(h: Harness): Promise<{ clock: ManualClock; waiter: 
   return { clock, waiter, name, held }
 }
 
+/** Lets waiters that need no SQL to find their lock busy fall asleep. */
+const asleep = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
+
+/** The SQL text of every statement run on the harness's connection while `fn` runs. */
+async function statements<T>(h: Harness, fn: () => Promise<T>): Promise<{ result: T; sql: string[] }> {
+  const sql: string[] = []
+  const record = (query: { sql: string }): void => { sql.push(query.sql) }
+  h.knex.on('query', record)
+  try {
+    return { result: await fn(), sql }
+  } finally {
+    h.knex.off('query', record)
+  }
+}
+
 export function waitingSuite(h: Harness): void {
   it('hands a released lock to a waiter at once, without the clock moving', async () => {
     const { waiter, name, held } = await heldByAnother(h)
@@ -36,6 +51,85 @@ export function waitingSuite(h: Harness): void {
     const waiting = store.acquireLock(name)
     await held.release()
     assert.ok(await waiting)
+  })
+
+  it('hands a released lock straight to an asleep waiter of the same store: one UPDATE, a larger fence, then on to other stores', async () => {
+    const clock = new ManualClock()
+    const store = h.clockedStore(clock)
+    const other = h.clockedStore(clock)
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    const waiting = store.acquireLock(name)
+    const otherRefused = new Promise<void>((resolve) => other.on('refused', () => resolve()))
+    const elsewhere = other.acquireLock(name)
+    await otherRefused // the other store's waiter asked once and fell asleep
+    await asleep()
+    const events: string[] = []
+    store.on('released', (e) => events.push(`released ${e.name}`))
+    store.on('acquired', (e) => events.push(`acquired ${e.name}`))
+    const { result: lock, sql } = await statements(h, async () => {
+      await held.release()
+      return waiting
+    })
+    assert.deepEqual(sql.filter((text) => /^\s*(insert|delete|with)\b/i.test(text)), [], 'the row was neither deleted nor inserted')
+    assert.equal(sql.filter((text) => /^\s*update\b/i.test(text)).length, 1)
+    assert.deepEqual(events, [`released ${name}`, `acquired ${name}`])
+    assert.ok(lock.fence > held.fence)
+    assert.equal((await h.row(name))?.token, lock.token)
+    assert.equal(await lock.isStillValid(), true)
+    assert.equal(await held.isStillValid(), false)
+    // No waiter of its own is left: the lock is freed, and the other store's waiter gets it.
+    await lock.release()
+    const next = await elsewhere
+    assert.ok(next.fence > lock.fence)
+  })
+
+  it('releases a lock handed to a waiter whose wait ended meanwhile, leaving it free', async () => {
+    const store = h.clockedStore(new ManualClock())
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    const controller = new AbortController()
+    const outcome = store.acquireLock(name, '', { signal: controller.signal }).then(() => 'acquired', (error: unknown) => error)
+    await asleep()
+    const { sql } = await statements(h, async () => {
+      const releasing = held.release() // starts the hand-over
+      controller.abort(new Error('gave up'))
+      await releasing
+      return outcome
+    })
+    assert.equal(sql.filter((text) => /^\s*update\b/i.test(text)).length, 1, 'the lock was handed over')
+    assert.equal(((await outcome) as Error).message, 'gave up')
+    assert.equal(await h.row(name), undefined, 'the handed-over lock was released, not left held')
+    assert.ok(await store.tryAcquireLock(name))
+  })
+
+  it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
+    const clock = new ManualClock()
+    const store = h.clockedStore(clock)
+    const thief = h.clockedStore(clock)
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    // The row goes stale behind its holder's back (as if renewals had failed) and is taken over.
+    await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
+    const stolen = await thief.tryAcquireLock(name)
+    assert.ok(stolen)
+    const refused = new Promise<void>((resolve) => store.on('refused', () => resolve()))
+    let acquired: Lock | undefined
+    const waiting = store.acquireLock(name).then((lock) => {
+      acquired = lock
+      return lock
+    })
+    await asleep()
+    const { sql } = await statements(h, () => held.release())
+    assert.equal(sql.filter((text) => /^\s*update\b/i.test(text)).length, 1, 'a hand-over was tried, and found the row no longer ours')
+    await refused // so the waiter asked the database itself, and was refused
+    assert.equal(acquired, undefined)
+    assert.equal((await h.row(name))?.token, stolen.token, 'the thief still holds it')
+    await stolen.release()
+    assert.ok((await waiting).fence > stolen.fence)
   })
 
   it('takes the lock from a stuck holder once it times out', async () => {

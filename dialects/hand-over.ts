@@ -1,0 +1,38 @@
+import type { Knex } from 'knex'
+import { fenceOf, toFence, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { executorFor, statement } from './executor.js'
+
+/** Passing a held row from one acquisition to the next within the same store. */
+export interface HandOverRequest {
+  readonly table: string
+  /** The row as the releasing lock holds it. */
+  readonly row: RowIdentity
+  /** The token of the acquisition that takes it over. */
+  readonly token: string
+  /** As in `AcquireRequest`: the time to write, or `null` for the database clock. */
+  readonly nowMs: number | null
+}
+
+/**
+ * Gives our row to a new token of the same store in one statement, instead of deleting it and
+ * inserting it again: a fresh timestamp and a new fence (drawn as a takeover draws it), only if
+ * the row still carries the releasing token. Resolves the new fence, or `null` when the row is no
+ * longer ours (deleted, or taken over by another worker).
+ */
+export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts, r: HandOverRequest): Promise<bigint | null> {
+  const databaseClock = r.nowMs === null
+  const sql = statement(knex, databaseClock ? 'hand-over/database-clock' : 'hand-over/local-clock', r.table, (quote) => {
+    const fence = dialect.takeoverFenceSql(r.table, quote)
+    return `UPDATE ${quote(r.table)} SET token = ?, last_renewed_ts = ${databaseClock ? dialect.nowSql : '?'}${fence === undefined ? '' : `, fence = ${fence}`}
+     WHERE lock_name = ? AND lock_key = ? AND token = ?${facts.returning ? ' RETURNING fence' : ''}`
+  })
+  const { row } = r
+  const params = databaseClock ? [r.token, row.name, row.key, row.token] : [r.token, r.nowMs, row.name, row.key, row.token]
+  const result = await executorFor(knex, dialect.rowsOf).run(sql, params)
+  if (facts.returning) {
+    const written = result.rows[0]
+    return written === undefined ? null : toFence(written.fence)
+  }
+  if (result.affectedRows === 0) return null
+  return fenceOf(knex, dialect, r.table, { name: row.name, key: row.key, token: r.token })
+}
