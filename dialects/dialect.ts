@@ -30,6 +30,8 @@ export interface RowIdentity {
 export interface ReleaseSubscription {
   /** Ends the connection. */
   close(): Promise<void>
+  /** Whether the open connection keeps the Node.js process running (it does at first). */
+  keepProcessAlive(keep: boolean): void
 }
 
 /** Telling other processes that a lock was released. */

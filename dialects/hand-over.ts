@@ -13,6 +13,9 @@ export interface HandOverRequest {
   readonly nowMs: number | null
 }
 
+// The statement cache's names for the four variants of the text.
+const HAND_OVER_KINDS = ['hand-over/local-clock', 'hand-over/local-clock/returning', 'hand-over/database-clock', 'hand-over/database-clock/returning'] as const
+
 /**
  * Gives our row to a new token of the same store in one statement, instead of deleting it and
  * inserting it again: a fresh timestamp and a new fence (drawn as a takeover draws it), only if
@@ -21,7 +24,8 @@ export interface HandOverRequest {
  */
 export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts, r: HandOverRequest): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
-  const sql = statement(knex, databaseClock ? 'hand-over/database-clock' : 'hand-over/local-clock', r.table, (quote) => {
+  const kind = HAND_OVER_KINDS[(databaseClock ? 2 : 0) + (facts.returning ? 1 : 0)] ?? ''
+  const sql = statement(knex, kind, r.table, (quote) => {
     const fence = dialect.takeoverFenceSql(r.table, quote)
     return `UPDATE ${quote(r.table)} SET token = ?, last_renewed_ts = ${databaseClock ? dialect.nowSql : '?'}${fence === undefined ? '' : `, fence = ${fence}`}
      WHERE lock_name = ? AND lock_key = ? AND token = ?${facts.returning ? ' RETURNING fence' : ''}`

@@ -22,6 +22,8 @@ interface ListeningClient {
   on(event: 'error', listener: (error: Error) => void): void
   on(event: 'end', listener: () => void): void
   query(sql: string): Promise<unknown>
+  /** pg's connection; its socket is what keeps the process alive. */
+  connection?: { stream?: { ref?(): unknown; unref?(): unknown } }
 }
 
 /** PostgreSQL through `pg`. */
@@ -108,6 +110,11 @@ export const postgresDialect: Dialect = {
         async close() {
           closed = true
           await knex.client.destroyRawConnection(client)
+        },
+        keepProcessAlive(keep: boolean) {
+          const socket = client.connection?.stream
+          if (keep) socket?.ref?.()
+          else socket?.unref?.()
         },
       }
     },

@@ -13,6 +13,8 @@ export interface HeldLock extends LockState {
   renewedAt: number
   /** Monotonic time at which the lock was acquired. */
   readonly acquiredAt: number
+  /** How many hand-overs in a row (releases straight to a waiter of the same store) led to this lock. */
+  readonly handOvers: number
 }
 
 export interface HeldLocksOptions {

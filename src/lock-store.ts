@@ -8,7 +8,7 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, waitForLocalRelease } from './release-bus.js'
+import { announceRelease, takeTurn, waitForLocalRelease } from './release-bus.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -25,6 +25,10 @@ import {
 // waiter left. Opening one costs PostgreSQL a new backend process; a service that waits on locks
 // now and then keeps one connection instead of opening one per wait.
 const LISTENER_LINGER_MS = 10_000
+
+// A release hands a lock straight to a waiter of the same store at most this many times in a
+// row; the next release frees it, so that waiters in other processes get their chance too.
+const MAX_HAND_OVERS_IN_A_ROW = 8
 
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 const lockId = (name: string, key: string): string => `${name}\0${key}`
@@ -151,7 +155,7 @@ export class LockStore {
         if (occupied) this.#listener?.start()
         else this.#listener?.idle(LISTENER_LINGER_MS)
       },
-      waitingFor: (id) => waitForLocalRelease(this.tableName, id, () => this.#waiting.wake(id)),
+      waitingFor: (id) => waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id)),
     })
   }
 
@@ -366,14 +370,14 @@ export class LockStore {
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
-    return this.#won(id, name, key, token, fence, sentAt)
+    return this.#won(id, name, key, token, fence, sentAt, 0)
   }
 
   /**
    * Takes on the row this store has just written with `token` (a statement sent at `sentAt`),
    * unless the write came too late to trust or the store is closing: then it deletes the row.
    */
-  async #won(id: string, name: string, key: string, token: string, fence: bigint, sentAt: number): Promise<Lock | null> {
+  async #won(id: string, name: string, key: string, token: string, fence: bigint, sentAt: number, handOvers: number): Promise<Lock | null> {
     const durationMs = this.#monotonicNow() - sentAt
     const row = { name, key, token }
     if (durationMs >= this.lockTimeoutMs) {
@@ -396,6 +400,7 @@ export class LockStore {
       releasing: undefined,
       renewedAt: sentAt,
       acquiredAt: sentAt,
+      handOvers,
     }
     const lock = new Lock(this.#owner, record)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
@@ -409,14 +414,13 @@ export class LockStore {
     const held = record.state === 'held'
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const facts = this.#resolved?.facts
-    const releasing = held && facts && !this.#closed && !this.#acquiring.has(record.id) && this.#waiting.canHandOver(record.id)
-      ? this.#handOver(record, facts)
-      : this.#delete(record)
+    // takeTurn comes last: it moves this store to the back of the line of stores waiting here.
+    const handOver = held && facts !== undefined && !this.#closed && !this.#acquiring.has(record.id) &&
+      record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#waiting.canHandOver(record.id) &&
+      takeTurn(this.tableName, record.id, this)
+    const releasing = handOver ? this.#handOver(record, facts) : this.#delete(record)
     record.releasing = releasing
-    // close() waits for deletes already under way.
-    const settled = releasing.catch(() => undefined)
-    this.#inflight.add(settled)
-    void settled.then(() => this.#inflight.delete(settled))
+    this.#track(releasing) // close() waits for deletes already under way
     return releasing
   }
 
@@ -434,15 +438,27 @@ export class LockStore {
     this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
     const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
       () => this.#table.handOver(record, token, facts, this.#nowMs()))
-    // Registered first, so that 'released' is emitted before the waiter's 'acquired'.
-    const releasing = written.then(() => this.#released(record, false), (error: unknown) => this.#releaseFailed(record, error))
+    // Registered first, so that 'released' is emitted before the waiter's 'acquired'. If the
+    // hand-over failed (a deadlock on MySQL, a lost reply), the row carries one token or the
+    // other: delete both, and the release succeeds or fails as a plain one would.
+    const releasing = written.then(
+      () => this.#released(record, false),
+      () => this.#table.release({ name, key, token }).catch(() => undefined).then(() => this.#delete(record)),
+    )
     // The waiter tries on its own if the row was no longer ours or the statement failed.
     const claim = written
-      .then((fence) => (fence === null ? null : this.#won(id, name, key, token, fence, sentAt)))
+      .then((fence) => (fence === null ? null : this.#won(id, name, key, token, fence, sentAt, record.handOvers + 1)))
       .catch(() => null)
       .finally(() => this.#acquiring.delete(id))
+    this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)
     return releasing
+  }
+
+  #track(work: Promise<unknown>): void {
+    const settled = work.then(() => undefined, () => undefined)
+    this.#inflight.add(settled)
+    void settled.then(() => this.#inflight.delete(settled))
   }
 
   #released(record: HeldLock, freed: boolean): void {

@@ -4,21 +4,35 @@
 // database for a lock only one can get.) Keyed by table name: stores on different databases
 // that share a table name may get a wake-up too many, which costs one attempt.
 
-type Wake = () => void
+interface WaitingStore {
+  /** Identifies the store (compared by reference). */
+  readonly owner: object
+  readonly wake: () => void
+}
 
-const waitingStores = new Map<string, Wake[]>()
+const waitingStores = new Map<string, WaitingStore[]>()
 
-/** Registers a store that waits for `lockId` in `table`; the returned function unregisters it. */
-export function waitForLocalRelease(table: string, lockId: string, wake: Wake): () => void {
+/** Registers `owner`, a store that waits for `lockId` in `table`; the returned function unregisters it. */
+export function waitForLocalRelease(table: string, lockId: string, owner: object, wake: () => void): () => void {
   const key = `${table}\0${lockId}`
   let queue = waitingStores.get(key)
   if (!queue) waitingStores.set(key, (queue = []))
-  queue.push(wake)
+  const entry = { owner, wake }
+  queue.push(entry)
   return () => {
-    const index = queue.indexOf(wake)
+    const index = queue.indexOf(entry)
     if (index >= 0) queue.splice(index, 1)
     if (queue.length === 0 && waitingStores.get(key) === queue) waitingStores.delete(key)
   }
+}
+
+/** Moves the first waiting store to the back of the line and returns it. */
+function nextInLine(table: string, lockId: string): WaitingStore | undefined {
+  const queue = waitingStores.get(`${table}\0${lockId}`)
+  const first = queue?.shift()
+  if (!queue || !first) return undefined
+  queue.push(first)
+  return first
 }
 
 /**
@@ -26,9 +40,17 @@ export function waitForLocalRelease(table: string, lockId: string, wake: Wake): 
  * moves that store to the back of the line, so that stores take turns.
  */
 export function announceRelease(table: string, lockId: string): void {
+  nextInLine(table, lockId)?.wake()
+}
+
+/**
+ * Whether `owner` may keep a lock it is releasing for one of its own waiters: it may if it is
+ * the store whose turn it is (the first in line, or the only one waiting), and then it goes to
+ * the back of the line as if the release had woken it.
+ */
+export function takeTurn(table: string, lockId: string, owner: object): boolean {
   const queue = waitingStores.get(`${table}\0${lockId}`)
-  const first = queue?.shift()
-  if (!queue || !first) return
-  queue.push(first)
-  first()
+  if (queue?.[0]?.owner !== owner) return false
+  nextInLine(table, lockId)
+  return true
 }

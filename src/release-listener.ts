@@ -1,13 +1,14 @@
 import type { Knex } from 'knex'
-import type { ReleaseNotifications } from '../dialects/index.js'
+import type { ReleaseNotifications, ReleaseSubscription } from '../dialects/index.js'
 import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
 import type { Clock, TimerHandle } from './clock.js'
 import type { LogLevel } from './logger.js'
 
 /**
  * Keeps one connection listening for releases announced by other processes while a store has
- * waiters (and for a while after the last one left, see {@link idle}). If the connection drops it reconnects at once, then with backoff; meanwhile waiters
- * simply keep polling, so nothing depends on it being up.
+ * waiters, and for a while after the last one left (see {@link idle}). If the connection drops
+ * it reconnects at once, then with backoff; meanwhile waiters simply keep polling, so nothing
+ * depends on it being up.
  */
 export class ReleaseListener {
   readonly #knex: Knex
@@ -17,11 +18,14 @@ export class ReleaseListener {
   readonly #timers: Clock
   readonly #log: (level: LogLevel, details: object, message: string) => void
   #running: Promise<void> | undefined
-  // Resolves the current wait (for the connection to drop, or for the retry delay) early.
+  // Ends the current wait (for the connection to drop, or for the retry delay) early.
   #interrupt: (() => void) | undefined
   #wanted = false
-  // The pending stop of idle(), if any.
+  // The pending stop of idle(), if any; while it is pending the connection does not keep the process alive.
   #idleTimer: TimerHandle | undefined
+  #subscription: ReleaseSubscription | undefined
+  // Callers of stop() waiting for the connection to close; start() calls their stop off.
+  #stopping: Array<() => void> = []
 
   constructor(
     knex: Knex, notifications: ReleaseNotifications, table: string, onRelease: (name: string, key: string) => void,
@@ -35,33 +39,41 @@ export class ReleaseListener {
     this.#log = log
   }
 
-  /** Starts listening in the background; does nothing (but cancel a pending idle stop) if already listening. */
+  /** Starts listening in the background; if already listening (or lingering), keeps the connection. */
   start(): void {
     this.#cancelIdle()
+    this.#subscription?.keepProcessAlive(true)
     this.#wanted = true
-    this.#running ??= this.#run().finally(() => { this.#running = undefined })
+    for (const resolve of this.#stopping.splice(0)) resolve()
+    this.#running ??= this.#run().finally(() => {
+      this.#running = undefined
+      for (const resolve of this.#stopping.splice(0)) resolve()
+    })
   }
 
   /**
    * Stops listening after `lingerMs` unless `start()` is called first. A process that waits
    * again soon keeps its connection (and hears releases from the first moment) instead of
-   * opening a new one, which costs the server a new backend, every time.
+   * opening a new one, which costs the server a new backend, every time. Meanwhile the
+   * connection does not keep the process running.
    */
   idle(lingerMs: number): void {
     this.#cancelIdle()
     if (!this.#wanted) return
+    this.#subscription?.keepProcessAlive(false)
     this.#idleTimer = this.#timers.setTimeout(() => {
       this.#idleTimer = undefined
       return this.stop()
     }, lingerMs)
   }
 
-  /** Stops listening and closes the connection. */
-  async stop(): Promise<void> {
+  /** Stops listening and closes the connection; resolves once it is closed, or once `start()` called the stop off. */
+  stop(): Promise<void> {
     this.#cancelIdle()
     this.#wanted = false
     this.#interrupt?.()
-    await this.#running
+    if (!this.#running) return Promise.resolve()
+    return new Promise((resolve) => this.#stopping.push(resolve))
   }
 
   #cancelIdle(): void {
@@ -73,16 +85,30 @@ export class ReleaseListener {
   async #run(): Promise<void> {
     for (let failures = 0; this.#wanted;) {
       try {
-        let dropped!: (error: unknown) => void
-        const drop = new Promise<unknown>((resolve) => { dropped = resolve })
-        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#onRelease, dropped)
+        let dropped: unknown
+        let wake: (() => void) | undefined
+        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#onRelease, (error) => {
+          dropped = error ?? new Error('the listening connection closed')
+          wake?.()
+        })
+        this.#subscription = subscription
+        subscription.keepProcessAlive(this.#idleTimer === undefined)
         if (this.#wanted) {
           failures = 0
           this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
-          this.#interrupt = () => dropped(undefined)
-          const error = await drop
-          this.#interrupt = undefined
-          if (this.#wanted) this.#log('warn', { err: error, table: this.#table }, 'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
+        }
+        // Wakes when the connection drops or stop() is called; a start() that follows a stop()
+        // before this loop noticed finds the connection still up and keeps it.
+        while (this.#wanted && dropped === undefined) {
+          await new Promise<void>((resolve) => {
+            wake = resolve
+            this.#interrupt = resolve
+          })
+        }
+        this.#interrupt = undefined
+        this.#subscription = undefined
+        if (dropped !== undefined && this.#wanted) {
+          this.#log('warn', { err: dropped, table: this.#table }, 'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
         }
         await subscription.close().catch(() => undefined)
       } catch (error) {

@@ -105,6 +105,33 @@ export function waitingSuite(h: Harness): void {
     assert.ok(await store.tryAcquireLock(name))
   })
 
+  it('answers tryAcquireLock with null while a lock is being handed to a waiter, and close() waits for the hand-over', async () => {
+    const store = h.clockedStore(new ManualClock())
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    const waiting = store.acquireLock(name)
+    await asleep()
+    const releasing = held.release() // starts the hand-over
+    assert.equal(await store.tryAcquireLock(name), null, 'the lock is on its way to the waiter')
+    await releasing
+    assert.ok((await waiting).fence > held.fence)
+
+    // Closing while a hand-over is under way: the waiter is told the store closed, and the row
+    // handed to it is deleted before close() resolves.
+    const store2 = h.clockedStore(new ManualClock())
+    const name2 = h.lockName()
+    const held2 = await store2.tryAcquireLock(name2)
+    assert.ok(held2)
+    const outcome2 = store2.acquireLock(name2).then((l) => l, (error: unknown) => error)
+    await asleep()
+    const releasing2 = held2.release()
+    await store2.close()
+    await releasing2
+    assert.ok(await outcome2 instanceof LockStoreClosedError)
+    assert.equal(await h.row(name2), undefined)
+  })
+
   it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
     const clock = new ManualClock()
     const store = h.clockedStore(clock)
@@ -130,6 +157,67 @@ export function waitingSuite(h: Harness): void {
     assert.equal((await h.row(name))?.token, stolen.token, 'the thief still holds it')
     await stolen.release()
     assert.ok((await waiting).fence > stolen.fence)
+  })
+
+  it('keeps one holder at a time and growing fences while tasks of two stores pass locks around and give up', async () => {
+    const clock = new ManualClock()
+    const stores = [h.clockedStore(clock), h.clockedStore(clock)]
+    const names = [h.lockName('pass'), h.lockName('pass')]
+    let seed = 42
+    const random = (): number => ((seed = (seed * 1_103_515_245 + 12_345) % 2 ** 31) / 2 ** 31)
+    const holders = new Map<string, number>()
+    const fences = new Map<string, bigint>()
+    const problems: string[] = []
+    let acquired = 0
+    let gaveUp = 0
+    const task = async (t: number): Promise<void> => {
+      for (let round = 0; round < 15; round++) {
+        const name = names[random() < 0.5 ? 0 : 1] ?? ''
+        const controller = new AbortController()
+        // Some waits give up at a random moment: while asleep, while a lock is handed to them…
+        if (random() < 0.25) {
+          const ticks = Math.floor(random() * 4)
+          void (async () => {
+            for (let i = 0; i < ticks; i++) await asleep()
+            controller.abort(new Error('gave up'))
+          })()
+        }
+        let lock: Lock
+        try {
+          lock = await stores[t % 2]!.acquireLock(name, '', { signal: controller.signal })
+        } catch (error) {
+          if ((error as Error).message !== 'gave up') throw error
+          gaveUp++
+          continue
+        }
+        if (holders.has(name)) problems.push(`task ${t} got ${name} while task ${holders.get(name)} held it`)
+        const last = fences.get(name)
+        if (last !== undefined && lock.fence <= last) problems.push(`fence ${lock.fence} after ${last} for ${name}`)
+        holders.set(name, t)
+        fences.set(name, lock.fence)
+        acquired++
+        const ticks = 1 + Math.floor(random() * 3)
+        for (let i = 0; i < ticks; i++) await asleep()
+        holders.delete(name)
+        await lock.release()
+      }
+    }
+    let running = true
+    // Moves time on, so that a waiter nobody wakes still finds the lock at its next backoff.
+    const time = (async () => {
+      while (running) {
+        await asleep()
+        await clock.advance(500)
+      }
+    })()
+    const { sql } = await statements(h, () => Promise.all(Array.from({ length: 8 }, (_, t) => task(t))))
+    running = false
+    await time
+    assert.deepEqual(problems, [])
+    assert.ok(sql.some((text) => /^\s*update\b[\s\S]*set token = /i.test(text)), 'some locks were handed over')
+    assert.equal(acquired + gaveUp, 8 * 15)
+    assert.ok(acquired > 60, `only ${acquired} acquisitions`)
+    for (const name of names) assert.equal(await h.row(name), undefined, 'nothing is left held')
   })
 
   it('takes the lock from a stuck holder once it times out', async () => {
