@@ -17,6 +17,15 @@ async function heldByAnother(h: Harness): Promise<{ clock: ManualClock; waiter: 
   return { clock, waiter, name, held }
 }
 
+/** A lock held by a store of its own (its waiters will be of the same store). */
+async function heldInOneStore(h: Harness): Promise<{ store: LockStore; name: string; held: Lock }> {
+  const store = h.clockedStore(new ManualClock())
+  const name = h.lockName()
+  const held = await store.tryAcquireLock(name)
+  assert.ok(held)
+  return { store, name, held }
+}
+
 /** Lets waiters that need no SQL to find their lock busy fall asleep. */
 const asleep = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
@@ -44,10 +53,7 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('gives the lock to a waiter of the same store when the holder releases it', async () => {
-    const store = h.clockedStore(new ManualClock())
-    const name = h.lockName()
-    const held = await store.tryAcquireLock(name)
-    assert.ok(held)
+    const { store, name, held } = await heldInOneStore(h)
     const waiting = store.acquireLock(name)
     await held.release()
     assert.ok(await waiting)
@@ -86,10 +92,7 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('releases a lock handed to a waiter whose wait ended meanwhile, leaving it free', async () => {
-    const store = h.clockedStore(new ManualClock())
-    const name = h.lockName()
-    const held = await store.tryAcquireLock(name)
-    assert.ok(held)
+    const { store, name, held } = await heldInOneStore(h)
     const controller = new AbortController()
     const outcome = store.acquireLock(name, '', { signal: controller.signal }).then(() => 'acquired', (error: unknown) => error)
     await asleep()
@@ -106,10 +109,7 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('answers tryAcquireLock with null while a lock is being handed to a waiter, and close() waits for the hand-over', async () => {
-    const store = h.clockedStore(new ManualClock())
-    const name = h.lockName()
-    const held = await store.tryAcquireLock(name)
-    assert.ok(held)
+    const { store, name, held } = await heldInOneStore(h)
     const waiting = store.acquireLock(name)
     await asleep()
     const releasing = held.release() // starts the hand-over
@@ -119,10 +119,7 @@ export function waitingSuite(h: Harness): void {
 
     // Closing while a hand-over is under way: the waiter is told the store closed, and the row
     // handed to it is deleted before close() resolves.
-    const store2 = h.clockedStore(new ManualClock())
-    const name2 = h.lockName()
-    const held2 = await store2.tryAcquireLock(name2)
-    assert.ok(held2)
+    const { store: store2, name: name2, held: held2 } = await heldInOneStore(h)
     const outcome2 = store2.acquireLock(name2).then((l) => l, (error: unknown) => error)
     await asleep()
     const releasing2 = held2.release()
