@@ -2,7 +2,11 @@ import type { LockLossReason } from './errors.js'
 
 /** What each event of a store carries. Durations are in milliseconds. */
 export interface LockEventMap {
-  /** A lock was acquired (by `tryAcquireLock`, or by a waiter). `durationMs`: the acquiring statement. */
+  /**
+   * A lock was acquired (by `tryAcquireLock`, or by a waiter, also when the release of a lock by
+   * the same store handed it over: then after that lock's `released`). `durationMs`: the
+   * acquiring statement.
+   */
   acquired: { name: string; key: string; fence: bigint; durationMs: number }
   /** An attempt found the lock held by someone else. */
   refused: { name: string; key: string; durationMs: number }

@@ -205,7 +205,8 @@ export class LockStore {
    * Waits until this store holds the lock `(name, key)` and resolves it. Waiters in one store
    * are served first come, first served. Between attempts it backs off (see the `backoff`
    * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
-   * at once.
+   * at once. A release by this same store hands the lock straight to its next waiter (up to 8
+   * times in a row, taking turns with other stores of the process waiting for it).
    * @throws LockTimeoutError after `timeoutMs`, holding nothing
    * @throws the signal's reason when `signal` aborts, holding nothing
    * @throws LockStoreClosedError when the store is closed while waiting

@@ -103,10 +103,11 @@ export class Lock {
   }
 
   /**
-   * Deletes the lock's row if it still carries our token (never another holder's), stops
-   * renewing, and aborts {@link signal}. Safe to call more than once; a call after a failed one
-   * tries the delete again. Rejects with a `LockDatabaseError` if the database fails; the lock
-   * then expires on its own.
+   * Gives up the lock: deletes its row if it still carries our token (never another holder's),
+   * or, when a waiter of the same store is next, hands the row to that waiter; stops renewing,
+   * and aborts {@link signal}. When it resolves, this lock's token no longer holds the row. Safe
+   * to call more than once; a call after a failed one tries the delete again. Rejects with a
+   * `LockDatabaseError` if the database fails; the lock then expires on its own.
    */
   release(): Promise<void> {
     return this.#owner.release(this.#state)
