@@ -14,17 +14,15 @@ const CONFLICT_ATTEMPTS = 3
  * it lost a race: a deadlock or a serialization failure. When the attempts are used up,
  * `exhausted` decides the outcome. Every other error rejects at once.
  */
-export async function retryingConflicts<T>(
+export function retryingConflicts<T>(
   dialect: Dialect, attempts: number, run: () => Promise<T>, exhausted: (error: unknown) => T,
 ): Promise<T> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await run()
-    } catch (error) {
-      if (!dialect.isTransientConflict(error)) throw error
-      if (attempt >= attempts) return exhausted(error)
-    }
-  }
+  // Chained rather than an async loop: the common first attempt adds no promise of its own.
+  const attempt = (n: number): Promise<T> => run().catch((error: unknown) => {
+    if (!dialect.isTransientConflict(error)) throw error
+    return n >= attempts ? exhausted(error) : attempt(n + 1)
+  })
+  return attempt(1)
 }
 
 /**

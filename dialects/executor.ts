@@ -51,15 +51,30 @@ function pgStatement(sql: string): { name: string; text: string } {
   return statement
 }
 
-async function withConnection<T>(client: Client, sql: string, params: readonly unknown[], run: (connection: unknown) => Promise<T> | T): Promise<T> {
-  const connection = await client.acquireConnection()
-  try {
-    client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid })
-    return await run(connection)
-  } finally {
-    // Synchronous in knex (the promise it returns is already settled): no need to wait a tick for it.
-    void client.releaseConnection(connection)
-  }
+function withConnection<T>(client: Client, sql: string, params: readonly unknown[], run: (connection: unknown) => Promise<T> | T): Promise<T> {
+  // Chained rather than async/await: this runs twice per lock, and every hop costs.
+  return client.acquireConnection().then((connection) => {
+    // Synchronous in knex (the promise it returns is already settled): no need to wait for it.
+    const giveBack = (): void => { void client.releaseConnection(connection) }
+    try {
+      client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid })
+      const result = run(connection)
+      if (!(result instanceof Promise)) {
+        giveBack()
+        return result
+      }
+      return result.then((value) => {
+        giveBack()
+        return value
+      }, (error: unknown) => {
+        giveBack()
+        throw error
+      })
+    } catch (error) {
+      giveBack()
+      throw error
+    }
+  })
 }
 
 const executors = new WeakMap<object, Executor>()
@@ -89,10 +104,9 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
       }
     case 'pg':
       return {
-        run: (sql, params) => withConnection(client, sql, params, async (connection) => {
-          const result = await (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
-          return { rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }
-        }),
+        run: (sql, params) => withConnection(client, sql, params, (connection) =>
+          (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
+            .then((result) => ({ rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }))),
       }
     case 'mysql2':
       return {

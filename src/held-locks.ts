@@ -79,7 +79,9 @@ export class HeldLocks {
     record.loss = { reason, message, cause }
     if (this.#byId.get(record.id) === record) this.#byId.delete(record.id)
     this.#finalizer.unregister(record)
-    if (this.#byId.size === 0) this.#clearTimer()
+    // The timer is left to run out when the last lock ends: it finds nothing to renew, and a
+    // store that takes and releases locks one after another would otherwise set and clear a
+    // timer for every lock. (It is unref'd: it keeps no process alive.)
     const controller = record.controller?.deref()
     if (controller) controller.abort(lossError(record, record.loss))
     if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message())

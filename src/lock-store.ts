@@ -356,7 +356,7 @@ export class LockStore {
   }
 
   async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
-    const { strategy, facts } = await this.#resolve()
+    const { strategy, facts } = this.#resolved ?? await this.#resolve()
     const token = randomUUID()
     const request = {
       table: this.tableName, name, key, token,
@@ -486,12 +486,16 @@ export class LockStore {
   }
 
   // `what` is a function when it would cost work to build: the hot path only needs it on failure.
-  async #database<T>(what: string | (() => string), run: () => Promise<T>): Promise<T> {
-    try {
-      return await run()
-    } catch (error) {
+  // Chained rather than async/await, to add no promise of its own on the hot path.
+  #database<T>(what: string | (() => string), run: () => Promise<T>): Promise<T> {
+    const fail = (error: unknown): never => {
       const action = typeof what === 'string' ? what : what()
       throw new LockDatabaseError(`worker-locks could not ${action} in table ${JSON.stringify(this.tableName)}`, error)
+    }
+    try {
+      return run().catch(fail)
+    } catch (error) {
+      return Promise.reject(error).catch(fail)
     }
   }
 

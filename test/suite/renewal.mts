@@ -141,7 +141,7 @@ export function renewalSuite(h: Harness): void {
     assert.match(logger.at('error')[0] ?? '', /garbage-collected without release/)
   })
 
-  it('renews with one timer per store, and none when nothing is held', async () => {
+  it('renews with one timer per store, which runs out without a statement once nothing is held', async () => {
     const clock = new ManualClock()
     const store = h.clockedStore(clock)
     assert.equal(clock.pendingTimers, 0)
@@ -150,6 +150,15 @@ export function renewalSuite(h: Harness): void {
     await clock.advance(RENEWAL)
     assert.equal(clock.pendingTimers, 1)
     for (const lock of locks) await lock?.release()
+    // Left to run out rather than cleared, so that taking and releasing locks one after another
+    // does not set and clear a timer each time; it finds nothing to renew and sets no other.
+    assert.equal(clock.pendingTimers, 1)
+    const { queries } = await h.countQueries(h.knex, () => clock.advance(RENEWAL))
+    assert.equal(queries, 0)
     assert.equal(clock.pendingTimers, 0)
+    // The next lock starts the timer again.
+    const again = await store.tryAcquireLock(h.lockName())
+    assert.equal(clock.pendingTimers, 1)
+    await again?.release()
   })
 }
