@@ -11,55 +11,13 @@ import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } fro
 import { connect, uniqueName, type Database } from '../test/targets.mjs'
 import { acrossProcesses, type ProcessContention } from './processes.mjs'
 import { newToken, rawContender } from './raw.mjs'
+import { uncontended } from './uncontended.mjs'
 import { median, p99 } from './stats.mjs'
 
 const database = process.argv[2] as Database
 const smoke = process.argv.includes('--smoke')
 const LOCK_TIMEOUT = 120_000
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
-
-type Series = Record<string, number[]>
-
-/** 1. Uncontended acquire + release, contenders interleaved cycle by cycle. */
-async function uncontended(knex: Knex, table: string): Promise<Series> {
-  const samples = smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500
-  const raw = await rawContender(database, table, LOCK_TIMEOUT)
-  const store = new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
-  await store.init()
-  const verrouTable = uniqueName('verrou')
-  const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
-  const contenders: Record<string, (i: number) => Promise<void>> = {
-    raw: async (i) => {
-      const t = newToken()
-      await raw.acquire('bench-raw', `k${i % 8}`, t)
-      await raw.release('bench-raw', `k${i % 8}`, t)
-    },
-    'worker-locks': async (i) => {
-      const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)
-      if (!lock) throw new Error('refused while uncontended')
-      await lock.release()
-    },
-    verrou: async (i) => {
-      const lock = verrou.createLock(`bench-v-k${i % 8}`, '2m')
-      if (!(await lock.acquireImmediately())) throw new Error('verrou refused while uncontended')
-      await lock.release()
-    },
-  }
-  const series: Series = { raw: [], 'worker-locks': [], verrou: [] }
-  for (const run of Object.values(contenders)) for (let i = 0; i < 20; i++) await run(i) // warm up
-  // One cycle of each contender in turn, so that drift on this shared machine hits all alike.
-  for (let i = 0; i < samples; i++) {
-    for (const [name, run] of Object.entries(contenders)) {
-      const start = performance.now()
-      await run(i)
-      series[name]?.push((performance.now() - start) * 1000)
-    }
-  }
-  await store.close()
-  await raw.close()
-  await knex.schema.dropTableIfExists(verrouTable)
-  return series
-}
 
 /** A raw single committed write: the round trip hand-offs are measured in. */
 async function roundTrip(table: string): Promise<number> {
@@ -242,7 +200,7 @@ try {
   const result = {
     database,
     roundTripMs: await roundTrip(table),
-    uncontended: await uncontended(knex, table),
+    uncontended: await uncontended(database, knex, table, smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500, LOCK_TIMEOUT),
     contention: await contention(table),
     processes: {
       'worker-locks': summariseProcesses(await acrossProcesses(database, 'worker-locks', smoke ? 1 : 5)),

@@ -32,12 +32,12 @@ console.log(`# worker-locks benchmarks${smoke ? ' (smoke mode: tiny samples, num
 console.log(`Node ${process.version}, ${new Date().toISOString().slice(0, 10)}\n`)
 
 console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
-console.log('| database | raw driver median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | worker-locks / raw | verrou / raw |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('| database | raw driver median | dialect layer median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | dialect layer / raw | worker-locks / raw | verrou / raw |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const r of results) {
-  const raw = r.uncontended.raw, wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
-  if (!raw || !wl || !v) continue
-  console.log(`| ${r.database} | ${f(raw.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
+  const raw = r.uncontended.raw, dl = r.uncontended['dialect layer'], wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
+  if (!raw || !dl || !wl || !v) continue
+  console.log(`| ${r.database} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(dl.median / raw.median, 2)}× | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
 }
 
 console.log('\n## 2. Contention: 8 workers in one process on one key\n')

@@ -1,0 +1,68 @@
+// Section 1 of the benchmarks: uncontended acquire + release, contenders interleaved in short
+// batches so that drift on the shared machine hits all alike. "dialect layer" runs the statements
+// worker-locks runs, through knex's pool, without the store: the difference between it and the
+// raw driver is the cost of borrowing pooled connections.
+import { performance } from 'node:perf_hooks'
+import type { Knex } from 'knex'
+import { Verrou } from '@verrou/core'
+import { knexStore } from '@verrou/core/drivers/knex'
+import { acquire, findDialect } from '../dialects/index.js'
+import { LockStore } from '../src/index.js'
+import { uniqueName, type Database } from '../test/targets.mjs'
+import { newToken, rawContender } from './raw.mjs'
+
+export type Series = Record<string, number[]>
+
+/** Runs `samples` cycles of each contender on `table`; microseconds per cycle. */
+export async function uncontended(database: Database, knex: Knex, table: string, samples: number, lockTimeoutMs: number): Promise<Series> {
+  const raw = await rawContender(database, table, lockTimeoutMs)
+  const store = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000 })
+  await store.init()
+  const dialect = findDialect(knex)
+  if (!dialect) throw new Error('no dialect')
+  const facts = await dialect.detect(knex)
+  const verrouTable = uniqueName('verrou')
+  const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
+  const contenders: Record<string, (i: number) => Promise<void>> = {
+    raw: async (i) => {
+      const t = newToken()
+      await raw.acquire('bench-raw', `k${i % 8}`, t)
+      await raw.release('bench-raw', `k${i % 8}`, t)
+    },
+    'dialect layer': async (i) => {
+      const request = { table, name: 'bench-dl', key: `k${i % 8}`, token: newToken(), instanceName: 'bench', lockTimeoutMs, nowMs: null }
+      if (await acquire(knex, dialect, facts, 'native', request) === null) throw new Error('refused while uncontended')
+      await dialect.release(knex, table, request)
+    },
+    'worker-locks': async (i) => {
+      const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    verrou: async (i) => {
+      const lock = verrou.createLock(`bench-v-k${i % 8}`, '2m')
+      if (!(await lock.acquireImmediately())) throw new Error('verrou refused while uncontended')
+      await lock.release()
+    },
+  }
+  const series: Series = Object.fromEntries(Object.keys(contenders).map((name) => [name, []]))
+  for (const run of Object.values(contenders)) for (let i = 0; i < 20; i++) await run(i) // warm up
+  // Contenders take turns in short batches: often enough that drift on this shared machine hits
+  // all alike, and long enough that each runs on a connection it has just used, as a busy
+  // service does. (Turns of one cycle each would favour whoever shares a pooled connection with
+  // the contender before it: an idle connection costs several times a busy one here.)
+  const batch = database === 'sqlite' ? 100 : 20
+  for (let done = 0; done < samples; done += batch) {
+    for (const [name, run] of Object.entries(contenders)) {
+      for (let i = done; i < done + batch; i++) {
+        const start = performance.now()
+        await run(i)
+        series[name]?.push((performance.now() - start) * 1000)
+      }
+    }
+  }
+  await store.close()
+  await raw.close()
+  await knex.schema.dropTableIfExists(verrouTable)
+  return series
+}
