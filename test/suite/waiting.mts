@@ -26,6 +26,44 @@ async function heldInOneStore(h: Harness): Promise<{ store: LockStore; name: str
   return { store, name, held }
 }
 
+/**
+ * A trigger that makes the database reject any UPDATE changing a row's token in the harness's
+ * table (renewals, which keep the token, still work). Each database spells it its own way.
+ */
+function refuseTokenChanges(h: Harness): { install(): Promise<void>; remove(): Promise<void> } {
+  const table = h.tableName
+  const name = `${table}_refuse`
+  switch (h.target.database) {
+    case 'postgres':
+      return {
+        async install() {
+          await h.knex.raw(`CREATE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'token changes refused'; END $$`, [name])
+          await h.knex.raw('CREATE TRIGGER ?? BEFORE UPDATE ON ?? FOR EACH ROW WHEN (NEW.token <> OLD.token) EXECUTE FUNCTION ??()', [name, table, name])
+        },
+        async remove() {
+          await h.knex.raw('DROP TRIGGER IF EXISTS ?? ON ??', [name, table])
+          await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [name])
+        },
+      }
+    case 'mysql':
+      return {
+        install: async () => {
+          await h.knex.raw(`CREATE TRIGGER ?? BEFORE UPDATE ON ?? FOR EACH ROW BEGIN
+            IF NEW.token <> OLD.token THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'token changes refused'; END IF; END`, [name, table])
+        },
+        remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
+      }
+    default:
+      return {
+        install: async () => {
+          await h.knex.raw(`CREATE TRIGGER ?? BEFORE UPDATE OF token ON ?? FOR EACH ROW WHEN NEW.token <> OLD.token
+            BEGIN SELECT RAISE(ABORT, 'token changes refused'); END`, [name, table])
+        },
+        remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
+      }
+  }
+}
+
 /** Lets waiters that need no SQL to find their lock busy fall asleep. */
 const asleep = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
@@ -127,6 +165,29 @@ export function waitingSuite(h: Harness): void {
     await releasing2
     assert.ok(await outcome2 instanceof LockStoreClosedError)
     assert.equal(await h.row(name2), undefined)
+  })
+
+  it('falls back to deleting the row when a hand-over fails, and the waiter takes the lock itself', async () => {
+    const { store, name, held } = await heldInOneStore(h)
+    const waiting = store.acquireLock(name)
+    await asleep()
+    // Make the database refuse any change of a row's token for a moment: the hand-over fails.
+    const trigger = refuseTokenChanges(h)
+    await trigger.install()
+    try {
+      const { sql } = await statements(h, async () => {
+        await held.release()
+        return waiting
+      })
+      assert.equal(sql.filter((text) => /^\s*update\b[\s\S]*set token = /i.test(text)).length, 1, 'a hand-over was tried')
+      assert.ok(sql.some((text) => /\bdelete\b/i.test(text)), 'then the row was deleted')
+    } finally {
+      await trigger.remove()
+    }
+    const lock = await waiting
+    assert.ok(lock.fence > held.fence)
+    assert.equal((await h.row(name))?.token, lock.token)
+    assert.equal(await held.isStillValid(), false)
   })
 
   it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
