@@ -59,11 +59,12 @@ function withConnection<T>(client: Client, sql: string, params: readonly unknown
     try {
       client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid })
       const result = run(connection)
-      if (!(result instanceof Promise)) {
+      // A thenable, not only a native Promise: pg can be given another Promise implementation.
+      if (typeof (result as { then?: unknown } | undefined)?.then !== 'function') {
         giveBack()
         return result
       }
-      return result.then((value) => {
+      return Promise.resolve(result).then((value) => {
         giveBack()
         return value
       }, (error: unknown) => {

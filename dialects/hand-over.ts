@@ -37,6 +37,6 @@ export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts,
     const written = result.rows[0]
     return written === undefined ? null : toFence(written.fence)
   }
-  if (result.affectedRows === 0) return null
+  // Not every driver reports affected rows for a raw UPDATE (sqlite3 does not): ask for the row.
   return fenceOf(knex, dialect, r.table, { name: row.name, key: row.key, token: r.token })
 }

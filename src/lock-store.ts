@@ -4,7 +4,7 @@ import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
 import {
   acquire, findDialect, knexDialectName, supportedKnexClients,
-  type Dialect, type DialectName, type ServerFacts, type Strategy,
+  type Dialect, type DialectName, type RowIdentity, type ServerFacts, type Strategy,
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
@@ -383,12 +383,12 @@ export class LockStore {
     const row = { name, key, token }
     if (durationMs >= this.lockTimeoutMs) {
       // The statement took longer than the lease: the row may already look stale to others.
-      await this.#table.release(row).catch(() => undefined)
+      await this.#giveUp(id, row, () => undefined)
       this.#log('warn', { lockName: name, lockKey: key }, `worker-locks: acquiring lock ${describeLock(name, key)} took longer than lockTimeoutMs; it was given up.`)
       return null
     }
     if (this.#closed) {
-      await this.#table.release(row).catch((error: unknown) =>
+      await this.#giveUp(id, row, (error) =>
         this.#log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won while closing; it will expire.'))
       throw new LockStoreClosedError()
     }
@@ -408,6 +408,15 @@ export class LockStore {
     this.#held.add(record, lock)
     this.#events.emit('acquired', { name, key, fence, durationMs })
     return lock
+  }
+
+  // Deletes a row just won but not taken on, and wakes whoever waits for it in this process.
+  async #giveUp(id: string, row: RowIdentity, failed: (error: unknown) => void): Promise<void> {
+    const removed = await this.#table.release(row).catch((error: unknown) => {
+      failed(error)
+      return false
+    })
+    if (removed) announceRelease(this.tableName, id)
   }
 
   #release(record: HeldLock): Promise<void> {

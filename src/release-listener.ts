@@ -48,6 +48,8 @@ export class ReleaseListener {
     this.#running ??= this.#run().finally(() => {
       this.#running = undefined
       for (const resolve of this.#stopping.splice(0)) resolve()
+      // A start() between the loop's last look at #wanted and here found it still running.
+      if (this.#wanted) this.start()
     })
   }
 
@@ -108,11 +110,14 @@ export class ReleaseListener {
         this.#interrupt = undefined
         this.#subscription = undefined
         if (dropped !== undefined && this.#wanted) {
-          this.#log('warn', { err: dropped, table: this.#table }, 'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
+          // Worth a warning only while someone waits (not while the connection merely lingers).
+          this.#log(this.#idleTimer === undefined ? 'warn' : 'debug', { err: dropped, table: this.#table },
+            'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
         }
         await subscription.close().catch(() => undefined)
       } catch (error) {
-        this.#log('warn', { err: error, table: this.#table }, 'worker-locks: could not listen for releases; waiters poll meanwhile.')
+        this.#log(this.#wanted && this.#idleTimer === undefined ? 'warn' : 'debug', { err: error, table: this.#table },
+          'worker-locks: could not listen for releases; waiters poll meanwhile.')
       }
       if (!this.#wanted) break
       // The first reconnect is immediate; repeated failures back off like waiters do.

@@ -162,6 +162,7 @@ export function waitingSuite(h: Harness): void {
     await asleep()
     const releasing2 = held2.release()
     await store2.close()
+    assert.equal(await h.row(name2), undefined, 'close() waited for the handed-over row to be deleted')
     await releasing2
     assert.ok(await outcome2 instanceof LockStoreClosedError)
     assert.equal(await h.row(name2), undefined)
@@ -188,6 +189,28 @@ export function waitingSuite(h: Harness): void {
     assert.ok(lock.fence > held.fence)
     assert.equal((await h.row(name))?.token, lock.token)
     assert.equal(await held.isStillValid(), false)
+  })
+
+  it('wakes the next store of the process when a lock handed over as its store closes is deleted again', async () => {
+    const clock = new ManualClock() // never moves: only a wake-up can end the other store's wait
+    const closing = h.clockedStore(clock)
+    const other = h.clockedStore(clock)
+    const name = h.lockName()
+    const held = await closing.tryAcquireLock(name)
+    assert.ok(held)
+    const closed = closing.acquireLock(name).then(() => 'acquired', (error: unknown) => error)
+    const refused = new Promise<void>((resolve) => other.on('refused', () => resolve()))
+    const waiting = other.acquireLock(name)
+    await refused
+    await asleep()
+    const releasing = held.release() // hands the lock to the closing store's own waiter…
+    await closing.close() // …which closes meanwhile, so the row is deleted again
+    await releasing
+    assert.ok(await closed instanceof LockStoreClosedError)
+    const lock = await Promise.race([waiting, new Promise<never>((_, reject) => {
+      setTimeout(() => reject(new Error('the other store was never woken')), 30_000).unref()
+    })])
+    assert.ok(lock.fence > held.fence)
   })
 
   it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
