@@ -108,10 +108,12 @@ interface Proc {
   /** After the exit and the last line of output. */
   closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
   exit: { code: number | null; signal: NodeJS.Signals | null } | undefined
-  /** The section under way, as far as its lines tell: from "acq" to "sec". */
-  open: { lock: string; fence: bigint; start: number } | undefined
-  /** When it last sent a write of the row of the lock it holds (acquire or renewal). */
-  leaseFrom: number
+  /**
+   * The sections under way (its tasks may each be in one), as far as its lines tell: from "acq"
+   * to "sec", by lock and fence. `leaseFrom`: when it last sent a write of that lock's row
+   * (acquire or renewal).
+   */
+  open: Map<string, { lock: string; fence: bigint; start: number; leaseFrom: number }>
   killed: boolean
   stopRequested: boolean
   stallPendingSince: number | undefined
@@ -184,12 +186,12 @@ class Run {
       const skewMs = SKEWS[index - 1] ?? 0
       this.slots.push({ index, skewMs, base: `worker-${index}`, generation: 0, login })
     }
-    const first = this.slots.map((slot) => this.spawnWorker(slot, slot.base, undefined))
+    const first = this.slots.map((slot) => this.spawnWorker(slot, slot.base, []))
     await Promise.all(first.map((p) => this.ready(p)))
     this.started = realNow()
   }
 
-  spawnWorker(slot: Slot, name: string, reclaim: string | undefined): Proc {
+  spawnWorker(slot: Slot, name: string, reclaim: string[]): Proc {
     const child = spawn(process.execPath, [workerScript], {
       env: {
         ...process.env,
@@ -203,7 +205,7 @@ class Run {
       stdio: ['pipe', 'pipe', 'pipe'],
     })
     const proc: Proc = {
-      slot, name, child, exit: undefined, open: undefined, leaseFrom: 0, killed: false, stopRequested: false,
+      slot, name, child, exit: undefined, open: new Map(), killed: false, stopRequested: false,
       stallPendingSince: undefined, lastWarnAt: 0, stderr: [], summary: undefined,
       closed: new Promise((resolve) => child.on('close', (code, signal) => {
         proc.exit = { code, signal }
@@ -245,11 +247,11 @@ class Run {
         break
       case 'acq':
         this.acquisitions.push({ worker: e.worker, lock: e.lock, fence: BigInt(e.fence), at: e.at })
-        proc.open = { lock: e.lock, fence: BigInt(e.fence), start: e.at }
-        proc.leaseFrom = e.leaseFrom
+        proc.open.set(`${e.lock}\0${e.fence}`, { lock: e.lock, fence: BigInt(e.fence), start: e.at, leaseFrom: e.leaseFrom })
         break
       case 'renew':
-        proc.leaseFrom = Math.max(proc.leaseFrom, e.sentAt)
+        // One renewal statement covers every lock the store holds.
+        for (const open of proc.open.values()) open.leaseFrom = Math.max(open.leaseFrom, e.sentAt)
         break
       case 'lost':
         this.lost.add(`${e.worker}\0${e.lock}\0${e.fence}`)
@@ -265,7 +267,7 @@ class Run {
           this.stalls.push({ worker: e.worker, lock: e.lock, fence: e.fence, ...e.stall, write: e.write })
           this.note(`${e.worker} woke from a ${fmtS(e.stall.ms)} stall holding ${e.lock} #${e.fence}: signal ${e.stall.abortedOnWake ? `aborted (${e.stall.reason})` : 'NOT aborted'}, late write ${e.write}`)
         }
-        proc.open = undefined
+        proc.open.delete(`${e.lock}\0${e.fence}`)
         break
       case 'reclaim':
         this.reclaims.push({ worker: e.worker, lock: e.lock, acquired: e.acquired, at: e.at })
@@ -301,8 +303,8 @@ class Run {
     const until = realNow() + waitMs
     for (;;) {
       const now = realNow()
-      const candidates = this.live().filter((p) => p.open && p.stallPendingSince === undefined && now - p.lastWarnAt > 2_500
-        && !this.lost.has(`${p.name}\0${p.open.lock}\0${p.open.fence}`))
+      const candidates = this.live().filter((p) => p.stallPendingSince === undefined && now - p.lastWarnAt > 2_500
+        && [...p.open.values()].some((o) => !this.lost.has(`${p.name}\0${o.lock}\0${o.fence}`)))
       const chosen = pick(candidates)
       if (chosen || now > until) return chosen
       await sleep(10 + Math.random() * 30)
@@ -313,41 +315,46 @@ class Run {
 
   async sigkillHolder(sameName: boolean): Promise<void> {
     const proc = await this.holder(3_000)
-    if (!proc || !proc.open) {
+    if (!proc || proc.open.size === 0) {
       this.faults.skipped.push(`SIGKILL (${sameName ? 'same name' : 'new name'}): no holder found`)
       return
     }
-    const held = proc.open
+    const held = [...proc.open.values()]
     const at = realNow()
     proc.killed = true
     proc.child.kill('SIGKILL')
     await proc.closed // every line it wrote has been read
-    const key = `${proc.name}\0${held.lock}\0${held.fence}`
-    const finished = this.sections.some((s) => s.worker === proc.name && s.lock === held.lock && s.fence === held.fence)
-    let skip: string | undefined
-    if (finished) skip = 'it had just left its critical section'
-    else if (this.lost.has(key)) skip = 'it had already lost the lock'
-    if (proc.open) {
-      this.sections.push({
-        worker: proc.name, lock: proc.open.lock, fence: proc.open.fence, start: proc.open.start, end: at,
-        claim: 'killed', write: 'killed', aborted: this.lost.has(key), maxLagMs: 0, stalled: false, killed: true,
-      })
-      proc.open = undefined
+    for (const h of held) {
+      const key = `${proc.name}\0${h.lock}\0${h.fence}`
+      const finished = this.sections.some((s) => s.worker === proc.name && s.lock === h.lock && s.fence === h.fence)
+      let skip: string | undefined
+      if (finished) skip = 'it had just left its critical section'
+      else if (this.lost.has(key)) skip = 'it had already lost the lock'
+      const open = proc.open.get(`${h.lock}\0${h.fence}`)
+      if (open) {
+        this.sections.push({
+          worker: proc.name, lock: open.lock, fence: open.fence, start: open.start, end: at,
+          claim: 'killed', write: 'killed', aborted: this.lost.has(key), maxLagMs: 0, stalled: false, killed: true,
+        })
+        proc.open.delete(`${h.lock}\0${h.fence}`)
+      }
+      this.kills.push({ worker: proc.name, lock: h.lock, fence: h.fence, at, heldSince: h.start, leaseFrom: h.leaseFrom, sameName, skip })
     }
-    this.kills.push({ worker: proc.name, lock: held.lock, fence: held.fence, at, heldSince: held.start, leaseFrom: proc.leaseFrom, sameName, skip })
     if (sameName) this.faults.killSameName++
     else this.faults.killNewName++
     const slot = proc.slot
     const name = sameName ? proc.name : `${slot.base}.${++slot.generation}`
-    const replacement = this.spawnWorker(slot, name, sameName ? held.lock : undefined)
-    this.note(`SIGKILL ${proc.name} holding ${held.lock} #${held.fence}${skip ? ` (${skip})` : ''}; restarted as ${name} (${sameName ? `same instance name: it must get ${held.lock} at once` : 'new instance name: the lock frees itself after the timeout'})`)
+    const locks = held.map((h) => h.lock)
+    const replacement = this.spawnWorker(slot, name, sameName ? locks : [])
+    const what = held.map((h) => `${h.lock} #${h.fence}`).join(' and ')
+    this.note(`SIGKILL ${proc.name} holding ${what}; restarted as ${name} (${sameName ? `same instance name: it must get ${locks.join(' and ')} at once` : 'new instance name: the lock frees itself after the timeout'})`)
     await this.ready(replacement)
   }
 
   async killHolderConnections(): Promise<void> {
     const proc = (await this.holder(2_000)) ?? pick(this.live())
     if (!proc) return
-    const held = proc.open ? `${proc.open.lock} #${proc.open.fence}` : undefined
+    const held = proc.open.size > 0 ? [...proc.open.values()].map((o) => `${o.lock} #${o.fence}`).join(' and ') : undefined
     // A burst, so that some kill lands on a statement in flight (a renewal, a claim, a write)
     // rather than only on an idle pooled connection.
     let count = 0
@@ -451,7 +458,7 @@ class Run {
     await Promise.all(running.map(async (p) => {
       const done = await Promise.race([p.closed.then(() => true), sleep(STOP_BOUND_MS, false)])
       if (!done) {
-        hung.push(`${p.name} had not exited ${STOP_BOUND_MS / 1000} s after "stop"${p.open ? ` (inside ${p.open.lock} #${p.open.fence})` : ''}; killed`)
+        hung.push(`${p.name} had not exited ${STOP_BOUND_MS / 1000} s after "stop"${p.open.size > 0 ? ` (inside ${[...p.open.values()].map((o) => `${o.lock} #${o.fence}`).join(' and ')})` : ''}; killed`)
         p.child.kill('SIGKILL')
         await p.closed
       }
@@ -574,7 +581,8 @@ async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants:
     `critical sections ${run.sections.length}: writes accepted ${accepted}, refused ${count(run.sections, (s) => s.write === 'refused')}, ` +
       `failed ${count(run.sections, (s) => s.write === 'error')}, cut short by SIGKILL ${count(run.sections, (s) => s.killed)}; ` +
       `claims refused ${count(run.sections, (s) => s.claim === 'refused')}`,
-    `acquisitions ${run.acquisitions.length} by ${new Set(run.acquisitions.map((a) => a.worker)).size} workers; lost locks ${[...run.lossReasons].map(([r, n]) => `${r} ${n}`).join(', ') || 'none'}; ` +
+    `acquisitions ${run.acquisitions.length} by ${new Set(run.acquisitions.map((a) => a.worker)).size} workers ` +
+      `(${run.procs.reduce((n, p) => n + (p.summary?.handOvers ?? 0), 0)} handed over by a release to another task of the same worker); lost locks ${[...run.lossReasons].map(([r, n]) => `${r} ${n}`).join(', ') || 'none'}; ` +
       `library warnings ${run.warnings}, worker-side errors ${run.workerErrors.length}`,
   ]
   const kinds = new Map<string, number>()

@@ -30,8 +30,8 @@ export interface WorkerConfig {
   /** Simulated error of this machine's clock: `Date.now()` is shifted by this much. */
   skewMs: number
   locks: string[]
-  /** A lock the previous process with this instance name held when it was killed: try it first. */
-  reclaim: string | undefined
+  /** The locks the previous process with this instance name held when it was killed: try them first. */
+  reclaim: string[]
   /** How long the "work" inside a critical section takes: mostly a few ms (`mixed`), or 50–400 ms (`long`). */
   work: 'mixed' | 'long'
 }
@@ -46,7 +46,7 @@ export function workerEnv(config: WorkerConfig): Record<string, string> {
     WLT_SKEW_MS: String(config.skewMs),
     WLT_LOCKS: config.locks.join(','),
     WLT_WORK: config.work,
-    ...(config.reclaim === undefined ? {} : { WLT_RECLAIM: config.reclaim }),
+    ...(config.reclaim.length === 0 ? {} : { WLT_RECLAIM: config.reclaim.join(',') }),
   }
 }
 
@@ -64,7 +64,7 @@ export function workerConfigFromEnv(env: NodeJS.ProcessEnv): WorkerConfig {
     clock: need('WLT_CLOCK') as ClockMode,
     skewMs: Number(env.WLT_SKEW_MS ?? 0),
     locks: need('WLT_LOCKS').split(','),
-    reclaim: env.WLT_RECLAIM || undefined,
+    reclaim: env.WLT_RECLAIM ? env.WLT_RECLAIM.split(',') : [],
     work: env.WLT_WORK === 'long' ? 'long' : 'mixed',
   }
 }
@@ -174,7 +174,7 @@ export type WorkerEvent =
   | { t: 'err'; worker: string; where: string; message: string; at: number }
   | { t: 'log'; worker: string; level: string; message: string; at: number }
   | { t: 'violation'; worker: string; message: string; at: number }
-  | { t: 'summary'; worker: string; sections: number; errors: number; warnings: number; at: number }
+  | { t: 'summary'; worker: string; sections: number; errors: number; warnings: number; handOvers: number; at: number }
 
 /** What became of a fenced statement. `error`: it failed, and may or may not have committed. */
 export type Outcome = 'ok' | 'refused' | 'error' | 'skipped'

@@ -17,6 +17,7 @@ import {
 } from './shared.mjs'
 
 const config = workerConfigFromEnv(process.env)
+const TASKS = 2
 const worker = config.instance
 // stdout is a pipe, and writes to pipes are synchronous on Linux: a line printed is a line the
 // harness reads, even if this process is SIGKILLed right after.
@@ -50,15 +51,20 @@ process.on('SIGTERM', () => { stopping = true })
 
 // How long the event loop goes without running a timer: a blocked loop is the one way a holder
 // can miss its own lease's end (its expiry timer cannot run either).
+// Event-loop lag, kept per beat for the last minute, so that each of the tasks' critical sections
+// can read the worst lag since it began.
 const BEAT_MS = 20
 let lastBeat = performance.now()
-let maxLagMs = 0
+const beats: Array<{ at: number; lagMs: number }> = []
 setInterval(() => {
   const now = performance.now()
-  maxLagMs = Math.max(maxLagMs, now - lastBeat - BEAT_MS)
+  beats.push({ at: now, lagMs: now - lastBeat - BEAT_MS })
+  while ((beats[0]?.at ?? now) < now - 60_000) beats.shift()
   lastBeat = now
 }, BEAT_MS).unref()
-const currentLag = (): number => Math.max(maxLagMs, performance.now() - lastBeat - BEAT_MS)
+/** The longest the event loop was blocked since `since` (a performance.now() time), up to now. */
+const lagSince = (since: number): number =>
+  beats.reduce((max, beat) => (beat.at >= since ? Math.max(max, beat.lagMs) : max), performance.now() - lastBeat - BEAT_MS)
 
 let warnings = 0
 let errors = 0
@@ -88,8 +94,16 @@ const unfenced = process.env.TORTURE_UNFENCED === '1'
 
 // When the row of the lock held now was last written (acquired or renewed), as a lower bound of
 // its timestamp: the harness judges a killed holder's lease by it.
-let leaseFrom = 0
-store.on('acquired', (e) => { leaseFrom = realNow() - e.durationMs })
+// When each acquisition's write was sent (by fence): the row is at least that fresh.
+const leaseFrom = new Map<string, number>()
+// Locks whose release() is under way: an acquisition of one of them before that release returns
+// is a hand-over to another task of this worker.
+const releasing = new Set<string>()
+let handOvers = 0
+store.on('acquired', (e) => {
+  leaseFrom.set(String(e.fence), realNow() - e.durationMs)
+  if (releasing.has(e.name)) handOvers++
+})
 store.on('renewed', (e) => emit({ t: 'renew', worker, sentAt: realNow() - e.durationMs }))
 
 // Statements on the resource may hang while the server restarts; never for long.
@@ -109,14 +123,14 @@ function busyWait(ms: number): void {
 async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
   const fence = Number(lock.fence) // far below 2^53; every driver binds numbers the same way
   const start = realNow()
-  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start, leaseFrom })
+  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start, leaseFrom: leaseFrom.get(String(lock.fence)) ?? start })
+  leaseFrom.delete(String(lock.fence))
   const onAbort = (): void => {
     const reason = lock.signal.reason instanceof LockLostError ? lock.signal.reason.reason : String(lock.signal.reason)
     emit({ t: 'lost', worker, lock: lock.name, fence: String(lock.fence), reason, at: realNow() })
   }
   lock.signal.addEventListener('abort', onAbort)
-  maxLagMs = 0
-  lastBeat = performance.now()
+  const sectionStart = performance.now()
   let claim: Outcome = 'skipped'
   let write: Outcome = 'skipped'
   let read: number | undefined
@@ -157,14 +171,17 @@ async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
   emit({
     t: 'sec', worker, lock: lock.name, fence: String(lock.fence), start, end, claim, write,
     ...(read === undefined ? {} : { read: String(read) }),
-    aborted, maxLagMs: Math.round(currentLag()), ...(stall ? { stall } : {}),
+    aborted, maxLagMs: Math.round(lagSince(sectionStart)), ...(stall ? { stall } : {}),
   })
   lock.signal.removeEventListener('abort', onAbort)
+  releasing.add(lock.name)
   try {
     await lock.release()
   } catch (error) {
     errors++
     emit({ t: 'err', worker, where: 'release', message: message(error), at: realNow() })
+  } finally {
+    releasing.delete(lock.name)
   }
 }
 
@@ -173,35 +190,40 @@ if (simulatedSkewMs !== 0) emit({ t: 'log', worker, level: 'info', message: `Dat
 
 // A restarted worker with the name of one killed while holding a lock takes that lock first:
 // the row carries its instance name, so it must get it at once, without waiting for the timeout.
-if (config.reclaim !== undefined) {
+await Promise.all(config.reclaim.map(async (name) => {
   try {
-    const lock = await store.tryAcquireLock(config.reclaim)
-    emit({ t: 'reclaim', worker, lock: config.reclaim, acquired: lock !== null, ...(lock ? { fence: String(lock.fence) } : {}), at: realNow() })
+    const lock = await store.tryAcquireLock(name)
+    emit({ t: 'reclaim', worker, lock: name, acquired: lock !== null, ...(lock ? { fence: String(lock.fence) } : {}), at: realNow() })
     if (lock) await criticalSection(lock, 'try')
   } catch (error) {
     errors++
     emit({ t: 'err', worker, where: 'reclaim', message: message(error), at: realNow() })
-    emit({ t: 'reclaim', worker, lock: config.reclaim, acquired: false, at: realNow() })
+    emit({ t: 'reclaim', worker, lock: name, acquired: false, at: realNow() })
   }
-}
+}))
 
-while (!stopping) {
-  const name = pick(config.locks)
-  const via = Math.random() < 0.5 ? 'try' : 'wait'
-  let lock: Lock | null = null
-  try {
-    lock = via === 'try' ? await store.tryAcquireLock(name) : await store.acquireLock(name, '', { timeoutMs: Math.round(between(100, 600)) })
-  } catch (error) {
-    if (!(error instanceof LockTimeoutError)) {
-      errors++
-      emit({ t: 'err', worker, where: `acquire (${via})`, message: message(error), at: realNow() })
-      await sleep(between(200, 400)) // the database is down or restarting: do not spin
-      continue
+// Tasks of one process share its store, as the jobs of a service do; two of them after the same
+// lock exercise the hand-over from a release to a waiter of the same store.
+async function task(): Promise<void> {
+  while (!stopping) {
+    const name = pick(config.locks)
+    const via = Math.random() < 0.5 ? 'try' : 'wait'
+    let lock: Lock | null = null
+    try {
+      lock = via === 'try' ? await store.tryAcquireLock(name) : await store.acquireLock(name, '', { timeoutMs: Math.round(between(100, 600)) })
+    } catch (error) {
+      if (!(error instanceof LockTimeoutError)) {
+        errors++
+        emit({ t: 'err', worker, where: `acquire (${via})`, message: message(error), at: realNow() })
+        await sleep(between(200, 400)) // the database is down or restarting: do not spin
+        continue
+      }
     }
+    if (lock) await criticalSection(lock, via)
+    await sleep(between(5, 60))
   }
-  if (lock) await criticalSection(lock, via)
-  await sleep(between(5, 60))
 }
+await Promise.all(Array.from({ length: TASKS }, () => task()))
 
 input.close()
 try {
@@ -211,6 +233,6 @@ try {
   emit({ t: 'err', worker, where: 'close', message: message(error), at: realNow() })
 }
 await knex.destroy()
-emit({ t: 'summary', worker, sections, errors, warnings, at: realNow() })
+emit({ t: 'summary', worker, sections, errors, warnings, handOvers, at: realNow() })
 // No process.exit(): the process must end by itself once its work is done. One that does not
 // (a timer or connection left behind) is reported by the harness as a worker that never finished.
