@@ -196,8 +196,8 @@ export interface Kill {
   skip: string | undefined
 }
 
-/** What a replacement with the same instance name reported on its first attempt. */
-export interface Reclaim { worker: string; lock: string; acquired: boolean; at: number }
+/** What a replacement with the same instance name reported on its first attempt, begun at `start`. */
+export interface Reclaim { worker: string; lock: string; acquired: boolean; start: number; at: number }
 
 export interface KillVerdict {
   reclaimed: number
@@ -233,15 +233,21 @@ export function checkKills(
     const first = after[0]
     const what = `${kill.lock} (fence ${kill.fence}) of ${kill.worker}, SIGKILLed`
     const leaseEnd = kill.leaseFrom + timing.lockTimeoutMs
+    const reclaim = kill.sameName ? reclaims.find((r) => r.worker === kill.worker && r.lock === kill.lock && r.at > kill.at) : undefined
+    // The namesake's own attempt may end the dead holder's lease early: it may delete the rows of
+    // its instance name before it inserts, and on SQLite (no transaction around the two) another
+    // worker can take the free lock in between. Nobody alive was excluded then.
+    const freedByNamesake = reclaim !== undefined && first !== undefined && first.at >= reclaim.start && first.at <= reclaim.at
     if (first && first.worker !== kill.worker) verdict.margins.push(first.at - leaseEnd)
-    if (first && first.worker !== kill.worker && first.at < leaseEnd - timing.toleranceMs) {
+    if (first && first.worker !== kill.worker && first.at < leaseEnd - timing.toleranceMs && !freedByNamesake) {
       verdict.problems.push(`${what}, went to ${first.worker} ${Math.round(first.at - kill.at)} ms after the kill, ${Math.round(leaseEnd - first.at)} ms before its lease could have run out`)
     }
     if (kill.sameName) {
-      const reclaim = reclaims.find((r) => r.worker === kill.worker && r.lock === kill.lock && r.at > kill.at)
       if (reclaim?.acquired) verdict.reclaimed++
       else if (first && first.worker !== kill.worker && (!reclaim || first.at <= reclaim.at)) {
-        verdict.reclaimInconclusive.push(`${what}: its replacement ${reclaim ? `asked ${Math.round(reclaim.at - kill.at)} ms after the kill` : 'never asked'}, after ${first.worker} had taken it over (${Math.round(first.at - kill.at)} ms)`)
+        verdict.reclaimInconclusive.push(`${what}: ${freedByNamesake
+          ? `${first.worker} took it ${Math.round(first.at - kill.at)} ms after the kill, while its replacement was asking (from ${Math.round((reclaim?.start ?? 0) - kill.at)} ms)`
+          : `its replacement ${reclaim ? `asked ${Math.round(reclaim.at - kill.at)} ms after the kill` : 'never asked'}, after ${first.worker} had taken it over (${Math.round(first.at - kill.at)} ms)`}`)
       } else {
         verdict.problems.push(`${what}: its replacement with the same instance name ${reclaim ? `was refused the lock ${Math.round(reclaim.at - kill.at)} ms after the kill` : 'never reported trying to reclaim it'}`)
       }

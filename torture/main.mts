@@ -270,7 +270,7 @@ class Run {
         proc.open.delete(`${e.lock}\0${e.fence}`)
         break
       case 'reclaim':
-        this.reclaims.push({ worker: e.worker, lock: e.lock, acquired: e.acquired, at: e.at })
+        this.reclaims.push({ worker: e.worker, lock: e.lock, acquired: e.acquired, start: e.start, at: e.at })
         break
       case 'err':
         this.workerErrors.push(`${e.where}: ${e.message}`)

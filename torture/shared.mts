@@ -156,7 +156,7 @@ export async function dropResource(knex: Knex, database: Database, table: string
 /** One line of a worker's stdout. Fences and counter values are strings: JSON has no bigint. */
 export type WorkerEvent =
   | { t: 'ready'; worker: string; pid: number; at: number }
-  | { t: 'reclaim'; worker: string; lock: string; acquired: boolean; fence?: string; at: number }
+  | { t: 'reclaim'; worker: string; lock: string; acquired: boolean; fence?: string; start: number; at: number }
   /** `leaseFrom`: when the acquiring statement was sent; the row's timestamp is no earlier. */
   | { t: 'acq'; worker: string; lock: string; fence: string; via: 'try' | 'wait'; at: number; leaseFrom: number }
   /** A renewal of the worker's lock succeeded; it was sent at `sentAt`, so the row is at least that fresh. */

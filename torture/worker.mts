@@ -191,14 +191,15 @@ if (simulatedSkewMs !== 0) emit({ t: 'log', worker, level: 'info', message: `Dat
 // A restarted worker with the name of one killed while holding a lock takes that lock first:
 // the row carries its instance name, so it must get it at once, without waiting for the timeout.
 await Promise.all(config.reclaim.map(async (name) => {
+  const start = realNow()
   try {
     const lock = await store.tryAcquireLock(name)
-    emit({ t: 'reclaim', worker, lock: name, acquired: lock !== null, ...(lock ? { fence: String(lock.fence) } : {}), at: realNow() })
+    emit({ t: 'reclaim', worker, lock: name, acquired: lock !== null, ...(lock ? { fence: String(lock.fence) } : {}), start, at: realNow() })
     if (lock) await criticalSection(lock, 'try')
   } catch (error) {
     errors++
     emit({ t: 'err', worker, where: 'reclaim', message: message(error), at: realNow() })
-    emit({ t: 'reclaim', worker, lock: name, acquired: false, at: realNow() })
+    emit({ t: 'reclaim', worker, lock: name, acquired: false, start, at: realNow() })
   }
 }))
 
