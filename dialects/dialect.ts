@@ -141,14 +141,21 @@ export function toFence(value: unknown): bigint {
   throw new TypeError(`worker-locks: the database returned a fence of type ${typeof value}`)
 }
 
-/** Reads the fence of our row with a prepared statement, for databases that cannot return it from the write itself; `null` if the row is not ours. */
+/**
+ * Reads the fence of our row, for databases that cannot return it from the write itself; `null`
+ * if the row is not ours. A prepared statement on a pooled connection: for rows already
+ * committed (see `selectFence` for a read inside the caller's transaction).
+ */
 export async function fenceOf(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<bigint | null> {
   const sql = statement(knex, 'fence', table, (quote) => `SELECT fence FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
   const found = (await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])).rows[0]
   return found === undefined ? null : toFence(found.fence)
 }
 
-/** Reads the fence of our row, for databases that cannot return it from the write itself. */
+/**
+ * `fenceOf` inside the transaction `knex` may be (the emulated path's insert has not committed
+ * yet, so another connection could not see the row).
+ */
 export async function selectFence(knex: Knex, table: string, row: RowIdentity): Promise<bigint | null> {
   const found = await knex(table).where({ lock_name: row.name, lock_key: row.key, token: row.token }).first('fence')
   return found === undefined ? null : toFence((found as { fence: unknown }).fence)

@@ -328,7 +328,7 @@ export class LockStore {
       () => this.#table.releaseMany(records))
     for (const record of records) {
       this.#undeleted.delete(record)
-      announceRelease(this.tableName, lockId(record.name, record.key))
+      announceRelease(this.tableName, record.id)
       this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
     }
   }
@@ -473,7 +473,7 @@ export class LockStore {
 
   #released(record: HeldLock, freed: boolean): void {
     this.#undeleted.delete(record)
-    if (freed) announceRelease(this.tableName, lockId(record.name, record.key))
+    if (freed) announceRelease(this.tableName, record.id)
     this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
   }
 

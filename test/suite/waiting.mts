@@ -17,13 +17,18 @@ async function heldByAnother(h: Harness): Promise<{ clock: ManualClock; waiter: 
   return { clock, waiter, name, held }
 }
 
-/** A lock held by a store of its own (its waiters will be of the same store). */
-async function heldInOneStore(h: Harness): Promise<{ store: LockStore; name: string; held: Lock }> {
-  const store = h.clockedStore(new ManualClock())
+/**
+ * A lock held by a store (its waiters will be of the same store), and `others` more stores on the
+ * same clock (that clock never moves unless the test moves it).
+ */
+async function heldInOneStore(h: Harness, others = 0): Promise<{ clock: ManualClock; store: LockStore; others: LockStore[]; name: string; held: Lock }> {
+  const clock = new ManualClock()
+  const store = h.clockedStore(clock)
+  const more = Array.from({ length: others }, () => h.clockedStore(clock))
   const name = h.lockName()
   const held = await store.tryAcquireLock(name)
   assert.ok(held)
-  return { store, name, held }
+  return { clock, store, others: more, name, held }
 }
 
 /**
@@ -53,7 +58,7 @@ function refuseTokenChanges(h: Harness): { install(): Promise<void>; remove(): P
         },
         remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
       }
-    default:
+    case 'sqlite':
       return {
         install: async () => {
           await h.knex.raw(`CREATE TRIGGER ?? BEFORE UPDATE OF token ON ?? FOR EACH ROW WHEN NEW.token <> OLD.token
@@ -61,6 +66,8 @@ function refuseTokenChanges(h: Harness): { install(): Promise<void>; remove(): P
         },
         remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
       }
+    default:
+      throw new Error(`refuseTokenChanges has no trigger for ${String(h.target.database)}: add one with the new database`)
   }
 }
 
@@ -98,12 +105,8 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('hands a released lock straight to an asleep waiter of the same store: one UPDATE, a larger fence, then on to other stores', async () => {
-    const clock = new ManualClock()
-    const store = h.clockedStore(clock)
-    const other = h.clockedStore(clock)
-    const name = h.lockName()
-    const held = await store.tryAcquireLock(name)
-    assert.ok(held)
+    const { store, others: [other], name, held } = await heldInOneStore(h, 1)
+    assert.ok(other)
     const waiting = store.acquireLock(name)
     const otherRefused = new Promise<void>((resolve) => other.on('refused', () => resolve()))
     const elsewhere = other.acquireLock(name)
@@ -192,12 +195,9 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('wakes the next store of the process when a lock handed over as its store closes is deleted again', async () => {
-    const clock = new ManualClock() // never moves: only a wake-up can end the other store's wait
-    const closing = h.clockedStore(clock)
-    const other = h.clockedStore(clock)
-    const name = h.lockName()
-    const held = await closing.tryAcquireLock(name)
-    assert.ok(held)
+    // The clock never moves: only a wake-up can end the other store's wait.
+    const { store: closing, others: [other], name, held } = await heldInOneStore(h, 1)
+    assert.ok(other)
     const closed = closing.acquireLock(name).then(() => 'acquired', (error: unknown) => error)
     const refused = new Promise<void>((resolve) => other.on('refused', () => resolve()))
     const waiting = other.acquireLock(name)
@@ -214,12 +214,8 @@ export function waitingSuite(h: Harness): void {
   })
 
   it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
-    const clock = new ManualClock()
-    const store = h.clockedStore(clock)
-    const thief = h.clockedStore(clock)
-    const name = h.lockName()
-    const held = await store.tryAcquireLock(name)
-    assert.ok(held)
+    const { store, others: [thief], name, held } = await heldInOneStore(h, 1)
+    assert.ok(thief)
     // The row goes stale behind its holder's back (as if renewals had failed) and is taken over.
     await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
     const stolen = await thief.tryAcquireLock(name)
