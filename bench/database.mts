@@ -9,7 +9,7 @@ import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } from '../src/index.js'
 import { connect, uniqueName, type Database } from '../test/targets.mjs'
-import { acrossProcesses, type ProcessContention } from './processes.mjs'
+import { acrossProcesses, type ProcessContender, type ProcessContention } from './processes.mjs'
 import { newToken, rawContender } from './raw.mjs'
 import { uncontended } from './uncontended.mjs'
 import { median, p99 } from './stats.mjs'
@@ -189,8 +189,18 @@ async function memory(knex: Knex, table: string): Promise<number> {
   return (after - before) / held.length
 }
 
-function summariseProcesses(result: ProcessContention): { perSecond: number; median: number; p99: number; sameProcess: number; cpuMsPerSection: number } {
-  return { perSecond: result.perSecond, median: median(result.handoff), p99: p99(result.handoff), sameProcess: result.sameProcess, cpuMsPerSection: result.cpuMsPerSection }
+function summariseProcesses(result: ProcessContention) {
+  const { perSecond, sameProcess, cpuMsPerSection, roundTripMs } = result
+  return { perSecond, median: median(result.handoff), p99: p99(result.handoff), toOther: median(result.toOther), sameProcess, cpuMsPerSection, roundTripMs }
+}
+
+/** 2b: every contender across processes; the database's own lock queue where it has one. */
+async function processes(): Promise<Record<string, ReturnType<typeof summariseProcesses>>> {
+  const seconds = smoke ? 1 : 5
+  const contenders: ProcessContender[] = database === 'sqlite' ? ['worker-locks', 'verrou'] : ['worker-locks', 'verrou', 'server']
+  const out: Record<string, ReturnType<typeof summariseProcesses>> = {}
+  for (const c of contenders) out[c === 'server' ? 'server lock queue' : c] = summariseProcesses(await acrossProcesses(database, c, seconds))
+  return out
 }
 
 const knex = connect(database, { poolMax: 4 })
@@ -202,10 +212,7 @@ try {
     roundTripMs: await roundTrip(table),
     uncontended: await uncontended(database, knex, table, smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500, LOCK_TIMEOUT),
     contention: await contention(table),
-    processes: {
-      'worker-locks': summariseProcesses(await acrossProcesses(database, 'worker-locks', smoke ? 1 : 5)),
-      verrou: summariseProcesses(await acrossProcesses(database, 'verrou', smoke ? 1 : 5)),
-    },
+    processes: await processes(),
     renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
     crowd: await crowd(knex, table),
     bytesPerLock: await memory(knex, table),

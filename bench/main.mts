@@ -13,7 +13,7 @@ interface Result {
   roundTripMs: number
   uncontended: Record<string, Summary>
   contention: Record<string, Summary & { perSecond: number }>
-  processes: Record<string, Summary & { perSecond: number; sameProcess: number; cpuMsPerSection: number }>
+  processes: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number }>
   renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
   crowd: { waiters: number; wallMs: number; cpuMs: number }
   bytesPerLock: number
@@ -50,11 +50,14 @@ for (const r of results) {
 }
 
 console.log('\n## 2b. Contention: 8 worker processes on one key\n')
-console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes | taken back by the releasing process | workers\' CPU ms per section |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+console.log('"to another process": hand-offs in which another process took the lock. A round trip is a `SELECT 1` timed during the run, on a connection idle for 20 ms first.\n')
+console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | taken back by the releasing process | to another process p50 ms | round trip under this load ms | to another process p50 in round trips | workers\' CPU ms per section |')
+console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const r of results) {
   for (const [name, c] of Object.entries(r.processes)) {
-    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.cpuMsPerSection, 2)} |`)
+    const trips = Number.isNaN(c.roundTripMs) ? '—' : f(c.roundTripMs, 2)
+    const inTrips = Number.isNaN(c.roundTripMs) ? '—' : f(c.toOther / c.roundTripMs)
+    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.toOther, 2)} | ${trips} | ${inTrips} | ${f(c.cpuMsPerSection, 2)} |`)
   }
 }
 

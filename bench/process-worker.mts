@@ -3,12 +3,17 @@
 // clock passes END, then prints one JSON line: when it acquired and when it began releasing,
 // on the wall clock (comparable across processes on one machine), and the CPU time it used.
 //
-// Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou).
+// Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou | server).
+// "server" is the floor: the database's own lock queue on a dedicated connection
+// (pg_advisory_lock, MySQL's GET_LOCK), which wakes exactly the next waiter with no client
+// round trip of its own; worker-locks' rows cannot beat it.
 import { createInterface } from 'node:readline'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
+import mysql from 'mysql2/promise'
+import pg from 'pg'
 import { LockStore } from '../src/index.js'
-import { connect, type Database } from '../test/targets.mjs'
+import { connect, MYSQL_URL, POSTGRES_URL, type Database } from '../test/targets.mjs'
 
 const wallNow = (): number => performance.timeOrigin + performance.now()
 const env = process.env
@@ -24,6 +29,23 @@ if (env.WL_CONTENDER === 'verrou') {
     return () => lock.release()
   }
   close = async () => undefined
+} else if (env.WL_CONTENDER === 'server' && env.WL_DATABASE === 'postgres') {
+  const client = new pg.Client({ connectionString: POSTGRES_URL })
+  await client.connect()
+  // A key derived from the table name, so runs sharing the server do not meet.
+  const key = [...table].reduce((h, c) => (h * 31 + c.charCodeAt(0)) | 0, 7)
+  session = async () => {
+    await client.query({ name: 'lock', text: 'SELECT pg_advisory_lock($1)', values: [key] })
+    return async () => { await client.query({ name: 'unlock', text: 'SELECT pg_advisory_unlock($1)', values: [key] }) }
+  }
+  close = () => client.end()
+} else if (env.WL_CONTENDER === 'server' && env.WL_DATABASE === 'mysql') {
+  const connection = await mysql.createConnection(MYSQL_URL)
+  session = async () => {
+    await connection.execute('SELECT GET_LOCK(?, -1)', [table])
+    return async () => { await connection.execute('SELECT RELEASE_LOCK(?)', [table]) }
+  }
+  close = () => connection.end()
 } else {
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs: 120_000, renewalIntervalMs: 30_000 })
   await store.init()

@@ -7,7 +7,10 @@ import { join } from 'node:path'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import { createLockTable, dropLockTable } from '../src/index.js'
-import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
+import mysql from 'mysql2/promise'
+import pg from 'pg'
+import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
+import { median } from './stats.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
 
@@ -16,9 +19,55 @@ export interface ProcessContention {
   handoff: number[]
   /** The share of hand-offs in which the releasing process took the lock straight back. */
   sameProcess: number
+  /** Hand-off times (ms) of the hand-offs to another process only. */
+  toOther: number[]
   /** CPU time of all worker processes (not the database's) per critical section, in ms. */
   cpuMsPerSection: number
+  /**
+   * A `SELECT 1` round trip (median, ms) measured while the workers run, on a connection left
+   * idle for 20 ms before each, as a waiting process's connections are: the unit hand-offs
+   * are counted in. NaN on SQLite, which has no round trips.
+   */
+  roundTripMs: number
 }
+
+/** Times `SELECT 1` every 20 ms until `stop` resolves. */
+async function probeRoundTrips(database: Database, stop: Promise<unknown>): Promise<number> {
+  if (database === 'sqlite') return NaN
+  let query: () => Promise<unknown>
+  let close: () => Promise<void>
+  if (database === 'postgres') {
+    const client = new pg.Client({ connectionString: POSTGRES_URL })
+    await client.connect()
+    query = () => client.query('SELECT 1')
+    close = () => client.end()
+  } else {
+    const connection = await mysql.createConnection(MYSQL_URL)
+    query = () => connection.query('SELECT 1')
+    close = () => connection.end()
+  }
+  let stopped = false
+  void stop.finally(() => { stopped = true })
+  const times: number[] = []
+  try {
+    while (!stopped) {
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      const start = performance.now()
+      await query()
+      times.push(performance.now() - start)
+    }
+  } finally {
+    await close()
+  }
+  return median(times)
+}
+
+/**
+ * `server`: the database's own lock queue (PostgreSQL and MySQL only), the floor.
+ * `worker-locks, no line`: worker-locks on a table without the waiting line (PostgreSQL: every
+ * waiting process hears every release), as before migration 3.
+ */
+export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'verrou' | 'server'
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
@@ -48,7 +97,7 @@ function startWorker(database: Database, table: string, contender: string): Work
 }
 
 /** Eight processes of `contender` on one key for `seconds`: critical sections per second and hand-off times (ms). */
-export async function acrossProcesses(database: Database, contender: 'worker-locks' | 'verrou', seconds: number, processes = 8): Promise<ProcessContention> {
+export async function acrossProcesses(database: Database, contender: ProcessContender, seconds: number, processes = 8): Promise<ProcessContention> {
   const knex = connect(database, { poolMax: 2 })
   const table = uniqueName(contender === 'verrou' ? 'verrou_x' : 'wl_x')
   try {
@@ -56,27 +105,32 @@ export async function acrossProcesses(database: Database, contender: 'worker-loc
       // Let verrou create its own table once, before the workers start.
       const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: table }) } } })
       await verrou.createLock('setup', '1s').acquireImmediately()
-    } else {
+    } else if (contender.startsWith('worker-locks')) {
       await createLockTable(knex, { tableName: table })
+      if (contender === 'worker-locks, no line') await knex.schema.dropTableIfExists(`${table}_waiters`)
     }
     const workers = Array.from({ length: processes }, () => startWorker(database, table, contender))
     await Promise.all(workers.map((w) => w.ready))
     const end = performance.timeOrigin + performance.now() + 200 + seconds * 1000
     for (const w of workers) w.go(end)
-    const results = await Promise.all(workers.map((w) => w.done))
+    const finished = Promise.all(workers.map((w) => w.done))
+    const [results, roundTripMs] = await Promise.all([finished, probeRoundTrips(database, finished.catch(() => undefined))])
     const holds = results.flatMap((r, worker) => r.acquiredAt.map((at, i) => ({ worker, acquiredAt: at, releasingAt: r.releasingAt[i] ?? NaN })))
       .sort((a, b) => a.acquiredAt - b.acquiredAt)
     const handoff: number[] = []
+    const toOther: number[] = []
     let same = 0
     for (let i = 1; i < holds.length; i++) {
-      handoff.push((holds[i]?.acquiredAt ?? NaN) - (holds[i - 1]?.releasingAt ?? NaN))
+      const ms = (holds[i]?.acquiredAt ?? NaN) - (holds[i - 1]?.releasingAt ?? NaN)
+      handoff.push(ms)
       if (holds[i]?.worker === holds[i - 1]?.worker) same++
+      else toOther.push(ms)
     }
     const cpuMs = results.reduce((sum, r) => sum + r.cpuMs, 0)
-    return { perSecond: holds.length / seconds, handoff, sameProcess: same / Math.max(1, handoff.length), cpuMsPerSection: cpuMs / Math.max(1, holds.length) }
+    return { perSecond: holds.length / seconds, handoff, toOther, sameProcess: same / Math.max(1, handoff.length), cpuMsPerSection: cpuMs / Math.max(1, holds.length), roundTripMs }
   } finally {
     if (contender === 'verrou') await knex.schema.dropTableIfExists(table)
-    else await dropLockTable(knex, { tableName: table })
+    else if (contender.startsWith('worker-locks')) await dropLockTable(knex, { tableName: table })
     await knex.destroy()
   }
 }

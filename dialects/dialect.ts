@@ -34,17 +34,41 @@ export interface ReleaseSubscription {
   keepProcessAlive(keep: boolean): void
 }
 
+/**
+ * The line of stores, in all processes, that wait for each lock, oldest first. With it a release
+ * notifies the one store whose turn it is rather than every listening process, which would all
+ * go to the database for a lock only one can get. Entries are hints: a store that died stays in
+ * the line until its entry lapses, and meanwhile waiters behind it find the lock by polling.
+ */
+export interface WaitingLine {
+  /** Whether `table` has a line (its schema is recent enough). */
+  exists(knex: Knex, table: string): Promise<boolean>
+  /**
+   * Puts store `waiter` in the line for `(name, key)`, or keeps its place if it is there, until
+   * `expiresInMs` from now (by the database's clock) unless it joins again.
+   */
+  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number): Promise<void>
+  /** Takes store `waiter` out of the line for `(name, key)`. */
+  leave(knex: Knex, table: string, waiter: string, name: string, key: string): Promise<void>
+}
+
 /** Telling other processes that a lock was released. */
 export interface ReleaseNotifications {
+  /** The line of waiting stores, where the database keeps one. */
+  readonly line?: WaitingLine
   /** Deletes many rows (token-guarded) and announces their release, in one statement. */
   releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
   /** Announces that `(name, key)` was released by other means (a forced release). */
   notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
   /**
    * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
-   * announced for `table`, and `onClosed` once if the connection fails or ends.
+   * announced for `table` to every process, and for every release addressed to store `waiter`
+   * (as first in the line; `addressed` is then true); and `onClosed` once if the connection fails
+   * or ends.
    */
-  listen(knex: Knex, table: string, onRelease: (name: string, key: string) => void, onClosed: (error: unknown) => void): Promise<ReleaseSubscription>
+  listen(
+    knex: Knex, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void, onClosed: (error: unknown) => void,
+  ): Promise<ReleaseSubscription>
 }
 
 /** What a server can do, asked once per store. */
@@ -91,9 +115,11 @@ export interface Dialect {
   takeoverFenceSql(table: string, quote: (name: string) => string): string | undefined
   /**
    * Deletes our row (token-guarded) and, where the database can, tells waiting processes in the
-   * same statement, delivered only once it has committed. Resolves whether a row was deleted.
+   * same statement, delivered only once it has committed. With `wakeOne` (only where
+   * `notifications.line` exists for `table`) it tells only the store of another process first in
+   * the line, or every process when the line is empty. Resolves whether a row was deleted.
    */
-  release(knex: Knex, table: string, row: RowIdentity): Promise<boolean>
+  release(knex: Knex, table: string, row: RowIdentity, wakeOne?: boolean): Promise<boolean>
   /**
    * Runs first in the emulated path's transaction, to take locks in the same order as the native
    * statement does, so that stores using different strategies on one table cannot deadlock.

@@ -16,6 +16,15 @@ const processTag = randomUUID()
 /** The NOTIFY channel of a lock table. Table names are at most 48 characters, so this stays within PostgreSQL's 63. */
 const channelOf = (table: string): string => `${table}_released`
 
+/** The waiting line of a lock table (migration 3); at most 56 characters. */
+const lineOf = (table: string): string => `${table}_waiters`
+
+/** The NOTIFY channel of one waiting store: releases addressed to it as first in the line. */
+const waiterChannelOf = (waiter: string): string => `wl_waiter_${waiter}`
+
+/** Waiter names become channel names: keep them short and plain. */
+const WAITER = /^[a-z0-9]{1,32}$/
+
 /** The parts of a `pg` client the listener uses. */
 interface ListeningClient {
   on(event: 'notification', listener: (message: { channel: string; payload?: string }) => void): void
@@ -51,13 +60,27 @@ export const postgresDialect: Dialect = {
   fenceSql: () => undefined,
   takeoverFenceSql: (table: string) => `nextval('"${table}_fence_seq"'::regclass)`,
 
-  async release(knex: Knex, table: string, row: RowIdentity): Promise<boolean> {
+  async release(knex: Knex, table: string, row: RowIdentity, wakeOne = false): Promise<boolean> {
     // NOTIFY inside a statement is delivered when its transaction commits, so no listener
-    // hears of the release before the row is really gone.
-    const sql = statement(knex, 'release-notify', table, (quote) =>
-      `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-       SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
-    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, [row.name, row.key, row.token, channelOf(table), processTag])
+    // hears of the release before the row is really gone. With a line, the release goes to the
+    // store of another process that has waited longest (this process wakes its own stores
+    // itself), or to everyone when nobody else is in line.
+    const sql = wakeOne
+      ? statement(knex, 'release-notify-first', table, (quote) =>
+        `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+         SELECT pg_notify(
+           COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
+                     WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND w.expires_ts > ${postgresDialect.nowSql}
+                     ORDER BY w.since_ts, w.waiter LIMIT 1), ?),
+           json_build_array(r.lock_name, r.lock_key, ?::text)::text)
+         FROM released r`)
+      : statement(knex, 'release-notify', table, (quote) =>
+        `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+         SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
+    const params = wakeOne
+      ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
+      : [row.name, row.key, row.token, channelOf(table), processTag]
+    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
     return rows.length > 0
   },
 
@@ -66,6 +89,25 @@ export const postgresDialect: Dialect = {
     query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
 
   notifications: {
+    line: {
+      async exists(knex, table) {
+        const result = await knex.raw('SELECT to_regclass(?) AS line', [`"${lineOf(table)}"`])
+        return postgresDialect.rowsOf(result)[0]?.line != null
+      },
+      async join(knex, table, waiter, name, key, expiresInMs) {
+        const sql = statement(knex, 'line-join', table, (quote) =>
+          `INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
+           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
+           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET expires_ts = excluded.expires_ts`)
+        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, processTag, expiresInMs])
+      },
+      async leave(knex, table, waiter, name, key) {
+        const sql = statement(knex, 'line-leave', table, (quote) =>
+          `DELETE FROM ${quote(lineOf(table))} WHERE lock_name = ? AND lock_key = ? AND waiter = ?`)
+        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter])
+      },
+    },
+
     async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void> {
       await knex.raw(
         `WITH released AS (
@@ -80,8 +122,10 @@ export const postgresDialect: Dialect = {
       await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key, processTag])])
     },
 
-    async listen(knex, table, onRelease, onClosed): Promise<ReleaseSubscription> {
+    async listen(knex, table, waiter, onRelease, onClosed): Promise<ReleaseSubscription> {
+      if (!WAITER.test(waiter)) throw new TypeError(`worker-locks: waiter name ${JSON.stringify(waiter)} is not 1 to 32 lower-case letters and digits`)
       const channel = channelOf(table)
+      const ownChannel = waiterChannelOf(waiter)
       // A connection of its own, outside the pool: LISTEN belongs to one session for its lifetime.
       const client = (await knex.client.acquireRawConnection()) as ListeningClient
       let closed = false
@@ -91,17 +135,17 @@ export const postgresDialect: Dialect = {
         onClosed(error)
       }
       client.on('notification', (message) => {
-        if (message.channel !== channel || message.payload === undefined) return
+        if ((message.channel !== channel && message.channel !== ownChannel) || message.payload === undefined) return
         const released: unknown = JSON.parse(message.payload)
         // Releases made by this process have woken its waiters already, one store at a time;
         // hearing them again would send every waiting store to the database at once.
         if (!Array.isArray(released) || released[2] === processTag) return
-        if (typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1])
+        if (typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1], message.channel === ownChannel)
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
       try {
-        await client.query(knex.raw('LISTEN ??', [channel]).toQuery())
+        await client.query(knex.raw('LISTEN ??; LISTEN ??', [channel, ownChannel]).toQuery())
       } catch (error) {
         await knex.client.destroyRawConnection(client).catch(() => undefined)
         throw error

@@ -9,6 +9,7 @@ import {
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
 import { announceRelease, takeTurn, waitForLocalRelease } from './release-bus.js'
+import { LinePlaces } from './line-places.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -49,6 +50,8 @@ export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T 
 interface Resolved {
   readonly strategy: Strategy
   readonly facts: ServerFacts
+  /** Whether the table has a waiting line, so that a release notifies only the store first in it. */
+  readonly wakeOne: boolean
 }
 
 /**
@@ -91,6 +94,7 @@ export class LockStore {
   readonly #waiting: WaitRoom
   readonly #events = new LockEvents((error) => this.#log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   readonly #listener: ReleaseListener | undefined
+  readonly #line: LinePlaces | undefined
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -137,9 +141,22 @@ export class LockStore {
       log,
       events: this.#events,
     })
-    const wake = (name: string, key: string): void => this.#waiting.wake(lockId(name, key))
+    // This store's name in the waiting line, and the channel releases addressed to it arrive on.
+    const waiter = randomBytes(8).toString('hex')
+    const line = sql.notifications?.line
+    // A place lasts three times the longest backoff: a waiter first in line is refused (and
+    // joins again) at least every maxDelayMs, and a dead store's place lapses soon after.
+    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, 3 * this.#options.backoff.maxDelayMs + 5_000, this.#monotonicNow, log)
+    const heard = (name: string, key: string, addressed: boolean): void => {
+      const id = lockId(name, key)
+      if (this.#waiting.wake(id) || !addressed) return
+      // Addressed to this store as first in line, but nobody here waits any more: pass it on.
+      this.#line?.stray(id, name, key)
+      void sql.notifications?.notifyReleased(knex, this.tableName, name, key).catch((error: unknown) =>
+        log('debug', { err: error, table: this.tableName }, 'worker-locks: could not pass a release on; waiters poll meanwhile.'))
+    }
     this.#listener = sql.notifications
-      ? new ReleaseListener(knex, sql.notifications, this.tableName, wake, timers, log)
+      ? new ReleaseListener(knex, sql.notifications, this.tableName, waiter, heard, timers, log)
       : undefined
     this.#waiting = new WaitRoom({
       timers,
@@ -155,7 +172,16 @@ export class LockStore {
         if (occupied) this.#listener?.start()
         else this.#listener?.idle(LISTENER_LINGER_MS)
       },
-      waitingFor: (id) => waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id)),
+      waitingFor: (id) => {
+        const stop = waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id))
+        return () => {
+          stop()
+          this.#line?.left(id)
+        }
+      },
+      refused: (id, name, key) => {
+        if (this.#resolved?.wakeOne) this.#line?.refused(id, name, key)
+      },
     })
   }
 
@@ -318,6 +344,7 @@ export class LockStore {
     await this.#held.stop()
     await Promise.allSettled([...this.#inflight])
     await this.#listener?.stop()
+    await this.#line?.settled()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
       this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
@@ -347,12 +374,19 @@ export class LockStore {
   async #detect(): Promise<Resolved> {
     const facts = await this.#database('ask the database for its version', () => this.#sql.detect(this.#knex))
     if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
-    if (this.#options.strategy === 'emulated') return { strategy: 'emulated', facts }
-    if (facts.native) return { strategy: 'native', facts }
+    const strategy = this.#strategy(facts)
+    const line = this.#sql.notifications?.line
+    const wakeOne = line !== undefined && await this.#database('look for the waiting line', () => line.exists(this.#knex, this.tableName))
+    return { strategy, facts, wakeOne }
+  }
+
+  #strategy(facts: ServerFacts): Strategy {
+    if (this.#options.strategy === 'emulated') return 'emulated'
+    if (facts.native) return 'native'
     if (this.#options.strategy === 'native') {
       throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)
     }
-    return { strategy: 'emulated', facts }
+    return 'emulated'
   }
 
   async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
@@ -412,7 +446,7 @@ export class LockStore {
 
   // Deletes a row just won but not taken on, and wakes whoever waits for it in this process.
   async #giveUp(id: string, row: RowIdentity, failed: (error: unknown) => void): Promise<void> {
-    const removed = await this.#table.release(row).catch((error: unknown) => {
+    const removed = await this.#table.release(row, this.#wakeOne).catch((error: unknown) => {
       failed(error)
       return false
     })
@@ -435,7 +469,7 @@ export class LockStore {
   }
 
   #delete(record: HeldLock): Promise<void> {
-    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record))
+    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#wakeOne))
       .then(() => this.#released(record, true), (error: unknown) => this.#releaseFailed(record, error))
   }
 
@@ -453,7 +487,7 @@ export class LockStore {
     // other: delete both, and the release succeeds or fails as a plain one would.
     const releasing = written.then(
       () => this.#released(record, false),
-      () => this.#table.release({ name, key, token }).catch(() => undefined).then(() => this.#delete(record)),
+      () => this.#table.release({ name, key, token }, this.#wakeOne).catch(() => undefined).then(() => this.#delete(record)),
     )
     // The waiter tries on its own if the row was no longer ours or the statement failed.
     const claim = written
@@ -463,6 +497,10 @@ export class LockStore {
     this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)
     return releasing
+  }
+
+  get #wakeOne(): boolean {
+    return this.#resolved?.wakeOne ?? false
   }
 
   #track(work: Promise<unknown>): void {

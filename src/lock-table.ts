@@ -89,10 +89,11 @@ export class LockTable {
 
   /**
    * Deletes the row if it still carries this token, and where the database can, tells waiting
-   * processes in the same statement. Resolves whether a row was deleted.
+   * processes in the same statement: with `wakeOne` (the table has a waiting line), only the
+   * one first in line. Resolves whether a row was deleted.
    */
-  release(row: RowIdentity): Promise<boolean> {
-    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row))
+  release(row: RowIdentity, wakeOne = false): Promise<boolean> {
+    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, wakeOne))
   }
 
   /**

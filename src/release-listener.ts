@@ -14,7 +14,8 @@ export class ReleaseListener {
   readonly #knex: Knex
   readonly #notifications: ReleaseNotifications
   readonly #table: string
-  readonly #onRelease: (name: string, key: string) => void
+  readonly #waiter: string
+  readonly #onRelease: (name: string, key: string, addressed: boolean) => void
   readonly #timers: Clock
   readonly #log: (level: LogLevel, details: object, message: string) => void
   #running: Promise<void> | undefined
@@ -28,12 +29,13 @@ export class ReleaseListener {
   #stopping: Array<() => void> = []
 
   constructor(
-    knex: Knex, notifications: ReleaseNotifications, table: string, onRelease: (name: string, key: string) => void,
+    knex: Knex, notifications: ReleaseNotifications, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void,
     timers: Clock, log: (level: LogLevel, details: object, message: string) => void,
   ) {
     this.#knex = knex
     this.#notifications = notifications
     this.#table = table
+    this.#waiter = waiter
     this.#onRelease = onRelease
     this.#timers = timers
     this.#log = log
@@ -89,7 +91,7 @@ export class ReleaseListener {
       try {
         let dropped: unknown
         let wake: (() => void) | undefined
-        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#onRelease, (error) => {
+        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#waiter, this.#onRelease, (error) => {
           dropped = error ?? new Error('the listening connection closed')
           wake?.()
         })

@@ -18,6 +18,8 @@ export interface WaitRoomOptions {
   readonly occupied: (occupied: boolean) => void
   /** Called when the first waiter for lock `id` arrives; returns what to call when the last one leaves. */
   readonly waitingFor: (id: string) => () => void
+  /** Called when the attempt of the first waiter for lock `id` was refused and it goes to sleep. */
+  readonly refused: (id: string, name: string, key: string) => void
   /** Called when a wait ends, however it ends. */
   readonly ended: (name: string, key: string, waitedMs: number, outcome: 'acquired' | 'timeout' | 'aborted' | 'closed') => void
 }
@@ -57,12 +59,13 @@ export class WaitRoom {
     this.#o = options
   }
 
-  /** Wakes the first waiter for the lock `id`, if any. */
-  wake(id: string): void {
+  /** Wakes the first waiter for the lock `id`; `false` if nobody waits for it. */
+  wake(id: string): boolean {
     const head = this.#queues.get(id)?.[0]
-    if (!head) return
+    if (!head) return false
     head.woken = true
     head.interrupt?.()
+    return true
   }
 
   /**
@@ -144,6 +147,7 @@ export class WaitRoom {
         }
         if (attempting) {
           if (o.monotonicNow() >= deadline) throw new LockTimeoutError(name, key, timeoutMs)
+          if (!failed) o.refused(id, name, key)
           const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
           // Only a wait that ran its full length grows the next one; a wake-up never does.
           if (await this.#sleep(waiter, delay) === 'elapsed' || failed) grown++

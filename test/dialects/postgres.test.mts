@@ -3,19 +3,47 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
-import { it } from 'node:test'
-import { ManualClock } from '../../src/index.js'
+import { afterEach, it } from 'node:test'
+import { ManualClock, createLockTable, dropLockTable } from '../../src/index.js'
 import { Harness, RecordingLogger } from '../harness.mjs'
 import { forEachTarget } from '../matrix.mjs'
-import { startWorker } from '../worker-process.mjs'
+import { uniqueName } from '../targets.mjs'
+import { killChildren, startWaiter, startWorker, type ChildWorker } from '../worker-process.mjs'
 
 const LISTENING = 'listening for releases in table'
 
-/** The server process ids of the connections listening on the harness's table. */
-async function listeningPids(h: Harness): Promise<number[]> {
-  const { rows } = await h.knex.raw('SELECT pid FROM pg_stat_activity WHERE query = ? ORDER BY pid',
-    [`LISTEN "${h.tableName}_released"`]) as { rows: Array<{ pid: number }> }
+/** How the listening connection's last query (its LISTEN) begins. */
+const listenQuery = (h: Harness, table = h.tableName): string => `LISTEN "${table}_released";`
+
+/** The server process ids of the connections listening on the harness's table (or `table`). */
+async function listeningPids(h: Harness, table = h.tableName): Promise<number[]> {
+  const { rows } = await h.knex.raw('SELECT pid FROM pg_stat_activity WHERE starts_with(query, ?) ORDER BY pid',
+    [listenQuery(h, table)]) as { rows: Array<{ pid: number }> }
   return rows.map((r) => r.pid)
+}
+
+/** The names of the stores in the waiting line for `name`, first in line first. */
+async function line(h: Harness, name: string): Promise<string[]> {
+  const { rows } = await h.knex.raw('SELECT waiter FROM ?? WHERE lock_name = ? ORDER BY since_ts, waiter',
+    [`${h.tableName}_waiters`, name]) as { rows: Array<{ waiter: string }> }
+  return rows.map((r) => r.waiter)
+}
+
+// Polls (briefly, in real time) until `read` gives `length` items: the processes under test
+// write the line and open their connections in the background.
+async function until<T>(read: () => Promise<T[]>, length: number, what: string): Promise<T[]> {
+  let items = await read()
+  for (let i = 0; i < 400 && items.length !== length; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 25))
+    items = await read()
+  }
+  assert.equal(items.length, length, what)
+  return items
+}
+
+async function finish(...workers: ChildWorker[]): Promise<void> {
+  for (const w of workers) w.child.stdin?.end()
+  for (const w of workers) assert.equal((await w.exited).code, 0)
 }
 
 // A closed connection's server process lingers for a moment: poll (briefly, in real time) for
@@ -33,6 +61,7 @@ async function stays(h: Harness, pids: number[]): Promise<void> {
 
 forEachTarget('cross-process wake-ups', (target) => {
   const h = new Harness(target)
+  afterEach(killChildren)
 
   it("wakes a waiter with an hour's backoff when another process releases, also after its listener was killed", async () => {
     const logger = new RecordingLogger()
@@ -59,8 +88,8 @@ forEachTarget('cross-process wake-ups', (target) => {
     const waitingAgain = store.acquireLock(name)
     assert.deepEqual(await listeningPids(h), lingering, 'the second wait listens on the same connection')
     const { rows } = await h.knex.raw(
-      'SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE query = ?',
-      [`LISTEN "${h.tableName}_released"`],
+      'SELECT pg_terminate_backend(pid) AS killed FROM pg_stat_activity WHERE starts_with(query, ?)',
+      [listenQuery(h)],
     ) as { rows: Array<{ killed: boolean }> }
     assert.deepEqual(rows.map((r) => r.killed), [true], 'exactly the listening connection was terminated')
     await logger.waitFor(LISTENING, 2) // it reconnected
@@ -119,5 +148,82 @@ forEachTarget('cross-process wake-ups', (target) => {
     clearTimeout(killer)
     assert.equal(code, 0, `the process did not exit by itself: ${stdout}`)
     assert.match(stdout, /waited and released/)
+  })
+
+  // The waiters below never poll: a wait that no notification reaches never ends, and the test
+  // times out rather than passing.
+  it('wakes only the store of another process that is first in line, then the next', { timeout: 60_000 }, async () => {
+    const name = h.lockName('line')
+    const held = await h.store().tryAcquireLock(name)
+    assert.ok(held)
+    const first = await startWaiter(h)
+    first.send(`wait ${name}`)
+    await until(() => line(h, name), 1, 'the first waiter is in line')
+    const second = await startWaiter(h)
+    second.send(`wait ${name}`)
+    await until(() => line(h, name), 2, 'the second waiter is in line behind it')
+    await until(() => listeningPids(h), 2, 'both listen')
+
+    await held.release()
+    await first.printed(`acquired ${name}`)
+    first.send(`release ${name}`)
+    await second.printed(`acquired ${name}`)
+    // Had the first release woken the second process too, it would have tried and been refused
+    // (or won, and the first would never have got the lock).
+    assert.deepEqual(second.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'the second waiter tried only once before its turn')
+    await until(() => line(h, name), 0, 'both left the line')
+    await finish(first, second)
+  })
+
+  it('skips places that lapsed, and a store that no longer waits passes its turn on', { timeout: 60_000 }, async () => {
+    const holder = h.store()
+    const name = h.lockName('stray')
+    const elsewhere = h.lockName('stray-elsewhere')
+    const held = await holder.tryAcquireLock(name)
+    const heldElsewhere = await holder.tryAcquireLock(elsewhere)
+    assert.ok(held && heldElsewhere)
+    // A store that waits for another lock, left in line for this one (as if its leave had failed),
+    // behind the place of a store that died long ago.
+    const stray = await startWaiter(h)
+    stray.send(`wait ${elsewhere}`)
+    const [strayName] = await until(() => line(h, elsewhere), 1, 'the stray store is in line elsewhere')
+    await h.knex(`${h.tableName}_waiters`).insert([
+      { lock_name: name, lock_key: '', waiter: 'died', process_tag: 'gone', since_ts: 0, expires_ts: 1 },
+      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
+    ])
+    const waiter = await startWaiter(h)
+    waiter.send(`wait ${name}`)
+    await until(() => line(h, name), 3, 'the waiter is in line behind both')
+    await until(() => listeningPids(h), 2, 'both listen')
+
+    await held.release()
+    await waiter.printed(`acquired ${name}`)
+    assert.deepEqual(await until(() => line(h, name), 1, 'the stray place is gone'), ['died'], 'only the lapsed place is left')
+    await heldElsewhere.release()
+    await stray.printed(`acquired ${elsewhere}`)
+    await finish(stray, waiter)
+  })
+
+  it('wakes waiting processes also on a table without a waiting line (created before it existed)', { timeout: 60_000 }, async () => {
+    const tableName = uniqueName('wl_noline')
+    await createLockTable(h.knex, { tableName })
+    await h.knex.schema.dropTable(`${tableName}_waiters`)
+    try {
+      const name = h.lockName('no-line')
+      const holder = h.store({ tableName })
+      const held = await holder.tryAcquireLock(name)
+      assert.ok(held)
+      const waiter = await startWaiter(h, { WL_TABLE: tableName })
+      waiter.send(`wait ${name}`)
+      await waiter.printed(`refused ${name}`)
+      await until(() => listeningPids(h, tableName), 1, 'the waiter listens')
+      await held.release()
+      await waiter.printed(`acquired ${name}`)
+      await finish(waiter)
+      await holder.close()
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false, 'no store created the line')
+    } finally {
+      await dropLockTable(h.knex, { tableName })
+    }
   })
 }, ['postgres'])

@@ -14,6 +14,8 @@ export function schemaSuite(h: Harness): void {
       const [, applied] = await knex.migrate.latest(config)
       assert.ok(applied.length >= 1)
       assert.equal(await h.knex.schema.hasTable(tableName), true)
+      // The waiting line exists only where releases are announced to other processes.
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
       const [, again] = await knex.migrate.latest(config)
       assert.deepEqual(again, [], 'a second run applies nothing')
       const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
@@ -21,7 +23,9 @@ export function schemaSuite(h: Harness): void {
       await store.close()
       await knex.migrate.rollback(config, true)
       assert.equal(await h.knex.schema.hasTable(tableName), false)
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
     } finally {
+      await h.knex.schema.dropTableIfExists(`${tableName}_waiters`)
       await h.knex.schema.dropTableIfExists(tableName)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations`)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations_lock`)
@@ -42,6 +46,7 @@ export function schemaSuite(h: Harness): void {
       await dropLockTable(h.knex, { tableName })
     }
     assert.equal(await h.knex.schema.hasTable(tableName), false)
+    assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
   })
 
   it('validates the table name of createLockTable', async () => {

@@ -383,9 +383,15 @@ export function waitingSuite(h: Harness): void {
     const held = await holder.tryAcquireLock(name)
     assert.ok(held)
     const statementTimes: number[] = []
-    knex.on('query', () => statementTimes.push(clock.now()))
+    // Attempts only: on PostgreSQL the waiter also keeps its place in the waiting line.
+    knex.on('query', (query: { sql: string }) => { if (!query.sql.includes('_waiters')) statementTimes.push(clock.now()) })
+    // The clock must not move before the first attempt has been refused, or its first sleep
+    // would start late and look like a gap over the cap.
+    await waiter.init()
+    const refused = new Promise<void>((resolve) => { const off = waiter.on('refused', () => { off(); resolve() }) })
     const waiting = waiter.acquireLock(name)
     waiting.catch(() => undefined) // awaited below; this keeps a failed assertion from leaving it unhandled
+    await refused
     const hours = 1
     await clock.advance(hours * 3_600_000)
     // An emulated attempt is two statements at the same instant: count instants.

@@ -1,0 +1,90 @@
+import type { Knex } from 'knex'
+import type { WaitingLine } from '../dialects/index.js'
+import type { LogLevel } from './logger.js'
+
+interface Place {
+  readonly name: string
+  readonly key: string
+  /** When this store last joined (monotonic ms). */
+  joinedAt: number
+}
+
+/**
+ * This store's places in the waiting line that releases in other processes consult (see
+ * `WaitingLine`): a waiter that was refused joins the line for its lock, and leaves it when the
+ * store's last waiter for that lock is gone. The statements run in the background, in order per
+ * lock; one that fails is logged and costs only speed (waiters poll whatever happens).
+ */
+export class LinePlaces {
+  readonly #knex: Knex
+  readonly #line: WaitingLine
+  readonly #table: string
+  readonly #waiter: string
+  readonly #expiresInMs: number
+  readonly #now: () => number
+  readonly #log: (level: LogLevel, details: object, message: string) => void
+  readonly #places = new Map<string, Place>()
+  // Per lock, the last statement queued: a leave must not overtake the join before it, or the
+  // other way round.
+  readonly #chains = new Map<string, Promise<void>>()
+
+  /**
+   * @param waiter this store's name in the line
+   * @param expiresInMs how long a place lasts unless joined again; a waiter is refused at least
+   *   this often / 3, so places of live stores never lapse
+   */
+  constructor(
+    knex: Knex, line: WaitingLine, table: string, waiter: string, expiresInMs: number,
+    now: () => number, log: (level: LogLevel, details: object, message: string) => void,
+  ) {
+    this.#knex = knex
+    this.#line = line
+    this.#table = table
+    this.#waiter = waiter
+    this.#expiresInMs = expiresInMs
+    this.#now = now
+    this.#log = log
+  }
+
+  /** A waiter of this store for `id` was refused and goes to sleep: be in line for it. */
+  refused(id: string, name: string, key: string): void {
+    const now = this.#now()
+    const place = this.#places.get(id)
+    if (place && now - place.joinedAt < this.#expiresInMs / 3) return
+    if (place) place.joinedAt = now
+    else this.#places.set(id, { name, key, joinedAt: now })
+    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, name, key, this.#expiresInMs))
+  }
+
+  /** The store's last waiter for `id` has gone: leave the line, if in it. */
+  left(id: string): void {
+    const place = this.#places.get(id)
+    if (!place) return
+    this.#places.delete(id)
+    this.#queue(id, () => this.#line.leave(this.#knex, this.#table, this.#waiter, place.name, place.key))
+  }
+
+  /**
+   * A release was addressed to this store as first in line for `(name, key)`, but it no longer
+   * waits there: an earlier leave failed or is still under way. Leave (again) to be sure.
+   */
+  stray(id: string, name: string, key: string): void {
+    if (this.#places.has(id)) return
+    this.#queue(id, () => this.#line.leave(this.#knex, this.#table, this.#waiter, name, key))
+  }
+
+  /** Resolves once every statement queued so far (and any queued meanwhile) has run. */
+  async settled(): Promise<void> {
+    while (this.#chains.size > 0) await Promise.all(this.#chains.values())
+  }
+
+  #queue(id: string, run: () => Promise<void>): void {
+    const next = (this.#chains.get(id) ?? Promise.resolve()).then(run).catch((error: unknown) => {
+      this.#log('debug', { err: error, table: this.#table }, 'worker-locks: could not update the waiting line; waiters poll meanwhile.')
+    })
+    this.#chains.set(id, next)
+    void next.then(() => {
+      if (this.#chains.get(id) === next) this.#chains.delete(id)
+    })
+  }
+}
