@@ -25,7 +25,16 @@ if (env.WL_CONTENDER === 'verrou') {
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: table, autoCreateTable: false }) } } })
   session = async () => {
     const lock = verrou.createLock('contended', '2m')
-    await lock.acquire()
+    // verrou's knex store can lose a MySQL deadlock (1213) and throw; trying again is what a
+    // user of it would have to do.
+    for (;;) {
+      try {
+        await lock.acquire()
+        break
+      } catch (error) {
+        if ((error as { errno?: number }).errno !== 1213) throw error
+      }
+    }
     return () => lock.release()
   }
   close = async () => undefined

@@ -46,11 +46,17 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
        SET instance_name = excluded.instance_name, token = excluded.token, last_renewed_ts = excluded.last_renewed_ts, fence = nextval('"${table}_fence_seq"'::regclass)
        WHERE t.last_renewed_ts < excluded.last_renewed_ts - $5 OR t.instance_name = excluded.instance_name
        RETURNING fence`
+    // The release notifies whoever is first in the waiting line, or everyone (as worker-locks does).
     const release = `WITH released AS (DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 RETURNING lock_name, lock_key)
-       SELECT pg_notify($4, json_build_array(lock_name, lock_key, $5::text)::text) FROM released`
+       SELECT pg_notify(
+         COALESCE((SELECT 'wl_waiter_' || w.waiter FROM "${table}_waiters" w
+                   WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> $4 AND w.expires_ts > ${now}
+                   ORDER BY w.since_ts, w.waiter LIMIT 1), $5),
+         json_build_array(r.lock_name, r.lock_key, $4::text)::text)
+       FROM released r`
     return {
       acquire: async (n, k, t) => (await client.query({ name: 'raw_acquire', text: acquire, values: [n, k, instance, t, lockTimeoutMs] })).rows[0],
-      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, `${table}_released`, 'raw'] }) },
+      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, 'raw', `${table}_released`] }) },
       close: async () => { await client.end() },
     }
   }

@@ -28,6 +28,8 @@ export interface RowIdentity {
 
 /** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
 export interface ReleaseSubscription {
+  /** Identifies the listening session on the server (PostgreSQL: its backend pid). */
+  readonly session: number
   /** Ends the connection. */
   close(): Promise<void>
   /** Whether the open connection keeps the Node.js process running (it does at first). */
@@ -37,17 +39,18 @@ export interface ReleaseSubscription {
 /**
  * The line of stores, in all processes, that wait for each lock, oldest first. With it a release
  * notifies the one store whose turn it is rather than every listening process, which would all
- * go to the database for a lock only one can get. Entries are hints: a store that died stays in
- * the line until its entry lapses, and meanwhile waiters behind it find the lock by polling.
+ * go to the database for a lock only one can get. Places are hints, not a queue that decides who
+ * gets the lock: a release skips places whose listening session is gone or that lapsed.
  */
 export interface WaitingLine {
   /** Whether `table` has a line (its schema is recent enough). */
   exists(knex: Knex, table: string): Promise<boolean>
   /**
-   * Puts store `waiter` in the line for `(name, key)`, or keeps its place if it is there, until
-   * `expiresInMs` from now (by the database's clock) unless it joins again.
+   * Puts store `waiter`, listening on `session` (see `ReleaseSubscription.session`), in the line
+   * for `(name, key)`, or keeps its place if it is there, until `expiresInMs` from now (by the
+   * database's clock) unless it joins again. Clears lapsed places of that lock on the way.
    */
-  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number): Promise<void>
+  join(knex: Knex, table: string, waiter: string, session: number, name: string, key: string, expiresInMs: number): Promise<void>
   /** Takes store `waiter` out of the line for `(name, key)`. */
   leave(knex: Knex, table: string, waiter: string, name: string, key: string): Promise<void>
 }

@@ -7,6 +7,10 @@ import {
   type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
 } from './dialect.js'
 
+// The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
+// now() is frozen at the start of the caller's transaction, which may be long open.
+const NOW_SQL = '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint'
+
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
 
@@ -25,6 +29,18 @@ const waiterChannelOf = (waiter: string): string => `wl_waiter_${waiter}`
 /** Waiter names become channel names: keep them short and plain. */
 const WAITER = /^[a-z0-9]{1,32}$/
 
+/**
+ * A place in the line `w` that counts: not lapsed, and its store's listening session still on
+ * the server (a place of a process that died, or whose connection dropped, is skipped at once).
+ */
+const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND EXISTS (SELECT 1 FROM pg_stat_get_activity(w.listener_pid))`
+
+// undefined_table: the line was dropped (migration 3 rolled back) while stores ran.
+const isUndefinedTable = (error: unknown): boolean => errorCode(error) === '42P01'
+
+// Tables whose line has been found missing since the store looked: release without it.
+const linesGone = new WeakMap<Knex, Set<string>>()
+
 /** The parts of a `pg` client the listener uses. */
 interface ListeningClient {
   on(event: 'notification', listener: (message: { channel: string; payload?: string }) => void): void
@@ -38,9 +54,7 @@ interface ListeningClient {
 /** PostgreSQL through `pg`. */
 export const postgresDialect: Dialect = {
   name: 'postgres',
-  // clock_timestamp() rather than now(): now() is frozen at the start of the caller's
-  // transaction, which may be long open. numeric epoch (PostgreSQL 14+) keeps milliseconds exact.
-  nowSql: '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint',
+  nowSql: NOW_SQL,
   cancelsQueries: true,
 
   async detect(knex: Knex): Promise<ServerFacts> {
@@ -61,6 +75,7 @@ export const postgresDialect: Dialect = {
   takeoverFenceSql: (table: string) => `nextval('"${table}_fence_seq"'::regclass)`,
 
   async release(knex: Knex, table: string, row: RowIdentity, wakeOne = false): Promise<boolean> {
+    if (wakeOne && linesGone.get(knex)?.has(table)) wakeOne = false
     // NOTIFY inside a statement is delivered when its transaction commits, so no listener
     // hears of the release before the row is really gone. With a line, the release goes to the
     // store of another process that has waited longest (this process wakes its own stores
@@ -70,7 +85,7 @@ export const postgresDialect: Dialect = {
         `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
          SELECT pg_notify(
            COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
-                     WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND w.expires_ts > ${postgresDialect.nowSql}
+                     WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND ${LIVE_PLACE}
                      ORDER BY w.since_ts, w.waiter LIMIT 1), ?),
            json_build_array(r.lock_name, r.lock_key, ?::text)::text)
          FROM released r`)
@@ -80,8 +95,18 @@ export const postgresDialect: Dialect = {
     const params = wakeOne
       ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
       : [row.name, row.key, row.token, channelOf(table), processTag]
-    const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
-    return rows.length > 0
+    try {
+      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
+      return rows.length > 0
+    } catch (error) {
+      // A missing line must not stop releases: fall back to notifying everyone from now on.
+      // (A missing lock table fails again below, as it should.)
+      if (!wakeOne || !isUndefinedTable(error)) throw error
+      let gone = linesGone.get(knex)
+      if (!gone) linesGone.set(knex, (gone = new Set()))
+      gone.add(table)
+      return postgresDialect.release(knex, table, row, false)
+    }
   },
 
   // The planner turns the row-value IN into one index lookup per element.
@@ -94,12 +119,16 @@ export const postgresDialect: Dialect = {
         const result = await knex.raw('SELECT to_regclass(?) AS line', [`"${lineOf(table)}"`])
         return postgresDialect.rowsOf(result)[0]?.line != null
       },
-      async join(knex, table, waiter, name, key, expiresInMs) {
+      async join(knex, table, waiter, session, name, key, expiresInMs) {
+        // A place that had lapsed counts as new: it goes to the back of the line.
         const sql = statement(knex, 'line-join', table, (quote) =>
-          `INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
-           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
-           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET expires_ts = excluded.expires_ts`)
-        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, processTag, expiresInMs])
+          `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
+           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, listener_pid, since_ts, expires_ts)
+           VALUES (?, ?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
+           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE
+           SET listener_pid = excluded.listener_pid, expires_ts = excluded.expires_ts,
+               since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END`)
+        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, session, expiresInMs])
       },
       async leave(knex, table, waiter, name, key) {
         const sql = statement(knex, 'line-leave', table, (quote) =>
@@ -144,13 +173,16 @@ export const postgresDialect: Dialect = {
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
+      let session: number
       try {
-        await client.query(knex.raw('LISTEN ??; LISTEN ??', [channel, ownChannel]).toQuery())
+        const results = await client.query(`${knex.raw('LISTEN ??; LISTEN ??', [channel, ownChannel]).toQuery()}; SELECT pg_backend_pid() AS pid`) as Array<{ rows: Array<{ pid: number }> }>
+        session = Number(results[2]?.rows[0]?.pid)
       } catch (error) {
         await knex.client.destroyRawConnection(client).catch(() => undefined)
         throw error
       }
       return {
+        session,
         async close() {
           closed = true
           await knex.client.destroyRawConnection(client)

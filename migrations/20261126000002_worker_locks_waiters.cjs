@@ -42,8 +42,12 @@ function create(knex, line) {
     `CREATE TABLE IF NOT EXISTS ?? (
        lock_name VARCHAR(255) NOT NULL,
        lock_key VARCHAR(255) NOT NULL,
-       waiter VARCHAR(64) NOT NULL,
+       -- The store's name, which is also the name of its NOTIFY channel's suffix: short and plain.
+       waiter VARCHAR(32) NOT NULL CHECK (waiter ~ '^[a-z0-9]+$'),
        process_tag VARCHAR(64) NOT NULL,
+       -- The server process of the store's listening connection: a place whose listener is gone
+       -- (the process died, the connection dropped) is skipped at once.
+       listener_pid INTEGER NOT NULL,
        since_ts BIGINT NOT NULL,
        expires_ts BIGINT NOT NULL,
        PRIMARY KEY (lock_name, lock_key, waiter)

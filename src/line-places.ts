@@ -7,13 +7,18 @@ interface Place {
   readonly key: string
   /** When this store last joined (monotonic ms). */
   joinedAt: number
+  /** The listening session it joined with, or `undefined` while it has not joined. */
+  session: number | undefined
 }
 
 /**
  * This store's places in the waiting line that releases in other processes consult (see
- * `WaitingLine`): a waiter that was refused joins the line for its lock, and leaves it when the
- * store's last waiter for that lock is gone. The statements run in the background, in order per
- * lock; one that fails is logged and costs only speed (waiters poll whatever happens).
+ * `WaitingLine`): a waiter refused by the database joins the line for its lock, and the store
+ * leaves it when its last waiter for that lock is gone. A place names the store's listening
+ * session, so the store joins only while it listens (a release addressed to a store that cannot
+ * hear it would be lost), and joins again after its listener reconnected. The statements run in
+ * the background, in order per lock; one that fails is logged and costs only speed (waiters poll
+ * whatever happens).
  */
 export class LinePlaces {
   readonly #knex: Knex
@@ -27,11 +32,12 @@ export class LinePlaces {
   // Per lock, the last statement queued: a leave must not overtake the join before it, or the
   // other way round.
   readonly #chains = new Map<string, Promise<void>>()
+  #session: number | undefined
 
   /**
    * @param waiter this store's name in the line
-   * @param expiresInMs how long a place lasts unless joined again; a waiter is refused at least
-   *   this often / 3, so places of live stores never lapse
+   * @param expiresInMs how long a place lasts unless joined again; a waiter first in its store's
+   *   queue is refused (and rejoins) at least every third of this while it waits
    */
   constructor(
     knex: Knex, line: WaitingLine, table: string, waiter: string, expiresInMs: number,
@@ -46,14 +52,21 @@ export class LinePlaces {
     this.#log = log
   }
 
-  /** A waiter of this store for `id` was refused and goes to sleep: be in line for it. */
+  /** The store's listener is up on `session`, or down (`undefined`). */
+  listening(session: number | undefined): void {
+    this.#session = session
+    if (session === undefined) return
+    for (const [id, place] of this.#places) if (place.session !== session) this.#join(id, place, session)
+  }
+
+  /** A waiter of this store for `id` was refused by the database and goes to sleep: be in line for it. */
   refused(id: string, name: string, key: string): void {
-    const now = this.#now()
-    const place = this.#places.get(id)
-    if (place && now - place.joinedAt < this.#expiresInMs / 3) return
-    if (place) place.joinedAt = now
-    else this.#places.set(id, { name, key, joinedAt: now })
-    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, name, key, this.#expiresInMs))
+    let place = this.#places.get(id)
+    if (!place) this.#places.set(id, (place = { name, key, joinedAt: 0, session: undefined }))
+    const session = this.#session
+    if (session === undefined) return // joins once the listener is up
+    if (place.session === session && this.#now() - place.joinedAt < this.#expiresInMs / 3) return
+    this.#join(id, place, session)
   }
 
   /** The store's last waiter for `id` has gone: leave the line, if in it. */
@@ -61,7 +74,7 @@ export class LinePlaces {
     const place = this.#places.get(id)
     if (!place) return
     this.#places.delete(id)
-    this.#queue(id, () => this.#line.leave(this.#knex, this.#table, this.#waiter, place.name, place.key))
+    if (place.session !== undefined) this.#leave(id, place.name, place.key)
   }
 
   /**
@@ -69,13 +82,26 @@ export class LinePlaces {
    * waits there: an earlier leave failed or is still under way. Leave (again) to be sure.
    */
   stray(id: string, name: string, key: string): void {
-    if (this.#places.has(id)) return
-    this.#queue(id, () => this.#line.leave(this.#knex, this.#table, this.#waiter, name, key))
+    if (!this.#places.has(id)) this.#leave(id, name, key)
   }
 
   /** Resolves once every statement queued so far (and any queued meanwhile) has run. */
   async settled(): Promise<void> {
     while (this.#chains.size > 0) await Promise.all(this.#chains.values())
+  }
+
+  #join(id: string, place: Place, session: number): void {
+    place.joinedAt = this.#now()
+    place.session = session
+    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, session, place.name, place.key, this.#expiresInMs)
+      .catch((error: unknown) => {
+        if (place.session === session) place.session = undefined // the next refusal tries again
+        throw error
+      }))
+  }
+
+  #leave(id: string, name: string, key: string): void {
+    this.#queue(id, () => this.#line.leave(this.#knex, this.#table, this.#waiter, name, key))
   }
 
   #queue(id: string, run: () => Promise<void>): void {

@@ -95,6 +95,8 @@ export class LockStore {
   readonly #events = new LockEvents((error) => this.#log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   readonly #listener: ReleaseListener | undefined
   readonly #line: LinePlaces | undefined
+  // Locks for which a release addressed to this store (first in line) woke a waiter that has not tried yet.
+  readonly #addressed = new Set<string>()
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -149,14 +151,16 @@ export class LockStore {
     this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, 3 * this.#options.backoff.maxDelayMs + 5_000, this.#monotonicNow, log)
     const heard = (name: string, key: string, addressed: boolean): void => {
       const id = lockId(name, key)
-      if (this.#waiting.wake(id) || !addressed) return
-      // Addressed to this store as first in line, but nobody here waits any more: pass it on.
-      this.#line?.stray(id, name, key)
-      void sql.notifications?.notifyReleased(knex, this.tableName, name, key).catch((error: unknown) =>
-        log('debug', { err: error, table: this.tableName }, 'worker-locks: could not pass a release on; waiters poll meanwhile.'))
+      if (this.#waiting.wake(id)) {
+        if (addressed) this.#addressed.add(id)
+      } else if (addressed) {
+        // Addressed to this store as first in line, but nobody here waits any more.
+        this.#line?.stray(id, name, key)
+        this.#passOn(id, name, key)
+      }
     }
     this.#listener = sql.notifications
-      ? new ReleaseListener(knex, sql.notifications, this.tableName, waiter, heard, timers, log)
+      ? new ReleaseListener(knex, sql.notifications, this.tableName, waiter, heard, timers, log, (session) => this.#line?.listening(session))
       : undefined
     this.#waiting = new WaitRoom({
       timers,
@@ -164,7 +168,10 @@ export class LockStore {
       backoff: this.#options.backoff,
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
       log,
-      attempt: (name, key) => this.tryAcquireLock(name, key),
+      attempt: (name, key) => {
+        this.#addressed.delete(lockId(name, key)) // the turn it was given is being used
+        return this.#tryAcquire(name, key, true)
+      },
       ended: (name, key, waitedMs, outcome) => this.#events.emit('waited', { name, key, waitedMs, outcome }),
       // Hear of releases (in this process, and from others where the database can tell) only
       // while someone waits.
@@ -172,15 +179,15 @@ export class LockStore {
         if (occupied) this.#listener?.start()
         else this.#listener?.idle(LISTENER_LINGER_MS)
       },
-      waitingFor: (id) => {
+      waitingFor: (id, name, key) => {
         const stop = waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id))
         return () => {
           stop()
           this.#line?.left(id)
+          // The last waiter gave up after a release addressed to this store woke it, before
+          // trying: the turn must not be lost.
+          if (this.#addressed.delete(id)) this.#passOn(id, name, key)
         }
-      },
-      refused: (id, name, key) => {
-        if (this.#resolved?.wakeOne) this.#line?.refused(id, name, key)
       },
     })
   }
@@ -211,13 +218,18 @@ export class LockStore {
    * @throws LockStoreClosedError after `close()`
    * @throws LockDatabaseError when the database fails for a reason other than contention
    */
-  async tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
+  tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
+    return this.#tryAcquire(name, key, false)
+  }
+
+  /** `tryAcquireLock`; `waiting` when a waiter of this store makes the attempt. */
+  async #tryAcquire(name: string, key: string, waiting: boolean): Promise<Lock | null> {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
     if (this.#acquiring.has(id) || this.#held.holds(id)) return null
     this.#acquiring.add(id)
-    const attempt = this.#acquire(id, name, key)
+    const attempt = this.#acquire(id, name, key, waiting)
     this.#inflight.add(attempt)
     try {
       return await attempt
@@ -340,11 +352,12 @@ export class LockStore {
   }
 
   async #close(): Promise<void> {
-    this.#waiting.stopAll(new LockStoreClosedError())
+    const waitsEnded = this.#waiting.stopAll(new LockStoreClosedError())
     await this.#held.stop()
     await Promise.allSettled([...this.#inflight])
-    await this.#listener?.stop()
+    await waitsEnded // every place in the waiting line is being left
     await this.#line?.settled()
+    await this.#listener?.stop()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
       this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
@@ -389,8 +402,8 @@ export class LockStore {
     return 'emulated'
   }
 
-  async #acquire(id: string, name: string, key: string): Promise<Lock | null> {
-    const { strategy, facts } = this.#resolved ?? await this.#resolve()
+  async #acquire(id: string, name: string, key: string, waiting: boolean): Promise<Lock | null> {
+    const { strategy, facts, wakeOne } = this.#resolved ?? await this.#resolve()
     const token = randomUUID()
     const request = {
       table: this.tableName, name, key, token,
@@ -402,6 +415,7 @@ export class LockStore {
     const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) {
+      if (waiting && wakeOne) this.#line?.refused(id, name, key)
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
@@ -497,6 +511,14 @@ export class LockStore {
     this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)
     return releasing
+  }
+
+  // Hands a release that reached this store on: to the next store of this process waiting for
+  // it, and to every other listening process.
+  #passOn(id: string, name: string, key: string): void {
+    announceRelease(this.tableName, id)
+    void this.#sql.notifications?.notifyReleased(this.#knex, this.tableName, name, key).catch((error: unknown) =>
+      this.#log('debug', { err: error, table: this.tableName }, 'worker-locks: could not pass a release on; waiters poll meanwhile.'))
   }
 
   get #wakeOne(): boolean {

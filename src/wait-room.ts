@@ -16,10 +16,8 @@ export interface WaitRoomOptions {
   readonly attempt: (name: string, key: string) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
-  /** Called when the first waiter for lock `id` arrives; returns what to call when the last one leaves. */
-  readonly waitingFor: (id: string) => () => void
-  /** Called when the attempt of the first waiter for lock `id` was refused and it goes to sleep. */
-  readonly refused: (id: string, name: string, key: string) => void
+  /** Called when the first waiter for lock `id` (`name`, `key`) arrives; returns what to call when the last one leaves. */
+  readonly waitingFor: (id: string, name: string, key: string) => () => void
   /** Called when a wait ends, however it ends. */
   readonly ended: (name: string, key: string, waitedMs: number, outcome: 'acquired' | 'timeout' | 'aborted' | 'closed') => void
 }
@@ -54,15 +52,17 @@ export class WaitRoom {
   readonly #queues = new Map<string, Waiter[]>()
   readonly #stopWaitingFor = new Map<string, () => void>()
   #count = 0
+  // Callers of stopAll() waiting for the last wait to end.
+  #emptied: Array<() => void> = []
 
   constructor(options: WaitRoomOptions) {
     this.#o = options
   }
 
-  /** Wakes the first waiter for the lock `id`; `false` if nobody waits for it. */
+  /** Wakes the first waiter for the lock `id`; `false` if nobody waits for it (or the first is giving up). */
   wake(id: string): boolean {
     const head = this.#queues.get(id)?.[0]
-    if (!head) return false
+    if (!head || head.stop !== undefined) return false
     head.woken = true
     head.interrupt?.()
     return true
@@ -89,9 +89,11 @@ export class WaitRoom {
     head.interrupt?.()
   }
 
-  /** Makes every waiter give up with `reason`. */
-  stopAll(reason: unknown): void {
+  /** Makes every waiter give up with `reason`; resolves once every wait has ended. */
+  stopAll(reason: unknown): Promise<void> {
     for (const queue of this.#queues.values()) for (const waiter of queue) this.#stop(waiter, reason)
+    if (this.#count === 0) return Promise.resolve()
+    return new Promise((resolve) => this.#emptied.push(resolve))
   }
 
   /**
@@ -101,7 +103,7 @@ export class WaitRoom {
   async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
     const o = this.#o
     const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined }
-    this.#enter(id, waiter)
+    this.#enter(id, name, key, waiter)
     const started = o.monotonicNow()
     const deadline = started + timeoutMs
     const onAbort = (): void => this.#stop(waiter, signal?.reason)
@@ -147,7 +149,6 @@ export class WaitRoom {
         }
         if (attempting) {
           if (o.monotonicNow() >= deadline) throw new LockTimeoutError(name, key, timeoutMs)
-          if (!failed) o.refused(id, name, key)
           const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
           // Only a wait that ran its full length grows the next one; a wake-up never does.
           if (await this.#sleep(waiter, delay) === 'elapsed' || failed) grown++
@@ -203,12 +204,12 @@ export class WaitRoom {
     })
   }
 
-  #enter(id: string, waiter: Waiter): void {
+  #enter(id: string, name: string, key: string, waiter: Waiter): void {
     const queue = this.#queues.get(id)
     if (queue) queue.push(waiter)
     else {
       this.#queues.set(id, [waiter])
-      this.#stopWaitingFor.set(id, this.#o.waitingFor(id))
+      this.#stopWaitingFor.set(id, this.#o.waitingFor(id, name, key))
     }
     if (this.#count++ === 0) this.#o.occupied(true)
   }
@@ -226,6 +227,9 @@ export class WaitRoom {
     }
     // A new head starts trying at once; if the lock is ours it learns so without SQL.
     else if (index === 0) this.wake(id)
-    if (--this.#count === 0) this.#o.occupied(false)
+    if (--this.#count === 0) {
+      this.#o.occupied(false)
+      for (const resolve of this.#emptied.splice(0)) resolve()
+    }
   }
 }

@@ -37,7 +37,9 @@ function cli(args: readonly string[], env: Record<string, string> = {}): Run {
 }
 
 // A command that says it started and then runs until stopped.
-const longRunning = [process.execPath, '-e', "console.log('started'); setInterval(() => {}, 1000); process.on('SIGTERM', () => { console.log('child got SIGTERM'); process.exit(143) })"]
+// Exits only once its line is written: writes to a pipe are asynchronous, and process.exit()
+// right after console.log can lose the line on a busy machine.
+const longRunning = [process.execPath, '-e', "console.log('started'); setInterval(() => {}, 1000); process.on('SIGTERM', () => { process.stdout.write('child got SIGTERM\\n', () => process.exit(143)) })"]
 
 const urls: Record<Database, string> = { sqlite: `sqlite:${sqliteFile}`, postgres: POSTGRES_URL, mysql: MYSQL_URL }
 

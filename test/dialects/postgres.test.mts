@@ -161,8 +161,8 @@ forEachTarget('cross-process wake-ups', (target) => {
     await until(() => line(h, name), 1, 'the first waiter is in line')
     const second = await startWaiter(h)
     second.send(`wait ${name}`)
+    // A store joins the line only once it listens, so both now hear what is addressed to them.
     await until(() => line(h, name), 2, 'the second waiter is in line behind it')
-    await until(() => listeningPids(h), 2, 'both listen')
 
     await held.release()
     await first.printed(`acquired ${name}`)
@@ -175,40 +175,84 @@ forEachTarget('cross-process wake-ups', (target) => {
     await finish(first, second)
   })
 
-  it('skips places that lapsed, and a store that no longer waits passes its turn on', { timeout: 60_000 }, async () => {
+  it('skips places that lapsed or whose listener is gone, and a store that no longer waits passes its turn on', { timeout: 60_000 }, async () => {
     const holder = h.store()
     const name = h.lockName('stray')
     const elsewhere = h.lockName('stray-elsewhere')
     const held = await holder.tryAcquireLock(name)
     const heldElsewhere = await holder.tryAcquireLock(elsewhere)
     assert.ok(held && heldElsewhere)
-    // A store that waits for another lock, left in line for this one (as if its leave had failed),
-    // behind the place of a store that died long ago.
     const stray = await startWaiter(h)
     stray.send(`wait ${elsewhere}`)
     const [strayName] = await until(() => line(h, elsewhere), 1, 'the stray store is in line elsewhere')
-    await h.knex(`${h.tableName}_waiters`).insert([
-      { lock_name: name, lock_key: '', waiter: 'died', process_tag: 'gone', since_ts: 0, expires_ts: 1 },
-      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
-    ])
+    const listener = (await h.knex(`${h.tableName}_waiters`).where({ waiter: strayName }).first('listener_pid') as { listener_pid: number }).listener_pid
     const waiter = await startWaiter(h)
     waiter.send(`wait ${name}`)
-    await until(() => line(h, name), 3, 'the waiter is in line behind both')
-    await until(() => listeningPids(h), 2, 'both listen')
+    await until(() => line(h, name), 1, 'the waiter is in line')
+    // Ahead of it: a place that lapsed, one whose listening session is gone (a process that
+    // died), and the stray store, which waits for another lock only (as if its leave had failed).
+    await h.knex(`${h.tableName}_waiters`).insert([
+      { lock_name: name, lock_key: '', waiter: 'lapsed', process_tag: 'gone', listener_pid: listener, since_ts: 0, expires_ts: 1 },
+      { lock_name: name, lock_key: '', waiter: 'died', process_tag: 'gone', listener_pid: 0, since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
+      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', listener_pid: listener, since_ts: 2, expires_ts: Number.MAX_SAFE_INTEGER },
+    ])
 
     await held.release()
     await waiter.printed(`acquired ${name}`)
-    assert.deepEqual(await until(() => line(h, name), 1, 'the stray place is gone'), ['died'], 'only the lapsed place is left')
+    assert.deepEqual(await until(() => line(h, name), 2, 'the stray place is gone'), ['lapsed', 'died'], 'the places nobody listens for are left')
+    // The next store to join clears them.
+    waiter.send(`release ${name}`)
+    await waiter.printed(`released ${name}`)
+    const again = await h.store().tryAcquireLock(name)
+    assert.ok(again)
+    stray.send(`wait ${name}`)
+    await until(() => line(h, name), 1, 'only the stray store, now waiting, is in line')
+    await again.release()
+    await stray.printed(`acquired ${name}`)
     await heldElsewhere.release()
     await stray.printed(`acquired ${elsewhere}`)
     await finish(stray, waiter)
   })
 
-  it('wakes waiting processes also on a table without a waiting line (created before it existed)', { timeout: 60_000 }, async () => {
+  it('passes a turn that reached a store no longer waiting on to the next store of the same process', { timeout: 60_000 }, async () => {
+    const name = h.lockName('sibling')
+    const holder = await startWorker(h, name)
+    const patient = { clock: new ManualClock(), lockTimeoutMs: 600_000, renewalIntervalMs: 60_000, backoff: { initialDelayMs: 3_600_000, maxDelayMs: 3_600_000 } }
+    const first = h.store(patient)
+    const second = h.store(patient)
+    const giveUp = new AbortController()
+    const gaveUp = first.acquireLock(name, '', { signal: giveUp.signal })
+    const [firstName] = await until(() => line(h, name), 1, 'the first store is in line')
+    const waiting = second.acquireLock(name)
+    await until(() => line(h, name), 2, 'the second store is in line behind it')
+    giveUp.abort()
+    await assert.rejects(gaveUp)
+    await until(() => line(h, name), 1, 'the first store left')
+    // As if its leave had failed: the first store is first in line again, but does not wait.
+    const { listener_pid: listener } = await h.knex(`${h.tableName}_waiters`).where({ lock_name: name }).first('listener_pid') as { listener_pid: number }
+    await h.knex(`${h.tableName}_waiters`).insert({ lock_name: name, lock_key: '', waiter: firstName, process_tag: 'elsewhere', listener_pid: listener, since_ts: 0, expires_ts: Number.MAX_SAFE_INTEGER })
+    await holder.release()
+    const lock = await waiting
+    assert.equal(await lock.isStillValid(), true)
+    holder.child.stdin?.end()
+    await holder.exited
+  })
+
+  it('releases and wakes waiting processes also on a table without a waiting line (or whose line was dropped)', { timeout: 60_000 }, async () => {
     const tableName = uniqueName('wl_noline')
     await createLockTable(h.knex, { tableName })
-    await h.knex.schema.dropTable(`${tableName}_waiters`)
     try {
+      // A store that saw the line, which is then dropped (the migration rolled back): its
+      // releases still work, now notifying everyone.
+      const early = h.store({ tableName })
+      const before = await early.tryAcquireLock('early')
+      const beforeToo = await early.tryAcquireLock('early-too')
+      assert.ok(before && beforeToo)
+      await h.knex.schema.dropTable(`${tableName}_waiters`)
+      await before.release()
+      await beforeToo.release()
+      assert.deepEqual(await early.listLocks(), [])
+
       const name = h.lockName('no-line')
       const holder = h.store({ tableName })
       const held = await holder.tryAcquireLock(name)
@@ -216,12 +260,11 @@ forEachTarget('cross-process wake-ups', (target) => {
       const waiter = await startWaiter(h, { WL_TABLE: tableName })
       waiter.send(`wait ${name}`)
       await waiter.printed(`refused ${name}`)
-      await until(() => listeningPids(h, tableName), 1, 'the waiter listens')
+      await until(() => listeningPids(h, tableName), 1, 'the waiter listens') // a new table: no other listener
       await held.release()
       await waiter.printed(`acquired ${name}`)
       await finish(waiter)
       await holder.close()
-      assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false, 'no store created the line')
     } finally {
       await dropLockTable(h.knex, { tableName })
     }

@@ -38,6 +38,7 @@ export function schemaSuite(h: Harness): void {
     try {
       await Promise.all(connections.map((k) => createLockTable(k, { tableName })))
       await createLockTable(h.knex, { tableName }) // and again, idempotent
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
       const stores = connections.map((k) => new LockStore(k, { tableName, strategy: h.target.strategy }))
       const locks = await Promise.all(stores.map((s) => s.tryAcquireLock('once')))
       assert.equal(locks.filter(Boolean).length, 1)
