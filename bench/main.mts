@@ -13,7 +13,7 @@ interface Result {
   roundTripMs: number
   uncontended: Record<string, Summary>
   contention: Record<string, Summary & { perSecond: number }>
-  processes: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number }>
+  processes: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number | null }>
   renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
   crowd: { waiters: number; wallMs: number; cpuMs: number }
   bytesPerLock: number
@@ -55,8 +55,10 @@ console.log('| database | contender | critical sections / s | hand-off p50 ms | 
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
 for (const r of results) {
   for (const [name, c] of Object.entries(r.processes)) {
-    const trips = Number.isNaN(c.roundTripMs) ? '—' : f(c.roundTripMs, 2)
-    const inTrips = Number.isNaN(c.roundTripMs) ? '—' : f(c.toOther / c.roundTripMs)
+    // NaN (SQLite: no round trips) arrives as null through JSON.
+    const rt = c.roundTripMs ?? NaN
+    const trips = Number.isNaN(rt) ? '—' : f(rt, 2)
+    const inTrips = Number.isNaN(rt) ? '—' : f(c.toOther / rt)
     console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.toOther, 2)} | ${trips} | ${inTrips} | ${f(c.cpuMsPerSection, 2)} |`)
   }
 }

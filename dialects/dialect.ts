@@ -28,8 +28,6 @@ export interface RowIdentity {
 
 /** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
 export interface ReleaseSubscription {
-  /** Identifies the listening session on the server (PostgreSQL: its backend pid). */
-  readonly session: number
   /** Ends the connection. */
   close(): Promise<void>
   /** Whether the open connection keeps the Node.js process running (it does at first). */
@@ -46,11 +44,12 @@ export interface WaitingLine {
   /** Whether `table` has a line (its schema is recent enough). */
   exists(knex: Knex, table: string): Promise<boolean>
   /**
-   * Puts store `waiter`, listening on `session` (see `ReleaseSubscription.session`), in the line
-   * for `(name, key)`, or keeps its place if it is there, until `expiresInMs` from now (by the
-   * database's clock) unless it joins again. Clears lapsed places of that lock on the way.
+   * Puts store `waiter` in the line for `(name, key)`, or keeps its place if it is there, until
+   * `expiresInMs` from now (by the database's clock) unless it joins again. The place counts only
+   * while the store listens (see `ReleaseNotifications.listen`). Clears places of that lock that
+   * no longer count on the way.
    */
-  join(knex: Knex, table: string, waiter: string, session: number, name: string, key: string, expiresInMs: number): Promise<void>
+  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number): Promise<void>
   /** Takes store `waiter` out of the line for `(name, key)`. */
   leave(knex: Knex, table: string, waiter: string, name: string, key: string): Promise<void>
 }
@@ -67,7 +66,7 @@ export interface ReleaseNotifications {
    * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
    * announced for `table` to every process, and for every release addressed to store `waiter`
    * (as first in the line; `addressed` is then true); and `onClosed` once if the connection fails
-   * or ends.
+   * or ends. `waiter` must be 16 hexadecimal digits, unique to the store.
    */
   listen(
     knex: Knex, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void, onClosed: (error: unknown) => void,

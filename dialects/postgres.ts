@@ -26,14 +26,20 @@ const lineOf = (table: string): string => `${table}_waiters`
 /** The NOTIFY channel of one waiting store: releases addressed to it as first in the line. */
 const waiterChannelOf = (waiter: string): string => `wl_waiter_${waiter}`
 
-/** Waiter names become channel names: keep them short and plain. */
-const WAITER = /^[a-z0-9]{1,32}$/
+/** Waiter names: 64 bits in hex, which are also the key of the advisory lock its listener holds. */
+const WAITER = /^[0-9a-f]{16}$/
+
+/** The advisory lock key of a waiter name (an SQL expression of type text). */
+const waiterKey = (waiter: string): string => `('x' || ${waiter})::bit(64)::bigint`
 
 /**
- * A place in the line `w` that counts: not lapsed, and its store's listening session still on
- * the server (a place of a process that died, or whose connection dropped, is skipped at once).
+ * A place in the line `w` that counts: not lapsed, and its store listening. The listening
+ * connection holds the advisory lock named by the waiter, so another session cannot take it (a
+ * place of a process that died, or whose connection dropped, is skipped at once). Taking it
+ * for the transaction of the statement asking is the cheap way to ask: a lookup in the server's
+ * lock table, which ends with that transaction.
  */
-const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND EXISTS (SELECT 1 FROM pg_stat_get_activity(w.listener_pid))`
+const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND NOT pg_try_advisory_xact_lock(${waiterKey('w.waiter')})`
 
 // undefined_table: the line was dropped (migration 3 rolled back) while stores ran.
 const isUndefinedTable = (error: unknown): boolean => errorCode(error) === '42P01'
@@ -119,16 +125,17 @@ export const postgresDialect: Dialect = {
         const result = await knex.raw('SELECT to_regclass(?) AS line', [`"${lineOf(table)}"`])
         return postgresDialect.rowsOf(result)[0]?.line != null
       },
-      async join(knex, table, waiter, session, name, key, expiresInMs) {
-        // A place that had lapsed counts as new: it goes to the back of the line.
+      async join(knex, table, waiter, name, key, expiresInMs) {
+        // Places of that lock that no longer count are cleared on the way. A place of this store
+        // that had lapsed counts as new: it goes to the back of the line.
         const sql = statement(knex, 'line-join', table, (quote) =>
           `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
-           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, listener_pid, since_ts, expires_ts)
-           VALUES (?, ?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
+           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
+           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
            ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE
-           SET listener_pid = excluded.listener_pid, expires_ts = excluded.expires_ts,
+           SET expires_ts = excluded.expires_ts,
                since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END`)
-        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, session, expiresInMs])
+        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, expiresInMs])
       },
       async leave(knex, table, waiter, name, key) {
         const sql = statement(knex, 'line-leave', table, (quote) =>
@@ -152,7 +159,7 @@ export const postgresDialect: Dialect = {
     },
 
     async listen(knex, table, waiter, onRelease, onClosed): Promise<ReleaseSubscription> {
-      if (!WAITER.test(waiter)) throw new TypeError(`worker-locks: waiter name ${JSON.stringify(waiter)} is not 1 to 32 lower-case letters and digits`)
+      if (!WAITER.test(waiter)) throw new TypeError(`worker-locks: waiter name ${JSON.stringify(waiter)} is not 16 hexadecimal digits`)
       const channel = channelOf(table)
       const ownChannel = waiterChannelOf(waiter)
       // A connection of its own, outside the pool: LISTEN belongs to one session for its lifetime.
@@ -173,16 +180,14 @@ export const postgresDialect: Dialect = {
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
-      let session: number
       try {
-        const results = await client.query(`${knex.raw('LISTEN ??; LISTEN ??', [channel, ownChannel]).toQuery()}; SELECT pg_backend_pid() AS pid`) as Array<{ rows: Array<{ pid: number }> }>
-        session = Number(results[2]?.rows[0]?.pid)
+        // Listening first, then the advisory lock that tells releases this store hears them.
+        await client.query(knex.raw(`LISTEN ??; LISTEN ??; SELECT pg_advisory_lock(${waiterKey('?')})`, [channel, ownChannel, waiter]).toQuery())
       } catch (error) {
         await knex.client.destroyRawConnection(client).catch(() => undefined)
         throw error
       }
       return {
-        session,
         async close() {
           closed = true
           await knex.client.destroyRawConnection(client)

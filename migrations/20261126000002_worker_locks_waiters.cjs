@@ -42,12 +42,11 @@ function create(knex, line) {
     `CREATE TABLE IF NOT EXISTS ?? (
        lock_name VARCHAR(255) NOT NULL,
        lock_key VARCHAR(255) NOT NULL,
-       -- The store's name, which is also the name of its NOTIFY channel's suffix: short and plain.
-       waiter VARCHAR(32) NOT NULL CHECK (waiter ~ '^[a-z0-9]+$'),
+       -- The store's name: 64 random bits in hex. Its NOTIFY channel is named after it, and its
+       -- listening connection holds the advisory lock of the same 64 bits, so a place whose
+       -- listener is gone (the process died, the connection dropped) is skipped at once.
+       waiter VARCHAR(16) NOT NULL CHECK (waiter ~ '^[0-9a-f]{16}$'),
        process_tag VARCHAR(64) NOT NULL,
-       -- The server process of the store's listening connection: a place whose listener is gone
-       -- (the process died, the connection dropped) is skipped at once.
-       listener_pid INTEGER NOT NULL,
        since_ts BIGINT NOT NULL,
        expires_ts BIGINT NOT NULL,
        PRIMARY KEY (lock_name, lock_key, waiter)

@@ -5,20 +5,17 @@ import type { LogLevel } from './logger.js'
 interface Place {
   readonly name: string
   readonly key: string
-  /** When this store last joined (monotonic ms). */
-  joinedAt: number
-  /** The listening session it joined with, or `undefined` while it has not joined. */
-  session: number | undefined
+  /** When this store last joined (monotonic ms), or `undefined` while it is not known to have joined. */
+  joinedAt: number | undefined
 }
 
 /**
  * This store's places in the waiting line that releases in other processes consult (see
  * `WaitingLine`): a waiter refused by the database joins the line for its lock, and the store
- * leaves it when its last waiter for that lock is gone. A place names the store's listening
- * session, so the store joins only while it listens (a release addressed to a store that cannot
- * hear it would be lost), and joins again after its listener reconnected. The statements run in
- * the background, in order per lock; one that fails is logged and costs only speed (waiters poll
- * whatever happens).
+ * leaves it when its last waiter for that lock is gone. (A place counts only while the store's
+ * listener is up, so a release never goes to a store that cannot hear it.) The statements run
+ * in the background, in order per lock; one that fails is logged and costs only speed (waiters
+ * poll whatever happens).
  */
 export class LinePlaces {
   readonly #knex: Knex
@@ -32,7 +29,6 @@ export class LinePlaces {
   // Per lock, the last statement queued: a leave must not overtake the join before it, or the
   // other way round.
   readonly #chains = new Map<string, Promise<void>>()
-  #session: number | undefined
 
   /**
    * @param waiter this store's name in the line
@@ -52,21 +48,12 @@ export class LinePlaces {
     this.#log = log
   }
 
-  /** The store's listener is up on `session`, or down (`undefined`). */
-  listening(session: number | undefined): void {
-    this.#session = session
-    if (session === undefined) return
-    for (const [id, place] of this.#places) if (place.session !== session) this.#join(id, place, session)
-  }
-
   /** A waiter of this store for `id` was refused by the database and goes to sleep: be in line for it. */
   refused(id: string, name: string, key: string): void {
     let place = this.#places.get(id)
-    if (!place) this.#places.set(id, (place = { name, key, joinedAt: 0, session: undefined }))
-    const session = this.#session
-    if (session === undefined) return // joins once the listener is up
-    if (place.session === session && this.#now() - place.joinedAt < this.#expiresInMs / 3) return
-    this.#join(id, place, session)
+    if (!place) this.#places.set(id, (place = { name, key, joinedAt: undefined }))
+    if (place.joinedAt !== undefined && this.#now() - place.joinedAt < this.#expiresInMs / 3) return
+    this.#join(id, place)
   }
 
   /** The store's last waiter for `id` has gone: leave the line, if in it. */
@@ -74,7 +61,7 @@ export class LinePlaces {
     const place = this.#places.get(id)
     if (!place) return
     this.#places.delete(id)
-    if (place.session !== undefined) this.#leave(id, place.name, place.key)
+    this.#leave(id, place.name, place.key)
   }
 
   /**
@@ -90,12 +77,12 @@ export class LinePlaces {
     while (this.#chains.size > 0) await Promise.all(this.#chains.values())
   }
 
-  #join(id: string, place: Place, session: number): void {
-    place.joinedAt = this.#now()
-    place.session = session
-    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, session, place.name, place.key, this.#expiresInMs)
+  #join(id: string, place: Place): void {
+    const joinedAt = this.#now()
+    place.joinedAt = joinedAt
+    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, place.name, place.key, this.#expiresInMs)
       .catch((error: unknown) => {
-        if (place.session === session) place.session = undefined // the next refusal tries again
+        if (place.joinedAt === joinedAt) place.joinedAt = undefined // the next refusal tries again
         throw error
       }))
   }

@@ -160,7 +160,7 @@ export class LockStore {
       }
     }
     this.#listener = sql.notifications
-      ? new ReleaseListener(knex, sql.notifications, this.tableName, waiter, heard, timers, log, (session) => this.#line?.listening(session))
+      ? new ReleaseListener(knex, sql.notifications, this.tableName, waiter, heard, timers, log)
       : undefined
     this.#waiting = new WaitRoom({
       timers,
@@ -172,7 +172,11 @@ export class LockStore {
         this.#addressed.delete(lockId(name, key)) // the turn it was given is being used
         return this.#tryAcquire(name, key, true)
       },
-      ended: (name, key, waitedMs, outcome) => this.#events.emit('waited', { name, key, waitedMs, outcome }),
+      ended: (name, key, waitedMs, outcome) => {
+        // A lock won by an attempt already under way when the turn arrived used that turn too.
+        if (outcome === 'acquired') this.#addressed.delete(lockId(name, key))
+        this.#events.emit('waited', { name, key, waitedMs, outcome })
+      },
       // Hear of releases (in this process, and from others where the database can tell) only
       // while someone waits.
       occupied: (occupied) => {

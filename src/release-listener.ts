@@ -16,7 +16,6 @@ export class ReleaseListener {
   readonly #table: string
   readonly #waiter: string
   readonly #onRelease: (name: string, key: string, addressed: boolean) => void
-  readonly #onSession: (session: number | undefined) => void
   readonly #timers: Clock
   readonly #log: (level: LogLevel, details: object, message: string) => void
   #running: Promise<void> | undefined
@@ -32,9 +31,7 @@ export class ReleaseListener {
   constructor(
     knex: Knex, notifications: ReleaseNotifications, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void,
     timers: Clock, log: (level: LogLevel, details: object, message: string) => void,
-    onSession: (session: number | undefined) => void = () => undefined,
   ) {
-    this.#onSession = onSession
     this.#knex = knex
     this.#notifications = notifications
     this.#table = table
@@ -103,7 +100,6 @@ export class ReleaseListener {
         if (this.#wanted) {
           failures = 0
           this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
-          this.#onSession(subscription.session)
         }
         // Wakes when the connection drops or stop() is called; a start() that follows a stop()
         // before this loop noticed finds the connection still up and keeps it.
@@ -115,7 +111,6 @@ export class ReleaseListener {
         }
         this.#interrupt = undefined
         this.#subscription = undefined
-        this.#onSession(undefined)
         if (dropped !== undefined && this.#wanted) {
           // Worth a warning only while someone waits (not while the connection merely lingers).
           this.#log(this.#idleTimer === undefined ? 'warn' : 'debug', { err: dropped, table: this.#table },

@@ -185,21 +185,25 @@ forEachTarget('cross-process wake-ups', (target) => {
     const stray = await startWaiter(h)
     stray.send(`wait ${elsewhere}`)
     const [strayName] = await until(() => line(h, elsewhere), 1, 'the stray store is in line elsewhere')
-    const listener = (await h.knex(`${h.tableName}_waiters`).where({ waiter: strayName }).first('listener_pid') as { listener_pid: number }).listener_pid
     const waiter = await startWaiter(h)
     waiter.send(`wait ${name}`)
     await until(() => line(h, name), 1, 'the waiter is in line')
-    // Ahead of it: a place that lapsed, one whose listening session is gone (a process that
+    // Ahead of it: a place that lapsed (of a store that still listens, as far as the line can
+    // tell: its advisory lock is held), one of a store that no longer listens (a process that
     // died), and the stray store, which waits for another lock only (as if its leave had failed).
+    const lapsed = 'aaaaaaaaaaaaaaaa'
+    const died = 'deadbeefdeadbeef'
+    const stillListening = h.connection({ poolMax: 1 }) // one connection: its session holds the lock
+    await stillListening.raw("SELECT pg_advisory_lock(('x' || ?)::bit(64)::bigint)", [lapsed])
     await h.knex(`${h.tableName}_waiters`).insert([
-      { lock_name: name, lock_key: '', waiter: 'lapsed', process_tag: 'gone', listener_pid: listener, since_ts: 0, expires_ts: 1 },
-      { lock_name: name, lock_key: '', waiter: 'died', process_tag: 'gone', listener_pid: 0, since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
-      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', listener_pid: listener, since_ts: 2, expires_ts: Number.MAX_SAFE_INTEGER },
+      { lock_name: name, lock_key: '', waiter: lapsed, process_tag: 'gone', since_ts: 0, expires_ts: 1 },
+      { lock_name: name, lock_key: '', waiter: died, process_tag: 'gone', since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
+      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', since_ts: 2, expires_ts: Number.MAX_SAFE_INTEGER },
     ])
 
     await held.release()
     await waiter.printed(`acquired ${name}`)
-    assert.deepEqual(await until(() => line(h, name), 2, 'the stray place is gone'), ['lapsed', 'died'], 'the places nobody listens for are left')
+    assert.deepEqual(await until(() => line(h, name), 2, 'the stray place is gone'), [lapsed, died], 'the places nobody listens for are left')
     // The next store to join clears them.
     waiter.send(`release ${name}`)
     await waiter.printed(`released ${name}`)
@@ -229,8 +233,7 @@ forEachTarget('cross-process wake-ups', (target) => {
     await assert.rejects(gaveUp)
     await until(() => line(h, name), 1, 'the first store left')
     // As if its leave had failed: the first store is first in line again, but does not wait.
-    const { listener_pid: listener } = await h.knex(`${h.tableName}_waiters`).where({ lock_name: name }).first('listener_pid') as { listener_pid: number }
-    await h.knex(`${h.tableName}_waiters`).insert({ lock_name: name, lock_key: '', waiter: firstName, process_tag: 'elsewhere', listener_pid: listener, since_ts: 0, expires_ts: Number.MAX_SAFE_INTEGER })
+    await h.knex(`${h.tableName}_waiters`).insert({ lock_name: name, lock_key: '', waiter: firstName, process_tag: 'elsewhere', since_ts: 0, expires_ts: Number.MAX_SAFE_INTEGER })
     await holder.release()
     const lock = await waiting
     assert.equal(await lock.isStillValid(), true)
