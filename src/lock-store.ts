@@ -147,7 +147,8 @@ export class LockStore {
     const waiter = randomBytes(8).toString('hex')
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
-    // joins again) at least every maxDelayMs, and a dead store's place lapses soon after.
+    // joins again) at least every maxDelayMs, and the place of a store that left without saying
+    // so (a failed leave) lapses soon after. (One whose listener is gone is skipped at once.)
     this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, 3 * this.#options.backoff.maxDelayMs + 5_000, this.#monotonicNow, log)
     const heard = (name: string, key: string, addressed: boolean): void => {
       const id = lockId(name, key)

@@ -37,9 +37,9 @@ function cli(args: readonly string[], env: Record<string, string> = {}): Run {
 }
 
 // A command that says it started and then runs until stopped.
-// Exits only once its line is written: writes to a pipe are asynchronous, and process.exit()
-// right after console.log can lose the line on a busy machine.
-const longRunning = [process.execPath, '-e', "console.log('started'); setInterval(() => {}, 1000); process.on('SIGTERM', () => { process.stdout.write('child got SIGTERM\\n', () => process.exit(143)) })"]
+// Says "started" only once its SIGTERM handler is in place (on a busy machine the test can read
+// the line and signal before the next statement runs), and exits once its reply is written.
+const longRunning = [process.execPath, '-e', "process.on('SIGTERM', () => { process.stdout.write('child got SIGTERM\\n', () => process.exit(143)) }); setInterval(() => {}, 1000); console.log('started')"]
 
 const urls: Record<Database, string> = { sqlite: `sqlite:${sqliteFile}`, postgres: POSTGRES_URL, mysql: MYSQL_URL }
 
