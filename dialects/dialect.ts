@@ -17,6 +17,21 @@ export interface AcquireRequest {
    * clock inside the same statement (so that workers with skewed clocks agree).
    */
   readonly nowMs: number | null
+  /**
+   * Set when a waiter of the store makes the attempt and the dialect keeps the waiting line in
+   * its native acquire (`WaitingLine.inNativeAcquire`): a refused attempt then puts the store in
+   * line in the same statement, and a winning one takes it out if `leaveOnWin`.
+   */
+  readonly line?: LineRequest
+}
+
+/** See `AcquireRequest.line`. */
+export interface LineRequest {
+  /** The store's name in the line (see `WaitingLine.join`). */
+  readonly waiter: string
+  readonly expiresInMs: number
+  /** Whether a win takes the store out of the line (it has no other waiter for the lock). */
+  readonly leaveOnWin: boolean
 }
 
 /** The identity of one held row: what token-guarded statements match on. */
@@ -41,6 +56,8 @@ export interface ReleaseSubscription {
  * gets the lock: a release skips places whose listening session is gone or that lapsed.
  */
 export interface WaitingLine {
+  /** Whether `acquireNative` joins and leaves the line itself when the request carries `line`. */
+  readonly inNativeAcquire: boolean
   /** Whether `table` has a line (its schema is recent enough). */
   exists(knex: Knex, table: string): Promise<boolean>
   /**

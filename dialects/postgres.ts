@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
-import { acquireOnConflict } from './on-conflict.js'
+import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
   errorCode, rowsJson,
   type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
@@ -41,6 +41,9 @@ const waiterKey = (waiter: string): string => `('x' || ${waiter})::bit(64)::bigi
  */
 const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND NOT pg_try_advisory_xact_lock(${waiterKey('w.waiter')})`
 
+/** Renews a place on a join (as `excluded`): one that had lapsed counts as new and goes to the back. */
+const RENEW_PLACE = 'expires_ts = excluded.expires_ts, since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END'
+
 // undefined_table: the line was dropped (migration 3 rolled back) while stores ran.
 const isUndefinedTable = (error: unknown): boolean => errorCode(error) === '42P01'
 
@@ -73,8 +76,27 @@ export const postgresDialect: Dialect = {
   // The takeover draws a new value rather than using excluded.fence: that one was drawn before
   // the statement waited for the row lock, and a holder that acquired and released meanwhile
   // may have drawn a larger one. (Table names are plain identifiers, safe inside the literal.)
-  acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, postgresDialect, request, undefined, (quote) => postgresDialect.takeoverFenceSql(request.table, quote) ?? ''),
+  acquireNative: (knex: Knex, request: AcquireRequest) => {
+    const takeoverFence = (quote: (name: string) => string): string => postgresDialect.takeoverFenceSql(request.table, quote) ?? ''
+    const line = request.line
+    if (!line) return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
+    // A waiter's attempt keeps its store's place in the line in the same statement: refused, it
+    // joins (or renews its place); won, it leaves if asked, and clears places that no longer
+    // count. Data-modifying CTEs all run, whether or not the final SELECT reads them.
+    return runOnConflict(knex, postgresDialect, request, 'on-conflict-line', (upsert, quote) => {
+      const w = quote(lineOf(request.table))
+      return `WITH attempt AS (${upsert}),
+       joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
+         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ? WHERE NOT EXISTS (SELECT 1 FROM attempt)
+         ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}),
+       left_line AS (DELETE FROM ${w} w WHERE w.lock_name = ? AND w.lock_key = ? AND EXISTS (SELECT 1 FROM attempt)
+         AND ((w.waiter = ? AND ?) OR NOT (${LIVE_PLACE})))
+       SELECT fence FROM attempt`
+    }, [
+      request.name, request.key, line.waiter, processTag, line.expiresInMs,
+      request.name, request.key, line.waiter, line.leaveOnWin,
+    ], undefined, takeoverFence)
+  },
 
   // The column's default draws from a sequence (see migration 2).
   fenceSql: () => undefined,
@@ -121,6 +143,7 @@ export const postgresDialect: Dialect = {
 
   notifications: {
     line: {
+      inNativeAcquire: true,
       async exists(knex, table) {
         const result = await knex.raw('SELECT to_regclass(?) AS line', [`"${lineOf(table)}"`])
         return postgresDialect.rowsOf(result)[0]?.line != null
@@ -132,9 +155,7 @@ export const postgresDialect: Dialect = {
           `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
            INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
            VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
-           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE
-           SET expires_ts = excluded.expires_ts,
-               since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END`)
+           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}`)
         await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, expiresInMs])
       },
       async leave(knex, table, waiter, name, key) {

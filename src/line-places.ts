@@ -56,6 +56,27 @@ export class LinePlaces {
     this.#join(id, place)
   }
 
+  /**
+   * The attempt about to be made for `id` by a waiter of this store, when the acquiring
+   * statement keeps the line itself (see `AcquireRequest.line`): resolves once the statements
+   * queued for that lock have run, so that none overtakes it.
+   */
+  beforeAttempt(id: string): Promise<void> | undefined {
+    return this.#chains.get(id)
+  }
+
+  /** The acquiring statement put this store in line for `id` (or renewed its place). */
+  joinedByAttempt(id: string, name: string, key: string): void {
+    const place = this.#places.get(id)
+    if (place) place.joinedAt = this.#now()
+    else this.#places.set(id, { name, key, joinedAt: this.#now() })
+  }
+
+  /** The acquiring statement took this store out of the line for `id`. */
+  leftByAttempt(id: string): void {
+    this.#places.delete(id)
+  }
+
   /** The store's last waiter for `id` has gone: leave the line, if in it. */
   left(id: string): void {
     const place = this.#places.get(id)

@@ -95,6 +95,8 @@ export class LockStore {
   readonly #events = new LockEvents((error) => this.#log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   readonly #listener: ReleaseListener | undefined
   readonly #line: LinePlaces | undefined
+  readonly #waiterName: string
+  readonly #placeLastsMs: number
   // Locks for which a release addressed to this store (first in line) woke a waiter that has not tried yet.
   readonly #addressed = new Set<string>()
   #resolved: Resolved | undefined
@@ -145,11 +147,13 @@ export class LockStore {
     })
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
+    this.#waiterName = waiter
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
     // joins again) at least every maxDelayMs, and the place of a store that left without saying
     // so (a failed leave) lapses soon after. (One whose listener is gone is skipped at once.)
-    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, 3 * this.#options.backoff.maxDelayMs + 5_000, this.#monotonicNow, log)
+    this.#placeLastsMs = 3 * this.#options.backoff.maxDelayMs + 5_000
+    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, this.#placeLastsMs, this.#monotonicNow, log)
     const heard = (name: string, key: string, addressed: boolean): void => {
       const id = lockId(name, key)
       if (this.#waiting.wake(id)) {
@@ -169,9 +173,9 @@ export class LockStore {
       backoff: this.#options.backoff,
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
       log,
-      attempt: (name, key) => {
+      attempt: (name, key, alone) => {
         this.#addressed.delete(lockId(name, key)) // the turn it was given is being used
-        return this.#tryAcquire(name, key, true)
+        return this.#tryAcquire(name, key, { alone })
       },
       ended: (name, key, waitedMs, outcome) => {
         // A lock won by an attempt already under way when the turn arrived used that turn too.
@@ -224,17 +228,17 @@ export class LockStore {
    * @throws LockDatabaseError when the database fails for a reason other than contention
    */
   tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
-    return this.#tryAcquire(name, key, false)
+    return this.#tryAcquire(name, key, undefined)
   }
 
-  /** `tryAcquireLock`; `waiting` when a waiter of this store makes the attempt. */
-  async #tryAcquire(name: string, key: string, waiting: boolean): Promise<Lock | null> {
+  /** `tryAcquireLock`; `waiter` when a waiter of this store makes the attempt (`alone`: the only one for the lock). */
+  async #tryAcquire(name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
     if (this.#acquiring.has(id) || this.#held.holds(id)) return null
     this.#acquiring.add(id)
-    const attempt = this.#acquire(id, name, key, waiting)
+    const attempt = this.#acquire(id, name, key, waiter)
     this.#inflight.add(attempt)
     try {
       return await attempt
@@ -407,23 +411,30 @@ export class LockStore {
     return 'emulated'
   }
 
-  async #acquire(id: string, name: string, key: string, waiting: boolean): Promise<Lock | null> {
+  async #acquire(id: string, name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
     const { strategy, facts, wakeOne } = this.#resolved ?? await this.#resolve()
+    // A waiter's place in the waiting line: kept by the acquiring statement itself where it can
+    // (no statement of its own), else by LinePlaces after a refusal.
+    const lineInStatement = waiter !== undefined && wakeOne && strategy === 'native' && this.#sql.notifications?.line?.inNativeAcquire === true
+    if (lineInStatement) await this.#line?.beforeAttempt(id)
     const token = randomUUID()
     const request = {
       table: this.tableName, name, key, token,
       instanceName: this.instanceName,
       lockTimeoutMs: this.lockTimeoutMs,
       nowMs: this.#nowMs(),
+      line: lineInStatement ? { waiter: this.#waiterName, expiresInMs: this.#placeLastsMs, leaveOnWin: waiter.alone } : undefined,
     }
     const sentAt = this.#monotonicNow()
     const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) {
-      if (waiting && wakeOne) this.#line?.refused(id, name, key)
+      if (lineInStatement) this.#line?.joinedByAttempt(id, name, key)
+      else if (waiter && wakeOne) this.#line?.refused(id, name, key)
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
+    if (lineInStatement && waiter.alone) this.#line?.leftByAttempt(id)
     return this.#won(id, name, key, token, fence, sentAt, 0)
   }
 

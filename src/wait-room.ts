@@ -12,8 +12,8 @@ export interface WaitRoomOptions {
   readonly backoff: Backoff
   readonly slowWaitWarningMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
-  /** One non-waiting attempt (`tryAcquireLock`). */
-  readonly attempt: (name: string, key: string) => Promise<Lock | null>
+  /** One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock. */
+  readonly attempt: (name: string, key: string, alone: boolean) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
   /** Called when the first waiter for lock `id` (`name`, `key`) arrives; returns what to call when the last one leaves. */
@@ -130,7 +130,7 @@ export class WaitRoom {
         const attempting = !lock && this.#queues.get(id)?.[0] === waiter
         if (attempting) {
           try {
-            lock = await o.attempt(name, key)
+            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1)
           } catch (error) {
             // Never spin on a failing database: report, then back off like a refusal.
             if (!(error instanceof LockDatabaseError)) throw error

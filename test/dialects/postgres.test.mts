@@ -187,7 +187,7 @@ forEachTarget('cross-process wake-ups', (target) => {
     const [strayName] = await until(() => line(h, elsewhere), 1, 'the stray store is in line elsewhere')
     const waiter = await startWaiter(h)
     waiter.send(`wait ${name}`)
-    await until(() => line(h, name), 1, 'the waiter is in line')
+    const [waiterName] = await until(() => line(h, name), 1, 'the waiter is in line')
     // Ahead of it: a place that lapsed (of a store that still listens, as far as the line can
     // tell: its advisory lock is held), one of a store that no longer listens (a process that
     // died), and the stray store, which waits for another lock only (as if its leave had failed).
@@ -203,8 +203,9 @@ forEachTarget('cross-process wake-ups', (target) => {
 
     await held.release()
     await waiter.printed(`acquired ${name}`)
-    assert.deepEqual(await until(() => line(h, name), 2, 'the stray place is gone'), [lapsed, died], 'the places nobody listens for are left')
-    // The next store to join clears them.
+    // The stray store left again; the places nobody listens for are cleared by the winning
+    // attempt (native) or by the next join (emulated).
+    await until(async () => (await line(h, name)).filter((w) => w === strayName || w === waiterName), 0, 'the stray store and the waiter left')
     waiter.send(`release ${name}`)
     await waiter.printed(`released ${name}`)
     const again = await h.store().tryAcquireLock(name)
