@@ -47,8 +47,13 @@ const RENEW_PLACE = 'expires_ts = excluded.expires_ts, since_ts = CASE WHEN w.ex
 // undefined_table: the line was dropped (migration 3 rolled back) while stores ran.
 const isUndefinedTable = (error: unknown): boolean => errorCode(error) === '42P01'
 
-// Tables whose line has been found missing since the store looked: release without it.
+// Tables whose line has been found missing since the store looked: acquire and release without it.
 const linesGone = new WeakMap<Knex, Set<string>>()
+function lineGone(knex: Knex, table: string): void {
+  let gone = linesGone.get(knex)
+  if (!gone) linesGone.set(knex, (gone = new Set()))
+  gone.add(table)
+}
 
 /** The parts of a `pg` client the listener uses. */
 interface ListeningClient {
@@ -79,7 +84,7 @@ export const postgresDialect: Dialect = {
   acquireNative: (knex: Knex, request: AcquireRequest) => {
     const takeoverFence = (quote: (name: string) => string): string => postgresDialect.takeoverFenceSql(request.table, quote) ?? ''
     const line = request.line
-    if (!line) return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
+    if (!line || linesGone.get(knex)?.has(request.table)) return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
     // A waiter's attempt keeps its store's place in the line in the same statement: refused, it
     // joins (or renews its place); won, it leaves if asked, and clears places that no longer
     // count. Data-modifying CTEs all run, whether or not the final SELECT reads them.
@@ -95,7 +100,12 @@ export const postgresDialect: Dialect = {
     }, [
       request.name, request.key, line.waiter, processTag, line.expiresInMs,
       request.name, request.key, line.waiter, line.leaveOnWin,
-    ], undefined, takeoverFence)
+    ], undefined, takeoverFence).catch((error: unknown) => {
+      // The line was dropped while stores ran: acquire without it from now on.
+      if (!isUndefinedTable(error)) throw error
+      lineGone(knex, request.table)
+      return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
+    })
   },
 
   // The column's default draws from a sequence (see migration 2).
@@ -130,9 +140,7 @@ export const postgresDialect: Dialect = {
       // A missing line must not stop releases: fall back to notifying everyone from now on.
       // (A missing lock table fails again below, as it should.)
       if (!wakeOne || !isUndefinedTable(error)) throw error
-      let gone = linesGone.get(knex)
-      if (!gone) linesGone.set(knex, (gone = new Set()))
-      gone.add(table)
+      lineGone(knex, table)
       return postgresDialect.release(knex, table, row, false)
     }
   },

@@ -249,12 +249,19 @@ forEachTarget('cross-process wake-ups', (target) => {
       // A store that saw the line, which is then dropped (the migration rolled back): its
       // releases still work, now notifying everyone.
       const early = h.store({ tableName })
+      const other = h.store({ tableName })
+      await other.init()
       const before = await early.tryAcquireLock('early')
       const beforeToo = await early.tryAcquireLock('early-too')
       assert.ok(before && beforeToo)
       await h.knex.schema.dropTable(`${tableName}_waiters`)
+      // Waiters of stores that saw the line (their attempts would keep their place in it) still
+      // get their locks; releases still work.
+      const waiting = other.acquireLock('early-too')
+      await new Promise<void>((resolve) => { const off = other.on('refused', () => { off(); resolve() }) })
       await before.release()
       await beforeToo.release()
+      await (await waiting).release()
       assert.deepEqual(await early.listLocks(), [])
 
       const name = h.lockName('no-line')
