@@ -50,8 +50,11 @@ export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T 
 interface Resolved {
   readonly strategy: Strategy
   readonly facts: ServerFacts
-  /** Whether the table has a waiting line, so that a release notifies only the store first in it. */
-  readonly wakeOne: boolean
+  /**
+   * The table's waiting line (a release then notifies only the store first in it): `none`, kept
+   * by statements of its own (`statements`), or by the waiters' acquiring statements (`in-acquire`).
+   */
+  readonly line: 'none' | 'statements' | 'in-acquire'
 }
 
 /**
@@ -398,8 +401,8 @@ export class LockStore {
     if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
     const strategy = this.#strategy(facts)
     const line = this.#sql.notifications?.line
-    const wakeOne = line !== undefined && await this.#database('look for the waiting line', () => line.exists(this.#knex, this.tableName))
-    return { strategy, facts, wakeOne }
+    if (!line || !await this.#database('look for the waiting line', () => line.exists(this.#knex, this.tableName))) return { strategy, facts, line: 'none' }
+    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements' }
   }
 
   #strategy(facts: ServerFacts): Strategy {
@@ -412,10 +415,10 @@ export class LockStore {
   }
 
   async #acquire(id: string, name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
-    const { strategy, facts, wakeOne } = this.#resolved ?? await this.#resolve()
+    const { strategy, facts, line } = this.#resolved ?? await this.#resolve()
     // A waiter's place in the waiting line: kept by the acquiring statement itself where it can
     // (no statement of its own), else by LinePlaces after a refusal.
-    const lineInStatement = waiter !== undefined && wakeOne && strategy === 'native' && this.#sql.notifications?.line?.inNativeAcquire === true
+    const lineInStatement = waiter !== undefined && line === 'in-acquire'
     if (lineInStatement) await this.#line?.beforeAttempt(id)
     const token = randomUUID()
     const request = {
@@ -430,7 +433,7 @@ export class LockStore {
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) {
       if (lineInStatement) this.#line?.joinedByAttempt(id, name, key)
-      else if (waiter && wakeOne) this.#line?.refused(id, name, key)
+      else if (waiter && line === 'statements') this.#line?.refused(id, name, key)
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
@@ -538,7 +541,7 @@ export class LockStore {
   }
 
   get #wakeOne(): boolean {
-    return this.#resolved?.wakeOne ?? false
+    return (this.#resolved?.line ?? 'none') !== 'none'
   }
 
   #track(work: Promise<unknown>): void {
