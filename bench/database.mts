@@ -197,7 +197,8 @@ function summariseProcesses(result: ProcessContention) {
 /** 2b: every contender across processes; the database's own lock queue where it has one. */
 async function processes(): Promise<Record<string, ReturnType<typeof summariseProcesses>>> {
   const seconds = smoke ? 1 : 5
-  const contenders: ProcessContender[] = database === 'sqlite' ? ['worker-locks', 'verrou'] : ['worker-locks', 'verrou', 'server']
+  const contenders: ProcessContender[] = database === 'sqlite' ? ['worker-locks', 'verrou']
+    : database === 'postgres' ? ['worker-locks', 'worker-locks, wake only', 'verrou', 'server'] : ['worker-locks', 'verrou', 'server']
   const out: Record<string, ReturnType<typeof summariseProcesses>> = {}
   for (const c of contenders) out[c === 'server' ? 'server lock queue' : c] = summariseProcesses(await acrossProcesses(database, c, seconds))
   return out

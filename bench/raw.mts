@@ -46,17 +46,31 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
        SET instance_name = excluded.instance_name, token = excluded.token, last_renewed_ts = excluded.last_renewed_ts, fence = nextval('"${table}_fence_seq"'::regclass)
        WHERE t.last_renewed_ts < excluded.last_renewed_ts - $5 OR t.instance_name = excluded.instance_name
        RETURNING fence`
-    // The release notifies whoever is first in the waiting line, or everyone (as worker-locks does).
-    const release = `WITH released AS (DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 RETURNING lock_name, lock_key)
-       SELECT pg_notify(
-         COALESCE((SELECT 'wl_waiter_' || w.waiter FROM "${table}_waiters" w
-                   WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> $4 AND w.expires_ts > ${now}
-                   ORDER BY w.since_ts, w.waiter LIMIT 1), $5),
-         json_build_array(r.lock_name, r.lock_key, $4::text)::text)
-       FROM released r`
+    // The release hands the lock to whoever is first in the waiting line, or notifies everyone
+    // (as worker-locks does; the advisory-lock check of each place is left out).
+    const line = `"${table}_waiters"`
+    const release = `WITH next AS (
+         SELECT w.waiter, w.instance_name, w.process_tag FROM ${line} w
+         WHERE EXISTS (SELECT 1 FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3)
+           AND w.lock_name = $1 AND w.lock_key = $2 AND (w.process_tag <> $4 OR (w.waiter <> $7 AND w.instance_name IS NOT NULL)) AND w.expires_ts > ${now}
+         ORDER BY w.since_ts, w.waiter LIMIT 1),
+       handed AS (
+         UPDATE "${table}" t SET instance_name = n.instance_name, token = $6, last_renewed_ts = ${now}, fence = nextval('"${table}_fence_seq"'::regclass)
+         FROM next n WHERE n.instance_name IS NOT NULL AND t.lock_name = $1 AND t.lock_key = $2 AND t.token = $3
+         RETURNING t.lock_name, t.lock_key, t.fence, n.waiter),
+       released AS (
+         DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 AND NOT EXISTS (SELECT 1 FROM next WHERE instance_name IS NOT NULL)
+         RETURNING lock_name, lock_key),
+       cleared AS (
+         DELETE FROM ${line} w WHERE w.lock_name = $1 AND w.lock_key = $2
+           AND (w.waiter IN (SELECT waiter FROM handed) OR (EXISTS (SELECT 1 FROM handed UNION ALL SELECT 1 FROM released) AND w.expires_ts <= ${now})))
+       SELECT CASE WHEN n.process_tag <> $4 THEN pg_notify('wl_waiter_' || h.waiter, json_build_array(h.lock_name, h.lock_key, $4::text, $6::text, h.fence::text)::text) END
+         FROM handed h, next n
+       UNION ALL
+       SELECT pg_notify(COALESCE((SELECT 'wl_waiter_' || waiter FROM next), $5), json_build_array(r.lock_name, r.lock_key, $4::text)::text) FROM released r`
     return {
       acquire: async (n, k, t) => (await client.query({ name: 'raw_acquire', text: acquire, values: [n, k, instance, t, lockTimeoutMs] })).rows[0],
-      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, 'raw', `${table}_released`] }) },
+      release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, 'raw', `${table}_released`, token(), 'raw'] }) },
       close: async () => { await client.end() },
     }
   }

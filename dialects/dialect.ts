@@ -32,6 +32,57 @@ export interface LineRequest {
   readonly expiresInMs: number
   /** Whether a win takes the store out of the line (it has no other waiter for the lock). */
   readonly leaveOnWin: boolean
+  /**
+   * Where the line supports hand-over (`LineSupport`): the place written carries the request's
+   * instance name, so that a release can give the lock to this store directly.
+   */
+  readonly handOver: boolean
+}
+
+/**
+ * What a table's waiting line can do: nothing (`none`, no line), let a release wake the store
+ * first in it (`wake`), or also let a release give the lock to that store in the releasing
+ * statement (`hand-over`).
+ */
+export type LineSupport = 'none' | 'wake' | 'hand-over'
+
+/** How a release treats the table's waiting line (see `Dialect.release`). */
+export interface ReleaseLine {
+  /** The releasing store's name in the line: a release never goes to its own place. */
+  readonly waiter: string
+  /**
+   * Where the line supports it: give the lock to the store first in line (of another process,
+   * or another store of this one) as a new acquisition carrying this token, instead of deleting
+   * the row and waking that store. A store of another process hears of it with the token and
+   * fence; one of this process is told by the caller (see `HandedOver`).
+   */
+  readonly handOverToken: string | undefined
+  /** The time a hand-over writes, in milliseconds since the epoch, or `null` for the database's clock. */
+  readonly nowMs: number | null
+}
+
+/**
+ * The outcome of a release: `true` when the row was deleted, a `HandedOver` when it went to a
+ * waiting store, `false` when it no longer carried the token.
+ */
+export type ReleaseResult = boolean | HandedOver
+
+/** A release's hand-over of the lock to the store first in line (see `ReleaseLine`). */
+export interface HandedOver extends HandedLock {
+  /** The store's name in the line. */
+  readonly waiter: string
+  /**
+   * Whether the store is in this process: then nobody has told it (no notification goes to a
+   * store of the releasing process), and the caller must give it the lock, or release it if it
+   * is gone.
+   */
+  readonly sameProcess: boolean
+}
+
+/** A lock a release gave to this store as first in line (see `ReleaseLine`). */
+export interface HandedLock {
+  readonly token: string
+  readonly fence: bigint
 }
 
 /** The identity of one held row: what token-guarded statements match on. */
@@ -41,9 +92,15 @@ export interface RowIdentity {
   readonly token: string
 }
 
+/** What a listening store is told of a release; see `ReleaseNotifications.listen`. */
+export type ReleaseHeard = (name: string, key: string, addressed: boolean, handed?: HandedLock) => void
+
 /** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
 export interface ReleaseSubscription {
-  /** Ends the connection. */
+  /**
+   * Ends the connection, after hearing every notification sent to it by statements that have
+   * committed (a lock handed over to the store must not be lost in the closing connection).
+   */
   close(): Promise<void>
   /** Whether the open connection keeps the Node.js process running (it does at first). */
   keepProcessAlive(keep: boolean): void
@@ -58,15 +115,16 @@ export interface ReleaseSubscription {
 export interface WaitingLine {
   /** Whether `acquireNative` joins and leaves the line itself when the request carries `line`. */
   readonly inNativeAcquire: boolean
-  /** Whether `table` has a line (its schema is recent enough). */
-  exists(knex: Knex, table: string): Promise<boolean>
+  /** What `table`'s line can do, which depends on the migrations it has had. */
+  support(knex: Knex, table: string): Promise<LineSupport>
   /**
    * Puts store `waiter` in the line for `(name, key)`, or keeps its place if it is there, until
    * `expiresInMs` from now (by the database's clock) unless it joins again. The place counts only
    * while the store listens (see `ReleaseNotifications.listen`). Clears places of that lock that
-   * no longer count on the way.
+   * no longer count on the way. `instanceName`, where the line supports hand-over, is what a
+   * release handing the lock to this store writes into the lock row.
    */
-  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number): Promise<void>
+  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number, instanceName: string | undefined): Promise<void>
   /** Takes store `waiter` out of the line for `(name, key)`. */
   leave(knex: Knex, table: string, waiter: string, name: string, key: string): Promise<void>
 }
@@ -82,11 +140,12 @@ export interface ReleaseNotifications {
   /**
    * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
    * announced for `table` to every process, and for every release addressed to store `waiter`
-   * (as first in the line; `addressed` is then true); and `onClosed` once if the connection fails
-   * or ends. `waiter` must be 16 hexadecimal digits, unique to the store.
+   * (as first in the line; `addressed` is then true, and `handed` is set when the release gave
+   * the lock to the store); and `onClosed` once if the connection fails or ends. `waiter` must
+   * be 16 hexadecimal digits, unique to the store.
    */
   listen(
-    knex: Knex, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void, onClosed: (error: unknown) => void,
+    knex: Knex, table: string, waiter: string, onRelease: ReleaseHeard, onClosed: (error: unknown) => void,
   ): Promise<ReleaseSubscription>
 }
 
@@ -134,11 +193,13 @@ export interface Dialect {
   takeoverFenceSql(table: string, quote: (name: string) => string): string | undefined
   /**
    * Deletes our row (token-guarded) and, where the database can, tells waiting processes in the
-   * same statement, delivered only once it has committed. With `wakeOne` (only where
+   * same statement, delivered only once it has committed. With `line` (only where
    * `notifications.line` exists for `table`) it tells only the store of another process first in
-   * the line, or every process when the line is empty. Resolves whether a row was deleted.
+   * the line, or every process when the line is empty; and with `line.handOverToken`, where the
+   * line supports it, it gives the store first in line (of any process) the lock instead of
+   * deleting the row.
    */
-  release(knex: Knex, table: string, row: RowIdentity, wakeOne?: boolean): Promise<boolean>
+  release(knex: Knex, table: string, row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult>
   /**
    * Runs first in the emulated path's transaction, to take locks in the same order as the native
    * statement does, so that stores using different strategies on one table cannot deadlock.

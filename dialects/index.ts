@@ -4,7 +4,10 @@ import { mysqlDialect } from './mysql.js'
 import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
-export type { AcquireRequest, LineRequest, Dialect, DialectName, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts, WaitingLine } from './dialect.js'
+export type {
+  AcquireRequest, HandedLock, HandedOver, LineRequest, LineSupport, Dialect, DialectName, ReleaseHeard, ReleaseLine, ReleaseNotifications, ReleaseResult,
+  ReleaseSubscription, RowIdentity, ServerFacts, WaitingLine,
+} from './dialect.js'
 export { acquire, retryingConflicts, type Strategy } from './acquire.js'
 export { handOver, type HandOverRequest } from './hand-over.js'
 export { nowBinding } from './dialect.js'

@@ -3,8 +3,8 @@ import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
-  errorCode, rowsJson,
-  type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
+  errorCode, rowsJson, toFence,
+  type AcquireRequest, type Dialect, type ReleaseLine, type ReleaseResult, type ReleaseSubscription, type RowIdentity, type ServerFacts,
 } from './dialect.js'
 
 // The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
@@ -13,6 +13,9 @@ const NOW_SQL = '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint'
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
+
+// How long closing a listening connection waits for notifications already sent to it.
+const DRAIN_TIMEOUT_MS = 2_000
 
 // Marks the releases this process announces (a pid could repeat on another host).
 const processTag = randomUUID()
@@ -41,6 +44,13 @@ const waiterKey = (waiter: string): string => `('x' || ${waiter})::bit(64)::bigi
  */
 const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND NOT pg_try_advisory_xact_lock(${waiterKey('w.waiter')})`
 
+/**
+ * The instance name a place carries where the line supports hand-over (migration 4): the
+ * column, its value's placeholder, and its renewal on a join. Empty where it does not.
+ */
+const PLACE_INSTANCE = { column: ', instance_name', value: ', ?', renew: ', instance_name = excluded.instance_name' }
+const NO_PLACE_INSTANCE = { column: '', value: '', renew: '' }
+
 /** Renews a place on a join (as `excluded`): one that had lapsed counts as new and goes to the back. */
 const RENEW_PLACE = 'expires_ts = excluded.expires_ts, since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END'
 
@@ -53,6 +63,67 @@ function lineGone(knex: Knex, table: string): void {
   let gone = linesGone.get(knex)
   if (!gone) linesGone.set(knex, (gone = new Set()))
   gone.add(table)
+}
+
+/**
+ * The release that gives the lock to the store first in the line (of another process, or another
+ * store of this one), when its place carries an instance name (migration 4): the row gets that instance name, `newToken`, a
+ * fresh timestamp and a new fence, the place is taken out of the line, and the store is told the
+ * token and fence on its own channel, all in one statement. Where the first place has no instance
+ * name (a store of an older worker-locks) the row is deleted and that store woken; where the line
+ * is empty, the row is deleted and everyone told, as `release` does. Places of the lock that no
+ * longer count are cleared on the way (waiters handed their locks make no winning attempt that
+ * would clear them). The hand-over is the release's own write to the row, guarded by the
+ * releasing token: a lock taken over meanwhile is neither handed nor deleted.
+ */
+async function releaseHandingOver(knex: Knex, table: string, row: RowIdentity, releasing: string, newToken: string, nowMs: number | null): Promise<ReleaseResult> {
+  const databaseClock = nowMs === null
+  const sql = statement(knex, databaseClock ? 'release-hand-over/database-clock' : 'release-hand-over/local-clock', table, (quote) => {
+    const t = quote(table)
+    const ours = 'lock_name = ? AND lock_key = ? AND token = ?'
+    // `next` is read by several parts of the statement, so it is evaluated once.
+    // Places of this process count only if they can take a hand-over: this process wakes its
+    // own stores itself, and its listeners ignore what it sends. A store of this process handed
+    // the lock is told by the caller, so no notification is sent to it.
+    return `WITH next AS (
+         SELECT w.waiter, w.instance_name, w.process_tag FROM ${quote(lineOf(table))} w
+         WHERE EXISTS (SELECT 1 FROM ${t} WHERE ${ours})
+           AND w.lock_name = ? AND w.lock_key = ? AND (w.process_tag <> ? OR (w.waiter <> ? AND w.instance_name IS NOT NULL))
+           AND ${LIVE_PLACE}
+         ORDER BY w.since_ts, w.waiter LIMIT 1),
+       handed AS (
+         UPDATE ${t} AS t SET instance_name = n.instance_name, token = ?, last_renewed_ts = ${databaseClock ? NOW_SQL : '?'},
+           fence = ${postgresDialect.takeoverFenceSql(table, quote) ?? 'fence'}
+         FROM next n WHERE n.instance_name IS NOT NULL AND t.${ours.replaceAll(' AND ', ' AND t.')}
+         RETURNING t.lock_name, t.lock_key, t.fence, n.waiter, n.process_tag),
+       released AS (
+         DELETE FROM ${t} WHERE ${ours} AND NOT EXISTS (SELECT 1 FROM next WHERE instance_name IS NOT NULL)
+         RETURNING lock_name, lock_key),
+       cleared AS (
+         DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ?
+           AND (w.waiter IN (SELECT waiter FROM handed) OR (EXISTS (SELECT 1 FROM handed UNION ALL SELECT 1 FROM released) AND NOT (${LIVE_PLACE}))))
+       SELECT h.waiter, h.fence::text AS fence, h.process_tag, CASE WHEN h.process_tag <> ? THEN pg_notify('${waiterChannelOf('')}' || h.waiter,
+           json_build_array(h.lock_name, h.lock_key, ?::text, ?::text, h.fence::text)::text) END
+         FROM handed h
+       UNION ALL
+       SELECT NULL, NULL, NULL, pg_notify(COALESCE((SELECT '${waiterChannelOf('')}' || waiter FROM next), ?),
+           json_build_array(r.lock_name, r.lock_key, ?::text)::text)
+         FROM released r`
+  })
+  const ours = [row.name, row.key, row.token]
+  const params = [
+    ...ours, row.name, row.key, processTag, releasing,
+    newToken, ...(databaseClock ? [] : [nowMs]), ...ours,
+    ...ours,
+    row.name, row.key,
+    processTag, processTag, newToken,
+    channelOf(table), processTag,
+  ]
+  const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
+  const found = rows[0]
+  if (found === undefined) return false
+  if (typeof found.waiter !== 'string') return true
+  return { waiter: found.waiter, token: newToken, fence: toFence(found.fence), sameProcess: found.process_tag === processTag }
 }
 
 /** The parts of a `pg` client the listener uses. */
@@ -88,17 +159,18 @@ export const postgresDialect: Dialect = {
     // A waiter's attempt keeps its store's place in the line in the same statement: refused, it
     // joins (or renews its place); won, it leaves if asked, and clears places that no longer
     // count. Data-modifying CTEs all run, whether or not the final SELECT reads them.
-    return runOnConflict(knex, postgresDialect, request, 'on-conflict-line', (upsert, quote) => {
+    const instance = line.handOver ? PLACE_INSTANCE : NO_PLACE_INSTANCE
+    return runOnConflict(knex, postgresDialect, request, line.handOver ? 'on-conflict-line/hand-over' : 'on-conflict-line', (upsert, quote) => {
       const w = quote(lineOf(request.table))
       return `WITH attempt AS (${upsert}),
-       joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
-         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ? WHERE NOT EXISTS (SELECT 1 FROM attempt)
-         ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}),
+       joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts${instance.column})
+         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ?${instance.value} WHERE NOT EXISTS (SELECT 1 FROM attempt)
+         ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}${instance.renew}),
        left_line AS (DELETE FROM ${w} w WHERE w.lock_name = ? AND w.lock_key = ? AND EXISTS (SELECT 1 FROM attempt)
          AND ((w.waiter = ? AND ?) OR NOT (${LIVE_PLACE})))
        SELECT fence FROM attempt`
     }, [
-      request.name, request.key, line.waiter, processTag, line.expiresInMs,
+      request.name, request.key, line.waiter, processTag, line.expiresInMs, ...(line.handOver ? [request.instanceName] : []),
       request.name, request.key, line.waiter, line.leaveOnWin,
     ], undefined, takeoverFence).catch((error: unknown) => {
       // The line was dropped while stores ran: acquire without it from now on.
@@ -112,36 +184,38 @@ export const postgresDialect: Dialect = {
   fenceSql: () => undefined,
   takeoverFenceSql: (table: string) => `nextval('"${table}_fence_seq"'::regclass)`,
 
-  async release(knex: Knex, table: string, row: RowIdentity, wakeOne = false): Promise<boolean> {
-    if (wakeOne && linesGone.get(knex)?.has(table)) wakeOne = false
-    // NOTIFY inside a statement is delivered when its transaction commits, so no listener
-    // hears of the release before the row is really gone. With a line, the release goes to the
-    // store of another process that has waited longest (this process wakes its own stores
-    // itself), or to everyone when nobody else is in line.
-    const sql = wakeOne
-      ? statement(knex, 'release-notify-first', table, (quote) =>
-        `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-         SELECT pg_notify(
-           COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
-                     WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND ${LIVE_PLACE}
-                     ORDER BY w.since_ts, w.waiter LIMIT 1), ?),
-           json_build_array(r.lock_name, r.lock_key, ?::text)::text)
-         FROM released r`)
-      : statement(knex, 'release-notify', table, (quote) =>
-        `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-         SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
-    const params = wakeOne
-      ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
-      : [row.name, row.key, row.token, channelOf(table), processTag]
+  async release(knex: Knex, table: string, row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult> {
+    if (line && linesGone.get(knex)?.has(table)) line = undefined
+    const run = executorFor(knex, postgresDialect.rowsOf)
     try {
-      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
+      if (line?.handOverToken !== undefined) return await releaseHandingOver(knex, table, row, line.waiter, line.handOverToken, line.nowMs)
+      // NOTIFY inside a statement is delivered when its transaction commits, so no listener
+      // hears of the release before the row is really gone. With a line, the release goes to the
+      // store of another process that has waited longest (this process wakes its own stores
+      // itself), or to everyone when nobody else is in line.
+      const sql = line
+        ? statement(knex, 'release-notify-first', table, (quote) =>
+          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+           SELECT pg_notify(
+             COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
+                       WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND ${LIVE_PLACE}
+                       ORDER BY w.since_ts, w.waiter LIMIT 1), ?),
+             json_build_array(r.lock_name, r.lock_key, ?::text)::text)
+           FROM released r`)
+        : statement(knex, 'release-notify', table, (quote) =>
+          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+           SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
+      const params = line
+        ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
+        : [row.name, row.key, row.token, channelOf(table), processTag]
+      const { rows } = await run.run(sql, params)
       return rows.length > 0
     } catch (error) {
       // A missing line must not stop releases: fall back to notifying everyone from now on.
       // (A missing lock table fails again below, as it should.)
-      if (!wakeOne || !isUndefinedTable(error)) throw error
+      if (!line || !isUndefinedTable(error)) throw error
       lineGone(knex, table)
-      return postgresDialect.release(knex, table, row, false)
+      return postgresDialect.release(knex, table, row)
     }
   },
 
@@ -152,19 +226,26 @@ export const postgresDialect: Dialect = {
   notifications: {
     line: {
       inNativeAcquire: true,
-      async exists(knex, table) {
-        const result = await knex.raw('SELECT to_regclass(?) AS line', [`"${lineOf(table)}"`])
-        return postgresDialect.rowsOf(result)[0]?.line != null
+      async support(knex, table) {
+        // The line (migration 3), and its instance_name column (migration 4).
+        const result = await knex.raw(
+          `SELECT to_regclass(?) IS NOT NULL AS line,
+                  EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = 'instance_name' AND NOT attisdropped) AS hand_over`,
+          [`"${lineOf(table)}"`, `"${lineOf(table)}"`])
+        const found = postgresDialect.rowsOf(result)[0]
+        return found?.hand_over === true ? 'hand-over' : found?.line === true ? 'wake' : 'none'
       },
-      async join(knex, table, waiter, name, key, expiresInMs) {
+      async join(knex, table, waiter, name, key, expiresInMs, instanceName) {
         // Places of that lock that no longer count are cleared on the way. A place of this store
         // that had lapsed counts as new: it goes to the back of the line.
-        const sql = statement(knex, 'line-join', table, (quote) =>
+        const instance = instanceName === undefined ? NO_PLACE_INSTANCE : PLACE_INSTANCE
+        const sql = statement(knex, instanceName === undefined ? 'line-join' : 'line-join/hand-over', table, (quote) =>
           `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
-           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
-           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
-           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}`)
-        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, expiresInMs])
+           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts${instance.column})
+           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?${instance.value})
+           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}${instance.renew}`)
+        const params = [name, key, waiter, name, key, waiter, processTag, expiresInMs, ...(instanceName === undefined ? [] : [instanceName])]
+        await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
       },
       async leave(knex, table, waiter, name, key) {
         const sql = statement(knex, 'line-leave', table, (quote) =>
@@ -205,7 +286,12 @@ export const postgresDialect: Dialect = {
         // Releases made by this process have woken its waiters already, one store at a time;
         // hearing them again would send every waiting store to the database at once.
         if (!Array.isArray(released) || released[2] === processTag) return
-        if (typeof released[0] === 'string' && typeof released[1] === 'string') onRelease(released[0], released[1], message.channel === ownChannel)
+        const [name, key, , token, fence] = released as unknown[]
+        if (typeof name !== 'string' || typeof key !== 'string') return
+        const addressed = message.channel === ownChannel
+        // A lock handed over to this store: [name, key, process, token, fence].
+        const handed = addressed && typeof token === 'string' && typeof fence === 'string' ? { token, fence: toFence(fence) } : undefined
+        onRelease(name, key, addressed, handed)
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
@@ -218,6 +304,18 @@ export const postgresDialect: Dialect = {
       }
       return {
         async close() {
+          // A release that handed this store a lock before its place was left has committed by
+          // now (leaving waits for it); its notification reaches the client before the reply to
+          // a query sent after it. Only then is the connection closed.
+          // (Bounded: a connection that died unnoticed must not hold up close().)
+          if (!closed) {
+            let timer: NodeJS.Timeout | undefined
+            await Promise.race([
+              client.query('SELECT 1').catch(() => undefined),
+              new Promise((resolve) => { timer = setTimeout(resolve, DRAIN_TIMEOUT_MS).unref() }),
+            ])
+            clearTimeout(timer)
+          }
           closed = true
           await knex.client.destroyRawConnection(client)
         },

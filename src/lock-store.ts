@@ -4,12 +4,13 @@ import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
 import {
   acquire, findDialect, knexDialectName, supportedKnexClients,
-  type Dialect, type DialectName, type RowIdentity, type ServerFacts, type Strategy,
+  type Dialect, type DialectName, type HandedLock, type ReleaseLine, type ReleaseResult, type RowIdentity, type ServerFacts, type Strategy,
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
 import { announceRelease, takeTurn, waitForLocalRelease } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
+import { handToReceiver, registerReceiver, type HandOverReceiver } from './local-receivers.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -55,6 +56,8 @@ interface Resolved {
    * by statements of its own (`statements`), or by the waiters' acquiring statements (`in-acquire`).
    */
   readonly line: 'none' | 'statements' | 'in-acquire'
+  /** Whether a release may hand the lock to the store first in line (see `LineSupport`). */
+  readonly handOver: boolean
 }
 
 /**
@@ -102,6 +105,12 @@ export class LockStore {
   readonly #placeLastsMs: number
   // Locks for which a release addressed to this store (first in line) woke a waiter that has not tried yet.
   readonly #addressed = new Set<string>()
+  // When a waiter's last attempt for a lock was refused (monotonic ms): the row was someone
+  // else's then, so a lock handed to this store for it was written no earlier.
+  readonly #refusedAt = new Map<string, number>()
+  // Takes locks handed to this store by releases in this process (held here: registered weakly).
+  readonly #receiver: HandOverReceiver = { receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed) }
+  readonly #unregisterReceiver: () => void
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -151,15 +160,18 @@ export class LockStore {
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
     this.#waiterName = waiter
+    this.#unregisterReceiver = registerReceiver(waiter, this.#receiver)
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
     // joins again) at least every maxDelayMs, and the place of a store that left without saying
     // so (a failed leave) lapses soon after. (One whose listener is gone is skipped at once.)
     this.#placeLastsMs = 3 * this.#options.backoff.maxDelayMs + 5_000
-    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, this.#placeLastsMs, this.#monotonicNow, log)
-    const heard = (name: string, key: string, addressed: boolean): void => {
+    const placeInstance = (): string | undefined => (this.#resolved?.handOver ? this.instanceName : undefined)
+    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, this.#placeLastsMs, placeInstance, this.#monotonicNow, log)
+    const heard = (name: string, key: string, addressed: boolean, handed?: HandedLock): void => {
       const id = lockId(name, key)
-      if (this.#waiting.wake(id)) {
+      if (handed) this.#received(id, name, key, handed)
+      else if (this.#waiting.wake(id)) {
         if (addressed) this.#addressed.add(id)
       } else if (addressed) {
         // Addressed to this store as first in line, but nobody here waits any more.
@@ -195,6 +207,7 @@ export class LockStore {
         const stop = waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id))
         return () => {
           stop()
+          this.#refusedAt.delete(id)
           this.#line?.left(id)
           // The last waiter gave up after a release addressed to this store woke it, before
           // trying: the turn must not be lost.
@@ -256,7 +269,9 @@ export class LockStore {
    * are served first come, first served. Between attempts it backs off (see the `backoff`
    * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
    * at once. A release by this same store hands the lock straight to its next waiter (up to 8
-   * times in a row, taking turns with other stores of the process waiting for it).
+   * times in a row, taking turns with other stores of the process waiting for it); on
+   * PostgreSQL, a release by another store, in any process, hands it to the store that has
+   * waited longest (see the README's "Waiting for a lock").
    * @throws LockTimeoutError after `timeoutMs`, holding nothing
    * @throws the signal's reason when `signal` aborts, holding nothing
    * @throws LockStoreClosedError when the store is closed while waiting
@@ -370,6 +385,9 @@ export class LockStore {
     await waitsEnded // every place in the waiting line is being left
     await this.#line?.settled()
     await this.#listener?.stop()
+    // A lock handed to this store as its listener closed is being given up.
+    await Promise.allSettled([...this.#inflight])
+    this.#unregisterReceiver()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
       this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
@@ -401,8 +419,9 @@ export class LockStore {
     if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
     const strategy = this.#strategy(facts)
     const line = this.#sql.notifications?.line
-    if (!line || !await this.#database('look for the waiting line', () => line.exists(this.#knex, this.tableName))) return { strategy, facts, line: 'none' }
-    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements' }
+    const support = line ? await this.#database('look for the waiting line', () => line.support(this.#knex, this.tableName)) : 'none'
+    if (!line || support === 'none') return { strategy, facts, line: 'none', handOver: false }
+    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements', handOver: support === 'hand-over' }
   }
 
   #strategy(facts: ServerFacts): Strategy {
@@ -415,7 +434,7 @@ export class LockStore {
   }
 
   async #acquire(id: string, name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
-    const { strategy, facts, line } = this.#resolved ?? await this.#resolve()
+    const { strategy, facts, line, handOver } = this.#resolved ?? await this.#resolve()
     // A waiter's place in the waiting line: kept by the acquiring statement itself where it can
     // (no statement of its own), else by LinePlaces after a refusal.
     const lineInStatement = waiter !== undefined && line === 'in-acquire'
@@ -426,18 +445,19 @@ export class LockStore {
       instanceName: this.instanceName,
       lockTimeoutMs: this.lockTimeoutMs,
       nowMs: this.#nowMs(),
-      line: lineInStatement ? { waiter: this.#waiterName, expiresInMs: this.#placeLastsMs, leaveOnWin: waiter.alone } : undefined,
+      line: lineInStatement ? { waiter: this.#waiterName, expiresInMs: this.#placeLastsMs, leaveOnWin: waiter.alone, handOver } : undefined,
     }
     const sentAt = this.#monotonicNow()
     const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) {
+      if (waiter) this.#refusedAt.set(id, sentAt)
       if (lineInStatement) this.#line?.joinedByAttempt(id, name, key)
       else if (waiter && line === 'statements') this.#line?.refused(id, name, key)
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
       return null
     }
-    if (lineInStatement && waiter.alone) this.#line?.leftByAttempt(id)
+    if (lineInStatement && waiter.alone) this.#line?.leftByStatement(id)
     return this.#won(id, name, key, token, fence, sentAt, 0)
   }
 
@@ -477,13 +497,62 @@ export class LockStore {
     return lock
   }
 
-  // Deletes a row just won but not taken on, and wakes whoever waits for it in this process.
+  // Deletes a row just won but not taken on (or hands it to the next in line), and wakes whoever
+  // waits for it in this process.
   async #giveUp(id: string, row: RowIdentity, failed: (error: unknown) => void): Promise<void> {
-    const removed = await this.#table.release(row, this.#wakeOne).catch((error: unknown) => {
+    const released = await this.#table.release(row, this.#releaseLine()).catch((error: unknown) => {
       failed(error)
       return false
     })
-    if (removed) announceRelease(this.tableName, id)
+    this.#releasedFor(id, row.name, row.key, released)
+  }
+
+  /**
+   * What a release means for this process: a lock freed wakes the next store waiting for it
+   * here; one handed to a store of this process is given to that store, which nobody else tells.
+   */
+  #releasedFor(id: string, name: string, key: string, released: ReleaseResult): void {
+    if (released === true) announceRelease(this.tableName, id)
+    else if (typeof released === 'object' && released.sameProcess && !handToReceiver(released.waiter, name, key, released)) {
+      // That store is gone (closed as it was handed the lock): free the lock again.
+      this.#track(this.#giveUp(id, { name, key, token: released.token }, (error) => this.#logPassOnFailure(name, key, error)))
+    }
+  }
+
+  #logPassOnFailure(name: string, key: string, error: unknown): void {
+    this.#log('warn', { err: error, lockName: name, lockKey: key },
+      `worker-locks: could not pass on lock ${describeLock(name, key)}, handed to a store that no longer waits for it; it expires after ${this.lockTimeoutMs} ms.`)
+  }
+
+  /**
+   * A release (in another process, or by another store of this one) gave this store the lock
+   * `(name, key)` as first in line: its first waiter, asleep, takes it on with no statement of
+   * its own. If none can (the wait ended, an attempt is under way, the store is closing), the
+   * lock goes on to the next in line.
+   *
+   * The lease is counted from the waiter's last refused attempt, the latest moment this store
+   * knows the row was not yet its own: the hand-over's time is unknown here (the notification may
+   * have waited while this process was busy). If that leaves no lease, the waiter asks the
+   * database instead: the row carries this store's instance name, so its attempt takes it over
+   * unless another worker took it over first, as anyone may once the lease has run out.
+   */
+  #received(id: string, name: string, key: string, handed: HandedLock): void {
+    this.#line?.leftByStatement(id) // the releasing statement took this store's place
+    if (this.#closed || this.#acquiring.has(id) || this.#held.holds(id) || !this.#waiting.canHandOver(id)) {
+      this.#track(this.#giveUp(id, { name, key, token: handed.token }, (error) => this.#logPassOnFailure(name, key, error)))
+      return
+    }
+    const refusedAt = this.#refusedAt.get(id)
+    if (refusedAt === undefined || this.#monotonicNow() - refusedAt >= this.lockTimeoutMs) {
+      this.#waiting.wake(id)
+      return
+    }
+    this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
+    const claim = this.#won(id, name, key, handed.token, handed.fence, refusedAt, 0)
+      .catch(() => null)
+      .finally(() => this.#acquiring.delete(id))
+    this.#track(claim)
+    this.#waiting.handOver(id, claim)
   }
 
   #release(record: HeldLock): Promise<void> {
@@ -502,8 +571,11 @@ export class LockStore {
   }
 
   #delete(record: HeldLock): Promise<void> {
-    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#wakeOne))
-      .then(() => this.#released(record, true), (error: unknown) => this.#releaseFailed(record, error))
+    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#releaseLine()))
+      .then((released) => {
+        this.#released(record)
+        this.#releasedFor(record.id, record.name, record.key, released)
+      }, (error: unknown) => this.#releaseFailed(record, error))
   }
 
   // A waiter of this store for the same lock is asleep: it takes the row over in one statement
@@ -519,8 +591,10 @@ export class LockStore {
     // hand-over failed (a deadlock on MySQL, a lost reply), the row carries one token or the
     // other: delete both, and the release succeeds or fails as a plain one would.
     const releasing = written.then(
-      () => this.#released(record, false),
-      () => this.#table.release({ name, key, token }, this.#wakeOne).catch(() => undefined).then(() => this.#delete(record)),
+      () => this.#released(record),
+      () => this.#table.release({ name, key, token }, this.#releaseLine())
+        .then((released) => this.#releasedFor(id, name, key, released), () => undefined)
+        .then(() => this.#delete(record)),
     )
     // The waiter tries on its own if the row was no longer ours or the statement failed.
     const claim = written
@@ -540,8 +614,14 @@ export class LockStore {
       this.#log('debug', { err: error, table: this.tableName }, 'worker-locks: could not pass a release on; waiters poll meanwhile.'))
   }
 
-  get #wakeOne(): boolean {
-    return (this.#resolved?.line ?? 'none') !== 'none'
+  /**
+   * How a release treats the table's waiting line: none, wake the first in it, or hand the lock
+   * to it (then with the token of that new acquisition).
+   */
+  #releaseLine(): ReleaseLine | undefined {
+    const resolved = this.#resolved
+    if (!resolved || resolved.line === 'none') return undefined
+    return { waiter: this.#waiterName, handOverToken: resolved.handOver ? randomUUID() : undefined, nowMs: this.#nowMs() }
   }
 
   #track(work: Promise<unknown>): void {
@@ -550,9 +630,8 @@ export class LockStore {
     void settled.then(() => this.#inflight.delete(settled))
   }
 
-  #released(record: HeldLock, freed: boolean): void {
+  #released(record: HeldLock): void {
     this.#undeleted.delete(record)
-    if (freed) announceRelease(this.tableName, record.id)
     this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#monotonicNow() - record.acquiredAt })
   }
 

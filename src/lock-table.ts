@@ -1,5 +1,7 @@
 import type { Knex } from 'knex'
-import { handOver, nowBinding, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts } from '../dialects/index.js'
+import {
+  handOver, nowBinding, retryingConflicts, type Dialect, type ReleaseLine, type ReleaseResult, type RowIdentity, type ServerFacts,
+} from '../dialects/index.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
@@ -89,11 +91,11 @@ export class LockTable {
 
   /**
    * Deletes the row if it still carries this token, and where the database can, tells waiting
-   * processes in the same statement: with `wakeOne` (the table has a waiting line), only the
-   * one first in line. Resolves whether a row was deleted.
+   * processes in the same statement: with `line` (the table has a waiting line), only the one
+   * first in line, to which it may also hand the lock over (see `Dialect.release`).
    */
-  release(row: RowIdentity, wakeOne = false): Promise<boolean> {
-    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, wakeOne))
+  release(row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult> {
+    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line))
   }
 
   /**

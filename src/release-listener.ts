@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import type { ReleaseNotifications, ReleaseSubscription } from '../dialects/index.js'
+import type { ReleaseHeard, ReleaseNotifications, ReleaseSubscription } from '../dialects/index.js'
 import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
 import type { Clock, TimerHandle } from './clock.js'
 import type { LogLevel } from './logger.js'
@@ -15,7 +15,7 @@ export class ReleaseListener {
   readonly #notifications: ReleaseNotifications
   readonly #table: string
   readonly #waiter: string
-  readonly #onRelease: (name: string, key: string, addressed: boolean) => void
+  readonly #onRelease: ReleaseHeard
   readonly #timers: Clock
   readonly #log: (level: LogLevel, details: object, message: string) => void
   #running: Promise<void> | undefined
@@ -29,7 +29,7 @@ export class ReleaseListener {
   #stopping: Array<() => void> = []
 
   constructor(
-    knex: Knex, notifications: ReleaseNotifications, table: string, waiter: string, onRelease: (name: string, key: string, addressed: boolean) => void,
+    knex: Knex, notifications: ReleaseNotifications, table: string, waiter: string, onRelease: ReleaseHeard,
     timers: Clock, log: (level: LogLevel, details: object, message: string) => void,
   ) {
     this.#knex = knex

@@ -1,10 +1,12 @@
 // What only PostgreSQL does: LISTEN/NOTIFY wakes a waiter when another process releases, and
 // the listening connection comes back after it was killed. MySQL and SQLite waiters poll.
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, it } from 'node:test'
-import { ManualClock, createLockTable, dropLockTable } from '../../src/index.js'
+import { ManualClock, createLockTable, dropLockTable, type LockStoreOptions } from '../../src/index.js'
 import { Harness, RecordingLogger } from '../harness.mjs'
 import { forEachTarget } from '../matrix.mjs'
 import { uniqueName } from '../targets.mjs'
@@ -23,9 +25,9 @@ async function listeningPids(h: Harness, table = h.tableName): Promise<number[]>
 }
 
 /** The names of the stores in the waiting line for `name`, first in line first. */
-async function line(h: Harness, name: string): Promise<string[]> {
+async function line(h: Harness, name: string, table = h.tableName): Promise<string[]> {
   const { rows } = await h.knex.raw('SELECT waiter FROM ?? WHERE lock_name = ? ORDER BY since_ts, waiter',
-    [`${h.tableName}_waiters`, name]) as { rows: Array<{ waiter: string }> }
+    [`${table}_waiters`, name]) as { rows: Array<{ waiter: string }> }
   return rows.map((r) => r.waiter)
 }
 
@@ -39,6 +41,43 @@ async function until<T>(read: () => Promise<T[]>, length: number, what: string):
   }
   assert.equal(items.length, length, what)
   return items
+}
+
+/**
+ * Freezes a waiter process (it neither sends nor reads anything) until the returned function
+ * thaws it: what the database shows meanwhile was done by others.
+ */
+async function freeze(waiter: ChildWorker & { send(command: string): void }): Promise<() => void> {
+  const dir = mkdtempSync(join(tmpdir(), 'wl-freeze-'))
+  const fifo = join(dir, 'fifo')
+  execFileSync('mkfifo', [fifo])
+  const frozen = waiter.lines().filter((l) => l === 'frozen').length
+  waiter.send(`freeze ${fifo}`)
+  const froze = (): boolean => waiter.lines().filter((l) => l === 'frozen').length > frozen
+  for (let i = 0; i < 400 && !froze(); i++) await new Promise((resolve) => setTimeout(resolve, 25))
+  assert.ok(froze(), 'the waiter froze')
+  return () => {
+    writeFileSync(fifo, 'thaw') // opening the FIFO for writing blocks until the reader has it open
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+/** The last fence drawn for the harness's table: every write of a row draws the next. */
+async function lastFence(h: Harness): Promise<bigint> {
+  const { rows } = await h.knex.raw('SELECT last_value FROM ??', [`${h.tableName}_fence_seq`]) as { rows: Array<{ last_value: string }> }
+  return BigInt(rows[0]?.last_value ?? Number.NaN)
+}
+
+/** Options of a store that never polls: only a release can end its waits. */
+function patient(): LockStoreOptions {
+  return { clock: new ManualClock(), lockTimeoutMs: 600_000, renewalIntervalMs: 60_000, backoff: { initialDelayMs: 3_600_000, maxDelayMs: 3_600_000 } }
+}
+
+/** The fence a waiter printed when it acquired `name`. */
+function printedFence(waiter: ChildWorker, name: string): bigint {
+  const line = waiter.lines().find((l) => l.startsWith(`acquired ${name} `))
+  assert.ok(line, `the waiter acquired ${name}`)
+  return BigInt(line.slice(`acquired ${name} `.length))
 }
 
 async function finish(...workers: ChildWorker[]): Promise<void> {
@@ -175,6 +214,105 @@ forEachTarget('cross-process wake-ups', (target) => {
     await finish(first, second)
   })
 
+  it('hands the lock to the store of another process first in line in the releasing statement', { timeout: 60_000 }, async () => {
+    const name = h.lockName('hand-over')
+    const holder = h.store()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const instance = uniqueName('waiter')
+    const waiter = await startWaiter(h, { WL_INSTANCE: instance })
+    waiter.send(`wait ${name}`)
+    await until(() => line(h, name), 1, 'the waiter is in line')
+    const thaw = await freeze(waiter)
+    await held.release()
+    // The waiter's process is frozen: the release itself gave it the row and took its place.
+    const [row, ...others] = await holder.listLocks({ name })
+    assert.equal(others.length, 0)
+    assert.equal(row?.instanceName, instance)
+    assert.ok(row.fence > held.fence, 'a new fence')
+    assert.equal(row.stale, false)
+    assert.deepEqual(await line(h, name), [])
+    thaw()
+    await waiter.printed(`acquired ${name}`)
+    assert.equal(printedFence(waiter, name), row.fence, 'the waiter holds the row it was handed')
+    assert.deepEqual(waiter.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'no attempt after the hand-over')
+    waiter.send(`release ${name}`)
+    await waiter.printed(`released ${name}`)
+    assert.deepEqual(await holder.listLocks({ name }), [], 'the handed lock was the waiter\'s to release')
+    await finish(waiter)
+  })
+
+  it('takes a lock handed over after its lease may have run out only with an attempt of its own', { timeout: 60_000 }, async () => {
+    const name = h.lockName('late')
+    const holder = h.store()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const waiter = await startWaiter(h)
+    waiter.send(`wait ${name}`)
+    await until(() => line(h, name), 1, 'the waiter is in line')
+    // By the waiter's clock its refused attempt is now older than its lease (600 s): it cannot
+    // tell whether a lock handed to it now was handed long ago, while it was busy.
+    waiter.send('advance 600000')
+    await waiter.printed('advanced 600000')
+    const drawn = await lastFence(h)
+    await held.release()
+    await waiter.printed(`acquired ${name}`)
+    // The hand-over drew fence drawn + 1; the waiter holds a later one, drawn by its own
+    // attempt, which won because the row carried its instance name.
+    assert.ok(printedFence(waiter, name) > drawn + 1n, 'not the fence handed over')
+    assert.deepEqual(waiter.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'its attempt was not refused')
+    await finish(waiter)
+  })
+
+  it('hands the lock to another store of this process first in line, which takes it with no statement of its own', { timeout: 30_000 }, async () => {
+    const name = h.lockName('same-process')
+    const holder = h.store()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const own = h.connection({ poolMax: 1 })
+    const waiter = h.store(patient(), own)
+    const waiting = waiter.acquireLock(name)
+    await until(() => line(h, name), 1, 'the waiter is in line')
+    // The waiter's only pooled connection is taken: it can send no statement until this ends.
+    // (Without the hand-over the wait would never end, and the test would time out.)
+    const busy = await own.transaction()
+    try {
+      await held.release()
+      const lock = await waiting
+      const [row] = await holder.listLocks({ name })
+      assert.equal(row?.instanceName, waiter.instanceName)
+      assert.equal(row.fence, lock.fence)
+      assert.ok(lock.fence > held.fence)
+      assert.deepEqual(await line(h, name), [])
+    } finally {
+      await busy.rollback()
+    }
+  })
+
+  it('frees again a lock handed to a store of this process that is gone, for the next in line', { timeout: 30_000 }, async () => {
+    const name = h.lockName('gone-store')
+    const holder = h.store()
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const waiter = h.store(patient())
+    const waiting = waiter.acquireLock(name)
+    const [place] = await until(() => h.knex(`${h.tableName}_waiters`).where({ lock_name: name }).select('process_tag'), 1, 'the waiter is in line')
+    // Ahead of it, the place of a store of this process that has gone (its listener, as far as
+    // the line can tell, still up: another session holds its advisory lock).
+    const ghost = 'c0ffeec0ffeec0ff'
+    const stillListening = h.connection({ poolMax: 1 })
+    await stillListening.raw("SELECT pg_advisory_lock(('x' || ?)::bit(64)::bigint)", [ghost])
+    await h.knex(`${h.tableName}_waiters`).insert({
+      lock_name: name, lock_key: '', waiter: ghost, process_tag: (place as { process_tag: string }).process_tag, since_ts: 0,
+      expires_ts: Number.MAX_SAFE_INTEGER, instance_name: 'ghost',
+    })
+    const drawn = await lastFence(h)
+    await held.release()
+    const lock = await waiting
+    assert.equal(lock.fence, drawn + 2n, 'handed to the gone store, then to the waiter')
+    assert.equal((await holder.listLocks({ name }))[0]?.instanceName, waiter.instanceName)
+  })
+
   it('skips places that lapsed or whose listener is gone, and a store that no longer waits passes its turn on', { timeout: 60_000 }, async () => {
     const holder = h.store()
     const name = h.lockName('stray')
@@ -182,7 +320,8 @@ forEachTarget('cross-process wake-ups', (target) => {
     const held = await holder.tryAcquireLock(name)
     const heldElsewhere = await holder.tryAcquireLock(elsewhere)
     assert.ok(held && heldElsewhere)
-    const stray = await startWaiter(h)
+    const strayInstance = uniqueName('stray')
+    const stray = await startWaiter(h, { WL_INSTANCE: strayInstance })
     stray.send(`wait ${elsewhere}`)
     const [strayName] = await until(() => line(h, elsewhere), 1, 'the stray store is in line elsewhere')
     const waiter = await startWaiter(h)
@@ -191,18 +330,21 @@ forEachTarget('cross-process wake-ups', (target) => {
     // Ahead of it: a place that lapsed (of a store that still listens, as far as the line can
     // tell: its advisory lock is held), one of a store that no longer listens (a process that
     // died), and the stray store, which waits for another lock only (as if its leave had failed).
+    // The release hands the lock to the stray store, which hands it on to the waiter.
     const lapsed = 'aaaaaaaaaaaaaaaa'
     const died = 'deadbeefdeadbeef'
     const stillListening = h.connection({ poolMax: 1 }) // one connection: its session holds the lock
     await stillListening.raw("SELECT pg_advisory_lock(('x' || ?)::bit(64)::bigint)", [lapsed])
     await h.knex(`${h.tableName}_waiters`).insert([
-      { lock_name: name, lock_key: '', waiter: lapsed, process_tag: 'gone', since_ts: 0, expires_ts: 1 },
-      { lock_name: name, lock_key: '', waiter: died, process_tag: 'gone', since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER },
-      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', since_ts: 2, expires_ts: Number.MAX_SAFE_INTEGER },
+      { lock_name: name, lock_key: '', waiter: lapsed, process_tag: 'gone', since_ts: 0, expires_ts: 1, instance_name: 'lapsed' },
+      { lock_name: name, lock_key: '', waiter: died, process_tag: 'gone', since_ts: 1, expires_ts: Number.MAX_SAFE_INTEGER, instance_name: 'died' },
+      { lock_name: name, lock_key: '', waiter: strayName, process_tag: 'elsewhere', since_ts: 2, expires_ts: Number.MAX_SAFE_INTEGER, instance_name: strayInstance },
     ])
 
+    const drawn = await lastFence(h)
     await held.release()
     await waiter.printed(`acquired ${name}`)
+    assert.equal(printedFence(waiter, name), drawn + 2n, 'handed over twice: the row went through the stray store')
     // The stray store left again; the places nobody listens for are cleared by the winning
     // attempt (native) or by the next join (emulated).
     await until(async () => (await line(h, name)).filter((w) => w === strayName || w === waiterName), 0, 'the stray store and the waiter left')
@@ -219,27 +361,61 @@ forEachTarget('cross-process wake-ups', (target) => {
     await finish(stray, waiter)
   })
 
-  it('passes a turn that reached a store no longer waiting on to the next store of the same process', { timeout: 60_000 }, async () => {
-    const name = h.lockName('sibling')
-    const holder = await startWorker(h, name)
-    const patient = { clock: new ManualClock(), lockTimeoutMs: 600_000, renewalIntervalMs: 60_000, backoff: { initialDelayMs: 3_600_000, maxDelayMs: 3_600_000 } }
-    const first = h.store(patient)
-    const second = h.store(patient)
-    const giveUp = new AbortController()
-    const gaveUp = first.acquireLock(name, '', { signal: giveUp.signal })
-    const [firstName] = await until(() => line(h, name), 1, 'the first store is in line')
-    const waiting = second.acquireLock(name)
-    await until(() => line(h, name), 2, 'the second store is in line behind it')
-    giveUp.abort()
-    await assert.rejects(gaveUp)
-    await until(() => line(h, name), 1, 'the first store left')
-    // As if its leave had failed: the first store is first in line again, but does not wait.
-    await h.knex(`${h.tableName}_waiters`).insert({ lock_name: name, lock_key: '', waiter: firstName, process_tag: 'elsewhere', since_ts: 0, expires_ts: Number.MAX_SAFE_INTEGER })
-    await holder.release()
-    const lock = await waiting
-    assert.equal(await lock.isStillValid(), true)
-    holder.child.stdin?.end()
-    await holder.exited
+  for (const handOver of [false, true]) {
+    it(`passes a turn that reached a store no longer waiting (${handOver ? 'handed the lock' : 'woken, as a store of an older version is'}) on to the next store of the same process`, { timeout: 60_000 }, async () => {
+      const name = h.lockName('sibling')
+      const holder = await startWorker(h, name)
+      const first = h.store(patient())
+      const second = h.store(patient())
+      const giveUp = new AbortController()
+      const gaveUp = first.acquireLock(name, '', { signal: giveUp.signal })
+      const [firstName] = await until(() => line(h, name), 1, 'the first store is in line')
+      const waiting = second.acquireLock(name)
+      await until(() => line(h, name), 2, 'the second store is in line behind it')
+      giveUp.abort()
+      await assert.rejects(gaveUp)
+      await until(() => line(h, name), 1, 'the first store left')
+      // As if its leave had failed: the first store is first in line again, but does not wait.
+      // A place without an instance name is one of an older version: a release only wakes it.
+      await h.knex(`${h.tableName}_waiters`).insert({
+        lock_name: name, lock_key: '', waiter: firstName, process_tag: 'elsewhere', since_ts: 0, expires_ts: Number.MAX_SAFE_INTEGER,
+        instance_name: handOver ? first.instanceName : null,
+      })
+      const drawn = await lastFence(h)
+      await holder.release()
+      const lock = await waiting
+      assert.equal(await lock.isStillValid(), true)
+      // Each write of the row draws a fence: a lock handed to the first store was written once more.
+      assert.equal(lock.fence - drawn, handOver ? 2n : 1n, 'the lock went through the first store only when handed to it')
+      await until(() => line(h, name), 0, 'neither store is in line') // a woken first store leaves in the background
+      holder.child.stdin?.end()
+      await holder.exited
+    })
+  }
+
+  it('wakes the first in line, rather than handing it the lock, on a table without migration 4', { timeout: 60_000 }, async () => {
+    const tableName = uniqueName('wl_wake')
+    await createLockTable(h.knex, { tableName })
+    try {
+      await h.knex.raw('ALTER TABLE ?? DROP COLUMN instance_name', [`${tableName}_waiters`])
+      const name = h.lockName('wake-only')
+      const holder = h.store({ tableName })
+      const held = await holder.tryAcquireLock(name)
+      assert.ok(held)
+      const waiter = await startWaiter(h, { WL_TABLE: tableName })
+      waiter.send(`wait ${name}`)
+      await until(() => line(h, name, tableName), 1, 'the waiter is in line')
+      const thaw = await freeze(waiter)
+      await held.release()
+      assert.deepEqual(await holder.listLocks({ name }), [], 'the release deleted the row')
+      thaw()
+      await waiter.printed(`acquired ${name}`)
+      await until(() => line(h, name, tableName), 0, 'the waiter left the line')
+      await finish(waiter)
+      await holder.close()
+    } finally {
+      await dropLockTable(h.knex, { tableName })
+    }
   })
 
   it('releases and wakes waiting processes also on a table without a waiting line (or whose line was dropped)', { timeout: 60_000 }, async () => {

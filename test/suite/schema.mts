@@ -16,6 +16,8 @@ export function schemaSuite(h: Harness): void {
       assert.equal(await h.knex.schema.hasTable(tableName), true)
       // The waiting line exists only where releases are announced to other processes.
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
+      // Migration 4: places carry their store's instance name, for releases that hand locks over.
+      if (h.target.database === 'postgres') assert.equal(await h.knex.schema.hasColumn(`${tableName}_waiters`, 'instance_name'), true)
       const [, again] = await knex.migrate.latest(config)
       assert.deepEqual(again, [], 'a second run applies nothing')
       const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
@@ -39,6 +41,7 @@ export function schemaSuite(h: Harness): void {
       await Promise.all(connections.map((k) => createLockTable(k, { tableName })))
       await createLockTable(h.knex, { tableName }) // and again, idempotent
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
+      if (h.target.database === 'postgres') assert.equal(await h.knex.schema.hasColumn(`${tableName}_waiters`, 'instance_name'), true)
       const stores = connections.map((k) => new LockStore(k, { tableName, strategy: h.target.strategy }))
       const locks = await Promise.all(stores.map((s) => s.tryAcquireLock('once')))
       assert.equal(locks.filter(Boolean).length, 1)
