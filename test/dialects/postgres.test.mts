@@ -73,6 +73,24 @@ function patient(): LockStoreOptions {
   return { clock: new ManualClock(), lockTimeoutMs: 600_000, renewalIntervalMs: 60_000, backoff: { initialDelayMs: 3_600_000, maxDelayMs: 3_600_000 } }
 }
 
+/**
+ * A lock `label` held by a store of this process on `table`, and a waiter process (with `env`)
+ * in line for it.
+ */
+async function heldWithWaiterInLine(h: Harness, label: string, env: Record<string, string> = {}, table = h.tableName) {
+  const name = h.lockName(label)
+  const holder = h.store({ tableName: table })
+  const held = await holder.tryAcquireLock(name)
+  assert.ok(held)
+  const waiter = await startWaiter(h, { ...env, WL_TABLE: table })
+  waiter.send(`wait ${name}`)
+  await until(() => line(h, name, table), 1, 'the waiter is in line')
+  return { name, holder, held, waiter }
+}
+
+/** The attempts a waiter process had refused. */
+const refusals = (waiter: ChildWorker): string[] => waiter.lines().filter((l) => l.startsWith('refused'))
+
 /** The fence a waiter printed when it acquired `name`. */
 function printedFence(waiter: ChildWorker, name: string): bigint {
   const line = waiter.lines().find((l) => l.startsWith(`acquired ${name} `))
@@ -209,20 +227,14 @@ forEachTarget('cross-process wake-ups', (target) => {
     await second.printed(`acquired ${name}`)
     // Had the first release woken the second process too, it would have tried and been refused
     // (or won, and the first would never have got the lock).
-    assert.deepEqual(second.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'the second waiter tried only once before its turn')
+    assert.deepEqual(refusals(second), [`refused ${name}`], 'the second waiter tried only once before its turn')
     await until(() => line(h, name), 0, 'both left the line')
     await finish(first, second)
   })
 
   it('hands the lock to the store of another process first in line in the releasing statement', { timeout: 60_000 }, async () => {
-    const name = h.lockName('hand-over')
-    const holder = h.store()
-    const held = await holder.tryAcquireLock(name)
-    assert.ok(held)
     const instance = uniqueName('waiter')
-    const waiter = await startWaiter(h, { WL_INSTANCE: instance })
-    waiter.send(`wait ${name}`)
-    await until(() => line(h, name), 1, 'the waiter is in line')
+    const { name, holder, held, waiter } = await heldWithWaiterInLine(h, 'hand-over', { WL_INSTANCE: instance })
     const thaw = await freeze(waiter)
     await held.release()
     // The waiter's process is frozen: the release itself gave it the row and took its place.
@@ -235,7 +247,7 @@ forEachTarget('cross-process wake-ups', (target) => {
     thaw()
     await waiter.printed(`acquired ${name}`)
     assert.equal(printedFence(waiter, name), row.fence, 'the waiter holds the row it was handed')
-    assert.deepEqual(waiter.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'no attempt after the hand-over')
+    assert.deepEqual(refusals(waiter), [`refused ${name}`], 'no attempt after the hand-over')
     waiter.send(`release ${name}`)
     await waiter.printed(`released ${name}`)
     assert.deepEqual(await holder.listLocks({ name }), [], 'the handed lock was the waiter\'s to release')
@@ -243,13 +255,7 @@ forEachTarget('cross-process wake-ups', (target) => {
   })
 
   it('takes a lock handed over after its lease may have run out only with an attempt of its own', { timeout: 60_000 }, async () => {
-    const name = h.lockName('late')
-    const holder = h.store()
-    const held = await holder.tryAcquireLock(name)
-    assert.ok(held)
-    const waiter = await startWaiter(h)
-    waiter.send(`wait ${name}`)
-    await until(() => line(h, name), 1, 'the waiter is in line')
+    const { name, held, waiter } = await heldWithWaiterInLine(h, 'late')
     // By the waiter's clock its refused attempt is now older than its lease (600 s): it cannot
     // tell whether a lock handed to it now was handed long ago, while it was busy.
     waiter.send('advance 600000')
@@ -260,7 +266,7 @@ forEachTarget('cross-process wake-ups', (target) => {
     // The hand-over drew fence drawn + 1; the waiter holds a later one, drawn by its own
     // attempt, which won because the row carried its instance name.
     assert.ok(printedFence(waiter, name) > drawn + 1n, 'not the fence handed over')
-    assert.deepEqual(waiter.lines().filter((l) => l.startsWith('refused')), [`refused ${name}`], 'its attempt was not refused')
+    assert.deepEqual(refusals(waiter), [`refused ${name}`], 'its attempt was not refused')
     await finish(waiter)
   })
 
@@ -398,13 +404,7 @@ forEachTarget('cross-process wake-ups', (target) => {
     await createLockTable(h.knex, { tableName })
     try {
       await h.knex.raw('ALTER TABLE ?? DROP COLUMN instance_name', [`${tableName}_waiters`])
-      const name = h.lockName('wake-only')
-      const holder = h.store({ tableName })
-      const held = await holder.tryAcquireLock(name)
-      assert.ok(held)
-      const waiter = await startWaiter(h, { WL_TABLE: tableName })
-      waiter.send(`wait ${name}`)
-      await until(() => line(h, name, tableName), 1, 'the waiter is in line')
+      const { name, holder, held, waiter } = await heldWithWaiterInLine(h, 'wake-only', {}, tableName)
       const thaw = await freeze(waiter)
       await held.release()
       assert.deepEqual(await holder.listLocks({ name }), [], 'the release deleted the row')
