@@ -83,6 +83,12 @@ export interface HandedOver extends HandedLock {
 export interface HandedLock {
   readonly token: string
   readonly fence: bigint
+  /**
+   * The `last_renewed_ts` the hand-over wrote (ms since the epoch, by the releasing store's
+   * clock), from which everyone else counts the lease; `undefined` when a store of an older
+   * worker-locks sent the hand-over without it.
+   */
+  readonly renewedMs: number | undefined
 }
 
 /** The identity of one held row: what token-guarded statements match on. */
@@ -175,6 +181,14 @@ export interface Dialect {
   readonly cancelsQueries: boolean
   /** Asks the server what it supports. */
   detect(knex: Knex): Promise<ServerFacts>
+  /**
+   * A name for the database `knex` reaches, equal for two knex instances exactly when they reach
+   * the same one (an SQLite file by its real path), or `undefined` where the dialect cannot tell
+   * for sure (an in-memory or temporary SQLite database; servers, which one host name or port may
+   * not identify). Stores of one process that share a table on the same database may pass locks
+   * to each other directly.
+   */
+  databaseIdentity?(knex: Knex): Promise<string | undefined>
   /**
    * Runs the one-statement acquire. Resolves the new fence when this request's row was written
    * (inserted, or taken over from a stale row or from the same instance), `null` when refused.

@@ -95,18 +95,19 @@ async function releaseHandingOver(knex: Knex, table: string, row: RowIdentity, r
          UPDATE ${t} AS t SET instance_name = n.instance_name, token = ?, last_renewed_ts = ${databaseClock ? NOW_SQL : '?'},
            fence = ${postgresDialect.takeoverFenceSql(table, quote) ?? 'fence'}
          FROM next n WHERE n.instance_name IS NOT NULL AND t.${ours.replaceAll(' AND ', ' AND t.')}
-         RETURNING t.lock_name, t.lock_key, t.fence, n.waiter, n.process_tag),
+         RETURNING t.lock_name, t.lock_key, t.fence, t.last_renewed_ts, n.waiter, n.process_tag),
        released AS (
          DELETE FROM ${t} WHERE ${ours} AND NOT EXISTS (SELECT 1 FROM next WHERE instance_name IS NOT NULL)
          RETURNING lock_name, lock_key),
        cleared AS (
          DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ?
            AND (w.waiter IN (SELECT waiter FROM handed) OR (EXISTS (SELECT 1 FROM handed UNION ALL SELECT 1 FROM released) AND NOT (${LIVE_PLACE}))))
-       SELECT h.waiter, h.fence::text AS fence, h.process_tag, CASE WHEN h.process_tag <> ? THEN pg_notify('${waiterChannelOf('')}' || h.waiter,
-           json_build_array(h.lock_name, h.lock_key, ?::text, ?::text, h.fence::text)::text) END
+       SELECT h.waiter, h.fence::text AS fence, h.last_renewed_ts::text AS renewed, h.process_tag,
+           CASE WHEN h.process_tag <> ? THEN pg_notify('${waiterChannelOf('')}' || h.waiter,
+             json_build_array(h.lock_name, h.lock_key, ?::text, ?::text, h.fence::text, h.last_renewed_ts::text)::text) END
          FROM handed h
        UNION ALL
-       SELECT NULL, NULL, NULL, pg_notify(COALESCE((SELECT '${waiterChannelOf('')}' || waiter FROM next), ?),
+       SELECT NULL, NULL, NULL, NULL, pg_notify(COALESCE((SELECT '${waiterChannelOf('')}' || waiter FROM next), ?),
            json_build_array(r.lock_name, r.lock_key, ?::text)::text)
          FROM released r`
   })
@@ -123,7 +124,7 @@ async function releaseHandingOver(knex: Knex, table: string, row: RowIdentity, r
   const found = rows[0]
   if (found === undefined) return false
   if (typeof found.waiter !== 'string') return true
-  return { waiter: found.waiter, token: newToken, fence: toFence(found.fence), sameProcess: found.process_tag === processTag }
+  return { waiter: found.waiter, token: newToken, fence: toFence(found.fence), renewedMs: Number(found.renewed), sameProcess: found.process_tag === processTag }
 }
 
 /** The parts of a `pg` client the listener uses. */
@@ -286,11 +287,13 @@ export const postgresDialect: Dialect = {
         // Releases made by this process have woken its waiters already, one store at a time;
         // hearing them again would send every waiting store to the database at once.
         if (!Array.isArray(released) || released[2] === processTag) return
-        const [name, key, , token, fence] = released as unknown[]
+        const [name, key, , token, fence, renewed] = released as unknown[]
         if (typeof name !== 'string' || typeof key !== 'string') return
         const addressed = message.channel === ownChannel
-        // A lock handed over to this store: [name, key, process, token, fence].
-        const handed = addressed && typeof token === 'string' && typeof fence === 'string' ? { token, fence: toFence(fence) } : undefined
+        // A lock handed over to this store: [name, key, process, token, fence, timestamp written].
+        const handed = addressed && typeof token === 'string' && typeof fence === 'string'
+          ? { token, fence: toFence(fence), renewedMs: typeof renewed === 'string' ? Number(renewed) : undefined }
+          : undefined
         onRelease(name, key, addressed, handed)
       })
       client.on('error', close)

@@ -33,6 +33,14 @@ export const sqliteDialect: Dialect = {
     }
   },
 
+  // SQLite names the main database file by its full path, with symbolic links, `.` and `..`
+  // resolved, so two spellings of one file agree ('' for an in-memory or temporary database).
+  async databaseIdentity(knex: Knex): Promise<string | undefined> {
+    const rows = sqliteDialect.rowsOf(await knex.raw('PRAGMA database_list'))
+    const file = rows.find((row) => row.name === 'main')?.file
+    return typeof file === 'string' && file !== '' ? `sqlite:${file}` : undefined
+  },
+
   // The VALUES are computed under the write lock already, so excluded.fence is fresh.
   acquireNative: (knex: Knex, request: AcquireRequest) =>
     acquireOnConflict(knex, sqliteDialect, request, (quote) => sqliteDialect.fenceSql(request.table, quote) ?? '', () => 'excluded.fence'),

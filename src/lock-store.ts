@@ -8,7 +8,7 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, takeTurn, waitForLocalRelease } from './release-bus.js'
+import { announceRelease, takeTurn, waitForLocalRelease, type WaitingStore } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
 import { handToReceiver, registerReceiver, type HandOverReceiver } from './local-receivers.js'
 import { ReleaseListener } from './release-listener.js'
@@ -58,6 +58,11 @@ interface Resolved {
   readonly line: 'none' | 'statements' | 'in-acquire'
   /** Whether a release may hand the lock to the store first in line (see `LineSupport`). */
   readonly handOver: boolean
+  /**
+   * The database this store's table is in, as the stores of this process compare it
+   * (`WaitingStore.database`): the dialect's name for it where it has one, else the knex instance.
+   */
+  readonly database: unknown
 }
 
 /**
@@ -204,7 +209,15 @@ export class LockStore {
         else this.#listener?.idle(LISTENER_LINGER_MS)
       },
       waitingFor: (id, name, key) => {
-        const stop = waitForLocalRelease(this.tableName, id, this, () => this.#waiting.wake(id))
+        const resolved = (): Resolved | undefined => this.#resolved
+        const stop = waitForLocalRelease(this.tableName, id, {
+          owner: this,
+          wake: () => this.#waiting.wake(id),
+          get database() { return resolved()?.database },
+          instanceName: this.instanceName,
+          canTake: () => this.#canTake(id),
+          take: (token, handOvers, fence) => this.#take(id, name, key, token, this.#monotonicNow(), handOvers, fence),
+        })
         return () => {
           stop()
           this.#refusedAt.delete(id)
@@ -420,8 +433,10 @@ export class LockStore {
     const strategy = this.#strategy(facts)
     const line = this.#sql.notifications?.line
     const support = line ? await this.#database('look for the waiting line', () => line.support(this.#knex, this.tableName)) : 'none'
-    if (!line || support === 'none') return { strategy, facts, line: 'none', handOver: false }
-    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements', handOver: support === 'hand-over' }
+    const identity = this.#sql.databaseIdentity
+    const database = (identity && await this.#database('ask the database for its name', () => identity(this.#knex))) ?? this.#knex
+    if (!line || support === 'none') return { strategy, facts, line: 'none', handOver: false, database }
+    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements', handOver: support === 'hand-over', database }
   }
 
   #strategy(facts: ServerFacts): Strategy {
@@ -530,28 +545,52 @@ export class LockStore {
    * its own. If none can (the wait ended, an attempt is under way, the store is closing), the
    * lock goes on to the next in line.
    *
-   * The lease is counted from the waiter's last refused attempt, the latest moment this store
-   * knows the row was not yet its own: the hand-over's time is unknown here (the notification may
-   * have waited while this process was busy). If that leaves no lease, the waiter asks the
-   * database instead: the row carries this store's instance name, so its attempt takes it over
-   * unless another worker took it over first, as anyone may once the lease has run out.
+   * The lease is counted from the earlier of the waiter's last refused attempt (the latest
+   * moment this store knows the row was not yet its own; the notification may have waited while
+   * this process was busy) and the timestamp the hand-over wrote, which everyone else counts
+   * from. If that leaves no lease, the waiter asks the database instead: the row carries this
+   * store's instance name, so its attempt takes it over unless another worker took it over first,
+   * as anyone may once the lease has run out.
    */
   #received(id: string, name: string, key: string, handed: HandedLock): void {
     this.#line?.leftByStatement(id) // the releasing statement took this store's place
-    if (this.#closed || this.#acquiring.has(id) || this.#held.holds(id) || !this.#waiting.canHandOver(id)) {
+    if (!this.#canTake(id)) {
       this.#track(this.#giveUp(id, { name, key, token: handed.token }, (error) => this.#logPassOnFailure(name, key, error)))
       return
     }
     const refusedAt = this.#refusedAt.get(id)
-    if (refusedAt === undefined || this.#monotonicNow() - refusedAt >= this.lockTimeoutMs) {
+    const now = this.#monotonicNow()
+    // The releasing store may have read its clock for the row's timestamp before this waiter's
+    // refused attempt was sent (its statement waited for a connection): others count the lease
+    // from that timestamp, so this store counts from it too when its clock can read it.
+    const wallNow = this.#nowMs()
+    const written = wallNow === null || handed.renewedMs === undefined ? Infinity : now - (wallNow - handed.renewedMs)
+    const leaseFrom = Math.min(refusedAt ?? -Infinity, written)
+    if (now - leaseFrom >= this.lockTimeoutMs) {
       this.#waiting.wake(id)
       return
     }
+    this.#take(id, name, key, handed.token, leaseFrom, 0, Promise.resolve(handed.fence))
+  }
+
+  /** Whether the first waiter for lock `id` is asleep and this store could take the lock handed to it now. */
+  #canTake(id: string): boolean {
+    return !this.#closed && !this.#acquiring.has(id) && !this.#held.holds(id) && this.#waiting.canHandOver(id)
+  }
+
+  /**
+   * Gives the first waiter for lock `id` (see `#canTake`) the lock handed to this store as the
+   * acquisition `token`, whose row was written no earlier than `sentAt` (this store's monotonic
+   * time): once `fence` resolves, the waiter takes it on with no statement of its own, or tries
+   * on its own if it resolves `null`.
+   */
+  #take(id: string, name: string, key: string, token: string, sentAt: number, handOvers: number, fence: Promise<bigint | null>): void {
     this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
-    const claim = this.#won(id, name, key, handed.token, handed.fence, refusedAt, 0)
+    const claim = fence
+      .then((written) => (written === null ? null : this.#won(id, name, key, token, written, sentAt, handOvers)))
       .catch(() => null)
       .finally(() => this.#acquiring.delete(id))
-    this.#track(claim)
+    this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)
   }
 
@@ -559,50 +598,51 @@ export class LockStore {
     if (record.releasing) return record.releasing
     const held = record.state === 'held'
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
-    const facts = this.#resolved?.facts
-    // takeTurn comes last: it moves this store to the back of the line of stores waiting here.
-    const handOver = held && facts !== undefined && !this.#closed && !this.#acquiring.has(record.id) &&
-      record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#waiting.canHandOver(record.id) &&
-      takeTurn(this.tableName, record.id, this)
-    const releasing = handOver ? this.#handOver(record, facts) : this.#delete(record)
+    const resolved = this.#resolved
+    // takeTurn comes last: it moves the store it hands the lock to to the back of the line of
+    // stores waiting here.
+    const to = resolved && held && !this.#closed && record.handOvers < MAX_HAND_OVERS_IN_A_ROW
+      ? takeTurn(this.tableName, record.id, (first) =>
+        (first.owner === this || (first.database !== undefined && first.database === resolved.database)) && first.canTake())
+      : undefined
+    const releasing = resolved && to ? this.#handOver(record, resolved.facts, to) : this.#delete(record)
     record.releasing = releasing
     this.#track(releasing) // close() waits for deletes already under way
     return releasing
   }
 
-  #delete(record: HeldLock): Promise<void> {
-    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#releaseLine()))
+  /** Releases `record`'s row; `handOver: false` only deletes it (see `#releaseLine`). */
+  #delete(record: HeldLock, handOver = true): Promise<void> {
+    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#releaseLine(handOver)))
       .then((released) => {
         this.#released(record)
         this.#releasedFor(record.id, record.name, record.key, released)
       }, (error: unknown) => this.#releaseFailed(record, error))
   }
 
-  // A waiter of this store for the same lock is asleep: it takes the row over in one statement
-  // (a new token and fence) instead of a delete and an insert, and nobody else sees the lock free.
-  #handOver(record: HeldLock, facts: ServerFacts): Promise<void> {
+  // A waiter for the same lock, of this store or of another store of the process on the same
+  // database, is asleep: it takes the row over in one statement (a new token and fence, its
+  // store's instance name) instead of a delete and an insert, and nobody else sees the lock free.
+  #handOver(record: HeldLock, facts: ServerFacts, to: WaitingStore): Promise<void> {
     const { id, name, key } = record
     const token = randomUUID()
-    const sentAt = this.#monotonicNow()
-    this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
+    let settle!: (fence: bigint | null) => void
+    // Told before the statement is sent, so that the taker counts its lease from no later than the row's timestamp.
+    to.take(token, record.handOvers + 1, new Promise<bigint | null>((resolve) => { settle = resolve }))
     const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
-      () => this.#table.handOver(record, token, facts, this.#nowMs()))
+      () => this.#table.handOver(record, token, to.instanceName, facts, this.#nowMs()))
     // Registered first, so that 'released' is emitted before the waiter's 'acquired'. If the
     // hand-over failed (a deadlock on MySQL, a lost reply), the row carries one token or the
-    // other: delete both, and the release succeeds or fails as a plain one would.
+    // other: delete both (handing neither to the line, which would fail as this did), and the
+    // release succeeds or fails as a plain one would.
     const releasing = written.then(
       () => this.#released(record),
-      () => this.#table.release({ name, key, token }, this.#releaseLine())
+      () => this.#table.release({ name, key, token }, this.#releaseLine(false))
         .then((released) => this.#releasedFor(id, name, key, released), () => undefined)
-        .then(() => this.#delete(record)),
+        .then(() => this.#delete(record, false)),
     )
     // The waiter tries on its own if the row was no longer ours or the statement failed.
-    const claim = written
-      .then((fence) => (fence === null ? null : this.#won(id, name, key, token, fence, sentAt, record.handOvers + 1)))
-      .catch(() => null)
-      .finally(() => this.#acquiring.delete(id))
-    this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
-    this.#waiting.handOver(id, claim)
+    written.then(settle, () => settle(null))
     return releasing
   }
 
@@ -616,12 +656,12 @@ export class LockStore {
 
   /**
    * How a release treats the table's waiting line: none, wake the first in it, or hand the lock
-   * to it (then with the token of that new acquisition).
+   * to it (then with the token of that new acquisition; not when `handOver` is false).
    */
-  #releaseLine(): ReleaseLine | undefined {
+  #releaseLine(handOver = true): ReleaseLine | undefined {
     const resolved = this.#resolved
     if (!resolved || resolved.line === 'none') return undefined
-    return { waiter: this.#waiterName, handOverToken: resolved.handOver ? randomUUID() : undefined, nowMs: this.#nowMs() }
+    return { waiter: this.#waiterName, handOverToken: handOver && resolved.handOver ? randomUUID() : undefined, nowMs: this.#nowMs() }
   }
 
   #track(work: Promise<unknown>): void {

@@ -99,12 +99,13 @@ export class LockTable {
   }
 
   /**
-   * Gives the row to `token`, a new acquisition of the same store, if it still carries the
-   * releasing token: a fresh timestamp and a new fence in one statement. Resolves the new fence,
+   * Gives the row to `token`, a new acquisition of the store named `instanceName` (this one, or
+   * another of the process on the same database), if it still carries the releasing token: a
+   * fresh timestamp and a new fence in one statement. Resolves the new fence,
    * or `null` when the row is no longer ours.
    */
-  handOver(row: RowIdentity, token: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
-    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, nowMs }))
+  handOver(row: RowIdentity, token: string, instanceName: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
+    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, instanceName, nowMs }))
   }
 
   // InnoDB may pick a release (or a hand-over) as the victim of a deadlock with acquirers of the same row (1213).

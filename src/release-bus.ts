@@ -1,26 +1,44 @@
-// Tells the stores of this process that a lock was released, so a waiter for it tries again at
-// once instead of at its next backoff. One release frees one lock, so it wakes one store: the
-// one that has waited for that lock longest (then the next, in turn). (Waking every store would send them all to the
-// database for a lock only one can get.) Keyed by table name: stores on different databases
-// that share a table name may get a wake-up too many, which costs one attempt.
+// The stores of this process that wait for a lock, in the order they began to wait. A release
+// serves the one that has waited longest (then the next, in turn): it hands the lock straight to
+// that store where it can, or wakes it so that it tries again at once instead of at its next
+// backoff. (Waking every store would send them all to the database for a lock only one can get.)
+// Keyed by table name: stores on different databases that share a table name may get a wake-up
+// too many, which costs one attempt; a lock is handed over only between stores that know they
+// share a database (see `WaitingStore.database`).
 
-interface WaitingStore {
+/** A store of this process waiting for one lock, as the other stores of the process see it. */
+export interface WaitingStore {
   /** Identifies the store (compared by reference). */
   readonly owner: object
-  readonly wake: () => void
+  /** Wakes the store's first waiter for the lock: it tries again at once. */
+  wake(): void
+  /**
+   * The database the store's table is in: two stores whose values are equal (`===`, and not
+   * `undefined`) use the same rows. `undefined` until the store has asked its server.
+   */
+  readonly database: unknown
+  /** The store's instance name, which a row handed to it carries. */
+  readonly instanceName: string
+  /** Whether the store's first waiter for the lock is asleep and could take the lock handed over now. */
+  canTake(): boolean
+  /**
+   * Gives the store's first waiter the lock that is being handed to it as the acquisition
+   * `token`: `fence` resolves the row's new fence once written, or `null` if the hand-over did
+   * not happen (the waiter then tries on its own). `handOvers` counts hand-overs in a row.
+   */
+  take(token: string, handOvers: number, fence: Promise<bigint | null>): void
 }
 
 const waitingStores = new Map<string, WaitingStore[]>()
 
-/** Registers `owner`, a store that waits for `lockId` in `table`; the returned function unregisters it. */
-export function waitForLocalRelease(table: string, lockId: string, owner: object, wake: () => void): () => void {
+/** Registers `store`, which waits for `lockId` in `table`; the returned function unregisters it. */
+export function waitForLocalRelease(table: string, lockId: string, store: WaitingStore): () => void {
   const key = `${table}\0${lockId}`
   let queue = waitingStores.get(key)
   if (!queue) waitingStores.set(key, (queue = []))
-  const entry = { owner, wake }
-  queue.push(entry)
+  queue.push(store)
   return () => {
-    const index = queue.indexOf(entry)
+    const index = queue.indexOf(store)
     if (index >= 0) queue.splice(index, 1)
     if (queue.length === 0 && waitingStores.get(key) === queue) waitingStores.delete(key)
   }
@@ -44,13 +62,12 @@ export function announceRelease(table: string, lockId: string): void {
 }
 
 /**
- * Whether `owner` may keep a lock it is releasing for one of its own waiters: it may if it is
- * the store whose turn it is (the first in line, or the only one waiting), and then it goes to
- * the back of the line as if the release had woken it.
+ * The store whose turn it is to get the lock being released (the one that has waited longest),
+ * if `accept` agrees to hand it the lock; that store then goes to the back of the line, as if the
+ * release had woken it. `undefined` (and nobody moves) otherwise.
  */
-export function takeTurn(table: string, lockId: string, owner: object): boolean {
-  const queue = waitingStores.get(`${table}\0${lockId}`)
-  if (queue?.[0]?.owner !== owner) return false
-  nextInLine(table, lockId)
-  return true
+export function takeTurn(table: string, lockId: string, accept: (store: WaitingStore) => boolean): WaitingStore | undefined {
+  const first = waitingStores.get(`${table}\0${lockId}`)?.[0]
+  if (first === undefined || !accept(first)) return undefined
+  return nextInLine(table, lockId)
 }

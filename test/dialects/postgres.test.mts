@@ -296,12 +296,53 @@ forEachTarget('cross-process wake-ups', (target) => {
     }
   })
 
+  it('counts the lease of a lock handed to it from the timestamp the release wrote, even one written before its last refusal', { timeout: 30_000 }, async () => {
+    const clock = new ManualClock()
+    const name = h.lockName('early-stamp')
+    const holderKnex = h.connection({ poolMax: 1 })
+    const holder = h.clockedStore(clock, {}, holderKnex) // lease 10 s, renewed every 2 s
+    const waiter = h.clockedStore(clock, {}, h.connection())
+    const held = await holder.tryAcquireLock(name)
+    assert.ok(held)
+    const refusedAt: number[] = []
+    waiter.on('refused', () => refusedAt.push(clock.now()))
+    const waiting = waiter.acquireLock(name)
+    await until(() => line(h, name), 1, 'the waiter is in line')
+    // The release reads the clock (0) and then waits for the holder's only connection, while the
+    // waiter is refused again by its own later attempts.
+    const busy = await holderKnex.transaction()
+    const releasing = held.release()
+    for (let t = 0; t < 6_000; t += 500) await clock.advance(500)
+    assert.ok((refusedAt.at(-1) ?? 0) >= 1_000, `the waiter was refused again later (at ${refusedAt.join(', ')})`)
+    await busy.rollback()
+    await releasing
+    const lock = await waiting
+    const [row] = await holder.listLocks({ name })
+    assert.equal(row?.instanceName, waiter.instanceName, 'handed over by the release')
+    assert.equal(row.fence, lock.fence)
+    // From now on no renewal succeeds: the row keeps the timestamp the release wrote (0), and
+    // anyone may take it over once 10 s have passed since then.
+    const trigger = `${h.tableName}_no_renewal`
+    await h.knex.raw(`CREATE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'renewals refused'; END $$`, [trigger])
+    await h.knex.raw('CREATE TRIGGER ?? BEFORE UPDATE ON ?? FOR EACH ROW WHEN (NEW.token = OLD.token) EXECUTE FUNCTION ??()', [trigger, h.tableName, trigger])
+    try {
+      await clock.advance(4_001)
+      assert.equal(lock.signal.aborted, true, 'the waiter was told its lock expired before anyone could take it over')
+      const taken = await h.clockedStore(clock).tryAcquireLock(name)
+      assert.ok(taken, 'the row is stale for everyone else')
+    } finally {
+      await h.knex.raw('DROP TRIGGER IF EXISTS ?? ON ??', [trigger, h.tableName])
+      await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [trigger])
+    }
+  })
+
   it('frees again a lock handed to a store of this process that is gone, for the next in line', { timeout: 30_000 }, async () => {
     const name = h.lockName('gone-store')
     const holder = h.store()
     const held = await holder.tryAcquireLock(name)
     assert.ok(held)
-    const waiter = h.store(patient())
+    // On a knex instance of its own: stores sharing one would pass the lock between them directly.
+    const waiter = h.store(patient(), h.connection())
     const waiting = waiter.acquireLock(name)
     const [place] = await until(() => h.knex(`${h.tableName}_waiters`).where({ lock_name: name }).select('process_tag'), 1, 'the waiter is in line')
     // Ahead of it, the place of a store of this process that has gone (its listener, as far as

@@ -1,8 +1,13 @@
-// What only SQLite does: the library version decides whether the native acquire can run.
+// What only SQLite does: the library version decides whether the native acquire can run, and a
+// database is known by its file.
 import assert from 'node:assert/strict'
+import { mkdtempSync, rmSync, symlinkSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, it } from 'node:test'
+import knexFactory, { type Knex } from 'knex'
 import { sqliteSupportsNative } from '../../dialects/sqlite.js'
-import { LockStore, UnsupportedDatabaseError, createLockTable, dropLockTable } from '../../src/index.js'
+import { LockStore, ManualClock, UnsupportedDatabaseError, createLockTable, dropLockTable, type Lock } from '../../src/index.js'
 import { connect, uniqueName } from '../targets.mjs'
 
 describe('sqlite: version detection', () => {
@@ -53,4 +58,133 @@ describe('sqlite: version detection', () => {
       await old.destroy()
     }
   })
+})
+
+// Stores on separate knex instances may pass a lock to each other only if they share the
+// database: SQLite tells by the file's real path, however the path to it was spelled.
+describe('sqlite: stores of one process on separate knex instances', () => {
+  const open = (filename: string): Knex => knexFactory({
+    client: 'better-sqlite3',
+    connection: { filename },
+    useNullAsDefault: true,
+    pool: { min: 0, max: 2, afterCreate(conn: { pragma(s: string): unknown }, done: (error: Error | null, conn: unknown) => void) {
+      conn.pragma('journal_mode = WAL')
+      conn.pragma('busy_timeout = 5000')
+      done(null, conn)
+    } },
+  })
+
+  /** Two database files in a temporary directory, the first also reachable through a symbolic link. */
+  function files(): { same: string; sameThroughLink: string; other: string; remove(): void } {
+    const dir = mkdtempSync(join(tmpdir(), 'wl-sqlite-'))
+    symlinkSync(dir, `${dir}-link`)
+    return {
+      same: join(dir, 'locks.sqlite'),
+      sameThroughLink: `${dir}-link/./locks.sqlite`,
+      other: join(dir, 'other.sqlite'),
+      remove() {
+        rmSync(`${dir}-link`, { force: true })
+        rmSync(dir, { recursive: true, force: true })
+      },
+    }
+  }
+
+  /** The SQL of every statement `knex` runs while `fn` runs. */
+  async function statementsOn(knex: Knex, fn: () => Promise<unknown>): Promise<string[]> {
+    const sql: string[] = []
+    const record = (query: { sql: string }): void => { sql.push(query.sql) }
+    knex.on('query', record)
+    try {
+      await fn()
+    } finally {
+      knex.off('query', record)
+    }
+    return sql
+  }
+
+  for (const strategy of ['native', 'emulated'] as const) {
+    it(`hands a released lock to a waiting store on the same file in one UPDATE, the waiter sending nothing (${strategy})`, async () => {
+      const f = files()
+      const holderKnex = open(f.same)
+      const waiterKnex = open(f.sameThroughLink)
+      const tableName = uniqueName('wl_sqlite_same')
+      try {
+        await createLockTable(holderKnex, { tableName })
+        // The clock never moves: the waiter never polls, so only the release can end its wait.
+        const options = { tableName, strategy, clock: new ManualClock() }
+        const holder = new LockStore(holderKnex, options)
+        const waiter = new LockStore(waiterKnex, options)
+        const held = await holder.tryAcquireLock('report')
+        assert.ok(held)
+        const refused = new Promise<void>((resolve) => waiter.on('refused', () => resolve()))
+        const waiting = waiter.acquireLock('report')
+        await refused
+        await new Promise((resolve) => setImmediate(resolve))
+        let lock: Lock | undefined
+        const waiterSql = await statementsOn(waiterKnex, async () => {
+          const holderSql = await statementsOn(holderKnex, async () => {
+            await held.release()
+            lock = await waiting
+          })
+          assert.equal(holderSql.length, 1)
+          assert.match(holderSql[0] ?? '', /^\s*update\b[\s\S]*set token = \?, instance_name = \?/i)
+        })
+        assert.deepEqual(waiterSql, [], 'the waiter sent no statement')
+        assert.ok(lock && lock.fence > held.fence)
+        const [row] = await holder.listLocks({ name: 'report' })
+        assert.equal(row?.instanceName, waiter.instanceName)
+        assert.equal(row.fence, lock.fence)
+        await lock.release()
+        await holder.close()
+        await waiter.close()
+      } finally {
+        await dropLockTable(holderKnex, { tableName })
+        await holderKnex.destroy()
+        await waiterKnex.destroy()
+        f.remove()
+      }
+    })
+
+    it(`never hands a lock to a store on another file with the same table name (${strategy})`, { timeout: 30_000 }, async () => {
+      const f = files()
+      const here = open(f.same)
+      const there = open(f.other)
+      const tableName = uniqueName('wl_sqlite_other')
+      try {
+        await createLockTable(here, { tableName })
+        await createLockTable(there, { tableName })
+        const options = { tableName, strategy, clock: new ManualClock() }
+        const holderHere = new LockStore(here, options)
+        const waiterHere = new LockStore(here, options)
+        const holderThere = new LockStore(there, options)
+        const heldHere = await holderHere.tryAcquireLock('report')
+        const heldThere = await holderThere.tryAcquireLock('report')
+        assert.ok(heldHere && heldThere)
+        let refusals = 0
+        let woken!: () => void
+        const refusedAgain = new Promise<void>((resolve) => { woken = resolve })
+        waiterHere.on('refused', () => { if (++refusals === 2) woken() })
+        let acquired = false
+        const waiting = waiterHere.acquireLock('report').then((lock) => { acquired = true; return lock })
+        while (refusals < 1) await new Promise((resolve) => setImmediate(resolve))
+        await new Promise((resolve) => setImmediate(resolve))
+        // The release on the other file wakes the waiter (the same table name), which asks its
+        // own database and is refused: nothing was handed to it.
+        await heldThere.release()
+        await refusedAgain
+        assert.equal(acquired, false)
+        assert.equal((await holderHere.listLocks({ name: 'report' }))[0]?.instanceName, holderHere.instanceName)
+        assert.deepEqual(await holderThere.listLocks({ name: 'report' }), [], 'deleted on its own file')
+        await heldHere.release()
+        assert.ok((await waiting).fence > heldHere.fence)
+        await Promise.all([holderHere.close(), waiterHere.close(), holderThere.close()])
+      } finally {
+        await dropLockTable(here, { tableName })
+        await dropLockTable(there, { tableName })
+        await here.destroy()
+        await there.destroy()
+        f.remove()
+      }
+    })
+  }
 })
