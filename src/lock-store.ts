@@ -8,7 +8,7 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, takeTurn, waitForLocalRelease, type WaitingStore } from './release-bus.js'
+import { announceRelease, holdingHere, isHeldHere, takeTurn, waitForLocalRelease, type WaitingStore } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
 import { handToReceiver, registerReceiver, type HandOverReceiver } from './local-receivers.js'
 import { ReleaseListener } from './release-listener.js'
@@ -47,6 +47,12 @@ export interface LockInfo extends ListedRow {
 
 /** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
 export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }
+
+/** An attempt made by a waiter: `alone`, the only one for the lock; `first`, its first attempt. */
+interface Attempt {
+  readonly alone: boolean
+  readonly first: boolean
+}
 
 interface Resolved {
   readonly strategy: Strategy
@@ -116,6 +122,8 @@ export class LockStore {
   // Takes locks handed to this store by releases in this process (held here: registered weakly).
   readonly #receiver: HandOverReceiver = { receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed) }
   readonly #unregisterReceiver: () => void
+  // Forgets, for the other stores of the process, that this store holds a lock (see isHeldHere).
+  readonly #forgetHeld = new Map<HeldLock, () => void>()
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -161,6 +169,12 @@ export class LockStore {
       renewalIntervalMs: this.renewalIntervalMs,
       log,
       events: this.#events,
+      ended: (record) => {
+        this.#forgetHeld.get(record)?.()
+        this.#forgetHeld.delete(record)
+        // A lock lost, not released: nobody announces it, and its row may be free (stale).
+        if (record.state === 'lost') announceRelease(this.tableName, record.id)
+      },
     })
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
@@ -193,9 +207,9 @@ export class LockStore {
       backoff: this.#options.backoff,
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
       log,
-      attempt: (name, key, alone) => {
+      attempt: (name, key, alone, first) => {
         this.#addressed.delete(lockId(name, key)) // the turn it was given is being used
-        return this.#tryAcquire(name, key, { alone })
+        return this.#tryAcquire(name, key, { alone, first })
       },
       ended: (name, key, waitedMs, outcome) => {
         // A lock won by an attempt already under way when the turn arrived used that turn too.
@@ -260,8 +274,8 @@ export class LockStore {
     return this.#tryAcquire(name, key, undefined)
   }
 
-  /** `tryAcquireLock`; `waiter` when a waiter of this store makes the attempt (`alone`: the only one for the lock). */
-  async #tryAcquire(name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
+  /** `tryAcquireLock`; `waiter` when a waiter of this store makes the attempt. */
+  async #tryAcquire(name: string, key: string, waiter: Attempt | undefined): Promise<Lock | null> {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
@@ -448,8 +462,16 @@ export class LockStore {
     return 'emulated'
   }
 
-  async #acquire(id: string, name: string, key: string, waiter: { alone: boolean } | undefined): Promise<Lock | null> {
-    const { strategy, facts, line, handOver } = this.#resolved ?? await this.#resolve()
+  async #acquire(id: string, name: string, key: string, waiter: Attempt | undefined): Promise<Lock | null> {
+    const { strategy, facts, line, handOver, database } = this.#resolved ?? await this.#resolve()
+    if (waiter?.first && isHeldHere(this.tableName, id, database)) {
+      // Another store of this process holds it in the same table: its release hands the lock to
+      // a waiting store or wakes one, so the database would only refuse this attempt. (Later
+      // attempts, at the backoff's pace, ask the database: that holder may be stuck.)
+      this.#refusedAt.set(id, this.#monotonicNow())
+      this.#events.emit('refused', { name, key, durationMs: 0 })
+      return null
+    }
     // A waiter's place in the waiting line: kept by the acquiring statement itself where it can
     // (no statement of its own), else by LinePlaces after a refusal.
     const lineInStatement = waiter !== undefined && line === 'in-acquire'
@@ -508,6 +530,7 @@ export class LockStore {
     const lock = new Lock(this.#owner, record)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
     this.#held.add(record, lock)
+    this.#forgetHeld.set(record, holdingHere(this.tableName, id, this.#resolved?.database))
     this.#events.emit('acquired', { name, key, fence, durationMs })
     return lock
   }
@@ -586,10 +609,15 @@ export class LockStore {
    */
   #take(id: string, name: string, key: string, token: string, sentAt: number, handOvers: number, fence: Promise<bigint | null>): void {
     this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
+    // Held here from now on, for the other stores of the process (see isHeldHere).
+    const forget = holdingHere(this.tableName, id, this.#resolved?.database)
     const claim = fence
       .then((written) => (written === null ? null : this.#won(id, name, key, token, written, sentAt, handOvers)))
       .catch(() => null)
-      .finally(() => this.#acquiring.delete(id))
+      .finally(() => {
+        this.#acquiring.delete(id)
+        forget()
+      })
     this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)
   }

@@ -31,6 +31,35 @@ export interface WaitingStore {
 
 const waitingStores = new Map<string, WaitingStore[]>()
 
+// How many stores of this process hold each lock, by table and lock, then by database (as
+// `WaitingStore.database`): more than one only while a lock lost by one store is taken by another.
+const heldHere = new Map<string, Map<unknown, number>>()
+
+/** Notes that a store of this process holds `lockId` in `table` on `database`; the returned function (idempotent) forgets it. */
+export function holdingHere(table: string, lockId: string, database: unknown): () => void {
+  const key = `${table}\0${lockId}`
+  let holders = heldHere.get(key)
+  if (!holders) heldHere.set(key, (holders = new Map()))
+  holders.set(database, (holders.get(database) ?? 0) + 1)
+  let forgotten = false
+  return () => {
+    if (forgotten) return
+    forgotten = true
+    const count = (holders.get(database) ?? 1) - 1
+    if (count > 0) holders.set(database, count)
+    else holders.delete(database)
+    if (holders.size === 0 && heldHere.get(key) === holders) heldHere.delete(key)
+  }
+}
+
+/**
+ * Whether a store of this process holds `lockId` in `table` on `database`: its release will hand
+ * the lock to a waiting store of the process or wake one, so a waiter need not ask the database.
+ */
+export function isHeldHere(table: string, lockId: string, database: unknown): boolean {
+  return database !== undefined && (heldHere.get(`${table}\0${lockId}`)?.has(database) ?? false)
+}
+
 /** Registers `store`, which waits for `lockId` in `table`; the returned function unregisters it. */
 export function waitForLocalRelease(table: string, lockId: string, store: WaitingStore): () => void {
   const key = `${table}\0${lockId}`

@@ -12,8 +12,11 @@ export interface WaitRoomOptions {
   readonly backoff: Backoff
   readonly slowWaitWarningMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
-  /** One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock. */
-  readonly attempt: (name: string, key: string, alone: boolean) => Promise<Lock | null>
+  /**
+   * One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock,
+   * `first` for the waiter's first attempt.
+   */
+  readonly attempt: (name: string, key: string, alone: boolean, first: boolean) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
   /** Called when the first waiter for lock `id` (`name`, `key`) arrives; returns what to call when the last one leaves. */
@@ -33,6 +36,8 @@ interface Waiter {
   settled: { promise: Promise<void>; resolve: () => void } | undefined
   /** A lock being handed over to this waiter (see WaitRoom.handOver), or `null` if that failed. */
   claim: Promise<Lock | null> | undefined
+  /** Whether it has made an attempt. */
+  attempted: boolean
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
@@ -102,7 +107,7 @@ export class WaitRoom {
    */
   async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
     const o = this.#o
-    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined }
+    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, attempted: false }
     this.#enter(id, name, key, waiter)
     const started = o.monotonicNow()
     const deadline = started + timeoutMs
@@ -130,7 +135,9 @@ export class WaitRoom {
         const attempting = !lock && this.#queues.get(id)?.[0] === waiter
         if (attempting) {
           try {
-            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1)
+            const first = !waiter.attempted
+            waiter.attempted = true
+            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1, first)
           } catch (error) {
             // Never spin on a failing database: report, then back off like a refusal.
             if (!(error instanceof LockDatabaseError)) throw error

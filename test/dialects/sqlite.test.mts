@@ -116,10 +116,15 @@ describe('sqlite: stores of one process on separate knex instances', () => {
         const waiter = new LockStore(waiterKnex, options)
         const held = await holder.tryAcquireLock('report')
         assert.ok(held)
-        const refused = new Promise<void>((resolve) => waiter.on('refused', () => resolve()))
-        const waiting = waiter.acquireLock('report')
-        await refused
-        await new Promise((resolve) => setImmediate(resolve))
+        await waiter.init()
+        let waiting!: Promise<Lock>
+        const startSql = await statementsOn(waiterKnex, async () => {
+          const refused = new Promise<void>((resolve) => waiter.on('refused', () => resolve()))
+          waiting = waiter.acquireLock('report')
+          await refused
+          await new Promise((resolve) => setImmediate(resolve))
+        })
+        assert.deepEqual(startSql, [], 'the waiter knows the lock is held in this process')
         let lock: Lock | undefined
         const waiterSql = await statementsOn(waiterKnex, async () => {
           const holderSql = await statementsOn(holderKnex, async () => {

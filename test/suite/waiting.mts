@@ -233,6 +233,15 @@ export function waitingSuite(h: Harness): void {
     })
   }
 
+  it('sends no statement to start waiting for a lock another store of the process holds in the same table', async () => {
+    const { holder, waiters, name, held } = await heldForWaiters(h, 'another store of the process')
+    await waiters.init()
+    const { result: waiting, sql } = await statements(h, () => asleepWaiting(waiters, name, holder))
+    assert.deepEqual(sql, [], 'the holder\'s release will hand the lock over, or wake the waiter')
+    await held.release()
+    assert.ok((await waiting.lock).fence > held.fence)
+  })
+
   it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
     const { store, others: [thief], name, held } = await heldInOneStore(h, 1)
     assert.ok(thief)
@@ -329,7 +338,9 @@ export function waitingSuite(h: Harness): void {
     const name = h.lockName()
     assert.ok(await holder.tryAcquireLock(name))
     let acquired: Lock | undefined
+    const refused = new Promise<void>((resolve) => waiter.on('refused', () => resolve()))
     const waiting = waiter.acquireLock(name).then((lock) => { acquired = lock })
+    await refused // its first attempt, before the clock moves
     await clock.advance(TIMEOUT - 1)
     assert.equal(acquired, undefined, 'not before the timeout')
     await clock.advance(5_000 + 1) // at most one backoff later
