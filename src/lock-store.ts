@@ -8,7 +8,7 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, holdingHere, isHeldHere, takeTurn, waitForLocalRelease, type WaitingStore } from './release-bus.js'
+import { announceRelease, isHeldHere, registerStore, takeTurn, waitForLocalRelease, type LocalStore, type WaitingStore } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
 import { handToReceiver, registerReceiver, type HandOverReceiver } from './local-receivers.js'
 import { ReleaseListener } from './release-listener.js'
@@ -122,8 +122,11 @@ export class LockStore {
   // Takes locks handed to this store by releases in this process (held here: registered weakly).
   readonly #receiver: HandOverReceiver = { receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed) }
   readonly #unregisterReceiver: () => void
-  // Forgets, for the other stores of the process, that this store holds a lock (see isHeldHere).
-  readonly #forgetHeld = new Map<HeldLock, () => void>()
+  // Locks handed to this store whose row is being written (see #take).
+  readonly #beingHanded = new Set<string>()
+  // This store as the other stores of the process see it (held here: registered weakly).
+  readonly #local: LocalStore = this.#localView()
+  readonly #unregisterStore: () => void
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -169,17 +172,14 @@ export class LockStore {
       renewalIntervalMs: this.renewalIntervalMs,
       log,
       events: this.#events,
-      ended: (record) => {
-        this.#forgetHeld.get(record)?.()
-        this.#forgetHeld.delete(record)
-        // A lock lost, not released: nobody announces it, and its row may be free (stale).
-        if (record.state === 'lost') announceRelease(this.tableName, record.id)
-      },
+      // A lock lost, not released: nobody announces it, and its row may be free (stale).
+      ended: (record) => { if (record.state === 'lost') announceRelease(this.tableName, record.id) },
     })
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
     this.#waiterName = waiter
     this.#unregisterReceiver = registerReceiver(waiter, this.#receiver)
+    this.#unregisterStore = registerStore(this.tableName, this.#local)
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
     // joins again) at least every maxDelayMs, and the place of a store that left without saying
@@ -415,6 +415,7 @@ export class LockStore {
     // A lock handed to this store as its listener closed is being given up.
     await Promise.allSettled([...this.#inflight])
     this.#unregisterReceiver()
+    this.#unregisterStore()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
       this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
@@ -464,7 +465,7 @@ export class LockStore {
 
   async #acquire(id: string, name: string, key: string, waiter: Attempt | undefined): Promise<Lock | null> {
     const { strategy, facts, line, handOver, database } = this.#resolved ?? await this.#resolve()
-    if (waiter?.first && isHeldHere(this.tableName, id, database)) {
+    if (waiter?.first && isHeldHere(this.tableName, id, database, this.#local)) {
       // Another store of this process holds it in the same table: its release hands the lock to
       // a waiting store or wakes one, so the database would only refuse this attempt. (Later
       // attempts, at the backoff's pace, ask the database: that holder may be stuck.)
@@ -530,7 +531,6 @@ export class LockStore {
     const lock = new Lock(this.#owner, record)
     ;(record as { ref: WeakRef<Lock> }).ref = new WeakRef(lock)
     this.#held.add(record, lock)
-    this.#forgetHeld.set(record, holdingHere(this.tableName, id, this.#resolved?.database))
     this.#events.emit('acquired', { name, key, fence, durationMs })
     return lock
   }
@@ -596,6 +596,14 @@ export class LockStore {
     this.#take(id, name, key, handed.token, leaseFrom, 0, Promise.resolve(handed.fence))
   }
 
+  #localView(): LocalStore {
+    const resolved = (): Resolved | undefined => this.#resolved
+    return {
+      get database() { return resolved()?.database },
+      holds: (id) => this.#held.holds(id) || this.#beingHanded.has(id),
+    }
+  }
+
   /** Whether the first waiter for lock `id` is asleep and this store could take the lock handed to it now. */
   #canTake(id: string): boolean {
     return !this.#closed && !this.#acquiring.has(id) && !this.#held.holds(id) && this.#waiting.canHandOver(id)
@@ -609,14 +617,13 @@ export class LockStore {
    */
   #take(id: string, name: string, key: string, token: string, sentAt: number, handOvers: number, fence: Promise<bigint | null>): void {
     this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
-    // Held here from now on, for the other stores of the process (see isHeldHere).
-    const forget = holdingHere(this.tableName, id, this.#resolved?.database)
+    this.#beingHanded.add(id) // held here from now on, for the other stores of the process
     const claim = fence
       .then((written) => (written === null ? null : this.#won(id, name, key, token, written, sentAt, handOvers)))
       .catch(() => null)
       .finally(() => {
         this.#acquiring.delete(id)
-        forget()
+        this.#beingHanded.delete(id)
       })
     this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
     this.#waiting.handOver(id, claim)

@@ -31,33 +31,43 @@ export interface WaitingStore {
 
 const waitingStores = new Map<string, WaitingStore[]>()
 
-// How many stores of this process hold each lock, by table and lock, then by database (as
-// `WaitingStore.database`): more than one only while a lock lost by one store is taken by another.
-const heldHere = new Map<string, Map<unknown, number>>()
+// The stores of this process by table, held weakly (a store that is never closed must not be
+// kept alive here), so that a waiter can tell whether another store of the process holds a lock.
+const storesByTable = new Map<string, Set<WeakRef<LocalStore>>>()
 
-/** Notes that a store of this process holds `lockId` in `table` on `database`; the returned function (idempotent) forgets it. */
-export function holdingHere(table: string, lockId: string, database: unknown): () => void {
-  const key = `${table}\0${lockId}`
-  let holders = heldHere.get(key)
-  if (!holders) heldHere.set(key, (holders = new Map()))
-  holders.set(database, (holders.get(database) ?? 0) + 1)
-  let forgotten = false
+/** A store of this process, as the others see it before asking the database for a lock. */
+export interface LocalStore {
+  /** As `WaitingStore.database`. */
+  readonly database: unknown
+  /** Whether the store holds the lock `lockId`, or is being handed it. */
+  holds(lockId: string): boolean
+}
+
+/** Registers `store`, which uses `table`; the returned function unregisters it. */
+export function registerStore(table: string, store: LocalStore): () => void {
+  let stores = storesByTable.get(table)
+  if (!stores) storesByTable.set(table, (stores = new Set()))
+  const ref = new WeakRef(store)
+  stores.add(ref)
   return () => {
-    if (forgotten) return
-    forgotten = true
-    const count = (holders.get(database) ?? 1) - 1
-    if (count > 0) holders.set(database, count)
-    else holders.delete(database)
-    if (holders.size === 0 && heldHere.get(key) === holders) heldHere.delete(key)
+    stores.delete(ref)
+    if (stores.size === 0 && storesByTable.get(table) === stores) storesByTable.delete(table)
   }
 }
 
 /**
- * Whether a store of this process holds `lockId` in `table` on `database`: its release will hand
- * the lock to a waiting store of the process or wake one, so a waiter need not ask the database.
+ * Whether a store of this process other than `asking` holds `lockId` in `table` on `database`:
+ * its release will hand the lock to a waiting store of the process or wake one.
  */
-export function isHeldHere(table: string, lockId: string, database: unknown): boolean {
-  return database !== undefined && (heldHere.get(`${table}\0${lockId}`)?.has(database) ?? false)
+export function isHeldHere(table: string, lockId: string, database: unknown, asking: LocalStore): boolean {
+  const stores = storesByTable.get(table)
+  if (database === undefined || !stores) return false
+  for (const ref of stores) {
+    const store = ref.deref()
+    if (store === undefined) stores.delete(ref) // collected without close()
+    else if (store !== asking && store.database === database && store.holds(lockId)) return true
+  }
+  return false
 }
 
 /** Registers `store`, which waits for `lockId` in `table`; the returned function unregisters it. */
