@@ -225,7 +225,6 @@ export class LockStore {
       waitingFor: (id, name, key) => {
         const resolved = (): Resolved | undefined => this.#resolved
         const stop = waitForLocalRelease(this.tableName, id, {
-          owner: this,
           wake: () => this.#waiting.wake(id),
           get database() { return resolved()?.database },
           instanceName: this.instanceName,
@@ -295,10 +294,11 @@ export class LockStore {
    * Waits until this store holds the lock `(name, key)` and resolves it. Waiters in one store
    * are served first come, first served. Between attempts it backs off (see the `backoff`
    * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
-   * at once. A release by this same store hands the lock straight to its next waiter (up to 8
-   * times in a row, taking turns with other stores of the process waiting for it); on
-   * PostgreSQL, a release by another store, in any process, hands it to the store that has
-   * waited longest (see the README's "Waiting for a lock").
+   * at once. A release by this same store, or by another store of the process known to share
+   * its database (one knex instance, or one SQLite file), hands the lock straight to the next
+   * waiter (up to 8 times in a row, the stores of the process taking turns); on PostgreSQL, a
+   * release by another store, in any process, hands it to the store that has waited longest
+   * (see the README's "Waiting for a lock").
    * @throws LockTimeoutError after `timeoutMs`, holding nothing
    * @throws the signal's reason when `signal` aborts, holding nothing
    * @throws LockStoreClosedError when the store is closed while waiting
@@ -634,11 +634,11 @@ export class LockStore {
     const held = record.state === 'held'
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const resolved = this.#resolved
-    // takeTurn comes last: it moves the store it hands the lock to to the back of the line of
-    // stores waiting here.
+    // The store of this process that has waited longest gets it if it shares this store's
+    // database (as this store itself does) and its first waiter is asleep; takeTurn then moves it
+    // to the back of the line of stores waiting here.
     const to = resolved && held && !this.#closed && record.handOvers < MAX_HAND_OVERS_IN_A_ROW
-      ? takeTurn(this.tableName, record.id, (first) =>
-        (first.owner === this || (first.database !== undefined && first.database === resolved.database)) && first.canTake())
+      ? takeTurn(this.tableName, record.id, (first) => first.database === resolved.database && first.canTake())
       : undefined
     const releasing = resolved && to ? this.#handOver(record, resolved.facts, to) : this.#delete(record)
     record.releasing = releasing
@@ -662,7 +662,8 @@ export class LockStore {
     const { id, name, key } = record
     const token = randomUUID()
     let settle!: (fence: bigint | null) => void
-    // Told before the statement is sent, so that the taker counts its lease from no later than the row's timestamp.
+    // Told before the statement is sent, so that the taker counts its lease from no later than
+    // the row's timestamp.
     to.take(token, record.handOvers + 1, new Promise<bigint | null>((resolve) => { settle = resolve }))
     const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
       () => this.#table.handOver(record, token, to.instanceName, facts, this.#nowMs()))

@@ -8,8 +8,6 @@
 
 /** A store of this process waiting for one lock, as the other stores of the process see it. */
 export interface WaitingStore {
-  /** Identifies the store (compared by reference). */
-  readonly owner: object
   /** Wakes the store's first waiter for the lock: it tries again at once. */
   wake(): void
   /**

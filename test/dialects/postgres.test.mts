@@ -336,6 +336,42 @@ forEachTarget('cross-process wake-ups', (target) => {
     }
   })
 
+  // Known defect, left open: a fresh insert's fence comes from the sequence when the row's values
+  // are formed, before the row is inserted. A statement held up between the two (here by a
+  // trigger that sleeps) writes a fence lower than those other workers drew and used meanwhile.
+  // A fix needs the insert and every delete of a key to take one lock per key, or rows kept after
+  // release; see bench/RESULTS.md and the issue notes.
+  it('draws a fresh insert\'s fence after every fence issued for that lock before the row exists', { todo: 'known defect on PostgreSQL: fresh-insert fence drawn before the insert', timeout: 30_000 }, async () => {
+    const slowInsert = `${h.tableName}_slow_insert`
+    await h.knex.raw(`CREATE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+      IF NEW.instance_name = 'slow' THEN PERFORM pg_sleep(0.5); END IF; RETURN NEW; END $$`, [slowInsert])
+    await h.knex.raw('CREATE TRIGGER ?? BEFORE INSERT ON ?? FOR EACH ROW EXECUTE FUNCTION ??()', [slowInsert, h.tableName, slowInsert])
+    try {
+      const name = h.lockName('slow-insert')
+      const slow = h.store({ instanceName: 'slow' }, h.connection())
+      const fast = h.store()
+      const slowLock = slow.tryAcquireLock(name)
+      await until(async () => {
+        const { rows } = await h.knex.raw("SELECT 1 FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND strpos(query, ?) > 0",
+          [`INSERT INTO "${h.tableName}"`]) as { rows: unknown[] }
+        return rows
+      }, 1, 'the slow insert is under way')
+      let highest = 0n
+      for (let i = 0; i < 3; i++) {
+        const lock = await fast.tryAcquireLock(name)
+        assert.ok(lock)
+        highest = lock.fence
+        await lock.release()
+      }
+      const late = await slowLock
+      assert.ok(late, 'the slow insert found the lock free')
+      assert.ok(late.fence > highest, `fence ${late.fence} after ${highest} had been used`)
+    } finally {
+      await h.knex.raw('DROP TRIGGER IF EXISTS ?? ON ??', [slowInsert, h.tableName])
+      await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [slowInsert])
+    }
+  })
+
   it('frees again a lock handed to a store of this process that is gone, for the next in line', { timeout: 30_000 }, async () => {
     const name = h.lockName('gone-store')
     const holder = h.store()

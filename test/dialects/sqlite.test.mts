@@ -74,18 +74,24 @@ describe('sqlite: stores of one process on separate knex instances', () => {
     } },
   })
 
-  /** Two database files in a temporary directory, the first also reachable through a symbolic link. */
-  function files(): { same: string; sameThroughLink: string; other: string; remove(): void } {
+  /**
+   * Runs `fn` with a knex instance for each of `files` (in a fresh temporary directory: `locks`,
+   * `other`, and `locks` again through a symbolic link to the directory), each with a lock table
+   * named `tableName`, then destroys the instances and removes the directory with its files.
+   */
+  async function onFiles(files: ReadonlyArray<'locks' | 'locks through a link' | 'other'>, fn: (knexes: Knex[], tableName: string) => Promise<void>): Promise<void> {
     const dir = mkdtempSync(join(tmpdir(), 'wl-sqlite-'))
     symlinkSync(dir, `${dir}-link`)
-    return {
-      same: join(dir, 'locks.sqlite'),
-      sameThroughLink: `${dir}-link/./locks.sqlite`,
-      other: join(dir, 'other.sqlite'),
-      remove() {
-        rmSync(`${dir}-link`, { force: true })
-        rmSync(dir, { recursive: true, force: true })
-      },
+    const path = { 'locks': join(dir, 'locks.sqlite'), 'locks through a link': `${dir}-link/./locks.sqlite`, 'other': join(dir, 'other.sqlite') }
+    const knexes = files.map((file) => open(path[file]))
+    const tableName = uniqueName('wl_sqlite_files')
+    try {
+      for (const knex of knexes) await createLockTable(knex, { tableName })
+      await fn(knexes, tableName)
+    } finally {
+      await Promise.all(knexes.map((knex) => knex.destroy()))
+      rmSync(`${dir}-link`, { force: true })
+      rmSync(dir, { recursive: true, force: true })
     }
   }
 
@@ -104,12 +110,8 @@ describe('sqlite: stores of one process on separate knex instances', () => {
 
   for (const strategy of ['native', 'emulated'] as const) {
     it(`hands a released lock to a waiting store on the same file in one UPDATE, the waiter sending nothing (${strategy})`, async () => {
-      const f = files()
-      const holderKnex = open(f.same)
-      const waiterKnex = open(f.sameThroughLink)
-      const tableName = uniqueName('wl_sqlite_same')
-      try {
-        await createLockTable(holderKnex, { tableName })
+      await onFiles(['locks', 'locks through a link'], async ([holderKnex, waiterKnex], tableName) => {
+        assert.ok(holderKnex && waiterKnex)
         // The clock never moves: the waiter never polls, so only the release can end its wait.
         const options = { tableName, strategy, clock: new ManualClock() }
         const holder = new LockStore(holderKnex, options)
@@ -142,22 +144,12 @@ describe('sqlite: stores of one process on separate knex instances', () => {
         await lock.release()
         await holder.close()
         await waiter.close()
-      } finally {
-        await dropLockTable(holderKnex, { tableName })
-        await holderKnex.destroy()
-        await waiterKnex.destroy()
-        f.remove()
-      }
+      })
     })
 
     it(`never hands a lock to a store on another file with the same table name (${strategy})`, { timeout: 30_000 }, async () => {
-      const f = files()
-      const here = open(f.same)
-      const there = open(f.other)
-      const tableName = uniqueName('wl_sqlite_other')
-      try {
-        await createLockTable(here, { tableName })
-        await createLockTable(there, { tableName })
+      await onFiles(['locks', 'other'], async ([here, there], tableName) => {
+        assert.ok(here && there)
         const options = { tableName, strategy, clock: new ManualClock() }
         const holderHere = new LockStore(here, options)
         const waiterHere = new LockStore(here, options)
@@ -183,13 +175,7 @@ describe('sqlite: stores of one process on separate knex instances', () => {
         await heldHere.release()
         assert.ok((await waiting).fence > heldHere.fence)
         await Promise.all([holderHere.close(), waiterHere.close(), holderThere.close()])
-      } finally {
-        await dropLockTable(here, { tableName })
-        await dropLockTable(there, { tableName })
-        await here.destroy()
-        await there.destroy()
-        f.remove()
-      }
+      })
     })
   }
 })
