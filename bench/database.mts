@@ -98,6 +98,17 @@ async function contention(table: string): Promise<Record<string, { perSecond: nu
     await Promise.all(stores.map((s) => s.close()))
     await Promise.all(knexes.map((k) => k.destroy()))
   }
+  // worker-locks: eight stores on one knex instance, which know they share the database.
+  {
+    const knex = connect(database, { poolMax: 8 })
+    const stores = Array.from({ length: 8 }, () => new LockStore(knex, { tableName: table, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 }))
+    results['worker-locks, eight stores on one knex'] = await eightTasks(seconds, async (task) => {
+      const lock = await stores[task]!.acquireLock('contended-one-knex')
+      return () => lock.release()
+    })
+    await Promise.all(stores.map((s) => s.close()))
+    await knex.destroy()
+  }
   // worker-locks: eight tasks sharing one store (one service, eight concurrent jobs).
   {
     const knex = connect(database, { poolMax: 4 })
