@@ -67,9 +67,10 @@ function lineGone(knex: Knex, table: string): void {
 
 /**
  * The release that gives the lock to the store first in the line (of another process, or another
- * store of this one), when its place carries an instance name (migration 4): the row gets that instance name, `newToken`, a
- * fresh timestamp and a new fence, the place is taken out of the line, and the store is told the
- * token and fence on its own channel, all in one statement. Where the first place has no instance
+ * store of this one), when its place carries an instance name (migration 4): the row gets that
+ * instance name, `newToken`, a fresh timestamp and a new fence, the place is taken out of the
+ * line, and the store is told the token, fence and timestamp on its own channel, all in one
+ * statement. Where the first place has no instance
  * name (a store of an older worker-locks) the row is deleted and that store woken; where the line
  * is empty, the row is deleted and everyone told, as `release` does. Places of the lock that no
  * longer count are cleared on the way (waiters handed their locks make no winning attempt that

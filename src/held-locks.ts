@@ -28,8 +28,6 @@ export interface HeldLocksOptions {
   readonly renewalIntervalMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
   readonly events: LockEvents
-  /** Called once when a lock stops being held, however it ends. */
-  readonly ended: (record: HeldLock) => void
 }
 
 export const describeLock = (name: string, key: string): string => `${JSON.stringify(name)} (key ${JSON.stringify(key)})`
@@ -80,7 +78,6 @@ export class HeldLocks {
     record.state = reason === 'released' ? 'released' : 'lost'
     record.loss = { reason, message, cause }
     if (this.#byId.get(record.id) === record) this.#byId.delete(record.id)
-    this.#o.ended(record)
     this.#finalizer.unregister(record)
     // The timer is left to run out when the last lock ends: it finds nothing to renew, and a
     // store that takes and releases locks one after another would otherwise set and clear a

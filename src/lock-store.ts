@@ -8,9 +8,8 @@ import {
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, isHeldHere, registerStore, takeTurn, waitForLocalRelease, type LocalStore, type WaitingStore } from './release-bus.js'
+import { announceRelease, handToStore, isHeldHere, registerStore, takeTurn, waitForLocalRelease, type LocalStore } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
-import { handToReceiver, registerReceiver, type HandOverReceiver } from './local-receivers.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -119,13 +118,10 @@ export class LockStore {
   // When a waiter's last attempt for a lock was refused (monotonic ms): the row was someone
   // else's then, so a lock handed to this store for it was written no earlier.
   readonly #refusedAt = new Map<string, number>()
-  // Takes locks handed to this store by releases in this process (held here: registered weakly).
-  readonly #receiver: HandOverReceiver = { receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed) }
-  readonly #unregisterReceiver: () => void
   // Locks handed to this store whose row is being written (see #take).
   readonly #beingHanded = new Set<string>()
   // This store as the other stores of the process see it (held here: registered weakly).
-  readonly #local: LocalStore = this.#localView()
+  readonly #local: LocalStore
   readonly #unregisterStore: () => void
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
@@ -172,13 +168,11 @@ export class LockStore {
       renewalIntervalMs: this.renewalIntervalMs,
       log,
       events: this.#events,
-      // A lock lost, not released: nobody announces it, and its row may be free (stale).
-      ended: (record) => { if (record.state === 'lost') announceRelease(this.tableName, record.id) },
     })
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
     this.#waiterName = waiter
-    this.#unregisterReceiver = registerReceiver(waiter, this.#receiver)
+    this.#local = this.#localView(waiter)
     this.#unregisterStore = registerStore(this.tableName, this.#local)
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
@@ -223,14 +217,7 @@ export class LockStore {
         else this.#listener?.idle(LISTENER_LINGER_MS)
       },
       waitingFor: (id, name, key) => {
-        const resolved = (): Resolved | undefined => this.#resolved
-        const stop = waitForLocalRelease(this.tableName, id, {
-          wake: () => this.#waiting.wake(id),
-          get database() { return resolved()?.database },
-          instanceName: this.instanceName,
-          canTake: () => this.#canTake(id),
-          take: (token, handOvers, fence) => this.#take(id, name, key, token, this.#monotonicNow(), handOvers, fence),
-        })
+        const stop = waitForLocalRelease(this.tableName, id, this.#local)
         return () => {
           stop()
           this.#refusedAt.delete(id)
@@ -414,7 +401,6 @@ export class LockStore {
     await this.#listener?.stop()
     // A lock handed to this store as its listener closed is being given up.
     await Promise.allSettled([...this.#inflight])
-    this.#unregisterReceiver()
     this.#unregisterStore()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
@@ -551,7 +537,7 @@ export class LockStore {
    */
   #releasedFor(id: string, name: string, key: string, released: ReleaseResult): void {
     if (released === true) announceRelease(this.tableName, id)
-    else if (typeof released === 'object' && released.sameProcess && !handToReceiver(released.waiter, name, key, released)) {
+    else if (typeof released === 'object' && released.sameProcess && !handToStore(this.tableName, released.waiter, name, key, released)) {
       // That store is gone (closed as it was handed the lock): free the lock again.
       this.#track(this.#giveUp(id, { name, key, token: released.token }, (error) => this.#logPassOnFailure(name, key, error)))
     }
@@ -596,11 +582,17 @@ export class LockStore {
     this.#take(id, name, key, handed.token, leaseFrom, 0, Promise.resolve(handed.fence))
   }
 
-  #localView(): LocalStore {
+  #localView(waiter: string): LocalStore {
     const resolved = (): Resolved | undefined => this.#resolved
     return {
       get database() { return resolved()?.database },
+      instanceName: this.instanceName,
+      waiter,
       holds: (id) => this.#held.holds(id) || this.#beingHanded.has(id),
+      wake: (id) => { this.#waiting.wake(id) },
+      canTake: (id) => this.#canTake(id),
+      take: (id, name, key, token, handOvers, fence) => this.#take(id, name, key, token, this.#monotonicNow(), handOvers, fence),
+      receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed),
     }
   }
 
@@ -638,7 +630,7 @@ export class LockStore {
     // database (as this store itself does) and its first waiter is asleep; takeTurn then moves it
     // to the back of the line of stores waiting here.
     const to = resolved && held && !this.#closed && record.handOvers < MAX_HAND_OVERS_IN_A_ROW
-      ? takeTurn(this.tableName, record.id, (first) => first.database === resolved.database && first.canTake())
+      ? takeTurn(this.tableName, record.id, (first) => first.database === resolved.database && first.canTake(record.id))
       : undefined
     const releasing = resolved && to ? this.#handOver(record, resolved.facts, to) : this.#delete(record)
     record.releasing = releasing
@@ -658,13 +650,13 @@ export class LockStore {
   // A waiter for the same lock, of this store or of another store of the process on the same
   // database, is asleep: it takes the row over in one statement (a new token and fence, its
   // store's instance name) instead of a delete and an insert, and nobody else sees the lock free.
-  #handOver(record: HeldLock, facts: ServerFacts, to: WaitingStore): Promise<void> {
+  #handOver(record: HeldLock, facts: ServerFacts, to: LocalStore): Promise<void> {
     const { id, name, key } = record
     const token = randomUUID()
     let settle!: (fence: bigint | null) => void
     // Told before the statement is sent, so that the taker counts its lease from no later than
     // the row's timestamp.
-    to.take(token, record.handOvers + 1, new Promise<bigint | null>((resolve) => { settle = resolve }))
+    to.take(id, name, key, token, record.handOvers + 1, new Promise<bigint | null>((resolve) => { settle = resolve }))
     const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
       () => this.#table.handOver(record, token, to.instanceName, facts, this.#nowMs()))
     // Registered first, so that 'released' is emitted before the waiter's 'acquired'. If the

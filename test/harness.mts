@@ -96,14 +96,19 @@ export class Harness {
 
   /** Counts the SQL statements `knex` runs while `fn` runs. */
   async countQueries<T>(knex: Knex, fn: () => Promise<T>): Promise<{ result: T; queries: number }> {
-    let queries = 0
-    const listener = (): void => { queries++ }
-    knex.on('query', listener)
-    try {
-      const result = await fn()
-      return { result, queries }
-    } finally {
-      knex.off('query', listener)
-    }
+    const { result, sql } = await statementsDuring(knex, fn)
+    return { result, queries: sql.length }
+  }
+}
+
+/** The SQL text of every statement `knex` runs while `fn` runs (those `keep` accepts). */
+export async function statementsDuring<T>(knex: Knex, fn: () => Promise<T>, keep: (sql: string) => boolean = () => true): Promise<{ result: T; sql: string[] }> {
+  const sql: string[] = []
+  const record = (query: { sql: string }): void => { if (keep(query.sql)) sql.push(query.sql) }
+  knex.on('query', record)
+  try {
+    return { result: await fn(), sql }
+  } finally {
+    knex.off('query', record)
   }
 }

@@ -8,6 +8,7 @@ import { describe, it } from 'node:test'
 import knexFactory, { type Knex } from 'knex'
 import { sqliteSupportsNative } from '../../dialects/sqlite.js'
 import { LockStore, ManualClock, UnsupportedDatabaseError, createLockTable, dropLockTable, type Lock } from '../../src/index.js'
+import { statementsDuring } from '../harness.mjs'
 import { connect, uniqueName } from '../targets.mjs'
 
 describe('sqlite: version detection', () => {
@@ -96,17 +97,7 @@ describe('sqlite: stores of one process on separate knex instances', () => {
   }
 
   /** The SQL of every statement `knex` runs while `fn` runs. */
-  async function statementsOn(knex: Knex, fn: () => Promise<unknown>): Promise<string[]> {
-    const sql: string[] = []
-    const record = (query: { sql: string }): void => { sql.push(query.sql) }
-    knex.on('query', record)
-    try {
-      await fn()
-    } finally {
-      knex.off('query', record)
-    }
-    return sql
-  }
+  const statementsOn = async (knex: Knex, fn: () => Promise<unknown>): Promise<string[]> => (await statementsDuring(knex, fn)).sql
 
   for (const strategy of ['native', 'emulated'] as const) {
     it(`hands a released lock to a waiting store on the same file in one UPDATE, the waiter sending nothing (${strategy})`, async () => {

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
-import { RecordingLogger, type Harness } from '../harness.mjs'
+import { RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
 
@@ -113,16 +113,8 @@ const asleep = (): Promise<void> => new Promise((resolve) => setImmediate(resolv
 const isLineStatement = (sql: string): boolean => /^\s*(WITH cleared AS \(DELETE FROM|INSERT INTO|DELETE FROM) "[^"]*_waiters"/.test(sql)
 
 /** The SQL text of every statement on the lock table run on the harness's connection while `fn` runs. */
-async function statements<T>(h: Harness, fn: () => Promise<T>): Promise<{ result: T; sql: string[] }> {
-  const sql: string[] = []
-  const record = (query: { sql: string }): void => { if (!isLineStatement(query.sql)) sql.push(query.sql) }
-  h.knex.on('query', record)
-  try {
-    return { result: await fn(), sql }
-  } finally {
-    h.knex.off('query', record)
-  }
-}
+const statements = <T,>(h: Harness, fn: () => Promise<T>): Promise<{ result: T; sql: string[] }> =>
+  statementsDuring(h.knex, fn, (sql) => !isLineStatement(sql))
 
 export function waitingSuite(h: Harness): void {
   it('hands a released lock to a waiter at once, without the clock moving', async () => {
