@@ -6,6 +6,7 @@ export type LockErrorCode =
   | 'DATABASE_ERROR'
   | 'LOCK_LOST'
   | 'LOCK_TIMEOUT'
+  | 'TABLE_NOT_READY'
 
 /**
  * Base class of every error worker-locks raises itself. `code` is stable across versions;
@@ -76,7 +77,11 @@ export class LockLostError extends LockError {
   }
 }
 
-/** `acquireLock` or `withLock` waited `timeoutMs` without getting the lock. Nothing is held. */
+/**
+ * `acquireLock` or `withLock` waited `timeoutMs` without getting the lock. Nothing is held. When
+ * the last attempt failed because the database could not be asked (unreachable, say), that
+ * `LockDatabaseError` is `cause`, and the message says so; a lock that was simply busy has none.
+ */
 export class LockTimeoutError extends LockError {
   /** The lock's name. */
   readonly lockName: string
@@ -85,10 +90,29 @@ export class LockTimeoutError extends LockError {
   /** How long the caller asked to wait, in milliseconds. */
   readonly timeoutMs: number
 
-  constructor(lockName: string, lockKey: string, timeoutMs: number) {
-    super('LOCK_TIMEOUT', `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(lockName)} (key ${JSON.stringify(lockKey)}).`)
+  constructor(lockName: string, lockKey: string, timeoutMs: number, options?: { cause?: unknown }) {
+    const cause = options?.cause
+    const failed = cause === undefined ? '' : `; the last attempt failed: ${cause instanceof Error ? cause.message : String(cause)}`
+    super('LOCK_TIMEOUT', `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(lockName)} (key ${JSON.stringify(lockKey)})${failed}.`, options)
     this.lockName = lockName
     this.lockKey = lockKey
     this.timeoutMs = timeoutMs
+  }
+}
+
+/**
+ * The lock table does not exist, or lacks a column a shipped migration adds: run the migrations
+ * (`worker-locks migrate`, `knex migrate:latest` with `migrationsDirectory`, or
+ * `createLockTable`). Waiting does not retry it: it does not go away by itself. The driver's
+ * error is `cause`.
+ */
+export class LockTableError extends LockError {
+  /** The table that is missing or not migrated. */
+  readonly tableName: string
+
+  constructor(tableName: string, cause: unknown) {
+    const detail = cause instanceof Error ? cause.message : String(cause)
+    super('TABLE_NOT_READY', `The lock table ${JSON.stringify(tableName)} is missing or not fully migrated (${detail}); run "worker-locks migrate", your knex migrations with migrationsDirectory, or createLockTable().`, { cause })
+    this.tableName = tableName
   }
 }

@@ -3,7 +3,7 @@ export type { LockEventMap, LockEventName, LockEventListener } from './events.js
 export { Lock } from './lock.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {
-  LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError, LockTimeoutError,
+  LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError, LockTimeoutError, LockTableError,
   type LockErrorCode, type LockLossReason,
 } from './errors.js'
 export type { Logger, LogLevel } from './logger.js'
