@@ -21,9 +21,8 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   const dialect = findDialect(knex)
   if (!dialect) throw new Error('no dialect')
   const facts = await dialect.detect(knex)
-  // Releases as the store does: on PostgreSQL, handing the lock to (or notifying) whoever is first
-  // in the waiting line.
-  const line = await dialect.notifications?.line?.support(knex, table) ?? 'none'
+  // Releases as the store does: on PostgreSQL, waking whoever is first in the waiting line.
+  const line = dialect.notifications?.line !== undefined
   const verrouTable = uniqueName('verrou')
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
   const contenders: Record<string, (i: number) => Promise<void>> = {
@@ -33,9 +32,9 @@ export async function uncontended(database: Database, knex: Knex, table: string,
       await raw.release('bench-raw', `k${i % 8}`, t)
     },
     'dialect layer': async (i) => {
-      const request = { table, name: 'bench-dl', key: `k${i % 8}`, token: newToken(), instanceName: 'bench', lockTimeoutMs, nowMs: null }
+      const request = { table, name: 'bench-dl', key: `k${i % 8}`, token: newToken(), instanceName: 'bench', leaseMs: lockTimeoutMs, nowMs: null }
       if (await acquire(knex, dialect, facts, 'native', request) === null) throw new Error('refused while uncontended')
-      await dialect.release(knex, table, request, line === 'none' ? undefined : { waiter: 'bench', handOverToken: line === 'hand-over' ? newToken() : undefined, nowMs: null })
+      await dialect.release(knex, table, request, line)
     },
     'worker-locks': async (i) => {
       const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)

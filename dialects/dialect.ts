@@ -11,7 +11,12 @@ export interface AcquireRequest {
   readonly key: string
   readonly instanceName: string
   readonly token: string
-  readonly lockTimeoutMs: number
+  /**
+   * The lease this acquisition writes into the row (`lease_ms`): how long the row stays held
+   * without a renewal. Whether an existing row may be taken over is judged by the lease written
+   * in that row, never by this one.
+   */
+  readonly leaseMs: number
   /**
    * The time to write, in milliseconds since the epoch, or `null` to read the database's own
    * clock inside the same statement (so that workers with skewed clocks agree).
@@ -32,63 +37,6 @@ export interface LineRequest {
   readonly expiresInMs: number
   /** Whether a win takes the store out of the line (it has no other waiter for the lock). */
   readonly leaveOnWin: boolean
-  /**
-   * Where the line supports hand-over (`LineSupport`): the place written carries the request's
-   * instance name, so that a release can give the lock to this store directly.
-   */
-  readonly handOver: boolean
-}
-
-/**
- * What a table's waiting line can do: nothing (`none`, no line), let a release wake the store
- * first in it (`wake`), or also let a release give the lock to that store in the releasing
- * statement (`hand-over`).
- */
-export type LineSupport = 'none' | 'wake' | 'hand-over'
-
-/** How a release treats the table's waiting line (see `Dialect.release`). */
-export interface ReleaseLine {
-  /** The releasing store's name in the line: a release never goes to its own place. */
-  readonly waiter: string
-  /**
-   * Where the line supports it: give the lock to the store first in line (of another process,
-   * or another store of this one) as a new acquisition carrying this token, instead of deleting
-   * the row and waking that store. A store of another process hears of it with the token and
-   * fence; one of this process is told by the caller (see `HandedOver`).
-   */
-  readonly handOverToken: string | undefined
-  /** The time a hand-over writes, in milliseconds since the epoch, or `null` for the database's clock. */
-  readonly nowMs: number | null
-}
-
-/**
- * The outcome of a release: `true` when the row was deleted, a `HandedOver` when it went to a
- * waiting store, `false` when it no longer carried the token.
- */
-export type ReleaseResult = boolean | HandedOver
-
-/** A release's hand-over of the lock to the store first in line (see `ReleaseLine`). */
-export interface HandedOver extends HandedLock {
-  /** The store's name in the line. */
-  readonly waiter: string
-  /**
-   * Whether the store is in this process: then nobody has told it (no notification goes to a
-   * store of the releasing process), and the caller must give it the lock, or release it if it
-   * is gone.
-   */
-  readonly sameProcess: boolean
-}
-
-/** A lock a release gave to this store as first in line (see `ReleaseLine`). */
-export interface HandedLock {
-  readonly token: string
-  readonly fence: bigint
-  /**
-   * The `last_renewed_ts` the hand-over wrote (ms since the epoch, by the releasing store's
-   * clock), from which everyone else counts the lease; `undefined` when a store of an older
-   * worker-locks sent the hand-over without it.
-   */
-  readonly renewedMs: number | undefined
 }
 
 /** The identity of one held row: what token-guarded statements match on. */
@@ -98,15 +46,16 @@ export interface RowIdentity {
   readonly token: string
 }
 
-/** What a listening store is told of a release; see `ReleaseNotifications.listen`. */
-export type ReleaseHeard = (name: string, key: string, addressed: boolean, handed?: HandedLock) => void
+/**
+ * What a listening store is told of a release: the lock `(name, key)` may be free now, and
+ * `addressed` when the release picked this store as first in the waiting line. Only a hint to
+ * look at the row again: it carries nothing that grants a lock, and may be forged or replayed.
+ */
+export type ReleaseHeard = (name: string, key: string, addressed: boolean) => void
 
 /** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
 export interface ReleaseSubscription {
-  /**
-   * Ends the connection, after hearing every notification sent to it by statements that have
-   * committed (a lock handed over to the store must not be lost in the closing connection).
-   */
+  /** Ends the connection. */
   close(): Promise<void>
   /** Whether the open connection keeps the Node.js process running (it does at first). */
   keepProcessAlive(keep: boolean): void
@@ -114,23 +63,22 @@ export interface ReleaseSubscription {
 
 /**
  * The line of stores, in all processes, that wait for each lock, oldest first. With it a release
- * notifies the one store whose turn it is rather than every listening process, which would all
- * go to the database for a lock only one can get. Places are hints, not a queue that decides who
- * gets the lock: a release skips places whose listening session is gone or that lapsed.
+ * wakes the one store whose turn it is rather than every listening process, which would all go
+ * to the database for a lock only one can get. Places are hints, not a queue that decides who
+ * gets the lock: the woken store still asks the row, and a release skips places whose listening
+ * session is gone or that lapsed. A table without the line (dropped, or created by hand) works as
+ * before: releases then wake every listening process.
  */
 export interface WaitingLine {
   /** Whether `acquireNative` joins and leaves the line itself when the request carries `line`. */
   readonly inNativeAcquire: boolean
-  /** What `table`'s line can do, which depends on the migrations it has had. */
-  support(knex: Knex, table: string): Promise<LineSupport>
   /**
    * Puts store `waiter` in the line for `(name, key)`, or keeps its place if it is there, until
    * `expiresInMs` from now (by the database's clock) unless it joins again. The place counts only
    * while the store listens (see `ReleaseNotifications.listen`). Clears places of that lock that
-   * no longer count on the way. `instanceName`, where the line supports hand-over, is what a
-   * release handing the lock to this store writes into the lock row.
+   * no longer count on the way.
    */
-  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number, instanceName: string | undefined): Promise<void>
+  join(knex: Knex, table: string, waiter: string, name: string, key: string, expiresInMs: number): Promise<void>
   /** Takes store `waiter` out of the line for `(name, key)`. */
   leave(knex: Knex, table: string, waiter: string, name: string, key: string): Promise<void>
 }
@@ -146,13 +94,22 @@ export interface ReleaseNotifications {
   /**
    * Opens a dedicated connection (outside knex's pool) that calls `onRelease` for every release
    * announced for `table` to every process, and for every release addressed to store `waiter`
-   * (as first in the line; `addressed` is then true, and `handed` is set when the release gave
-   * the lock to the store); and `onClosed` once if the connection fails or ends. `waiter` must
-   * be 16 hexadecimal digits, unique to the store.
+   * (as first in the line; `addressed` is then true); `onIgnored` for a notification it could
+   * not read (any session may send anything on these channels), and `onClosed` once if the
+   * connection fails or ends. Never throws from a notification. `waiter` must be 16 hexadecimal
+   * digits, unique to the store.
    */
   listen(
-    knex: Knex, table: string, waiter: string, onRelease: ReleaseHeard, onClosed: (error: unknown) => void,
+    knex: Knex, table: string, waiter: string, onRelease: ReleaseHeard, onIgnored: (why: string) => void, onClosed: (error: unknown) => void,
   ): Promise<ReleaseSubscription>
+}
+
+/** What an INSERT writes into `fence` (see `Dialect.insertFence`). */
+export interface FenceSql {
+  /** The SQL expression for `table`; `quote` quotes an identifier. */
+  sql(table: string, quote: (name: string) => string): string
+  /** Whether the expression takes the lock's name and key as its two `?` parameters, in that order. */
+  readonly bindsLock: boolean
 }
 
 /** What a server can do, asked once per store. */
@@ -182,43 +139,42 @@ export interface Dialect {
   /** Asks the server what it supports. */
   detect(knex: Knex): Promise<ServerFacts>
   /**
-   * A name for the database `knex` reaches, equal for two knex instances exactly when they reach
-   * the same one (an SQLite file by its real path), or `undefined` where the dialect cannot tell
-   * for sure (an in-memory or temporary SQLite database; servers, which one host name or port may
-   * not identify). Stores of one process that share a table on the same database may pass locks
-   * to each other directly.
-   */
-  databaseIdentity?(knex: Knex): Promise<string | undefined>
-  /**
    * Runs the one-statement acquire. Resolves the new fence when this request's row was written
    * (inserted, or taken over from a stale row or from the same instance), `null` when refused.
    */
   acquireNative(knex: Knex, request: AcquireRequest): Promise<bigint | null>
   /**
-   * The SQL expression an INSERT writes into `fence`, or `undefined` where the database fills
-   * the column itself (a column default or a trigger). `quote` quotes an identifier.
+   * What an INSERT of a new row writes into `fence`, or `undefined` where a trigger fills the
+   * column. Every fence, of an insert or a takeover, is drawn only while this acquisition
+   * excludes every other acquisition of the same lock until it commits (the database's write
+   * lock, a per-lock lock, or a counter row), so fences grow in the order the database grants the
+   * lock, never in the order statements happened to start.
    */
-  fenceSql(table: string, quote: (name: string) => string): string | undefined
+  readonly insertFence: FenceSql | undefined
   /**
-   * The SQL expression an UPDATE that gives a row to a new holder writes into `fence`, or
-   * `undefined` where a trigger does it. It is evaluated once the row is locked, so it exceeds
-   * every fence handed out before.
+   * The SQL expression an UPDATE that gives an existing row to a new holder writes into `fence`,
+   * or `undefined` where a trigger does it. It may refer to the row's own columns as `t.lock_name`
+   * and `t.lock_key`: the statements alias the lock table `t`.
    */
   takeoverFenceSql(table: string, quote: (name: string) => string): string | undefined
   /**
    * Deletes our row (token-guarded) and, where the database can, tells waiting processes in the
-   * same statement, delivered only once it has committed. With `line` (only where
-   * `notifications.line` exists for `table`) it tells only the store of another process first in
-   * the line, or every process when the line is empty; and with `line.handOverToken`, where the
-   * line supports it, it gives the store first in line (of any process) the lock instead of
-   * deleting the row.
+   * same statement, delivered only once it has committed. With `line` (where `notifications.line`
+   * exists) it wakes only the store of another process first in the line (never one of this
+   * process, which wakes its own stores), or every process when the line is empty. Resolves
+   * whether the row was ours.
    */
-  release(knex: Knex, table: string, row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult>
+  release(knex: Knex, table: string, row: RowIdentity, line?: boolean): Promise<boolean>
   /**
    * Runs first in the emulated path's transaction, to take locks in the same order as the native
    * statement does, so that stores using different strategies on one table cannot deadlock.
    */
-  emulatedPrelude?(knex: Knex, table: string): Promise<void>
+  emulatedPrelude?(knex: Knex, table: string, name: string, key: string): Promise<void>
+  /**
+   * The error says the lock table, or a column a shipped migration adds, does not exist: the
+   * migrations have not run (or not all of them).
+   */
+  isMissingSchema(error: unknown): boolean
   /**
    * Restricts a query on the lock table to `rows` (matching name, key and token), passing them as
    * one bound parameter however many there are, so that renewing or releasing many locks is one
@@ -279,6 +235,11 @@ export async function fenceOf(knex: Knex, dialect: Dialect, table: string, row: 
 export async function selectFence(knex: Knex, table: string, row: RowIdentity): Promise<bigint | null> {
   const found = await knex(table).where({ lock_name: row.name, lock_key: row.key, token: row.token }).first('fence')
   return found === undefined ? null : toFence((found as { fence: unknown }).fence)
+}
+
+/** The parameters of a `FenceSql` for the lock `(name, key)`. */
+export function fenceParams(fence: FenceSql | undefined, name: string, key: string): string[] {
+  return fence?.bindsLock ? [name, key] : []
 }
 
 /** `rows` as the one JSON parameter that `restrictToRows` binds: an array of [name, key, token]. */

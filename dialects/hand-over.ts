@@ -2,15 +2,13 @@ import type { Knex } from 'knex'
 import { fenceOf, toFence, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 import { executorFor, statement } from './executor.js'
 
-/** Passing a held row from one acquisition to the next, of the same store or another of the process. */
+/** Passing a held row from one acquisition of a store to the next acquisition of the same store. */
 export interface HandOverRequest {
   readonly table: string
   /** The row as the releasing lock holds it. */
   readonly row: RowIdentity
   /** The token of the acquisition that takes it over. */
   readonly token: string
-  /** The instance name of the store that takes it over. */
-  readonly instanceName: string
   /** As in `AcquireRequest`: the time to write, or `null` for the database clock. */
   readonly nowMs: number | null
 }
@@ -19,22 +17,22 @@ export interface HandOverRequest {
 const HAND_OVER_KINDS = ['hand-over/local-clock', 'hand-over/local-clock/returning', 'hand-over/database-clock', 'hand-over/database-clock/returning'] as const
 
 /**
- * Gives our row to a new acquisition (of the same store, or of another store of the process on
- * the same database) in one statement, instead of deleting it and inserting it again: its token
- * and instance name, a fresh timestamp and a new fence (drawn as a takeover draws it), only if
- * the row still carries the releasing token. Resolves the new fence, or `null` when the row is no
- * longer ours (deleted, or taken over by another worker).
+ * Gives our row to a new acquisition of the same store in one statement, instead of deleting it
+ * and inserting it again: its token, a fresh timestamp and a new fence (drawn as a takeover draws
+ * it), only if the row still carries the releasing token. The instance name and lease stay the
+ * store's. Resolves the new fence, or `null` when the row is no longer ours (deleted, or taken
+ * over by another worker).
  */
 export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts, r: HandOverRequest): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
   const kind = HAND_OVER_KINDS[(databaseClock ? 2 : 0) + (facts.returning ? 1 : 0)] ?? ''
   const sql = statement(knex, kind, r.table, (quote) => {
     const fence = dialect.takeoverFenceSql(r.table, quote)
-    return `UPDATE ${quote(r.table)} SET token = ?, instance_name = ?, last_renewed_ts = ${databaseClock ? dialect.nowSql : '?'}${fence === undefined ? '' : `, fence = ${fence}`}
+    return `UPDATE ${quote(r.table)} AS t SET token = ?, last_renewed_ts = ${databaseClock ? dialect.nowSql : '?'}${fence === undefined ? '' : `, fence = ${fence}`}
      WHERE lock_name = ? AND lock_key = ? AND token = ?${facts.returning ? ' RETURNING fence' : ''}`
   })
   const { row } = r
-  const params = databaseClock ? [r.token, r.instanceName, row.name, row.key, row.token] : [r.token, r.instanceName, r.nowMs, row.name, row.key, row.token]
+  const params = databaseClock ? [r.token, row.name, row.key, row.token] : [r.token, r.nowMs, row.name, row.key, row.token]
   const result = await executorFor(knex, dialect.rowsOf).run(sql, params)
   if (facts.returning) {
     const written = result.rows[0]

@@ -5,7 +5,7 @@ import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
 export type {
-  AcquireRequest, HandedLock, HandedOver, LineRequest, LineSupport, Dialect, DialectName, ReleaseHeard, ReleaseLine, ReleaseNotifications, ReleaseResult,
+  AcquireRequest, FenceSql, LineRequest, Dialect, DialectName, ReleaseHeard, ReleaseNotifications,
   ReleaseSubscription, RowIdentity, ServerFacts, WaitingLine,
 } from './dialect.js'
 export { acquire, retryingConflicts, type Strategy } from './acquire.js'

@@ -54,22 +54,25 @@ export const mysqlDialect: Dialect = {
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
+    // Staleness is judged by the lease the existing row carries (read before it is assigned).
     const sql = statement(knex, databaseClock ? 'odku/database-clock' : 'odku/local-clock', r.table, (quote) =>
-      `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts) VALUES (?, ?, ?, ?, ${now})
+      `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (?, ?, ?, ?, ${now}, ?)
        ON DUPLICATE KEY UPDATE
-         token = IF(last_renewed_ts + ? < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
+         token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
          instance_name = IF(token = ?, ?, instance_name),
-         last_renewed_ts = IF(token = ?, ${now}, last_renewed_ts)`)
+         last_renewed_ts = IF(token = ?, ${now}, last_renewed_ts),
+         lease_ms = IF(token = ?, ?, lease_ms)`)
     const params = databaseClock
-      ? [r.name, r.key, r.instanceName, r.token, r.lockTimeoutMs, r.instanceName, r.token, r.token, r.instanceName, r.token]
-      : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.lockTimeoutMs, r.nowMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.nowMs]
+      ? [r.name, r.key, r.instanceName, r.token, r.leaseMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.token, r.leaseMs]
+      : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.leaseMs, r.nowMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.nowMs, r.token, r.leaseMs]
     if ((await executorFor(knex, mysqlDialect.rowsOf).run(sql, params)).insertId === REFUSED_MARKER) return null
     // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
     return fenceOf(knex, mysqlDialect, r.table, r)
   },
 
-  // Triggers fill the column (see migration 2), on insert and whenever the token changes.
-  fenceSql: () => undefined,
+  // Triggers fill the column (see the first migration), on insert and whenever the token
+  // changes, from a counter row that each of them locks until its transaction commits.
+  insertFence: undefined,
   takeoverFenceSql: () => undefined,
 
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, mysqlDialect, table, row),
@@ -97,6 +100,9 @@ export const mysqlDialect: Dialect = {
   // InnoDB's REPEATABLE READ takes gap locks on the delete of a missing key, and concurrent
   // attempts on a new key then deadlock (1213) most of the time; READ COMMITTED takes none.
   emulatedTransaction: { isolationLevel: 'read committed' },
+
+  // 1146 ER_NO_SUCH_TABLE, 1054 ER_BAD_FIELD_ERROR
+  isMissingSchema: (error) => errno(error) === 1146 || errno(error) === 1054,
 
   isUniqueViolation: (error) => errno(error) === 1062 || errorCode(error) === 'ER_DUP_ENTRY',
   // 1213 ER_LOCK_DEADLOCK: InnoDB rolled this transaction back to let another one proceed.

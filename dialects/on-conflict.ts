@@ -1,22 +1,15 @@
 import type { Knex } from 'knex'
-import { toFence, type AcquireRequest, type Dialect } from './dialect.js'
+import { fenceParams, toFence, type AcquireRequest, type Dialect } from './dialect.js'
 import { executorFor, statement } from './executor.js'
 
 /**
  * The native acquire shared by PostgreSQL and SQLite, which spell upsert the same way. The WHERE
- * of DO UPDATE decides a takeover; RETURNING yields a row, with the new fence, only when our row
- * was written, which answers "did we get it" in the same round trip.
- *
- * `fenceSql(table, quote)` is what an INSERT writes into `fence` (undefined where the column
- * fills itself), and `takeoverFenceSql` what a takeover writes: it must be drawn once the
- * conflicting row is locked, so that it exceeds every fence handed out before.
+ * of DO UPDATE decides a takeover, by the lease the existing row carries; RETURNING yields a row,
+ * with the new fence, only when our row was written, which answers "did we get it" in the same
+ * round trip. The fences are the dialect's (`Dialect.insertFence`, `Dialect.takeoverFenceSql`).
  */
-export function acquireOnConflict(
-  knex: Knex, dialect: Dialect, r: AcquireRequest,
-  fenceSql: ((quote: (name: string) => string) => string) | undefined,
-  takeoverFenceSql: (quote: (name: string) => string) => string,
-): Promise<bigint | null> {
-  return runOnConflict(knex, dialect, r, 'on-conflict', (upsert) => upsert, [], fenceSql, takeoverFenceSql)
+export function acquireOnConflict(knex: Knex, dialect: Dialect, r: AcquireRequest): Promise<bigint | null> {
+  return runOnConflict(knex, dialect, r, 'on-conflict', (upsert) => upsert, [])
 }
 
 /**
@@ -27,24 +20,23 @@ export function acquireOnConflict(
 export async function runOnConflict(
   knex: Knex, dialect: Dialect, r: AcquireRequest, kind: string, wrap: (upsert: string, quote: (name: string) => string) => string,
   extra: readonly unknown[],
-  fenceSql: ((quote: (name: string) => string) => string) | undefined,
-  takeoverFenceSql: (quote: (name: string) => string) => string,
 ): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
   const sql = statement(knex, `${kind}/${databaseClock ? 'database-clock' : 'local-clock'}`, r.table, (quote) => {
     const t = quote(r.table)
-    const fence = fenceSql?.(quote)
-    return wrap(`INSERT INTO ${t} AS t (lock_name, lock_key, instance_name, token, last_renewed_ts${fence ? ', fence' : ''})
-     VALUES (?, ?, ?, ?, ${databaseClock ? dialect.nowSql : '?'}${fence ? `, ${fence}` : ''})
+    const fence = dialect.insertFence?.sql(r.table, quote)
+    return wrap(`INSERT INTO ${t} AS t (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms${fence ? ', fence' : ''})
+     VALUES (?, ?, ?, ?, ${databaseClock ? dialect.nowSql : '?'}, ?${fence ? `, ${fence}` : ''})
      ON CONFLICT (lock_name, lock_key) DO UPDATE
      SET instance_name = excluded.instance_name, token = excluded.token,
-         last_renewed_ts = excluded.last_renewed_ts, fence = ${takeoverFenceSql(quote)}
-     WHERE t.last_renewed_ts < excluded.last_renewed_ts - ? OR t.instance_name = excluded.instance_name
+         last_renewed_ts = excluded.last_renewed_ts, lease_ms = excluded.lease_ms, fence = ${dialect.takeoverFenceSql(r.table, quote) ?? 'excluded.fence'}
+     WHERE t.last_renewed_ts + t.lease_ms < excluded.last_renewed_ts OR t.instance_name = excluded.instance_name
      RETURNING fence`, quote)
   })
+  const lockParams = fenceParams(dialect.insertFence, r.name, r.key)
   const params = databaseClock
-    ? [r.name, r.key, r.instanceName, r.token, r.lockTimeoutMs, ...extra]
-    : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.lockTimeoutMs, ...extra]
+    ? [r.name, r.key, r.instanceName, r.token, r.leaseMs, ...lockParams, ...extra]
+    : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.leaseMs, ...lockParams, ...extra]
   const { rows } = await executorFor(knex, dialect.rowsOf).run(sql, params)
   const row = rows[0]
   return row === undefined ? null : toFence(row.fence)

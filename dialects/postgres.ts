@@ -3,8 +3,8 @@ import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
-  errorCode, rowsJson, toFence,
-  type AcquireRequest, type Dialect, type ReleaseLine, type ReleaseResult, type ReleaseSubscription, type RowIdentity, type ServerFacts,
+  errorCode, rowsJson,
+  type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
 } from './dialect.js'
 
 // The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
@@ -14,16 +14,13 @@ const NOW_SQL = '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint'
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
 
-// How long closing a listening connection waits for notifications already sent to it.
-const DRAIN_TIMEOUT_MS = 2_000
-
 // Marks the releases this process announces (a pid could repeat on another host).
 const processTag = randomUUID()
 
 /** The NOTIFY channel of a lock table. Table names are at most 48 characters, so this stays within PostgreSQL's 63. */
 const channelOf = (table: string): string => `${table}_released`
 
-/** The waiting line of a lock table (migration 3); at most 56 characters. */
+/** The waiting line of a lock table (see the first migration); at most 56 characters. */
 const lineOf = (table: string): string => `${table}_waiters`
 
 /** The NOTIFY channel of one waiting store: releases addressed to it as first in the line. */
@@ -44,88 +41,67 @@ const waiterKey = (waiter: string): string => `('x' || ${waiter})::bit(64)::bigi
  */
 const LIVE_PLACE = `w.expires_ts > ${NOW_SQL} AND NOT pg_try_advisory_xact_lock(${waiterKey('w.waiter')})`
 
-/**
- * The instance name a place carries where the line supports hand-over (migration 4): the
- * column, its value's placeholder, and its renewal on a join. Empty where it does not.
- */
-const PLACE_INSTANCE = { column: ', instance_name', value: ', ?', renew: ', instance_name = excluded.instance_name' }
-const NO_PLACE_INSTANCE = { column: '', value: '', renew: '' }
-
 /** Renews a place on a join (as `excluded`): one that had lapsed counts as new and goes to the back. */
 const RENEW_PLACE = 'expires_ts = excluded.expires_ts, since_ts = CASE WHEN w.expires_ts > excluded.since_ts THEN w.since_ts ELSE excluded.since_ts END'
 
-// undefined_table: the line was dropped (migration 3 rolled back) while stores ran.
+// undefined_table: the line was dropped (or never created) while stores run.
 const isUndefinedTable = (error: unknown): boolean => errorCode(error) === '42P01'
 
-// Tables whose line has been found missing since the store looked: acquire and release without it.
+// Tables whose line has been found missing: acquire, release and wait without it from then on.
 const linesGone = new WeakMap<Knex, Set<string>>()
 function lineGone(knex: Knex, table: string): void {
   let gone = linesGone.get(knex)
   if (!gone) linesGone.set(knex, (gone = new Set()))
   gone.add(table)
 }
+const hasLine = (knex: Knex, table: string): boolean => linesGone.get(knex)?.has(table) !== true
+
+/** Runs `run` on `table`'s line; a line that turns out to be missing is remembered and skipped. */
+async function onLine(knex: Knex, table: string, run: () => Promise<unknown>): Promise<void> {
+  if (!hasLine(knex, table)) return
+  try {
+    await run()
+  } catch (error) {
+    if (!isUndefinedTable(error)) throw error
+    lineGone(knex, table)
+  }
+}
 
 /**
- * The release that gives the lock to the store first in the line (of another process, or another
- * store of this one), when its place carries an instance name (migration 4): the row gets that
- * instance name, `newToken`, a fresh timestamp and a new fence, the place is taken out of the
- * line, and the store is told the token, fence and timestamp on its own channel, all in one
- * statement. Where the first place has no instance
- * name (a store of an older worker-locks) the row is deleted and that store woken; where the line
- * is empty, the row is deleted and everyone told, as `release` does. Places of the lock that no
- * longer count are cleared on the way (waiters handed their locks make no winning attempt that
- * would clear them). The hand-over is the release's own write to the row, guarded by the
- * releasing token: a lock taken over meanwhile is neither handed nor deleted.
+ * The per-lock lock under which every fence of `(name, key)` is drawn: a transaction-level
+ * advisory lock (two int4 keys: the table, and the lock's name and key), held until the drawing
+ * statement commits, so that another acquisition of the same lock cannot draw a fence, let alone
+ * commit one, meanwhile. Fences then grow in commit order, which is the order the lock was
+ * granted in, however long a statement waited between forming its row and inserting it. (A hash
+ * collision between two locks only makes them draw one after the other.) `lockIdSql` is the
+ * lock's name and key as one text expression.
  */
-async function releaseHandingOver(knex: Knex, table: string, row: RowIdentity, releasing: string, newToken: string, nowMs: number | null): Promise<ReleaseResult> {
-  const databaseClock = nowMs === null
-  const sql = statement(knex, databaseClock ? 'release-hand-over/database-clock' : 'release-hand-over/local-clock', table, (quote) => {
-    const t = quote(table)
-    const ours = 'lock_name = ? AND lock_key = ? AND token = ?'
-    // `next` is read by several parts of the statement, so it is evaluated once.
-    // Places of this process count only if they can take a hand-over: this process wakes its
-    // own stores itself, and its listeners ignore what it sends. A store of this process handed
-    // the lock is told by the caller, so no notification is sent to it.
-    return `WITH next AS (
-         SELECT w.waiter, w.instance_name, w.process_tag FROM ${quote(lineOf(table))} w
-         WHERE EXISTS (SELECT 1 FROM ${t} WHERE ${ours})
-           AND w.lock_name = ? AND w.lock_key = ? AND (w.process_tag <> ? OR (w.waiter <> ? AND w.instance_name IS NOT NULL))
-           AND ${LIVE_PLACE}
-         ORDER BY w.since_ts, w.waiter LIMIT 1),
-       handed AS (
-         UPDATE ${t} AS t SET instance_name = n.instance_name, token = ?, last_renewed_ts = ${databaseClock ? NOW_SQL : '?'},
-           fence = ${postgresDialect.takeoverFenceSql(table, quote) ?? 'fence'}
-         FROM next n WHERE n.instance_name IS NOT NULL AND t.${ours.replaceAll(' AND ', ' AND t.')}
-         RETURNING t.lock_name, t.lock_key, t.fence, t.last_renewed_ts, n.waiter, n.process_tag),
-       released AS (
-         DELETE FROM ${t} WHERE ${ours} AND NOT EXISTS (SELECT 1 FROM next WHERE instance_name IS NOT NULL)
-         RETURNING lock_name, lock_key),
-       cleared AS (
-         DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ?
-           AND (w.waiter IN (SELECT waiter FROM handed) OR (EXISTS (SELECT 1 FROM handed UNION ALL SELECT 1 FROM released) AND NOT (${LIVE_PLACE}))))
-       SELECT h.waiter, h.fence::text AS fence, h.last_renewed_ts::text AS renewed, h.process_tag,
-           CASE WHEN h.process_tag <> ? THEN pg_notify('${waiterChannelOf('')}' || h.waiter,
-             json_build_array(h.lock_name, h.lock_key, ?::text, ?::text, h.fence::text, h.last_renewed_ts::text)::text) END
-         FROM handed h
-       UNION ALL
-       SELECT NULL, NULL, NULL, NULL, pg_notify(COALESCE((SELECT '${waiterChannelOf('')}' || waiter FROM next), ?),
-           json_build_array(r.lock_name, r.lock_key, ?::text)::text)
-         FROM released r`
-  })
-  const ours = [row.name, row.key, row.token]
-  const params = [
-    ...ours, row.name, row.key, processTag, releasing,
-    newToken, ...(databaseClock ? [] : [nowMs]), ...ours,
-    ...ours,
-    row.name, row.key,
-    processTag, processTag, newToken,
-    channelOf(table), processTag,
-  ]
-  const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
-  const found = rows[0]
-  if (found === undefined) return false
-  if (typeof found.waiter !== 'string') return true
-  return { waiter: found.waiter, token: newToken, fence: toFence(found.fence), renewedMs: Number(found.renewed), sameProcess: found.process_tag === processTag }
+const fenceUnderLock = (table: string, lockIdSql: string): string =>
+  `(SELECT nextval('"${table}_fence_seq"'::regclass) FROM (SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${lockIdSql}))) AS wl_fence_lock)`
+const ROW_LOCK_ID = "t.lock_name || '/' || t.lock_key"
+const PARAM_LOCK_ID = "?::text || '/' || ?::text"
+
+/** The most a release notification can carry: two names of 255 characters, escaped, and a tag. */
+const MAX_PAYLOAD = 8_000
+
+/**
+ * What a notification on a release channel says, or why it is ignored. Any session of the
+ * database may NOTIFY on these channels, so the payload is read defensively and only ever used
+ * to wake a waiter: `[name, key, process tag]`, two strings and a string, nothing else trusted.
+ */
+function readRelease(payload: string | undefined): { name: string; key: string; tag: unknown } | string {
+  if (payload === undefined || payload.length === 0) return 'an empty payload'
+  if (payload.length > MAX_PAYLOAD) return `a payload of ${payload.length} characters`
+  let parsed: unknown
+  try {
+    parsed = JSON.parse(payload)
+  } catch {
+    return 'a payload that is not JSON'
+  }
+  if (!Array.isArray(parsed)) return 'a payload that is not an array'
+  const [name, key, tag] = parsed as unknown[]
+  if (typeof name !== 'string' || typeof key !== 'string' || name.length === 0) return 'a payload without a lock name and key'
+  return { name, key, tag }
 }
 
 /** The parts of a `pg` client the listener uses. */
@@ -151,50 +127,46 @@ export const postgresDialect: Dialect = {
     return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '' }
   },
 
-  // The takeover draws a new value rather than using excluded.fence: that one was drawn before
-  // the statement waited for the row lock, and a holder that acquired and released meanwhile
-  // may have drawn a larger one. (Table names are plain identifiers, safe inside the literal.)
   acquireNative: (knex: Knex, request: AcquireRequest) => {
-    const takeoverFence = (quote: (name: string) => string): string => postgresDialect.takeoverFenceSql(request.table, quote) ?? ''
     const line = request.line
-    if (!line || linesGone.get(knex)?.has(request.table)) return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
+    if (!line || !hasLine(knex, request.table)) return acquireOnConflict(knex, postgresDialect, request)
     // A waiter's attempt keeps its store's place in the line in the same statement: refused, it
     // joins (or renews its place); won, it leaves if asked, and clears places that no longer
     // count. Data-modifying CTEs all run, whether or not the final SELECT reads them.
-    const instance = line.handOver ? PLACE_INSTANCE : NO_PLACE_INSTANCE
-    return runOnConflict(knex, postgresDialect, request, line.handOver ? 'on-conflict-line/hand-over' : 'on-conflict-line', (upsert, quote) => {
+    return runOnConflict(knex, postgresDialect, request, 'on-conflict-line', (upsert, quote) => {
       const w = quote(lineOf(request.table))
       return `WITH attempt AS (${upsert}),
-       joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts${instance.column})
-         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ?${instance.value} WHERE NOT EXISTS (SELECT 1 FROM attempt)
-         ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}${instance.renew}),
+       joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
+         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ? WHERE NOT EXISTS (SELECT 1 FROM attempt)
+         ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}),
        left_line AS (DELETE FROM ${w} w WHERE w.lock_name = ? AND w.lock_key = ? AND EXISTS (SELECT 1 FROM attempt)
          AND ((w.waiter = ? AND ?) OR NOT (${LIVE_PLACE})))
        SELECT fence FROM attempt`
     }, [
-      request.name, request.key, line.waiter, processTag, line.expiresInMs, ...(line.handOver ? [request.instanceName] : []),
+      request.name, request.key, line.waiter, processTag, line.expiresInMs,
       request.name, request.key, line.waiter, line.leaveOnWin,
-    ], undefined, takeoverFence).catch((error: unknown) => {
+    ]).catch((error: unknown) => {
       // The line was dropped while stores ran: acquire without it from now on.
       if (!isUndefinedTable(error)) throw error
       lineGone(knex, request.table)
-      return acquireOnConflict(knex, postgresDialect, request, undefined, takeoverFence)
+      return acquireOnConflict(knex, postgresDialect, request)
     })
   },
 
-  // The column's default draws from a sequence (see migration 2).
-  fenceSql: () => undefined,
-  takeoverFenceSql: (table: string) => `nextval('"${table}_fence_seq"'::regclass)`,
+  // Not the column's default (drawn when the row is formed, before the statement may wait):
+  // drawn under the lock's advisory lock (see fenceUnderLock). A takeover's VALUES took that lock
+  // already; taking it again in the same transaction is free. (Table names are plain
+  // identifiers, safe inside the literals.)
+  insertFence: { sql: (table) => fenceUnderLock(table, PARAM_LOCK_ID), bindsLock: true },
+  takeoverFenceSql: (table: string) => fenceUnderLock(table, ROW_LOCK_ID),
 
-  async release(knex: Knex, table: string, row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult> {
-    if (line && linesGone.get(knex)?.has(table)) line = undefined
-    const run = executorFor(knex, postgresDialect.rowsOf)
+  async release(knex: Knex, table: string, row: RowIdentity, line = false): Promise<boolean> {
+    if (line && !hasLine(knex, table)) line = false
     try {
-      if (line?.handOverToken !== undefined) return await releaseHandingOver(knex, table, row, line.waiter, line.handOverToken, line.nowMs)
       // NOTIFY inside a statement is delivered when its transaction commits, so no listener
-      // hears of the release before the row is really gone. With a line, the release goes to the
+      // hears of the release before the row is really gone. With a line, the release wakes the
       // store of another process that has waited longest (this process wakes its own stores
-      // itself), or to everyone when nobody else is in line.
+      // itself), or everyone when nobody else is in line.
       const sql = line
         ? statement(knex, 'release-notify-first', table, (quote) =>
           `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
@@ -210,7 +182,7 @@ export const postgresDialect: Dialect = {
       const params = line
         ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
         : [row.name, row.key, row.token, channelOf(table), processTag]
-      const { rows } = await run.run(sql, params)
+      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
       return rows.length > 0
     } catch (error) {
       // A missing line must not stop releases: fall back to notifying everyone from now on.
@@ -221,6 +193,12 @@ export const postgresDialect: Dialect = {
     }
   },
 
+  // An acquisition of the other strategy takes the lock's advisory lock before any row lock
+  // (forming its row); the emulated DELETE would lock the row first. Take it first here too.
+  async emulatedPrelude(knex: Knex, table: string, name: string, key: string): Promise<void> {
+    await knex.raw(`SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${PARAM_LOCK_ID}))`, [name, key])
+  },
+
   // The planner turns the row-value IN into one index lookup per element.
   restrictToRows: (query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
     query.whereRaw('(lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)', [rowsJson(rows)]),
@@ -228,32 +206,21 @@ export const postgresDialect: Dialect = {
   notifications: {
     line: {
       inNativeAcquire: true,
-      async support(knex, table) {
-        // The line (migration 3), and its instance_name column (migration 4).
-        const result = await knex.raw(
-          `SELECT to_regclass(?) IS NOT NULL AS line,
-                  EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(?) AND attname = 'instance_name' AND NOT attisdropped) AS hand_over`,
-          [`"${lineOf(table)}"`, `"${lineOf(table)}"`])
-        const found = postgresDialect.rowsOf(result)[0]
-        return found?.hand_over === true ? 'hand-over' : found?.line === true ? 'wake' : 'none'
-      },
-      async join(knex, table, waiter, name, key, expiresInMs, instanceName) {
+      join: (knex, table, waiter, name, key, expiresInMs) => onLine(knex, table, () => {
         // Places of that lock that no longer count are cleared on the way. A place of this store
         // that had lapsed counts as new: it goes to the back of the line.
-        const instance = instanceName === undefined ? NO_PLACE_INSTANCE : PLACE_INSTANCE
-        const sql = statement(knex, instanceName === undefined ? 'line-join' : 'line-join/hand-over', table, (quote) =>
+        const sql = statement(knex, 'line-join', table, (quote) =>
           `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
-           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts${instance.column})
-           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?${instance.value})
-           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}${instance.renew}`)
-        const params = [name, key, waiter, name, key, waiter, processTag, expiresInMs, ...(instanceName === undefined ? [] : [instanceName])]
-        await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
-      },
-      async leave(knex, table, waiter, name, key) {
+           INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
+           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
+           ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}`)
+        return executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, expiresInMs])
+      }),
+      leave: (knex, table, waiter, name, key) => onLine(knex, table, () => {
         const sql = statement(knex, 'line-leave', table, (quote) =>
           `DELETE FROM ${quote(lineOf(table))} WHERE lock_name = ? AND lock_key = ? AND waiter = ?`)
-        await executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter])
-      },
+        return executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter])
+      }),
     },
 
     async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void> {
@@ -270,7 +237,7 @@ export const postgresDialect: Dialect = {
       await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key, processTag])])
     },
 
-    async listen(knex, table, waiter, onRelease, onClosed): Promise<ReleaseSubscription> {
+    async listen(knex, table, waiter, onRelease, onIgnored, onClosed): Promise<ReleaseSubscription> {
       if (!WAITER.test(waiter)) throw new TypeError(`worker-locks: waiter name ${JSON.stringify(waiter)} is not 16 hexadecimal digits`)
       const channel = channelOf(table)
       const ownChannel = waiterChannelOf(waiter)
@@ -283,19 +250,16 @@ export const postgresDialect: Dialect = {
         onClosed(error)
       }
       client.on('notification', (message) => {
-        if ((message.channel !== channel && message.channel !== ownChannel) || message.payload === undefined) return
-        const released: unknown = JSON.parse(message.payload)
+        if (message.channel !== channel && message.channel !== ownChannel) return
+        const release = readRelease(message.payload)
+        if (typeof release === 'string') {
+          onIgnored(`a notification on ${message.channel} with ${release}`)
+          return
+        }
         // Releases made by this process have woken its waiters already, one store at a time;
         // hearing them again would send every waiting store to the database at once.
-        if (!Array.isArray(released) || released[2] === processTag) return
-        const [name, key, , token, fence, renewed] = released as unknown[]
-        if (typeof name !== 'string' || typeof key !== 'string') return
-        const addressed = message.channel === ownChannel
-        // A lock handed over to this store: [name, key, process, token, fence, timestamp written].
-        const handed = addressed && typeof token === 'string' && typeof fence === 'string'
-          ? { token, fence: toFence(fence), renewedMs: typeof renewed === 'string' ? Number(renewed) : undefined }
-          : undefined
-        onRelease(name, key, addressed, handed)
+        if (release.tag === processTag) return
+        onRelease(release.name, release.key, message.channel === ownChannel)
       })
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
@@ -308,18 +272,6 @@ export const postgresDialect: Dialect = {
       }
       return {
         async close() {
-          // A release that handed this store a lock before its place was left has committed by
-          // now (leaving waits for it); its notification reaches the client before the reply to
-          // a query sent after it. Only then is the connection closed.
-          // (Bounded: a connection that died unnoticed must not hold up close().)
-          if (!closed) {
-            let timer: NodeJS.Timeout | undefined
-            await Promise.race([
-              client.query('SELECT 1').catch(() => undefined),
-              new Promise((resolve) => { timer = setTimeout(resolve, DRAIN_TIMEOUT_MS).unref() }),
-            ])
-            clearTimeout(timer)
-          }
           closed = true
           await knex.client.destroyRawConnection(client)
         },
@@ -337,6 +289,9 @@ export const postgresDialect: Dialect = {
   // READ COMMITTED whatever the server's default: at REPEATABLE READ or SERIALIZABLE the losers
   // of a race fail with 40001 instead of seeing the winner's row.
   emulatedTransaction: { isolationLevel: 'read committed' },
+
+  // 42P01 undefined_table, 42703 undefined_column
+  isMissingSchema: (error) => errorCode(error) === '42P01' || errorCode(error) === '42703',
 
   isUniqueViolation: (error) => errorCode(error) === '23505',
   // 40001 serialization_failure, 40P01 deadlock_detected

@@ -12,6 +12,10 @@ export function sqliteSupportsNative(version: string): boolean {
   return major > MIN_NATIVE_VERSION[0] || (major === MIN_NATIVE_VERSION[0] && minor >= MIN_NATIVE_VERSION[1])
 }
 
+function maxFencePlusOne(table: string, quote: (name: string) => string): string {
+  return `(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ${quote(table)} UNION ALL SELECT high_water FROM ${quote(`${table}_fence`)}))`
+}
+
 /** SQLite through `better-sqlite3` (or `sqlite3`). */
 export const sqliteDialect: Dialect = {
   name: 'sqlite',
@@ -33,26 +37,15 @@ export const sqliteDialect: Dialect = {
     }
   },
 
-  // SQLite names the main database file by its full path, with symbolic links, `.` and `..`
-  // resolved, so two spellings of one file agree ('' for an in-memory or temporary database).
-  async databaseIdentity(knex: Knex): Promise<string | undefined> {
-    const rows = sqliteDialect.rowsOf(await knex.raw('PRAGMA database_list'))
-    const file = rows.find((row) => row.name === 'main')?.file
-    return typeof file === 'string' && file !== '' ? `sqlite:${file}` : undefined
-  },
-
-  // The VALUES are computed under the write lock already, so excluded.fence is fresh.
-  acquireNative: (knex: Knex, request: AcquireRequest) =>
-    acquireOnConflict(knex, sqliteDialect, request, (quote) => sqliteDialect.fenceSql(request.table, quote) ?? '', () => 'excluded.fence'),
+  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, sqliteDialect, request),
 
   // A statement that writes holds SQLite's write lock from its first step, so reading the
   // highest fence inside the INSERT cannot race another writer. Deleted rows' fences are kept
-  // by a trigger in `<table>_fence` (see migration 2), so deleting a row cannot lower it.
-  fenceSql: (table: string, quote: (name: string) => string) =>
-    `(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ${quote(table)} UNION ALL SELECT high_water FROM ${quote(`${table}_fence`)}))`,
+  // by a trigger in `<table>_fence` (see the first migration), so deleting a row cannot lower it.
+  insertFence: { sql: (table, quote) => maxFencePlusOne(table, quote), bindsLock: false },
 
   // Computed under the write lock too; the row's own fence is among those it exceeds.
-  takeoverFenceSql: (table: string, quote: (name: string) => string) => sqliteDialect.fenceSql(table, quote),
+  takeoverFenceSql: (table: string, quote: (name: string) => string) => maxFencePlusOne(table, quote),
 
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
 
@@ -70,6 +63,8 @@ export const sqliteDialect: Dialect = {
   // the same process waits for the write lock blocks the whole thread until the busy timeout, and
   // both fail with SQLITE_BUSY. Two autocommit statements never hold the lock across an await.
   emulatedTransaction: null,
+
+  isMissingSchema: (error) => error instanceof Error && /no such table|no such column|has no column named/i.test(error.message),
 
   isUniqueViolation: (error) => {
     const code = errorCode(error)

@@ -67,6 +67,11 @@ export class HeldLocks {
     return this.#byId.has(id)
   }
 
+  /** The live lock with this id, if one is held. */
+  get(id: string): HeldLock | undefined {
+    return this.holds(id) ? this.#byId.get(id) : undefined
+  }
+
   /** Every lock currently held. */
   records(): HeldLock[] {
     return [...this.#byId.values()]

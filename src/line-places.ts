@@ -23,7 +23,6 @@ export class LinePlaces {
   readonly #table: string
   readonly #waiter: string
   readonly #expiresInMs: number
-  readonly #instanceName: () => string | undefined
   readonly #now: () => number
   readonly #log: (level: LogLevel, details: object, message: string) => void
   readonly #places = new Map<string, Place>()
@@ -35,11 +34,9 @@ export class LinePlaces {
    * @param waiter this store's name in the line
    * @param expiresInMs how long a place lasts unless joined again; a waiter first in its store's
    *   queue is refused (and rejoins) at least every third of this while it waits
-   * @param instanceName what a place carries where the line supports hand-over (see
-   *   `WaitingLine.join`), else undefined; asked at each join
    */
   constructor(
-    knex: Knex, line: WaitingLine, table: string, waiter: string, expiresInMs: number, instanceName: () => string | undefined,
+    knex: Knex, line: WaitingLine, table: string, waiter: string, expiresInMs: number,
     now: () => number, log: (level: LogLevel, details: object, message: string) => void,
   ) {
     this.#knex = knex
@@ -47,7 +44,6 @@ export class LinePlaces {
     this.#table = table
     this.#waiter = waiter
     this.#expiresInMs = expiresInMs
-    this.#instanceName = instanceName
     this.#now = now
     this.#log = log
   }
@@ -76,10 +72,7 @@ export class LinePlaces {
     else this.#places.set(id, { name, key, joinedAt: this.#now() })
   }
 
-  /**
-   * A statement took this store out of the line for `id`: its acquiring statement, or a release
-   * that handed the lock to it.
-   */
+  /** The acquiring statement took this store out of the line for `id`. */
   leftByStatement(id: string): void {
     const place = this.#places.get(id)
     this.#places.delete(id)
@@ -111,7 +104,7 @@ export class LinePlaces {
   #join(id: string, place: Place): void {
     const joinedAt = this.#now()
     place.joinedAt = joinedAt
-    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, place.name, place.key, this.#expiresInMs, this.#instanceName())
+    this.#queue(id, () => this.#line.join(this.#knex, this.#table, this.#waiter, place.name, place.key, this.#expiresInMs)
       .catch((error: unknown) => {
         if (place.joinedAt === joinedAt) place.joinedAt = undefined // the next refusal tries again
         throw error

@@ -4,18 +4,18 @@ import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
 import {
   acquire, findDialect, knexDialectName, supportedKnexClients,
-  type Dialect, type DialectName, type HandedLock, type ReleaseLine, type ReleaseResult, type RowIdentity, type ServerFacts, type Strategy,
+  type Dialect, type DialectName, type RowIdentity, type ServerFacts, type Strategy,
 } from '../dialects/index.js'
 import { systemClock } from './clock.js'
-import { LockDatabaseError, LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import { announceRelease, handToStore, isHeldHere, registerStore, takeTurn, waitForLocalRelease, type LocalStore } from './release-bus.js'
+import { LockDatabaseError, LockStoreClosedError, LockTableError, UnsupportedDatabaseError } from './errors.js'
+import { announceRelease, waitForLocalRelease, type WaitingStore } from './release-bus.js'
 import { LinePlaces } from './line-places.js'
 import { ReleaseListener } from './release-listener.js'
 import { WaitRoom } from './wait-room.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
 import { describeLock, HeldLocks, type HeldLock } from './held-locks.js'
 import { Lock, type LockOwner } from './lock.js'
-import { LockTable, type ListedRow } from './lock-table.js'
+import { LockTable, type ListedRow, type RowStatus } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
 import {
   resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
@@ -40,34 +40,26 @@ function isKnex(value: unknown): value is Knex {
 
 /** One row of the lock table, as {@link LockStore.listLocks} reports it. */
 export interface LockInfo extends ListedRow {
-  /** Older than this store's `lockTimeoutMs`: any worker may take it over. */
+  /** Not renewed within the lease its holder wrote (`leaseMs`): any worker may take it over. */
   readonly stale: boolean
 }
 
 /** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
 export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }
 
-/** An attempt made by a waiter: `alone`, the only one for the lock; `first`, its first attempt. */
+/** An attempt made by a waiter: `alone`, the only one for the lock. */
 interface Attempt {
   readonly alone: boolean
-  readonly first: boolean
 }
 
 interface Resolved {
   readonly strategy: Strategy
   readonly facts: ServerFacts
   /**
-   * The table's waiting line (a release then notifies only the store first in it): `none`, kept
+   * The table's waiting line (a release then wakes only the store first in it): `none`, kept
    * by statements of its own (`statements`), or by the waiters' acquiring statements (`in-acquire`).
    */
   readonly line: 'none' | 'statements' | 'in-acquire'
-  /** Whether a release may hand the lock to the store first in line (see `LineSupport`). */
-  readonly handOver: boolean
-  /**
-   * The database this store's table is in, as the stores of this process compare it
-   * (`WaitingStore.database`): the dialect's name for it where it has one, else the knex instance.
-   */
-  readonly database: unknown
 }
 
 /**
@@ -115,14 +107,8 @@ export class LockStore {
   readonly #placeLastsMs: number
   // Locks for which a release addressed to this store (first in line) woke a waiter that has not tried yet.
   readonly #addressed = new Set<string>()
-  // When a waiter's last attempt for a lock was refused (monotonic ms): the row was someone
-  // else's then, so a lock handed to this store for it was written no earlier.
-  readonly #refusedAt = new Map<string, number>()
-  // Locks handed to this store whose row is being written (see #take).
-  readonly #beingHanded = new Set<string>()
-  // This store as the other stores of the process see it (held here: registered weakly).
-  readonly #local: LocalStore
-  readonly #unregisterStore: () => void
+  // This store as releases in the other stores of the process see it.
+  readonly #local: WaitingStore = { wake: (id) => { this.#waiting.wake(id) } }
   #resolved: Resolved | undefined
   #resolving: Promise<Resolved> | undefined
   #closing: Promise<void> | undefined
@@ -153,7 +139,7 @@ export class LockStore {
     this.lockTimeoutMs = this.#options.lockTimeoutMs
     this.renewalIntervalMs = this.#options.renewalIntervalMs
     // A renewal slower than the interval is as good as failed; give it at least a second.
-    this.#table = new LockTable(knex, sql, this.tableName, this.lockTimeoutMs, Math.max(1_000, this.renewalIntervalMs))
+    this.#table = new LockTable(knex, sql, this.tableName, Math.max(1_000, this.renewalIntervalMs))
     const clock = this.#options.clock
     const timers = typeof clock === 'object' ? clock : systemClock
     const log = (level: LogLevel, details: object, message: string): void => this.#log(level, details, message)
@@ -172,19 +158,17 @@ export class LockStore {
     // This store's name in the waiting line, and the channel releases addressed to it arrive on.
     const waiter = randomBytes(8).toString('hex')
     this.#waiterName = waiter
-    this.#local = this.#localView(waiter)
-    this.#unregisterStore = registerStore(this.tableName, this.#local)
     const line = sql.notifications?.line
     // A place lasts three times the longest backoff: a waiter first in line is refused (and
     // joins again) at least every maxDelayMs, and the place of a store that left without saying
     // so (a failed leave) lapses soon after. (One whose listener is gone is skipped at once.)
     this.#placeLastsMs = 3 * this.#options.backoff.maxDelayMs + 5_000
-    const placeInstance = (): string | undefined => (this.#resolved?.handOver ? this.instanceName : undefined)
-    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, this.#placeLastsMs, placeInstance, this.#monotonicNow, log)
-    const heard = (name: string, key: string, addressed: boolean, handed?: HandedLock): void => {
+    this.#line = line && new LinePlaces(knex, line, this.tableName, waiter, this.#placeLastsMs, this.#monotonicNow, log)
+    // A notification only wakes a waiter, which then asks the row like any attempt: whatever it
+    // says (anyone may send one) grants nothing.
+    const heard = (name: string, key: string, addressed: boolean): void => {
       const id = lockId(name, key)
-      if (handed) this.#received(id, name, key, handed)
-      else if (this.#waiting.wake(id)) {
+      if (this.#waiting.wake(id)) {
         if (addressed) this.#addressed.add(id)
       } else if (addressed) {
         // Addressed to this store as first in line, but nobody here waits any more.
@@ -201,9 +185,9 @@ export class LockStore {
       backoff: this.#options.backoff,
       slowWaitWarningMs: this.#options.slowWaitWarningMs,
       log,
-      attempt: (name, key, alone, first) => {
+      attempt: (name, key, alone) => {
         this.#addressed.delete(lockId(name, key)) // the turn it was given is being used
-        return this.#tryAcquire(name, key, { alone, first })
+        return this.#tryAcquire(name, key, { alone })
       },
       ended: (name, key, waitedMs, outcome) => {
         // A lock won by an attempt already under way when the turn arrived used that turn too.
@@ -220,7 +204,6 @@ export class LockStore {
         const stop = waitForLocalRelease(this.tableName, id, this.#local)
         return () => {
           stop()
-          this.#refusedAt.delete(id)
           this.#line?.left(id)
           // The last waiter gave up after a release addressed to this store woke it, before
           // trying: the turn must not be lost.
@@ -248,8 +231,10 @@ export class LockStore {
   /**
    * Tries once to take the lock `(name, key)`, without waiting. Resolves a {@link Lock} if this
    * store now holds it, or `null` if someone else does, including another call of this store
-   * (held, or being acquired at the same moment). Both strategies and all databases give the
-   * same answer.
+   * (being acquired at the same moment, or held and still valid). A lock this store holds is
+   * checked first (one statement): if it is no longer valid (its row was deleted, taken over, or
+   * its lease ran out), that `Lock` is marked lost (its signal aborts) and the attempt goes on.
+   * Both strategies and all databases give the same answer.
    * @param name what is locked, 1 to 255 characters
    * @param key which one of it, 0 to 255 characters @default ''
    * @throws InvalidLockNameError for a bad name or key, before any SQL runs
@@ -265,9 +250,10 @@ export class LockStore {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
-    if (this.#acquiring.has(id) || this.#held.holds(id)) return null
+    if (this.#acquiring.has(id)) return null
+    const held = this.#held.get(id)
     this.#acquiring.add(id)
-    const attempt = this.#acquire(id, name, key, waiter)
+    const attempt = held ? this.#recheck(held, waiter) : this.#acquire(id, name, key, waiter)
     this.#inflight.add(attempt)
     try {
       return await attempt
@@ -281,14 +267,14 @@ export class LockStore {
    * Waits until this store holds the lock `(name, key)` and resolves it. Waiters in one store
    * are served first come, first served. Between attempts it backs off (see the `backoff`
    * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
-   * at once. A release by this same store, or by another store of the process known to share
-   * its database (one knex instance, or one SQLite file), hands the lock straight to the next
-   * waiter (up to 8 times in a row, the stores of the process taking turns); on PostgreSQL, a
-   * release by another store, in any process, hands it to the store that has waited longest
-   * (see the README's "Waiting for a lock").
-   * @throws LockTimeoutError after `timeoutMs`, holding nothing
+   * at once. A release by this same store hands the lock straight to its next waiter (up to 8
+   * times in a row). `timeoutMs: 0` tries exactly once. While the database cannot be reached the
+   * wait keeps trying, with backoff, until `timeoutMs`. A pending wait keeps the process alive.
+   * @throws LockTimeoutError after `timeoutMs`, holding nothing; its `cause` is the database
+   *   error when the last attempt failed
    * @throws the signal's reason when `signal` aborts, holding nothing
    * @throws LockStoreClosedError when the store is closed while waiting
+   * @throws LockTableError when the table is missing or not migrated, at once
    * @throws InvalidLockNameError, TypeError or RangeError for bad arguments, before any SQL runs
    */
   async acquireLock(name: string, key = '', options?: WaitOptions): Promise<Lock> {
@@ -355,13 +341,14 @@ export class LockStore {
 
   /**
    * Every lock row in the table (held by any worker), sorted by name and key, or those matching
-   * `filter` exactly. Ages and staleness are judged by this store's clock and `lockTimeoutMs`.
+   * `filter` exactly. Ages are judged by this store's clock (the database's by default), and
+   * staleness by the lease each row's holder wrote, whatever this store's `lockTimeoutMs`.
    * @throws InvalidLockNameError for a bad filter value, before any SQL runs
    */
   async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
     const checked = validateLockFilter(filter)
     const rows = await this.#database('list locks', () => this.#table.list(checked, this.#nowMs()))
-    return rows.map((row) => ({ ...row, stale: row.ageMs > this.lockTimeoutMs }))
+    return rows.map((row) => ({ ...row, stale: row.ageMs > row.leaseMs }))
   }
 
   /**
@@ -399,9 +386,6 @@ export class LockStore {
     await waitsEnded // every place in the waiting line is being left
     await this.#line?.settled()
     await this.#listener?.stop()
-    // A lock handed to this store as its listener closed is being given up.
-    await Promise.allSettled([...this.#inflight])
-    this.#unregisterStore()
     const records = [...this.#held.records(), ...this.#undeleted]
     for (const record of records) {
       this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
@@ -432,12 +416,14 @@ export class LockStore {
     const facts = await this.#database('ask the database for its version', () => this.#sql.detect(this.#knex))
     if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
     const strategy = this.#strategy(facts)
+    // A table that is missing or not migrated is said once, clearly, and not retried by waiters.
+    await this.#table.checkColumns().catch((error: unknown) => {
+      if (this.#sql.isMissingSchema(error)) throw new LockTableError(this.tableName, error)
+      return this.#database('look at the lock table', () => Promise.reject(error))
+    })
     const line = this.#sql.notifications?.line
-    const support = line ? await this.#database('look for the waiting line', () => line.support(this.#knex, this.tableName)) : 'none'
-    const identity = this.#sql.databaseIdentity
-    const database = (identity && await this.#database('ask the database for its name', () => identity(this.#knex))) ?? this.#knex
-    if (!line || support === 'none') return { strategy, facts, line: 'none', handOver: false, database }
-    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements', handOver: support === 'hand-over', database }
+    if (!line) return { strategy, facts, line: 'none' }
+    return { strategy, facts, line: strategy === 'native' && line.inNativeAcquire ? 'in-acquire' : 'statements' }
   }
 
   #strategy(facts: ServerFacts): Strategy {
@@ -450,15 +436,7 @@ export class LockStore {
   }
 
   async #acquire(id: string, name: string, key: string, waiter: Attempt | undefined): Promise<Lock | null> {
-    const { strategy, facts, line, handOver, database } = this.#resolved ?? await this.#resolve()
-    if (waiter?.first && isHeldHere(this.tableName, id, database, this.#local)) {
-      // Another store of this process holds it in the same table: its release hands the lock to
-      // a waiting store or wakes one, so the database would only refuse this attempt. (Later
-      // attempts, at the backoff's pace, ask the database: that holder may be stuck.)
-      this.#refusedAt.set(id, this.#monotonicNow())
-      this.#events.emit('refused', { name, key, durationMs: 0 })
-      return null
-    }
+    const { strategy, facts, line } = this.#resolved ?? await this.#resolve()
     // A waiter's place in the waiting line: kept by the acquiring statement itself where it can
     // (no statement of its own), else by LinePlaces after a refusal.
     const lineInStatement = waiter !== undefined && line === 'in-acquire'
@@ -467,15 +445,14 @@ export class LockStore {
     const request = {
       table: this.tableName, name, key, token,
       instanceName: this.instanceName,
-      lockTimeoutMs: this.lockTimeoutMs,
+      leaseMs: this.lockTimeoutMs,
       nowMs: this.#nowMs(),
-      line: lineInStatement ? { waiter: this.#waiterName, expiresInMs: this.#placeLastsMs, leaveOnWin: waiter.alone, handOver } : undefined,
+      line: lineInStatement ? { waiter: this.#waiterName, expiresInMs: this.#placeLastsMs, leaveOnWin: waiter.alone } : undefined,
     }
     const sentAt = this.#monotonicNow()
     const fence = await this.#database(() => `acquire lock ${describeLock(name, key)}`, () =>
       acquire(this.#knex, this.#sql, facts, strategy, request))
     if (fence === null) {
-      if (waiter) this.#refusedAt.set(id, sentAt)
       if (lineInStatement) this.#line?.joinedByAttempt(id, name, key)
       else if (waiter && line === 'statements') this.#line?.refused(id, name, key)
       this.#events.emit('refused', { name, key, durationMs: this.#monotonicNow() - sentAt })
@@ -483,6 +460,27 @@ export class LockStore {
     }
     if (lineInStatement && waiter.alone) this.#line?.leftByStatement(id)
     return this.#won(id, name, key, token, fence, sentAt, 0)
+  }
+
+  /**
+   * An attempt for a lock this store holds (as `held`): the lock is still this store's if its row
+   * still carries its token within its lease (`null`, as for any lock held by someone). If not,
+   * that Lock is lost from now on, and the attempt goes to the database.
+   */
+  async #recheck(held: HeldLock, waiter: Attempt | undefined): Promise<Lock | null> {
+    const sentAt = this.#monotonicNow()
+    const status: RowStatus = await this.#database(() => `check lock ${describeLock(held.name, held.key)}`,
+      () => this.#table.status(held, this.#nowMs()))
+    if (status === 'valid' && held.state === 'held') {
+      this.#events.emit('refused', { name: held.name, key: held.key, durationMs: this.#monotonicNow() - sentAt })
+      return null
+    }
+    this.#held.end(held, status === 'stale' ? 'expired' : 'taken-over', () => status === 'stale'
+      ? `worker-locks: lock ${describeLock(held.name, held.key)} was lost: its lease ran out before a renewal, so another worker may hold it now.`
+      : `worker-locks: lock ${describeLock(held.name, held.key)} was lost: its row was deleted or taken over by another worker.`)
+    // Another call may hold it again by now (a release of the old lock handed it over).
+    if (this.#held.holds(held.id)) return null
+    return this.#acquire(held.id, held.name, held.key, waiter)
   }
 
   /**
@@ -521,79 +519,13 @@ export class LockStore {
     return lock
   }
 
-  // Deletes a row just won but not taken on (or hands it to the next in line), and wakes whoever
-  // waits for it in this process.
+  // Deletes a row just won but not taken on, and wakes whoever waits for it in this process.
   async #giveUp(id: string, row: RowIdentity, failed: (error: unknown) => void): Promise<void> {
     const released = await this.#table.release(row, this.#releaseLine()).catch((error: unknown) => {
       failed(error)
       return false
     })
-    this.#releasedFor(id, row.name, row.key, released)
-  }
-
-  /**
-   * What a release means for this process: a lock freed wakes the next store waiting for it
-   * here; one handed to a store of this process is given to that store, which nobody else tells.
-   */
-  #releasedFor(id: string, name: string, key: string, released: ReleaseResult): void {
-    if (released === true) announceRelease(this.tableName, id)
-    else if (typeof released === 'object' && released.sameProcess && !handToStore(this.tableName, released.waiter, name, key, released)) {
-      // That store is gone (closed as it was handed the lock): free the lock again.
-      this.#track(this.#giveUp(id, { name, key, token: released.token }, (error) => this.#logPassOnFailure(name, key, error)))
-    }
-  }
-
-  #logPassOnFailure(name: string, key: string, error: unknown): void {
-    this.#log('warn', { err: error, lockName: name, lockKey: key },
-      `worker-locks: could not pass on lock ${describeLock(name, key)}, handed to a store that no longer waits for it; it expires after ${this.lockTimeoutMs} ms.`)
-  }
-
-  /**
-   * A release (in another process, or by another store of this one) gave this store the lock
-   * `(name, key)` as first in line: its first waiter, asleep, takes it on with no statement of
-   * its own. If none can (the wait ended, an attempt is under way, the store is closing), the
-   * lock goes on to the next in line.
-   *
-   * The lease is counted from the earlier of the waiter's last refused attempt (the latest
-   * moment this store knows the row was not yet its own; the notification may have waited while
-   * this process was busy) and the timestamp the hand-over wrote, which everyone else counts
-   * from. If that leaves no lease, the waiter asks the database instead: the row carries this
-   * store's instance name, so its attempt takes it over unless another worker took it over first,
-   * as anyone may once the lease has run out.
-   */
-  #received(id: string, name: string, key: string, handed: HandedLock): void {
-    this.#line?.leftByStatement(id) // the releasing statement took this store's place
-    if (!this.#canTake(id)) {
-      this.#track(this.#giveUp(id, { name, key, token: handed.token }, (error) => this.#logPassOnFailure(name, key, error)))
-      return
-    }
-    const refusedAt = this.#refusedAt.get(id)
-    const now = this.#monotonicNow()
-    // The releasing store may have read its clock for the row's timestamp before this waiter's
-    // refused attempt was sent (its statement waited for a connection): others count the lease
-    // from that timestamp, so this store counts from it too when its clock can read it.
-    const wallNow = this.#nowMs()
-    const written = wallNow === null || handed.renewedMs === undefined ? Infinity : now - (wallNow - handed.renewedMs)
-    const leaseFrom = Math.min(refusedAt ?? -Infinity, written)
-    if (now - leaseFrom >= this.lockTimeoutMs) {
-      this.#waiting.wake(id)
-      return
-    }
-    this.#take(id, name, key, handed.token, leaseFrom, 0, Promise.resolve(handed.fence))
-  }
-
-  #localView(waiter: string): LocalStore {
-    const resolved = (): Resolved | undefined => this.#resolved
-    return {
-      get database() { return resolved()?.database },
-      instanceName: this.instanceName,
-      waiter,
-      holds: (id) => this.#held.holds(id) || this.#beingHanded.has(id),
-      wake: (id) => { this.#waiting.wake(id) },
-      canTake: (id) => this.#canTake(id),
-      take: (id, name, key, token, handOvers, fence) => this.#take(id, name, key, token, this.#monotonicNow(), handOvers, fence),
-      receive: (name, key, handed) => this.#received(lockId(name, key), name, key, handed),
-    }
+    if (released) announceRelease(this.tableName, id)
   }
 
   /** Whether the first waiter for lock `id` is asleep and this store could take the lock handed to it now. */
@@ -601,76 +533,57 @@ export class LockStore {
     return !this.#closed && !this.#acquiring.has(id) && !this.#held.holds(id) && this.#waiting.canHandOver(id)
   }
 
-  /**
-   * Gives the first waiter for lock `id` (see `#canTake`) the lock handed to this store as the
-   * acquisition `token`, whose row was written no earlier than `sentAt` (this store's monotonic
-   * time): once `fence` resolves, the waiter takes it on with no statement of its own, or tries
-   * on its own if it resolves `null`.
-   */
-  #take(id: string, name: string, key: string, token: string, sentAt: number, handOvers: number, fence: Promise<bigint | null>): void {
-    this.#acquiring.add(id) // no other acquisition of this lock by this store meanwhile
-    this.#beingHanded.add(id) // held here from now on, for the other stores of the process
-    const claim = fence
-      .then((written) => (written === null ? null : this.#won(id, name, key, token, written, sentAt, handOvers)))
-      .catch(() => null)
-      .finally(() => {
-        this.#acquiring.delete(id)
-        this.#beingHanded.delete(id)
-      })
-    this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
-    this.#waiting.handOver(id, claim)
-  }
-
   #release(record: HeldLock): Promise<void> {
     if (record.releasing) return record.releasing
+    // A lock already lost was counted when it was lost: its release only deletes a row that may
+    // still carry its token, and says nothing more.
     const held = record.state === 'held'
     this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const resolved = this.#resolved
-    // The store of this process that has waited longest gets it if it shares this store's
-    // database (as this store itself does) and its first waiter is asleep; takeTurn then moves it
-    // to the back of the line of stores waiting here.
-    const to = resolved && held && !this.#closed && record.handOvers < MAX_HAND_OVERS_IN_A_ROW
-      ? takeTurn(this.tableName, record.id, (first) => first.database === resolved.database && first.canTake(record.id))
-      : undefined
-    const releasing = resolved && to ? this.#handOver(record, resolved.facts, to) : this.#delete(record)
+    // This store's own first waiter for the lock, asleep, takes the row over in one statement.
+    const releasing = resolved && held && record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#canTake(record.id)
+      ? this.#handOver(record, resolved.facts)
+      : this.#delete(record, held)
     record.releasing = releasing
     this.#track(releasing) // close() waits for deletes already under way
     return releasing
   }
 
-  /** Releases `record`'s row; `handOver: false` only deletes it (see `#releaseLine`). */
-  #delete(record: HeldLock, handOver = true): Promise<void> {
-    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#releaseLine(handOver)))
+  /** Deletes `record`'s row (if it still carries its token); `held`: whether to report a release. */
+  #delete(record: HeldLock, held: boolean): Promise<void> {
+    return this.#database(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#table.release(record, this.#releaseLine()))
       .then((released) => {
-        this.#released(record)
-        this.#releasedFor(record.id, record.name, record.key, released)
+        if (held) this.#released(record)
+        if (released) announceRelease(this.tableName, record.id)
       }, (error: unknown) => this.#releaseFailed(record, error))
   }
 
-  // A waiter for the same lock, of this store or of another store of the process on the same
-  // database, is asleep: it takes the row over in one statement (a new token and fence, its
-  // store's instance name) instead of a delete and an insert, and nobody else sees the lock free.
-  #handOver(record: HeldLock, facts: ServerFacts, to: LocalStore): Promise<void> {
+  // This store's first waiter for the same lock is asleep: it takes the row over in one statement
+  // (a new token and fence) instead of a delete and an insert, and nobody else sees the lock free.
+  // Nothing crosses a process or a channel: the waiter is told by this store, in memory.
+  #handOver(record: HeldLock, facts: ServerFacts): Promise<void> {
     const { id, name, key } = record
     const token = randomUUID()
-    let settle!: (fence: bigint | null) => void
-    // Told before the statement is sent, so that the taker counts its lease from no later than
-    // the row's timestamp.
-    to.take(id, name, key, token, record.handOvers + 1, new Promise<bigint | null>((resolve) => { settle = resolve }))
+    const sentAt = this.#monotonicNow()
     const written = this.#database(() => `hand lock ${describeLock(name, key)} over to its next waiter`,
-      () => this.#table.handOver(record, token, to.instanceName, facts, this.#nowMs()))
+      () => this.#table.handOver(record, token, facts, this.#nowMs()))
     // Registered first, so that 'released' is emitted before the waiter's 'acquired'. If the
     // hand-over failed (a deadlock on MySQL, a lost reply), the row carries one token or the
-    // other: delete both (handing neither to the line, which would fail as this did), and the
-    // release succeeds or fails as a plain one would.
+    // other: delete both, and the release succeeds or fails as a plain one would.
     const releasing = written.then(
       () => this.#released(record),
-      () => this.#table.release({ name, key, token }, this.#releaseLine(false))
-        .then((released) => this.#releasedFor(id, name, key, released), () => undefined)
-        .then(() => this.#delete(record, false)),
+      () => this.#table.release({ name, key, token }, this.#releaseLine())
+        .catch(() => false)
+        .then(() => this.#delete(record, true)),
     )
-    // The waiter tries on its own if the row was no longer ours or the statement failed.
-    written.then(settle, () => settle(null))
+    // The waiter makes no attempt of its own meanwhile; it takes the lock once the row is
+    // written, or tries on its own if the row was no longer ours or the statement failed.
+    this.#acquiring.add(id)
+    const claim = written
+      .then((fence) => (fence === null ? null : this.#won(id, name, key, token, fence, sentAt, record.handOvers + 1)), () => null)
+      .finally(() => this.#acquiring.delete(id))
+    this.#track(claim) // close() waits for a lock handed over as it closes to be deleted again
+    this.#waiting.handOver(id, claim)
     return releasing
   }
 
@@ -682,14 +595,10 @@ export class LockStore {
       this.#log('debug', { err: error, table: this.tableName }, 'worker-locks: could not pass a release on; waiters poll meanwhile.'))
   }
 
-  /**
-   * How a release treats the table's waiting line: none, wake the first in it, or hand the lock
-   * to it (then with the token of that new acquisition; not when `handOver` is false).
-   */
-  #releaseLine(handOver = true): ReleaseLine | undefined {
+  /** Whether a release wakes only the first in the table's waiting line. */
+  #releaseLine(): boolean {
     const resolved = this.#resolved
-    if (!resolved || resolved.line === 'none') return undefined
-    return { waiter: this.#waiterName, handOverToken: handOver && resolved.handOver ? randomUUID() : undefined, nowMs: this.#nowMs() }
+    return resolved !== undefined && resolved.line !== 'none'
   }
 
   #track(work: Promise<unknown>): void {
@@ -711,7 +620,8 @@ export class LockStore {
 
   async #isStillValid(record: HeldLock): Promise<boolean> {
     if (record.state !== 'held') return false
-    return this.#database(() => `check lock ${describeLock(record.name, record.key)}`, () => this.#table.isValid(record, this.#nowMs()))
+    const status = await this.#database(() => `check lock ${describeLock(record.name, record.key)}`, () => this.#table.status(record, this.#nowMs()))
+    return status === 'valid'
   }
 
   #nowMs(): number | null {

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import {
-  handOver, nowBinding, retryingConflicts, type Dialect, type ReleaseLine, type ReleaseResult, type RowIdentity, type ServerFacts,
+  handOver, nowBinding, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts,
 } from '../dialects/index.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
@@ -18,7 +18,12 @@ export interface ListedRow {
   readonly lastRenewedAt: Date
   /** Milliseconds since then, by the listing store's clock. */
   readonly ageMs: number
+  /** The lease its holder wrote: once `ageMs` exceeds it, any worker may take the lock over. */
+  readonly leaseMs: number
 }
+
+/** What the database says of a lock a store holds: `valid`, `stale` (still our token, lease run out), or `gone` (deleted or taken over). */
+export type RowStatus = 'valid' | 'stale' | 'gone'
 
 // MySQL hands binary string columns back as Buffers of UTF-8.
 const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
@@ -37,19 +42,25 @@ export class LockTable {
   readonly #knex: Knex
   readonly #dialect: Dialect
   readonly #table: string
-  readonly #lockTimeoutMs: number
   readonly #renewalTimeoutMs: number
 
   /**
    * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
    *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
    */
-  constructor(knex: Knex, dialect: Dialect, table: string, lockTimeoutMs: number, renewalTimeoutMs: number) {
+  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number) {
     this.#knex = knex
     this.#dialect = dialect
     this.#table = table
-    this.#lockTimeoutMs = lockTimeoutMs
     this.#renewalTimeoutMs = renewalTimeoutMs
+  }
+
+  /**
+   * Resolves if the table has every column the shipped migrations add; rejects with the driver's
+   * error otherwise (`Dialect.isMissingSchema` tells a missing table or column from a failure).
+   */
+  async checkColumns(): Promise<void> {
+    await this.#knex(this.#table).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0')
   }
 
   #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {
@@ -92,20 +103,19 @@ export class LockTable {
   /**
    * Deletes the row if it still carries this token, and where the database can, tells waiting
    * processes in the same statement: with `line` (the table has a waiting line), only the one
-   * first in line, to which it may also hand the lock over (see `Dialect.release`).
+   * first in line (see `Dialect.release`). Resolves whether the row was ours.
    */
-  release(row: RowIdentity, line?: ReleaseLine): Promise<ReleaseResult> {
+  release(row: RowIdentity, line = false): Promise<boolean> {
     return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line))
   }
 
   /**
-   * Gives the row to `token`, a new acquisition of the store named `instanceName` (this one, or
-   * another of the process on the same database), if it still carries the releasing token: a
-   * fresh timestamp and a new fence in one statement. Resolves the new fence,
+   * Gives the row to `token`, a new acquisition of the same store, if it still carries the
+   * releasing token: a fresh timestamp and a new fence in one statement. Resolves the new fence,
    * or `null` when the row is no longer ours.
    */
-  handOver(row: RowIdentity, token: string, instanceName: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
-    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, instanceName, nowMs }))
+  handOver(row: RowIdentity, token: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
+    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, nowMs }))
   }
 
   // InnoDB may pick a release (or a hand-over) as the victim of a deadlock with acquirers of the same row (1213).
@@ -139,7 +149,7 @@ export class LockTable {
     if (filter.key !== undefined) where.lock_key = filter.key
     if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
     const rows = (await this.#knex(this.#table).where(where)
-      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]))
+      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]))
       .orderBy([{ column: 'lock_name' }, { column: 'lock_key' }])) as Array<Record<string, unknown>>
     return rows.map((row) => {
       const renewed = Number(row.last_renewed_ts)
@@ -150,15 +160,16 @@ export class LockTable {
         fence: BigInt(String(row.fence)),
         lastRenewedAt: new Date(renewed),
         ageMs: Number(row.now_ms) - renewed,
+        leaseMs: Number(row.lease_ms),
       }
     })
   }
 
-  /** Whether the row exists with this token and is not stale. */
-  async isValid(row: RowIdentity, nowMs: number | null): Promise<boolean> {
+  /** Whether the row still carries this token, and if so whether its lease has run out by `now`. */
+  async status(row: RowIdentity, nowMs: number | null): Promise<RowStatus> {
     const found = await this.#row(row)
-      .whereRaw('last_renewed_ts + ? >= ?', [this.#lockTimeoutMs, this.#now(nowMs)])
-      .first(this.#knex.raw('1 AS present'))
-    return found !== undefined
+      .first(this.#knex.raw('CASE WHEN last_renewed_ts + lease_ms >= ? THEN 1 ELSE 0 END AS live', [this.#now(nowMs)])) as { live: unknown } | undefined
+    if (found === undefined) return 'gone'
+    return Number(found.live) === 1 ? 'valid' : 'stale'
   }
 }

@@ -8,7 +8,8 @@ import type { LogLevel } from './logger.js'
  * Keeps one connection listening for releases announced by other processes while a store has
  * waiters, and for a while after the last one left (see {@link idle}). If the connection drops
  * it reconnects at once, then with backoff; meanwhile waiters simply keep polling, so nothing
- * depends on it being up.
+ * depends on it being up. What it hears only wakes waiters; anything unreadable is logged at
+ * debug level and dropped.
  */
 export class ReleaseListener {
   readonly #knex: Knex
@@ -91,7 +92,8 @@ export class ReleaseListener {
       try {
         let dropped: unknown
         let wake: (() => void) | undefined
-        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#waiter, this.#onRelease, (error) => {
+        const ignored = (why: string): void => this.#log('debug', { table: this.#table }, `worker-locks: ignored ${why}.`)
+        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#waiter, this.#onRelease, ignored, (error) => {
           dropped = error ?? new Error('the listening connection closed')
           wake?.()
         })

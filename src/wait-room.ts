@@ -12,11 +12,8 @@ export interface WaitRoomOptions {
   readonly backoff: Backoff
   readonly slowWaitWarningMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
-  /**
-   * One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock,
-   * `first` for the waiter's first attempt.
-   */
-  readonly attempt: (name: string, key: string, alone: boolean, first: boolean) => Promise<Lock | null>
+  /** One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock. */
+  readonly attempt: (name: string, key: string, alone: boolean) => Promise<Lock | null>
   /** Called when the first waiter arrives and when the last one leaves. */
   readonly occupied: (occupied: boolean) => void
   /** Called when the first waiter for lock `id` (`name`, `key`) arrives; returns what to call when the last one leaves. */
@@ -36,9 +33,11 @@ interface Waiter {
   settled: { promise: Promise<void>; resolve: () => void } | undefined
   /** A lock being handed over to this waiter (see WaitRoom.handOver), or `null` if that failed. */
   claim: Promise<Lock | null> | undefined
-  /** Whether it has made an attempt. */
-  attempted: boolean
+  /** The database error of its last attempt, if that attempt failed: the cause of a timeout. */
+  lastError: unknown
 }
+
+const MAX_TIMER_MS = 2 ** 31 - 1
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
   let resolve!: () => void
@@ -59,6 +58,9 @@ export class WaitRoom {
   #count = 0
   // Callers of stopAll() waiting for the last wait to end.
   #emptied: Array<() => void> = []
+  // Keeps the process alive while anyone waits (the store's own timers do not): a pending
+  // acquireLock must settle, never vanish with a process that found nothing left to do.
+  #keepAlive: NodeJS.Timeout | undefined
 
   constructor(options: WaitRoomOptions) {
     this.#o = options
@@ -102,20 +104,25 @@ export class WaitRoom {
   }
 
   /**
-   * Waits until this store holds the lock, `timeoutMs` has passed (LockTimeoutError), or
-   * `signal` aborts (its reason). A lock won just as the wait ends is released before rejecting.
+   * Waits until this store holds the lock, `timeoutMs` has passed (LockTimeoutError, with the
+   * last attempt's database error as `cause` if it failed), or `signal` aborts (its reason). A
+   * lock won just as the wait ends is released before rejecting. `timeoutMs` 0 makes exactly one
+   * attempt (once the waiters before it are done) and resolves the lock if it wins.
    */
   async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
     const o = this.#o
-    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, attempted: false }
+    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, lastError: undefined }
     this.#enter(id, name, key, waiter)
     const started = o.monotonicNow()
     const deadline = started + timeoutMs
+    const timedOut = (): LockTimeoutError =>
+      new LockTimeoutError(name, key, timeoutMs, waiter.lastError === undefined ? undefined : { cause: waiter.lastError })
     const onAbort = (): void => this.#stop(waiter, signal?.reason)
     signal?.addEventListener('abort', onAbort, { once: true })
-    const timeout = Number.isFinite(timeoutMs)
+    // No timer for 0: it would fire while the one attempt is under way and throw its win away.
+    const timeout = Number.isFinite(timeoutMs) && timeoutMs > 0
       ? o.timers.setTimeout(() => {
-        this.#stop(waiter, new LockTimeoutError(name, key, timeoutMs))
+        this.#stop(waiter, timedOut())
         return waiter.settled?.promise
       }, timeoutMs)
       : undefined
@@ -135,13 +142,13 @@ export class WaitRoom {
         const attempting = !lock && this.#queues.get(id)?.[0] === waiter
         if (attempting) {
           try {
-            const first = !waiter.attempted
-            waiter.attempted = true
-            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1, first)
+            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1)
+            waiter.lastError = undefined
           } catch (error) {
             // Never spin on a failing database: report, then back off like a refusal.
             if (!(error instanceof LockDatabaseError)) throw error
             failed = true
+            waiter.lastError = error
             o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
           }
         }
@@ -155,11 +162,13 @@ export class WaitRoom {
           throw waiter.stop
         }
         if (attempting) {
-          if (o.monotonicNow() >= deadline) throw new LockTimeoutError(name, key, timeoutMs)
+          if (o.monotonicNow() >= deadline) throw timedOut()
           const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
           // Only a wait that ran its full length grows the next one; a wake-up never does.
           if (await this.#sleep(waiter, delay) === 'elapsed' || failed) grown++
         } else {
+          // Others of this store wait for the lock first: one try now is no try at all.
+          if (timeoutMs === 0) throw timedOut()
           await this.#sleep(waiter, o.slowWaitWarningMs)
         }
         const now = o.monotonicNow()
@@ -218,7 +227,10 @@ export class WaitRoom {
       this.#queues.set(id, [waiter])
       this.#stopWaitingFor.set(id, this.#o.waitingFor(id, name, key))
     }
-    if (this.#count++ === 0) this.#o.occupied(true)
+    if (this.#count++ === 0) {
+      this.#keepAlive = setInterval(() => undefined, MAX_TIMER_MS)
+      this.#o.occupied(true)
+    }
   }
 
   #leave(id: string, waiter: Waiter): void {
@@ -235,6 +247,8 @@ export class WaitRoom {
     // A new head starts trying at once; if the lock is ours it learns so without SQL.
     else if (index === 0) this.wake(id)
     if (--this.#count === 0) {
+      clearInterval(this.#keepAlive)
+      this.#keepAlive = undefined
       this.#o.occupied(false)
       for (const resolve of this.#emptied.splice(0)) resolve()
     }

@@ -26,7 +26,7 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
         await knex.destroy()
       })
       const request = (instanceName: string, token: string, nowMs: number): AcquireRequest =>
-        ({ table: tableName, name: 'n', key: 'k', instanceName, token, lockTimeoutMs: 100, nowMs })
+        ({ table: tableName, name: 'n', key: 'k', instanceName, token, leaseMs: 100, nowMs })
       const holder = async () => String((await knex(tableName).first('token'))?.token)
 
       it('tells inserted, refused, taken over and reclaimed apart on one connection', async () => {
@@ -48,7 +48,7 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
       it('keeps a lock renewed twice in the same millisecond', async () => {
         await knex(tableName).delete()
         assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000)), null)
-        const table = new LockTable(knex, mysqlDialect, tableName, 100, 5_000)
+        const table = new LockTable(knex, mysqlDialect, tableName, 5_000)
         const row = { name: 'n', key: 'k', token: 'tA' }
         assert.deepEqual(await table.renewMany([row], 5000), new Set(['tA']))
         assert.deepEqual(await table.renewMany([row, { ...row, token: 'other' }], 5000), new Set(['tA']))

@@ -1,7 +1,7 @@
 // Taking, refusing, releasing and re-taking locks; identity; contention inside and across stores.
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
-import { Lock, LockStore, ManualClock } from '../../src/index.js'
+import { Lock, LockDatabaseError, LockStore, LockTableError, ManualClock } from '../../src/index.js'
 import type { Harness } from '../harness.mjs'
 
 export function acquireSuite(h: Harness): void {
@@ -81,13 +81,51 @@ export function acquireSuite(h: Harness): void {
     }
   })
 
-  it('refuses a lock the same store already holds, without asking the database', async () => {
+  it('refuses a lock the same store holds while its row is valid, asking the database once', async () => {
     const store = h.store()
     const name = h.lockName()
-    assert.ok(await store.tryAcquireLock(name))
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
     const { result, queries } = await h.countQueries(h.knex, () => store.tryAcquireLock(name))
     assert.equal(result, null)
-    assert.equal(queries, 0)
+    assert.equal(queries, 1)
+    assert.equal(held.lost, false)
+    assert.equal(await held.isStillValid(), true)
+  })
+
+  it('acquires again a lock the same store holds once its row was forced out, and marks the old one lost', async () => {
+    const store = h.store()
+    const operator = h.store()
+    const name = h.lockName()
+    const events: string[] = []
+    store.on('lost', (e) => events.push(`lost ${e.reason}`))
+    store.on('released', () => events.push('released'))
+    const old = await store.tryAcquireLock(name)
+    assert.ok(old)
+    assert.equal(await operator.forceRelease(name), true)
+    const again = await store.tryAcquireLock(name)
+    assert.ok(again, 'the row is gone: the attempt went to the database and won')
+    assert.ok(again.fence > old.fence)
+    assert.equal(old.lost, true)
+    assert.equal((old.signal.reason as { reason?: string }).reason, 'taken-over')
+    // Releasing the lost lock deletes nothing of the new one and reports no second end.
+    await old.release()
+    assert.equal((await h.row(name))?.token, again.token)
+    assert.equal(await again.isStillValid(), true)
+    assert.deepEqual(events, ['lost taken-over'])
+  })
+
+  it('acquires again a lock the same store holds once its lease ran out, and marks the old one expired', async () => {
+    const store = h.store()
+    const name = h.lockName()
+    const old = await store.tryAcquireLock(name)
+    assert.ok(old)
+    await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
+    const again = await store.tryAcquireLock(name)
+    assert.ok(again)
+    assert.ok(again.fence > old.fence)
+    assert.equal((old.signal.reason as { reason?: string }).reason, 'expired')
+    assert.equal((await h.row(name))?.token, again.token, 'the stale row was taken over by its own store')
   })
 
   it('gives exactly one winner per round to stores on separate connections', async () => {
@@ -212,13 +250,29 @@ export function acquireSuite(h: Harness): void {
     assert.equal(await h.row(name), undefined, 'the row was deleted again')
   })
 
-  it('wraps database failures in LockDatabaseError with the driver error as cause', async () => {
+  it('says a missing table is missing, with the migrations to run, once and at once', async () => {
     const store = new LockStore(h.knex, { tableName: 'worker_locks_missing_table', strategy: h.target.strategy })
     const error = await store.tryAcquireLock('x').then(() => undefined, (e: unknown) => e)
-    assert.ok(error instanceof Error)
-    assert.equal((error as { code?: string }).code, 'DATABASE_ERROR')
-    assert.ok((error as Error).cause instanceof Error, 'cause is the driver error')
-    assert.match((error as Error).message, /worker_locks_missing_table/)
+    assert.ok(error instanceof LockTableError)
+    assert.equal(error.code, 'TABLE_NOT_READY')
+    assert.ok(error.cause instanceof Error, 'cause is the driver error')
+    assert.match(error.message, /worker_locks_missing_table/)
+    assert.match(error.message, /worker-locks migrate/)
+    // Waiting does not retry it: it rejects as soon as the table is looked at.
+    const waited = await store.acquireLock('x', '', { timeoutMs: 60_000 }).then(() => undefined, (e: unknown) => e)
+    assert.ok(waited instanceof LockTableError)
+    await store.close()
+  })
+
+  it('wraps other database failures in LockDatabaseError with the driver error as cause', async () => {
+    const knex = h.connection()
+    const store = new LockStore(knex, { tableName: h.tableName, strategy: h.target.strategy })
+    await knex.destroy()
+    const error = await store.tryAcquireLock('x').then(() => undefined, (e: unknown) => e)
+    assert.ok(error instanceof LockDatabaseError)
+    assert.equal(error.code, 'DATABASE_ERROR')
+    assert.ok(error.cause instanceof Error, 'cause is the driver error')
+    assert.match(error.message, new RegExp(h.tableName))
     await store.close()
   })
 }

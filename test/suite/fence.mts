@@ -78,29 +78,31 @@ export function fenceSuite(h: Harness): void {
     assert.ok(counts.acquired > 100 && counts.refused > 10 && counts.released > 50, JSON.stringify(counts))
   })
 
-  it('upgrades a table holding live locks in place, and fences then exceed theirs', async () => {
+  it('upgrades a table holding live locks in place: rows keep their holders, get the default lease, and fences grow', async () => {
     const tableName = uniqueName('wl_upgrade')
     const knex = h.knex.withUserParams({ workerLocksTableName: tableName })
     const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
     try {
-      await knex.migrate.up(config) // migration 1 only: the table as the first release made it
-      assert.equal(await h.knex.schema.hasColumn(tableName, 'fence'), false)
+      await knex.migrate.up(config) // migration 1 only: the table before rows carried their lease
+      assert.equal(await h.knex.schema.hasColumn(tableName, 'lease_ms'), false)
       const now = Date.now()
       await h.knex(tableName).insert([
-        { lock_name: 'live', lock_key: '', instance_name: 'old-version', token: 'old-live', last_renewed_ts: now },
+        { lock_name: 'live', lock_key: '', instance_name: 'old-version', token: 'old-live', last_renewed_ts: now - 30_000 },
         { lock_name: 'stale', lock_key: '', instance_name: 'old-version', token: 'old-stale', last_renewed_ts: 0 },
       ])
+      const before = await h.knex(tableName).orderBy('lock_name').select('fence')
       await knex.migrate.latest(config)
-      assert.equal(await h.knex.schema.hasColumn(tableName, 'fence'), true)
-      const rows = await h.knex(tableName).orderBy('lock_name').select('lock_name', 'token', 'fence')
+      const rows = await h.knex(tableName).orderBy('lock_name').select('lock_name', 'token', 'fence', 'lease_ms')
       assert.deepEqual(rows.map((r) => String(r.token)), ['old-live', 'old-stale'], 'live rows survive the upgrade')
+      assert.deepEqual(rows.map((r) => Number(r.lease_ms)), [120_000, 120_000], 'rows of older stores get the default lease')
+      assert.deepEqual(rows.map((r) => String(r.fence)), before.map((r) => String(r.fence)))
 
-      const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      // A store with a 10 s timeout cannot take the live row (30 s old, 120 s lease).
+      const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy, lockTimeoutMs: 10_000 })
       assert.equal(await store.tryAcquireLock('live'), null, 'a lock held before the upgrade is still held')
-      const oldFences = rows.map((r) => BigInt(r.fence))
       const taken = await store.tryAcquireLock('stale')
       assert.ok(taken)
-      for (const fence of oldFences) assert.ok(taken.fence > fence)
+      for (const row of rows) assert.ok(taken.fence > BigInt(row.fence))
       const fresh = await store.tryAcquireLock('new')
       assert.ok(fresh && fresh.fence > taken.fence)
       await store.close()
@@ -108,10 +110,43 @@ export function fenceSuite(h: Harness): void {
       await knex.migrate.rollback(config, true)
       assert.equal(await h.knex.schema.hasTable(tableName), false)
     } finally {
+      await h.knex.schema.dropTableIfExists(`${tableName}_waiters`)
       await h.knex.schema.dropTableIfExists(tableName)
       await h.knex.schema.dropTableIfExists(`${tableName}_fence`)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations`)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations_lock`)
     }
+  })
+
+  it('grows fences in the order the lock was granted while six stores on their own connections hammer two locks', async () => {
+    // Real time and real connections: fences are drawn by the database under contention. The
+    // holders of one lock exclude each other, so the order in which their acquisitions are seen
+    // here is the order the database granted the lock.
+    const stores = Array.from({ length: 6 }, () => h.store({}, h.connection({ poolMax: 2 })))
+    const names = [h.lockName('order'), h.lockName('order')]
+    const last = new Map<string, bigint>()
+    const holding = new Set<string>()
+    const problems: string[] = []
+    let acquired = 0
+    const until = performance.now() + 3_000
+    const work = async (store: LockStore, i: number): Promise<void> => {
+      for (let round = 0; performance.now() < until; round++) {
+        const name = names[(i + round) % 2] ?? ''
+        const lock = round % 3 === 0 ? await store.tryAcquireLock(name) : await store.acquireLock(name, '', { timeoutMs: 2_000 }).catch(() => null)
+        if (!lock) continue
+        acquired++
+        if (holding.has(name)) problems.push(`${name} acquired while held`)
+        holding.add(name)
+        const previous = last.get(name)
+        if (previous !== undefined && lock.fence <= previous) problems.push(`${name}: fence ${lock.fence} after ${previous}`)
+        last.set(name, lock.fence)
+        await new Promise((resolve) => setImmediate(resolve))
+        holding.delete(name)
+        await lock.release()
+      }
+    }
+    await Promise.all(stores.map((store, i) => work(store, i)))
+    assert.deepEqual(problems, [])
+    assert.ok(acquired > 20, `only ${acquired} acquisitions`)
   })
 }

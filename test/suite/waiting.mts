@@ -71,29 +71,22 @@ function refuseTokenChanges(h: Harness): { install(): Promise<void>; remove(): P
   }
 }
 
-/** Whose waiters a hand-over goes to: the releasing store's own, or another store's on the same knex instance. */
-const WAITERS = ['the same store', 'another store of the process'] as const
-
 /**
- * A lock held by a store (`holder`), the store whose waiters will wait for it (`waiters`: the
- * holder itself, or another store on the same knex instance, as `where` says), and `others`
- * more stores, all on one clock that never moves unless the test moves it.
+ * A lock held by a store (`holder`), whose own waiters will wait for it, and `others` more
+ * stores, all on one clock that never moves unless the test moves it.
  */
-async function heldForWaiters(h: Harness, where: typeof WAITERS[number], others = 0) {
-  const same = where === 'the same store'
-  const { clock, store: holder, others: more, name, held } = await heldInOneStore(h, others + (same ? 0 : 1))
-  const waiters = same ? holder : more.shift()
-  assert.ok(waiters)
-  return { clock, holder, waiters, others: more, name, held }
+async function heldForWaiters(h: Harness, others = 0) {
+  const { clock, store: holder, others: more, name, held } = await heldInOneStore(h, others)
+  return { clock, holder, waiters: holder, others: more, name, held }
 }
 
 /**
  * Starts a wait for `name` in `store` and resolves once its waiter has found the lock busy and
- * fallen asleep (a store learns that of a lock it holds itself with no SQL). The lock is boxed
- * so that awaiting this does not await the wait.
+ * fallen asleep (refused: by the database, or for a lock the store holds, by the row's check).
+ * The lock is boxed so that awaiting this does not await the wait.
  */
-async function asleepWaiting(store: LockStore, name: string, holder: LockStore, signal?: AbortSignal): Promise<{ lock: Promise<Lock> }> {
-  const refused = store === holder ? Promise.resolve() : new Promise<void>((resolve) => {
+async function asleepWaiting(store: LockStore, name: string, signal?: AbortSignal): Promise<{ lock: Promise<Lock> }> {
+  const refused = new Promise<void>((resolve) => {
     const stop = store.on('refused', (e) => { if (e.name === name) { stop(); resolve() } })
   })
   const lock = store.acquireLock(name, '', { signal })
@@ -134,12 +127,11 @@ export function waitingSuite(h: Harness): void {
     assert.ok(await waiting)
   })
 
-  for (const where of WAITERS) {
-    it(`hands a released lock straight to an asleep waiter of ${where}: one UPDATE, a larger fence, then on to other stores`, async () => {
-      const { holder, waiters, others: [other], name, held } = await heldForWaiters(h, where, 1)
+    it(`hands a released lock straight to an asleep waiter of the same store: one UPDATE, a larger fence, then on to other stores`, async () => {
+      const { holder, waiters, others: [other], name, held } = await heldForWaiters(h, 1)
       assert.ok(other)
-      const waiting = await asleepWaiting(waiters, name, holder)
-      const elsewhere = await asleepWaiting(other, name, holder)
+      const waiting = await asleepWaiting(waiters, name)
+      const elsewhere = await asleepWaiting(other, name)
       const events: string[] = []
       holder.on('released', (e) => events.push(`released ${e.name}`))
       waiters.on('acquired', (e) => events.push(`acquired ${e.name}`))
@@ -164,10 +156,10 @@ export function waitingSuite(h: Harness): void {
       assert.equal((await h.row(name))?.instance_name, other.instanceName)
     })
 
-    it(`releases a lock handed to a waiter of ${where} whose wait ended meanwhile, leaving it free`, async () => {
-      const { holder, waiters, name, held } = await heldForWaiters(h, where)
+    it(`releases a lock handed to a waiter of the same store whose wait ended meanwhile, leaving it free`, async () => {
+      const { waiters, name, held } = await heldForWaiters(h)
       const controller = new AbortController()
-      const waiting = await asleepWaiting(waiters, name, holder, controller.signal)
+      const waiting = await asleepWaiting(waiters, name, controller.signal)
       const outcome = waiting.lock.then(() => 'acquired', (error: unknown) => error)
       const { sql } = await statements(h, async () => {
         const releasing = held.release() // starts the hand-over
@@ -181,9 +173,9 @@ export function waitingSuite(h: Harness): void {
       assert.ok(await waiters.tryAcquireLock(name))
     })
 
-    it(`answers tryAcquireLock with null while a lock is being handed to a waiter of ${where}, and close() waits for the hand-over`, async () => {
-      const { holder, waiters, name, held } = await heldForWaiters(h, where)
-      const waiting = await asleepWaiting(waiters, name, holder)
+    it(`answers tryAcquireLock with null while a lock is being handed to a waiter of the same store, and close() waits for the hand-over`, async () => {
+      const { waiters, name, held } = await heldForWaiters(h)
+      const waiting = await asleepWaiting(waiters, name)
       const releasing = held.release() // starts the hand-over
       assert.equal(await waiters.tryAcquireLock(name), null, 'the lock is on its way to the waiter')
       await releasing
@@ -191,8 +183,8 @@ export function waitingSuite(h: Harness): void {
 
       // Closing while a hand-over is under way: the waiter is told the store closed, and the row
       // handed to it is deleted before close() resolves.
-      const second = await heldForWaiters(h, where)
-      const waiting2 = await asleepWaiting(second.waiters, second.name, second.holder)
+      const second = await heldForWaiters(h)
+      const waiting2 = await asleepWaiting(second.waiters, second.name)
       const outcome2 = waiting2.lock.then((l) => l, (error: unknown) => error)
       const releasing2 = second.held.release()
       await second.waiters.close()
@@ -202,9 +194,9 @@ export function waitingSuite(h: Harness): void {
       assert.equal(await h.row(second.name), undefined)
     })
 
-    it(`falls back to deleting the row when a hand-over to ${where} fails, and the waiter takes the lock itself`, async () => {
-      const { holder, waiters, name, held } = await heldForWaiters(h, where)
-      const waiting = await asleepWaiting(waiters, name, holder)
+    it(`falls back to deleting the row when a hand-over to the same store fails, and the waiter takes the lock itself`, async () => {
+      const { waiters, name, held } = await heldForWaiters(h)
+      const waiting = await asleepWaiting(waiters, name)
       // Make the database refuse any change of a row's token for a moment: the hand-over fails.
       const trigger = refuseTokenChanges(h)
       await trigger.install()
@@ -223,41 +215,28 @@ export function waitingSuite(h: Harness): void {
       assert.equal((await h.row(name))?.token, lock.token)
       assert.equal(await held.isStillValid(), false)
     })
-  }
 
-  it('sends no statement to start waiting for a lock another store of the process holds in the same table', async () => {
-    const { holder, waiters, name, held } = await heldForWaiters(h, 'another store of the process')
-    await waiters.init()
-    const { result: waiting, sql } = await statements(h, () => asleepWaiting(waiters, name, holder))
-    assert.deepEqual(sql, [], 'the holder\'s release will hand the lock over, or wake the waiter')
-    await held.release()
-    assert.ok((await waiting.lock).fence > held.fence)
-  })
-
-  it('lets the waiter try on its own when the released row was taken over meanwhile', async () => {
+  it('finds a lock of its own store that was taken over meanwhile lost, and waits for the new holder', async () => {
     const { store, others: [thief], name, held } = await heldInOneStore(h, 1)
     assert.ok(thief)
     // The row goes stale behind its holder's back (as if renewals had failed) and is taken over.
     await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
     const stolen = await thief.tryAcquireLock(name)
     assert.ok(stolen)
-    const refused = new Promise<void>((resolve) => store.on('refused', () => resolve()))
     let acquired: Lock | undefined
-    const waiting = store.acquireLock(name).then((lock) => {
-      acquired = lock
-      return lock
-    })
-    await asleep()
+    const { lock: waiting } = await asleepWaiting(store, name)
+    void waiting.then((lock) => { acquired = lock })
+    assert.equal(held.lost, true, 'the waiter\'s check of the row found the old lock lost')
+    assert.equal((held.signal.reason as { reason?: string }).reason, 'taken-over')
     const { sql } = await statements(h, () => held.release())
-    assert.equal(sql.filter((text) => /^\s*update\b/i.test(text)).length, 1, 'a hand-over was tried, and found the row no longer ours')
-    await refused // so the waiter asked the database itself, and was refused
+    assert.equal(sql.filter((text) => /^\s*update\b/i.test(text)).length, 0, 'a lost lock is not handed over')
     assert.equal(acquired, undefined)
     assert.equal((await h.row(name))?.token, stolen.token, 'the thief still holds it')
     await stolen.release()
     assert.ok((await waiting).fence > stolen.fence)
   })
 
-  it('keeps one holder at a time and growing fences while tasks of two stores pass locks around and give up', async (t) => {
+  it('keeps one holder at a time and growing fences while tasks of two stores pass locks around and give up', async () => {
     const clock = new ManualClock()
     const stores = [h.clockedStore(clock), h.clockedStore(clock)]
     const names = [h.lockName('pass'), h.lockName('pass')]
@@ -268,12 +247,6 @@ export function waitingSuite(h: Harness): void {
     // signal aborted) before anyone else can take the lock over, and only a holder not told is
     // an overlap.
     const holders = new Map<string, { task: number; lock: Lock }>()
-    // PostgreSQL draws a fresh insert's fence before the row is inserted, so an acquiring
-    // statement held up between the two (on this busy machine, now and then) can write a fence
-    // lower than one issued since: a known defect, shown by a todo test in
-    // test/dialects/postgres.test.mts. There such inversions are reported, not failed.
-    const knownDefect = h.target.database === 'postgres'
-    const inversions: string[] = []
     const fences = new Map<string, bigint>()
     const problems: string[] = []
     let acquired = 0
@@ -301,7 +274,7 @@ export function waitingSuite(h: Harness): void {
         const holder = holders.get(name)
         if (holder && !holder.lock.signal.aborted) problems.push(`task ${t} got ${name} while task ${holder.task} held it`)
         const last = fences.get(name)
-        if (last !== undefined && lock.fence <= last) (knownDefect ? inversions : problems).push(`fence ${lock.fence} after ${last} for ${name}`)
+        if (last !== undefined && lock.fence <= last) problems.push(`fence ${lock.fence} after ${last} for ${name}`)
         holders.set(name, { task: t, lock })
         fences.set(name, lock.fence)
         acquired++
@@ -323,7 +296,6 @@ export function waitingSuite(h: Harness): void {
     running = false
     await time
     assert.deepEqual(problems, [])
-    if (inversions.length > 0) t.diagnostic(`known defect (see test/dialects/postgres.test.mts): ${inversions.join('; ')}`)
     assert.ok(sql.some((text) => /^\s*update\b[\s\S]*set token = /i.test(text)), 'some locks were handed over')
     assert.equal(acquired + gaveUp, 8 * 15)
     assert.ok(acquired > 60, `only ${acquired} acquisitions`)
