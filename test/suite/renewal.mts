@@ -55,6 +55,34 @@ export function renewalSuite(h: Harness): void {
     assert.equal(await taken.isStillValid(), true)
   })
 
+  it('judges staleness by the lease the holder wrote, whatever the taker\'s own timeout', async () => {
+    const stuckClock = new ManualClock() // never advanced: the holder writes its row once
+    const clock = new ManualClock(stuckClock.now())
+    const holder = h.store({ clock: stuckClock, lockTimeoutMs: 60_000, renewalIntervalMs: 15_000 })
+    const renewing = h.store({ clock, lockTimeoutMs: 60_000, renewalIntervalMs: 15_000 })
+    const hasty = h.store({ clock, lockTimeoutMs: 1_000, renewalIntervalMs: 250 })
+    const name = h.lockName('lease')
+    const renewedName = h.lockName('lease-renewed')
+    const lock = await holder.tryAcquireLock(name)
+    const renewed = await renewing.tryAcquireLock(renewedName)
+    assert.ok(lock && renewed)
+    // Long past the hasty store's own 1 s, within the holders' 60 s.
+    await clock.advance(59_000)
+    assert.equal(await hasty.tryAcquireLock(name), null, 'the holder\'s 60 s lease has not run out')
+    assert.deepEqual((await hasty.listLocks({ name })).map((r) => [r.stale, r.leaseMs]), [[false, 60_000]])
+    // The renewing holder keeps its lock as long as it renews on its own schedule.
+    await clock.advance(120_000)
+    assert.equal(await hasty.tryAcquireLock(renewedName), null, 'a holder renewing every 15 s keeps its lock')
+    assert.equal(renewed.signal.aborted, false)
+    // The stuck holder's own lease has run out now: anyone may take it, the hasty store too.
+    assert.equal((await hasty.listLocks({ name }))[0]?.stale, true)
+    const taken = await hasty.tryAcquireLock(name)
+    assert.ok(taken && taken.fence > lock.fence)
+    assert.equal(await lock.isStillValid(), false)
+    // The row now carries the hasty store's 1 s lease, which others judge it by in turn.
+    assert.deepEqual((await renewing.listLocks({ name })).map((r) => r.leaseMs), [1_000])
+  })
+
   it('stops renewing a lock whose row was taken over, and leaves the new holder alone', async () => {
     const logger = new RecordingLogger()
     const clock = new ManualClock()

@@ -302,6 +302,22 @@ export function waitingSuite(h: Harness): void {
     for (const name of names) assert.equal(await h.row(name), undefined, 'nothing is left held')
   })
 
+  it('with timeoutMs 0 tries exactly once: a free lock is won every time, a held one refused after one attempt', async () => {
+    const store = h.store()
+    for (let i = 0; i < 20; i++) {
+      const lock = await store.acquireLock(h.lockName('zero'), '', { timeoutMs: 0 })
+      assert.equal(await lock.isStillValid(), true, `attempt ${i}`)
+      await lock.release()
+    }
+    const name = h.lockName('zero-held')
+    const held = await h.store().tryAcquireLock(name)
+    assert.ok(held)
+    let refused = 0
+    store.on('refused', () => refused++)
+    await assert.rejects(store.acquireLock(name, '', { timeoutMs: 0 }), (error: unknown) => error instanceof LockTimeoutError && error.cause === undefined)
+    assert.equal(refused, 1)
+  })
+
   it('takes the lock from a stuck holder once it times out', async () => {
     const clock = new ManualClock()
     const holder = h.clockedStore(new ManualClock(clock.now())) // never renews
