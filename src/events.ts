@@ -26,6 +26,21 @@ export type LockEventName = keyof LockEventMap
 /** A listener for event `E`. */
 export type LockEventListener<E extends LockEventName> = (event: LockEventMap[E]) => void
 
+// Spelled out as a record so that the compiler insists on every event of LockEventMap.
+const EVENT_NAMES: ReadonlySet<string> = new Set(Object.keys({
+  acquired: true, refused: true, released: true, renewed: true, lost: true, waited: true,
+} satisfies Record<LockEventName, true>))
+
+/** Throws a TypeError unless `name` is an event of {@link LockEventMap} and `listener` a function. */
+function checkSubscription(method: string, name: unknown, listener: unknown): void {
+  if (typeof name !== 'string' || !EVENT_NAMES.has(name)) {
+    throw new TypeError(`${method}: unknown event ${typeof name === 'string' ? JSON.stringify(name) : `of type ${typeof name}`}; the events are ${[...EVENT_NAMES].join(', ')}.`)
+  }
+  if (typeof listener !== 'function') {
+    throw new TypeError(`${method}: the listener for ${JSON.stringify(name)} must be a function, got ${listener === null ? 'null' : typeof listener}.`)
+  }
+}
+
 /**
  * A small typed event hub. Emitting with no listener costs one map lookup, and listeners that
  * throw are isolated from the lock work (their error is handed to `onListenerError`).
@@ -38,14 +53,24 @@ export class LockEvents {
     this.#onListenerError = onListenerError
   }
 
+  /**
+   * Adds `listener` for `name`; returns a function that removes it again.
+   * @throws TypeError for an unknown event name or a listener that is not a function
+   */
   on<E extends LockEventName>(name: E, listener: LockEventListener<E>): () => void {
+    checkSubscription('LockStore.on', name, listener)
     let set = this.#listeners.get(name)
     if (!set) this.#listeners.set(name, (set = new Set()))
     set.add(listener as (event: never) => void)
     return () => this.off(name, listener)
   }
 
+  /**
+   * Removes `listener` for `name`; nothing happens if it was not added.
+   * @throws TypeError for an unknown event name or a listener that is not a function
+   */
   off<E extends LockEventName>(name: E, listener: LockEventListener<E>): void {
+    checkSubscription('LockStore.off', name, listener)
     const set = this.#listeners.get(name)
     set?.delete(listener as (event: never) => void)
     if (set?.size === 0) this.#listeners.delete(name)

@@ -478,8 +478,6 @@ export class LockStore {
     this.#held.end(held, status === 'stale' ? 'expired' : 'taken-over', () => status === 'stale'
       ? `worker-locks: lock ${describeLock(held.name, held.key)} was lost: its lease ran out before a renewal, so another worker may hold it now.`
       : `worker-locks: lock ${describeLock(held.name, held.key)} was lost: its row was deleted or taken over by another worker.`)
-    // Another call may hold it again by now (a release of the old lock handed it over).
-    if (this.#held.holds(held.id)) return null
     return this.#acquire(held.id, held.name, held.key, waiter)
   }
 

@@ -93,9 +93,9 @@ export class Lock {
   }
 
   /**
-   * Asks the database whether this lock is still ours: its row exists with our token and is not
-   * older than the store's `lockTimeoutMs`. `false` after `release()`, after another worker took
-   * the lock over, or once the row went stale. Call it in long loops before each step that must
+   * Asks the database whether this lock is still ours: its row exists with our token and was
+   * renewed within its lease (the store's `lockTimeoutMs`). `false` after `release()`, after
+   * another worker took the lock over, or once the row went stale. Call it in long loops before each step that must
    * not run twice.
    */
   isStillValid(): Promise<boolean> {

@@ -1,3 +1,4 @@
+import { constants } from 'node:os'
 import type { LockStore } from './lock-store.js'
 
 /** Options of {@link releaseOnSignals}. */
@@ -37,6 +38,46 @@ function onSignal(signal: NodeJS.Signals): void {
   })
 }
 
+// Node cannot install a handler for these: the kernel never delivers them to the process.
+const UNCATCHABLE: ReadonlySet<string> = new Set(['SIGKILL', 'SIGSTOP'])
+
+const OPTION_NAMES: ReadonlySet<string> = new Set(['signals', 'timeoutMs'])
+
+/** Checks the arguments of {@link releaseOnSignals}; throws TypeError/RangeError naming the problem. */
+function resolveArguments(store: unknown, options: unknown): { signals: NodeJS.Signals[]; timeoutMs: number } {
+  // Anything that closes like a store is accepted, so an application can wrap one.
+  if (typeof store !== 'object' || store === null || typeof (store as { close?: unknown }).close !== 'function') {
+    throw new TypeError(`releaseOnSignals needs a LockStore as its first argument, got ${store === null ? 'null' : typeof store}.`)
+  }
+  if (options === undefined) options = {}
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new TypeError(`releaseOnSignals options must be an object, got ${options === null ? 'null' : typeof options}.`)
+  }
+  const o = options as Record<string, unknown>
+  for (const name of Object.keys(o)) {
+    if (!OPTION_NAMES.has(name)) throw new TypeError(`Unknown releaseOnSignals option ${JSON.stringify(name)}; known options are signals, timeoutMs.`)
+  }
+  const signals = o.signals === undefined ? ['SIGINT', 'SIGTERM'] : o.signals
+  if (!Array.isArray(signals) || signals.length === 0) {
+    throw new TypeError(`releaseOnSignals option signals must be a non-empty array of signal names such as 'SIGTERM', got ${JSON.stringify(signals)}.`)
+  }
+  for (const signal of signals as unknown[]) {
+    if (typeof signal !== 'string' || !Object.hasOwn(constants.signals, signal)) {
+      throw new TypeError(`releaseOnSignals option signals: ${JSON.stringify(signal)} is not a signal of this platform (see os.constants.signals).`)
+    }
+    if (UNCATCHABLE.has(signal)) throw new TypeError(`releaseOnSignals option signals: ${signal} cannot be caught, so it cannot trigger a clean shutdown.`)
+  }
+  const timeoutMs = o.timeoutMs === undefined ? 5_000 : o.timeoutMs
+  if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs)) {
+    throw new TypeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds, got ${timeoutMs === null ? 'null' : String(timeoutMs)}.`)
+  }
+  if (timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
+    throw new RangeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds from 0 to ${2 ** 31 - 1}, got ${timeoutMs}.`)
+  }
+  // A copy: the caller may change its array after registering.
+  return { signals: [...signals] as NodeJS.Signals[], timeoutMs }
+}
+
 /**
  * Opt-in clean shutdown: on the first of `signals`, closes `store` (releasing its locks, so
  * other processes can take them at once instead of after `lockTimeoutMs`), waiting at most
@@ -48,16 +89,12 @@ function onSignal(signal: NodeJS.Signals): void {
  *
  * Without this call worker-locks never touches signal handling.
  * @returns a function that removes this registration again
+ * @throws TypeError or RangeError, before any handler is installed, for a first argument that is
+ *   not a store, unknown options, or signals that are not names in `os.constants.signals`
+ *   or cannot be caught (SIGKILL, SIGSTOP)
  */
-export function releaseOnSignals(store: LockStore, options: ReleaseOnSignalsOptions = {}): () => void {
-  const signals = options.signals ?? ['SIGINT', 'SIGTERM']
-  const timeoutMs = options.timeoutMs ?? 5_000
-  if (!Array.isArray(signals) || signals.length === 0 || !signals.every((s) => typeof s === 'string' && /^SIG[A-Z0-9]+$/.test(s))) {
-    throw new TypeError(`releaseOnSignals option signals must be a non-empty array of signal names such as 'SIGTERM', got ${JSON.stringify(signals)}.`)
-  }
-  if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
-    throw new RangeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds from 0 to ${2 ** 31 - 1}, got ${String(timeoutMs)}.`)
-  }
+export function releaseOnSignals(store: LockStore, options?: ReleaseOnSignalsOptions): () => void {
+  const { signals, timeoutMs } = resolveArguments(store, options)
   const registration: Registration = { store, timeoutMs }
   for (const signal of new Set(signals)) {
     let set = registrations.get(signal)

@@ -17,6 +17,15 @@ const TABLE_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]{0,47}$/
 /** Milliseconds setTimeout can wait for; longer delays fire at once. */
 const MAX_TIMER_MS = 2 ** 31 - 1
 
+/**
+ * How long a lock survives without renewal when no `lockTimeoutMs` is given: the library's
+ * default, and `worker-locks run --lock-timeout`'s.
+ */
+export const DEFAULT_LOCK_TIMEOUT_MS = 120_000
+
+// A renewal interval is at least 1 ms and must be shorter than the timeout.
+const MIN_LOCK_TIMEOUT_MS = 2
+
 /** The lock table's name when none is given. */
 export const DEFAULT_TABLE_NAME = 'worker_locks'
 
@@ -40,6 +49,9 @@ function describe(value: unknown): string {
 function nameProblem(value: unknown, allowEmpty: boolean): string | undefined {
   if (typeof value !== 'string') return `must be a string, got ${describe(value)}`
   if (!allowEmpty && value.length === 0) return 'must not be empty'
+  // A code point is one or two UTF-16 code units, so a longer string cannot fit; judging by the
+  // length alone keeps a huge string from costing more than a short one.
+  if (value.length > 2 * MAX_NAME_LENGTH) return `must be at most ${MAX_NAME_LENGTH} characters, got a string of length ${value.length}`
   if (value.includes('\0')) return 'must not contain NUL characters (U+0000)'
   // A lone surrogate cannot be stored as UTF-8; databases would turn it into U+FFFD and two
   // different strings would become one lock.
@@ -76,7 +88,10 @@ export interface LockStoreOptions {
   instanceName?: string
   /** The lock table, created by the shipped migrations. @default 'worker_locks' */
   tableName?: string
-  /** A lock whose row has not been renewed for this long may be taken by another worker. @default 120_000 */
+  /**
+   * A lock whose row has not been renewed for this long may be taken by another worker; at
+   * least 2, so that a renewal interval fits inside it. @default 120_000
+   */
   lockTimeoutMs?: number
   /** How often held locks are renewed; must be less than `lockTimeoutMs`. @default 30_000 */
   renewalIntervalMs?: number
@@ -123,13 +138,13 @@ const OPTION_NAMES: ReadonlySet<string> = new Set([
   'backoff', 'slowWaitWarningMs',
 ])
 
-function positiveInteger(option: string, value: unknown, fallback: number): number {
+function positiveInteger(option: string, value: unknown, fallback: number, min = 1, why = ''): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isInteger(value)) {
     throw new TypeError(`LockStore option ${option} must be an integer number of milliseconds, got ${describe(value)}.`)
   }
-  if (value <= 0 || value > MAX_TIMER_MS) {
-    throw new RangeError(`LockStore option ${option} must be between 1 and ${MAX_TIMER_MS} milliseconds, got ${value}.`)
+  if (value < min || value > MAX_TIMER_MS) {
+    throw new RangeError(`LockStore option ${option} must be between ${min} and ${MAX_TIMER_MS} milliseconds${why}, got ${value}.`)
   }
   return value
 }
@@ -151,6 +166,14 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     if (!OPTION_NAMES.has(name)) {
       throw new TypeError(`Unknown LockStore option ${JSON.stringify(name)}; known options are ${[...OPTION_NAMES].join(', ')}.`)
     }
+    // null is a value someone computed, probably by mistake; only a missing option means the default.
+    if (o[name] === null) throw new TypeError(`LockStore option ${name} must not be null; leave it out (or undefined) for the default.`)
+  }
+  const backoffOptions = o.backoff
+  if (typeof backoffOptions === 'object' && backoffOptions !== null) {
+    for (const [name, value] of Object.entries(backoffOptions)) {
+      if (value === null) throw new TypeError(`LockStore option backoff.${name} must not be null; leave it out (or undefined) for the default.`)
+    }
   }
 
   let instanceName: string | undefined
@@ -160,9 +183,9 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     instanceName = o.instanceName as string
   }
 
-  const tableName = validateTableName(o.tableName ?? DEFAULT_TABLE_NAME, 'LockStore option tableName')
+  const tableName = o.tableName === undefined ? DEFAULT_TABLE_NAME : validateTableName(o.tableName, 'LockStore option tableName')
 
-  const lockTimeoutMs = positiveInteger('lockTimeoutMs', o.lockTimeoutMs, 120_000)
+  const lockTimeoutMs = positiveInteger('lockTimeoutMs', o.lockTimeoutMs, DEFAULT_LOCK_TIMEOUT_MS, MIN_LOCK_TIMEOUT_MS, ' (a renewal interval must fit inside it)')
   const renewalDefault = Math.min(30_000, Math.max(1, Math.floor(lockTimeoutMs / 4)))
   const renewalIntervalMs = positiveInteger('renewalIntervalMs', o.renewalIntervalMs, renewalDefault)
   if (renewalIntervalMs >= lockTimeoutMs) {
@@ -171,12 +194,12 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     )
   }
 
-  const strategy = o.strategy ?? 'auto'
+  const strategy = o.strategy === undefined ? 'auto' : o.strategy
   if (strategy !== 'auto' && strategy !== 'native' && strategy !== 'emulated') {
     throw new TypeError(`LockStore option strategy must be 'auto', 'native' or 'emulated', got ${JSON.stringify(strategy)}.`)
   }
 
-  const clock = o.clock ?? 'database'
+  const clock = o.clock === undefined ? 'database' : o.clock
   if (clock !== 'database' && clock !== 'local' && !isClock(clock)) {
     throw new TypeError("LockStore option clock must be 'database', 'local' or an object with now(), setTimeout() and clearTimeout().")
   }
@@ -202,7 +225,7 @@ export function resolveWaitOptions(options: unknown): { timeoutMs: number; signa
   for (const name of Object.keys(o)) {
     if (name !== 'timeoutMs' && name !== 'signal') throw new TypeError(`Unknown wait option ${JSON.stringify(name)}; known options are timeoutMs, signal.`)
   }
-  const timeoutMs = o.timeoutMs ?? Infinity
+  const timeoutMs = o.timeoutMs === undefined ? Infinity : o.timeoutMs
   if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || (Number.isFinite(timeoutMs) && !Number.isInteger(timeoutMs))) {
     throw new TypeError(`Wait option timeoutMs must be a whole number of milliseconds or Infinity, got ${describe(timeoutMs)}.`)
   }

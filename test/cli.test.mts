@@ -1,7 +1,10 @@
 // The worker-locks command end to end, as child processes, on every database.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { after, it } from 'node:test'
 import { forEachDatabase } from './matrix.mjs'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from './targets.mjs'
@@ -40,6 +43,44 @@ function cli(args: readonly string[], env: Record<string, string> = {}): Run {
 // Says "started" only once its SIGTERM handler is in place (on a busy machine the test can read
 // the line and signal before the next statement runs), and exits once its reply is written.
 const longRunning = [process.execPath, '-e', "process.on('SIGTERM', () => { process.stdout.write('child got SIGTERM\\n', () => process.exit(143)) }); setInterval(() => {}, 1000); console.log('started')"]
+
+// A shell that starts a grandchild (its pid written to the file named by $0, its output away
+// from our pipes), says "started" and waits for it.
+const shellWithGrandchild = (pidFile: string, then = 'echo started; wait'): string[] =>
+  ['sh', '-c', `sleep 1000 >/dev/null 2>&1 & echo $! > "$0"; ${then}`, pidFile]
+
+/** Whether `pid` is a live process: an exited one nobody has reaped yet still answers signal 0. */
+function running(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+  } catch {
+    return false
+  }
+  if (!existsSync('/proc/self/stat')) return true
+  try {
+    return !/^\d+ \(.*\) Z /s.test(readFileSync(`/proc/${pid}/stat`, 'utf8'))
+  } catch {
+    return false
+  }
+}
+
+/** Waits, a bounded number of times, for `pid` to be gone; resolves whether it is. */
+async function gone(pid: number): Promise<boolean> {
+  for (let i = 0; i < 400 && running(pid); i++) await sleep(25)
+  return !running(pid)
+}
+
+/** Reads the pid written to `file`, runs `check` with it, and kills the process if it survived. */
+async function withGrandchild(file: string, check: (pid: number) => Promise<void>): Promise<void> {
+  const pid = Number(readFileSync(file, 'utf8').trim())
+  assert.ok(Number.isInteger(pid) && pid > 0, `a pid in ${file}`)
+  try {
+    await check(pid)
+  } finally {
+    if (running(pid)) process.kill(pid, 'SIGKILL')
+    rmSync(file, { force: true })
+  }
+}
 
 const urls: Record<Database, string> = { sqlite: `sqlite:${sqliteFile}`, postgres: POSTGRES_URL, mysql: MYSQL_URL }
 
@@ -117,15 +158,79 @@ forEachDatabase('worker-locks command', (database) => {
     assert.match(exit.stderr, /was lost; stopping/)
   })
 
+  it('stops what the command started too when the lock is forced out', async () => {
+    const pidFile = join(tmpdir(), `${uniqueName('cli-grandchild')}.pid`)
+    const holder = cli(['run', 'forced-group', '--lock-timeout', '1', '--grace', '1', ...db, '--', ...shellWithGrandchild(pidFile)])
+    await holder.printed('started')
+    await withGrandchild(pidFile, async (pid) => {
+      assert.ok(running(pid), 'the grandchild runs while the lock is held')
+      const released = await cli(['release', 'forced-group', ...db]).exited
+      assert.equal(released.code, 0, released.stderr)
+      const exit = await holder.exited
+      assert.equal(exit.code, 70, exit.stderr)
+      assert.ok(await gone(pid), 'the shell\'s child was stopped with the shell, not left running without the lock')
+    })
+  })
+
+  it('stops what the command left running when it exits, before releasing the lock', async () => {
+    const pidFile = join(tmpdir(), `${uniqueName('cli-leftover')}.pid`)
+    const exit = await cli(['run', 'leftover', '--grace', '1', ...db, '--', ...shellWithGrandchild(pidFile, 'exit 3')]).exited
+    await withGrandchild(pidFile, async (pid) => {
+      assert.equal(exit.code, 3, exit.stderr)
+      assert.match(exit.stderr, /exited; stopping what it left running/)
+      assert.ok(await gone(pid), 'the background process did not outlive the lock')
+    })
+  })
+
+  it('exits 126 for a command that is not executable and 127 for one that does not exist', async () => {
+    const script = join(tmpdir(), `${uniqueName('cli-not-executable')}.sh`)
+    writeFileSync(script, 'echo must not run\n', { mode: 0o644 })
+    try {
+      const notExecutable = await cli(['run', 'exec', ...db, '--', script]).exited
+      assert.equal(notExecutable.code, 126, notExecutable.stderr)
+      assert.match(notExecutable.stderr, /cannot execute .*permission denied/)
+      assert.doesNotMatch(notExecutable.stdout, /must not run/)
+    } finally {
+      rmSync(script, { force: true })
+    }
+    const missing = await cli(['run', 'exec', ...db, '--', join(tmpdir(), uniqueName('cli-no-such-command'))]).exited
+    assert.equal(missing.code, 127, missing.stderr)
+    assert.match(missing.stderr, /command not found/)
+    const next = await cli(['run', 'exec', ...db, '--', 'true']).exited
+    assert.equal(next.code, 0, 'the lock was released after the failed start')
+  })
+
+  it('escapes control characters in the status table, not in its JSON', async () => {
+    const name = 'a\nb\x1b[31m'
+    const key = 'k\u2028\u009b\t'
+    const holder = cli(['run', name, '--key', key, ...db, '--', ...longRunning])
+    await holder.printed('started')
+    try {
+      const table = await cli(['status', ...db]).exited
+      assert.equal(table.code, 0, table.stderr)
+      assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029]/.test(table.stdout), `no control characters but newlines: ${JSON.stringify(table.stdout)}`)
+      const lines = table.stdout.trimEnd().split('\n')
+      assert.equal(lines.length, 2, `a header and one row: ${JSON.stringify(table.stdout)}`)
+      assert.ok(lines[1]?.startsWith('a\\nb\\x1b[31m  k\\u2028\\x9b\\t  '), JSON.stringify(lines[1]))
+      const json = await cli(['status', '--json', ...db]).exited
+      const rows = JSON.parse(json.stdout) as Array<{ name: string; key: string }>
+      assert.deepEqual(rows.map((r) => [r.name, r.key]), [[name, key]])
+    } finally {
+      holder.kill('SIGTERM')
+      await holder.exited
+    }
+  })
+
   it('shows the locks as JSON that parses', async () => {
     const holder = cli(['run', 'shown', '--key', 'k 1', ...db, '--', ...longRunning])
     await holder.printed('started')
     const status = await cli(['status', '--json', ...db]).exited
     assert.equal(status.code, 0)
-    const rows = JSON.parse(status.stdout) as Array<{ name: string; key: string; fence: string; stale: boolean }>
+    const rows = JSON.parse(status.stdout) as Array<{ name: string; key: string; fence: string; stale: boolean; leaseMs: number }>
     const row = rows.find((r) => r.name === 'shown')
     assert.ok(row)
     assert.equal(row.key, 'k 1')
+    assert.equal(row.leaseMs, 120_000, 'run holds the lock for the library\'s default timeout')
     assert.match(row.fence, /^\d+$/)
     assert.equal(row.stale, false)
     const table = await cli(['status', ...db]).exited
@@ -138,6 +243,7 @@ forEachDatabase('worker-locks command', (database) => {
     const cases: Array<[string[], RegExp]> = [
       [['status', '--db', 'redis://localhost'], /unsupported database URL scheme/],
       [['status', ...db, '--colour'], /unknown option --colour/],
+      [['status', ...db, '--lock-timeout', '5'], /unknown option --lock-timeout/],
       [['run', 'x', ...db], /usage: worker-locks run NAME/],
       [['release', ...db], /usage: worker-locks release NAME/],
       [['status', '--db', urls[database], '--table', uniqueName('wl_none')], /run "worker-locks migrate" first/],
@@ -153,11 +259,54 @@ forEachDatabase('worker-locks command', (database) => {
   })
 })
 
+it('does not run the command when the database cannot be reached, waiting or not', async () => {
+  const unreachable = 'postgres://postgres@127.0.0.1:1/test'
+  for (const wait of [['--wait', '5'], []]) {
+    const run = await cli(['run', 'job', ...wait, '--db', unreachable, '--', process.execPath, '-e', "console.log('ran')"]).exited
+    const label = `run ${wait.join(' ')}`
+    assert.equal(run.code, 1, `${label}: ${run.stderr}`)
+    assert.doesNotMatch(run.stdout, /ran/, label)
+    assert.equal(run.stderr.trim().split('\n').length, 1, `${label}, one line: ${run.stderr}`)
+    assert.match(run.stderr, /could not reach the database.*ECONNREFUSED.*; not running /, label)
+  }
+})
+
+it('says to migrate when the lock table is missing, waiting or not', async () => {
+  const file = join(tmpdir(), `${uniqueName('cli-missing-table')}.sqlite`)
+  try {
+    for (const wait of [['--wait', '5'], []]) {
+      const run = await cli(['run', 'job', ...wait, '--table', uniqueName('wl_missing'), '--db', file, '--', process.execPath, '-e', "console.log('ran')"]).exited
+      const label = `run ${wait.join(' ')}`
+      assert.equal(run.code, 1, `${label}: ${run.stderr}`)
+      assert.doesNotMatch(run.stdout, /ran/, label)
+      assert.equal(run.stderr.trim().split('\n').length, 1, `${label}, one line: ${run.stderr}`)
+      assert.match(run.stderr, /\(run "worker-locks migrate" first\)$/m, label)
+    }
+  } finally {
+    for (const suffix of ['', '-wal', '-shm']) rmSync(file + suffix, { force: true })
+  }
+})
+
+it('never suggests migrating for a database or role that does not exist', async () => {
+  const { describeFailure } = await import('../src/cli/main.js')
+  const { LockDatabaseError, LockTableError } = await import('../src/index.js')
+  const wrapped = (message: string): Error => new LockDatabaseError('worker-locks could not list locks in table "worker_locks"', new Error(message))
+  assert.doesNotMatch(describeFailure(wrapped('database "nodb" does not exist')), /migrate/)
+  assert.doesNotMatch(describeFailure(wrapped('role "nobody" does not exist')), /migrate/)
+  assert.match(describeFailure(wrapped('select * from "wl" - relation "wl" does not exist')), /relation "wl" does not exist \(run "worker-locks migrate" first\)$/)
+  assert.match(describeFailure(new LockTableError('wl', new Error('no such table: wl'))), /\(run "worker-locks migrate" first\)$/)
+})
+
 it('prints help for every command', async () => {
   for (const command of ['--help', 'migrate --help', 'status --help', 'release --help', 'run --help']) {
     const run = await cli(command.split(' ')).exited
     assert.equal(run.code, 0)
     assert.match(run.stdout, /Usage: worker-locks/)
   }
+  const run = (await cli(['run', '--help']).exited).stdout
+  assert.match(run, /COMMAND runs in a process group of its own/)
+  assert.match(run, /--lock-timeout S .*\(default: 120\)/)
+  assert.match(run, /126 command not\s+executable; 127 command not found/)
+  assert.doesNotMatch((await cli(['status', '--help']).exited).stdout, /--lock-timeout/)
 })
 

@@ -31,10 +31,10 @@ ${common}`,
   status: `Usage: worker-locks status [--json] [--db URL] [--table NAME]
 
 Shows every lock in the table: name, key, holder, fence, age since its last renewal, and
-whether it is stale (older than --lock-timeout, default 60 s, so anyone may take it over).
+whether it is stale (not renewed within its holder's own lock timeout, so anyone may take it
+over). Control characters in names are shown escaped (\\n, \\x1b, …).
 
   --json            print a JSON array instead of a table
-  --lock-timeout S  the timeout to judge staleness by, in seconds (default: 60)
 
 ${common}`,
 
@@ -51,18 +51,24 @@ ${common}`,
 Runs COMMAND while holding the lock NAME (key K), renewing it, and releases it when COMMAND
 exits. Exits with COMMAND's exit code (128 + n if it died of signal n).
 
+COMMAND runs in a process group of its own, so signals reach everything it starts (like a
+background job, it cannot read from the terminal). Whatever it leaves running when it exits
+gets SIGTERM (SIGKILL after --grace) before the lock is released.
+
   --key K           the lock's key (default: empty)
   --wait [SECONDS]  if the lock is busy, wait for it (for at most SECONDS); without
                     --wait a busy lock exits 75 at once
-  --lock-timeout S  how long the lock survives if this process dies (default: 60)
+  --lock-timeout S  how long the lock survives if this process dies (default: 120)
   --on-lost=ACTION  what to do if the lock is lost while COMMAND runs: stop (default:
                     SIGTERM, then SIGKILL after --grace, exit 70) or ignore
   --grace S         seconds between SIGTERM and SIGKILL (default: 10)
 
-SIGINT and SIGTERM are passed on to COMMAND; the lock is released after it exits.
+SIGINT, SIGTERM and SIGHUP are passed on to COMMAND's group; the lock is released after it
+exits.
 
-Exit codes: COMMAND's own; 75 lock busy or wait timed out; 70 lock lost; 127 command not
-found; 2 usage error; 1 other errors.
+Exit codes: COMMAND's own; 75 lock busy or wait timed out; 70 lock lost; 126 command not
+executable; 127 command not found; 2 usage error; 1 other errors (database unreachable,
+table missing: run "worker-locks migrate").
 
 ${common}`,
 }

@@ -1,16 +1,20 @@
 #!/usr/bin/env node
 // The worker-locks command. It uses the public API like any other program.
 import type { Knex } from 'knex'
-import { LockError, LockStore, createLockTable, type LockInfo } from '../index.js'
-import { parseArgs, secondsOption, UsageError, type OptionKind, type ParsedArgs } from './args.js'
-import { DatabaseUrlError, DEFAULT_DATABASE, openDatabase } from './database.js'
+import { LockStore, createLockTable, type LockInfo } from '../index.js'
+import { parseArgs, UsageError, type OptionKind, type ParsedArgs } from './args.js'
+import { DEFAULT_DATABASE, openDatabase } from './database.js'
+import { describeFailure } from './failure.js'
 import { help } from './help.js'
+import { printable, quoted } from './printable.js'
 import { runCommand } from './run.js'
+
+export { describeFailure }
 
 const databaseOptions: Record<string, OptionKind> = { db: 'value', table: 'value', help: 'flag' }
 const commandOptions: Record<string, Record<string, OptionKind>> = {
   migrate: databaseOptions,
-  status: { ...databaseOptions, json: 'flag', 'lock-timeout': 'value' },
+  status: { ...databaseOptions, json: 'flag' },
   release: databaseOptions,
   run: { ...databaseOptions, key: 'value', wait: 'optional-number', 'lock-timeout': 'value', 'on-lost': 'value', grace: 'value' },
 }
@@ -69,8 +73,8 @@ function age(ms: number): string {
 
 async function status(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
   expectPositionals(args, 0, 0, 'worker-locks status [--json]')
-  const lockTimeoutMs = secondsOption(args, 'lock-timeout', 60_000)
-  const store = new LockStore(knex, { tableName, lockTimeoutMs, renewalIntervalMs: Math.max(1, Math.floor(lockTimeoutMs / 4)) })
+  // Staleness is judged by the lease each holder wrote in its row, so no timeout is needed here.
+  const store = new LockStore(knex, { tableName })
   const locks = await store.listLocks()
   if (args.options.has('json')) {
     console.log(JSON.stringify(locks.map((l: LockInfo) => ({ ...l, fence: String(l.fence), lastRenewedAt: l.lastRenewedAt.toISOString() })), null, 2))
@@ -80,8 +84,10 @@ async function status(knex: Knex, tableName: string | undefined, args: ParsedArg
     console.log('no locks')
     return 0
   }
+  // Names come from anyone who can write the table: a control character in one must not forge
+  // a line of the table or reach the terminal as an escape sequence.
   const rows = [['NAME', 'KEY', 'HOLDER', 'FENCE', 'AGE', 'STATE'],
-    ...locks.map((l) => [l.name, l.key, l.instanceName, String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'])]
+    ...locks.map((l) => [l.name, l.key, l.instanceName, String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'].map(printable))]
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd())
   return 0
@@ -93,26 +99,12 @@ async function release(knex: Knex, tableName: string | undefined, args: ParsedAr
   const store = new LockStore(knex, { tableName })
   const [before] = await store.listLocks({ name, key })
   if (!(await store.forceRelease(name, key))) {
-    console.log(`worker-locks: no lock ${JSON.stringify(name)} (key ${JSON.stringify(key)}) to release`)
+    console.log(`worker-locks: no lock ${quoted(name)} (key ${quoted(key)}) to release`)
     return 1
   }
-  const holder = before ? `, held by ${before.instanceName} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
-  console.log(`worker-locks: released ${JSON.stringify(name)} (key ${JSON.stringify(key)})${holder}`)
+  const holder = before ? `, held by ${printable(before.instanceName)} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
+  console.log(`worker-locks: released ${quoted(name)} (key ${quoted(key)})${holder}`)
   return 0
-}
-
-/** One line for people, never a stack trace. */
-export function describeFailure(error: unknown): string {
-  if (error instanceof UsageError || error instanceof DatabaseUrlError) return error.message
-  let message = (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? ''
-  message = message.replace(/^worker-locks /, '')
-  // knex puts the whole statement in front of the driver's message; people need the reason.
-  const statement = message.match(/^(.*?): (?:select|insert|update|delete|with|create|alter)\b.* - (.*)$/is)
-  if (statement) message = `${statement[1]}: ${statement[2]}`
-  if (error instanceof LockError && /does not exist|no such table|doesn't exist/i.test(message)) {
-    return `${message} (run "worker-locks migrate" first)`
-  }
-  return message
 }
 
 if (require.main === module) {

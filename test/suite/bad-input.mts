@@ -42,7 +42,15 @@ const badOptions: Array<[string, object, typeof TypeError | typeof RangeError]> 
   ['instance with NUL', { instanceName: 'a\0' }, TypeError],
   ['logger not an object', { logger: 'console' }, TypeError],
   ['misspelt option', { lockTimeOutMs: 1000 }, TypeError],
+  ['timeout with no room for a renewal', { lockTimeoutMs: 1 }, RangeError],
 ]
+
+// null is never "use the default": each of these names the option in a TypeError.
+const nullOptions = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs']
+
+// Built once, when first needed: 50 million characters, far past any limit.
+let huge: string | undefined
+const hugeString = (): string => (huge ??= 'x'.repeat(50_000_000))
 
 export function badInputSuite(h: Harness): void {
   it('rejects bad names and keys with InvalidLockNameError before any SQL, keeping held locks', async () => {
@@ -76,6 +84,48 @@ export function badInputSuite(h: Harness): void {
     }
     assert.throws(() => new LockStore(h.knex, { lockTimeoutMs: 500, renewalIntervalMs: 900 }), /renewalIntervalMs \(900\) must be less than lockTimeoutMs \(500\)/)
     assert.throws(() => new LockStore({} as never), TypeError)
+  })
+
+  it('refuses null for every option, naming it, instead of using the default', () => {
+    for (const option of nullOptions) {
+      assert.throws(() => new LockStore(h.knex, { [option]: null } as never), { name: 'TypeError', message: new RegExp(`option ${option} must not be null`) }, option)
+    }
+    assert.throws(() => new LockStore(h.knex, { backoff: { maxDelayMs: null } } as never), { name: 'TypeError', message: /backoff\.maxDelayMs must not be null/ })
+  })
+
+  it('blames lockTimeoutMs, not the renewal interval it implies, for a timeout too short for a renewal', () => {
+    assert.throws(() => new LockStore(h.knex, { lockTimeoutMs: 1 }), (error: Error) => {
+      assert.ok(error instanceof RangeError)
+      assert.match(error.message, /lockTimeoutMs must be between 2 and/)
+      assert.doesNotMatch(error.message, /renewalIntervalMs/)
+      return true
+    })
+    assert.equal(h.store({ lockTimeoutMs: 2 }).renewalIntervalMs, 1, 'the shortest timeout that leaves room for a renewal is accepted')
+  })
+
+  it('rejects a huge name or key by its length before looking at its characters, before any SQL', async () => {
+    const store = h.store()
+    const name = h.lockName()
+    const held = await store.tryAcquireLock(name)
+    assert.ok(held)
+    const tooLong = { name: 'InvalidLockNameError', message: /must be at most 255 characters, got a string of length 5000000\d\.$/ }
+    const { queries } = await h.countQueries(h.knex, async () => {
+      await assert.rejects(store.tryAcquireLock(hugeString()), tooLong)
+      // A NUL would be reported if the characters were looked at first.
+      await assert.rejects(store.tryAcquireLock(`${hugeString()}\0`), tooLong)
+      await assert.rejects(store.tryAcquireLock(`\uD800${hugeString()}`), tooLong)
+      await assert.rejects(store.tryAcquireLock(name, `${hugeString()}\0`), { message: /^Lock key must be at most 255 characters, got a string of length/ })
+      await assert.rejects(store.acquireLock(`${hugeString()}\0`, '', { timeoutMs: 0 }), tooLong)
+      await assert.rejects(store.listLocks({ name: `${hugeString()}\0` }), tooLong)
+      await assert.rejects(store.forceRelease(name, `${hugeString()}\0`), { name: 'InvalidLockNameError' })
+    })
+    assert.equal(queries, 0)
+    assert.throws(() => new LockStore(h.knex, { instanceName: `${hugeString()}\0` }), { name: 'TypeError', message: /instanceName must be at most 255 characters, got a string of length/ })
+    // 255 code points of two code units each are still a valid name, right at the limit.
+    const longest = await store.tryAcquireLock('😀'.repeat(255))
+    assert.ok(longest)
+    await longest.release()
+    assert.equal(await held.isStillValid(), true)
   })
 
   it('cannot be steered into SQL by names and keys', async () => {
