@@ -1,10 +1,13 @@
 // The torture run's verdict (torture/check.mts) must be able to fail: fed a lost update, a write
-// accepted with a stale fence, a fence handed out twice, two unaware holders at once or a lock
-// taken from a killed holder too early, it says so. The run itself (`npm run torture`) is too long
+// accepted with a stale fence, a fence that did not grow in grant order (or was granted twice), a
+// fence the database never granted, two unaware holders at once or a lock taken from a killed
+// holder too early, it says so. The run itself (`npm run torture`) is too long
 // for the test suite; CI runs it separately.
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { checkFences, checkJournal, checkKills, checkReports, findOverlaps, type JournalEntry, type SectionRecord } from '../torture/check.mjs'
+import {
+  checkFences, checkJournal, checkKills, checkReports, findOverlaps, type Acquisition, type Grant, type JournalEntry, type SectionRecord,
+} from '../torture/check.mjs'
 
 let nextId = 0
 const claim = (writer: string, fence: bigint, value: bigint): JournalEntry =>
@@ -12,6 +15,8 @@ const claim = (writer: string, fence: bigint, value: bigint): JournalEntry =>
 const write = (writer: string, fence: bigint, readValue: bigint): JournalEntry =>
   ({ id: ++nextId, lock: 'lock-a', op: 'write', fence, writer, readValue, value: readValue + 1n })
 const counters = (value: bigint): Map<string, bigint> => new Map([['lock-a', value]])
+const grant = (id: number, holder: string, fence: bigint, lock = 'lock-a'): Grant => ({ id, lock, fence, holder })
+const acq = (worker: string, fence: bigint, at: number, lock = 'lock-a'): Acquisition => ({ worker, lock, fence, at })
 
 describe('torture verdict', () => {
   it('passes a journal in which every write read its predecessor and fences only grew', () => {
@@ -50,16 +55,37 @@ describe('torture verdict', () => {
     assert.equal(problems.length, 2)
   })
 
-  it('reports a fence handed out twice and a fence that went down', () => {
-    const problems = checkFences([
-      { worker: 'w1', lock: 'lock-a', fence: 5n, at: 0 },
-      { worker: 'w2', lock: 'lock-a', fence: 5n, at: 1_000 },
-      { worker: 'w3', lock: 'lock-a', fence: 4n, at: 2_000 },
-      { worker: 'w4', lock: 'lock-b', fence: 4n, at: 2_000 }, // another lock: its own sequence
-    ])
-    assert.equal(problems.filter((p) => /handed out twice/.test(p)).length, 1)
-    assert.equal(problems.filter((p) => /w3 got fence 4/.test(p)).length, 1)
-    assert.ok(problems.every((p) => p.startsWith('lock-a')))
+  it('passes fences that grew in grant order, each held by the worker it was granted to', () => {
+    const grants = [grant(1, 'w1', 1n), grant(2, 'w2', 2n), grant(3, 'w1', 3n), grant(4, 'w3', 5n, 'lock-b'), grant(5, 'w3', 4n)]
+    // A grant nobody reported (its holder was killed before it could say) is fine.
+    const verdict = checkFences(grants, [acq('w1', 1n, 10), acq('w2', 2n, 11), acq('w3', 5n, 12, 'lock-b'), acq('w3', 4n, 12)])
+    assert.deepEqual(verdict, { problems: [], ungranted: [] })
+  })
+
+  it('reports a fence that did not grow in grant order, however close in time, on every database', () => {
+    // PostgreSQL used to draw a fresh insert's fence before the insert could wait: w1 drew 7,
+    // waited, and was granted after w2 had been granted 8. Reported 1 ms apart, in grant order.
+    const grants = [grant(1, 'w0', 6n), grant(2, 'w2', 8n), grant(3, 'w1', 7n)]
+    const verdict = checkFences(grants, [acq('w0', 6n, 0), acq('w2', 8n, 100), acq('w1', 7n, 101)])
+    assert.equal(verdict.problems.length, 1, verdict.problems.join('\n'))
+    assert.match(verdict.problems[0] ?? '', /lock-a: grant #3 of fence 7 to w1 came after grant #2 of fence 8 to w2/)
+    assert.deepEqual(verdict.ungranted, [])
+    // A fence granted twice, and one held by two workers.
+    const twice = checkFences([grant(1, 'w1', 5n), grant(2, 'w2', 5n)], [])
+    assert.match(twice.problems[0] ?? '', /grant #2 of fence 5 to w2 came after grant #1 of fence 5 to w1/)
+    const shared = checkFences([grant(1, 'w1', 5n)], [acq('w1', 5n, 0), acq('w2', 5n, 10)])
+    assert.ok(shared.problems.some((p) => /fence 5 was held twice, by w1 and by w2/.test(p)), shared.problems.join('\n'))
+    assert.deepEqual(shared.ungranted, ['lock-a: w2 held fence 5, which the database granted to w1'])
+  })
+
+  it('reports a fence a worker held that the database never granted it (a forged hand-over)', () => {
+    const grants = [grant(1, 'w1', 1n), grant(2, 'w2', 2n)]
+    const verdict = checkFences(grants, [acq('w1', 1n, 0), acq('w2', 2n, 10), acq('w3', 999_999_999n, 20)])
+    assert.deepEqual(verdict.ungranted, ['lock-a: w3 held fence 999999999, which the database never granted'])
+    assert.deepEqual(verdict.problems, verdict.ungranted)
+    // The right fence for the lock, but granted to another worker; or granted for another lock.
+    assert.equal(checkFences(grants, [acq('w1', 2n, 10)]).ungranted.length, 1)
+    assert.equal(checkFences(grants, [acq('w1', 1n, 10, 'lock-b')]).ungranted.length, 1)
   })
 
   it('tells overlaps of holders that knew (or were stalled) from holders that did not', () => {

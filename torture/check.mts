@@ -112,35 +112,58 @@ export function checkReports(sections: readonly SectionRecord[], entries: readon
 export interface Acquisition { worker: string; lock: string; fence: bigint; at: number }
 
 /**
- * Fences must be unique per lock and grow with time: an acquisition more than `toleranceMs` after
- * another of the same lock must carry a higher fence.
+ * One grant of a lock as the database recorded it: a trigger on the lock table journals every row
+ * inserted, and every row whose fence changed (a takeover, a hand-over within a store), in the
+ * same statement. `id` is drawn while the granting statement holds what serialises the grants of
+ * that lock (the advisory lock on PostgreSQL, the fence counter's row lock on MySQL/MariaDB,
+ * SQLite's write lock), so it is the order in which the lock was granted.
  */
-export function checkFences(acquisitions: readonly Acquisition[], toleranceMs = 50): string[] {
+export interface Grant { id: number; lock: string; fence: bigint; holder: string }
+
+export interface FenceVerdict {
+  /** Anything wrong: a fence that did not grow in grant order, or a fence a worker held that the database never granted it. */
+  problems: string[]
+  /** Of `problems`: acquisitions whose fence the database never granted to that worker. */
+  ungranted: string[]
+}
+
+/**
+ * Fences must strictly increase per lock in grant order, on every database, with no tolerance:
+ * every grant in the database's own record carries a higher fence than every earlier grant of
+ * the same lock (a fence handed out twice is the same failure). And every fence a worker reported
+ * holding must be one the database granted to that worker, once: a fence that came from anywhere
+ * else (a forged notification, say) is a failure however large it is.
+ */
+export function checkFences(grants: readonly Grant[], acquisitions: readonly Acquisition[]): FenceVerdict {
   const problems: string[] = []
-  const byLock = new Map<string, Acquisition[]>()
-  for (const a of acquisitions) byLock.set(a.lock, [...(byLock.get(a.lock) ?? []), a])
+  const ungranted: string[] = []
+  const byLock = new Map<string, Grant[]>()
+  for (const g of grants) byLock.set(g.lock, [...(byLock.get(g.lock) ?? []), g])
+  const granted = new Map<string, Grant>()
   for (const [lock, list] of byLock) {
-    const seen = new Map<bigint, Acquisition>()
-    for (const a of list) {
-      const twin = seen.get(a.fence)
-      if (twin) problems.push(`${lock}: fence ${a.fence} was handed out twice, to ${twin.worker} and to ${a.worker}`)
-      else seen.set(a.fence, a)
-    }
-    const sorted = [...list].sort((a, b) => a.at - b.at)
-    let before = 0
-    let highest: Acquisition | undefined
-    for (const a of sorted) {
-      while (before < sorted.length && (sorted[before] as Acquisition).at < a.at - toleranceMs) {
-        const candidate = sorted[before] as Acquisition
-        if (!highest || candidate.fence > highest.fence) highest = candidate
-        before++
+    let highest: Grant | undefined
+    for (const g of [...list].sort((a, b) => a.id - b.id)) {
+      if (highest && g.fence <= highest.fence) {
+        problems.push(`${lock}: grant #${g.id} of fence ${g.fence} to ${g.holder} came after grant #${highest.id} of fence ${highest.fence} to ${highest.holder}`)
       }
-      if (highest && a.fence <= highest.fence) {
-        problems.push(`${lock}: ${a.worker} got fence ${a.fence} ${Math.round(a.at - highest.at)} ms after ${highest.worker} got fence ${highest.fence}`)
-      }
+      if (!highest || g.fence > highest.fence) highest = g
+      granted.set(`${lock}\0${g.fence}`, g)
     }
   }
-  return problems
+  const reported = new Map<string, Acquisition>()
+  for (const a of acquisitions) {
+    const key = `${a.lock}\0${a.fence}`
+    const twin = reported.get(key)
+    if (twin) problems.push(`${a.lock}: fence ${a.fence} was held twice, by ${twin.worker} and by ${a.worker}`)
+    else reported.set(key, a)
+    const grant = granted.get(key)
+    if (!grant || grant.holder !== a.worker) {
+      const problem = `${a.lock}: ${a.worker} held fence ${a.fence}, which the database ${grant ? `granted to ${grant.holder}` : 'never granted'}`
+      problems.push(problem)
+      ungranted.push(problem)
+    }
+  }
+  return { problems, ungranted }
 }
 
 export interface Overlap {

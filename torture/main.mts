@@ -3,10 +3,13 @@
 // that lock's counter, fenced with the lock's fence. Meanwhile the harness SIGKILLs holders (and
 // restarts them, with the same instance name or a new one), kills a holder's database
 // connections, restarts the database server, makes holders stall past their lease, and runs two
-// of the workers with their clock minutes off. Then it checks, from the resource's journal and
-// what the workers reported, that no update was lost, no write was accepted with a stale fence,
-// no worker failed or hung, and no lock is left held. Finally, per database, a short
-// demonstration of what `clock: 'local'` does with the same skewed workers.
+// of the workers with their clock minutes off; on PostgreSQL a forger process (forger.mts) floods
+// the stores' notification channels with malformed, forged and replayed payloads. Then it checks,
+// from the resource's journal, the database's record of grants and what the workers reported,
+// that no update was lost, no write was accepted with a stale fence, fences strictly grew in
+// grant order, no worker held a fence the database had not granted it, no worker failed or hung,
+// and no lock is left held. Finally, per database, a short demonstration of what
+// `clock: 'local'` does with the same skewed workers.
 //
 //   npm run torture                  short mode, what CI runs (also: -- --short): about 2 minutes
 //                                    for all six pairs and the three demonstrations on 2 cores
@@ -26,12 +29,12 @@ import { LockStore, createLockTable, dropLockTable } from '../src/index.js'
 import { connect, inCI, resolveMatrix, sqliteFile, uniqueName, type Database, type StrategyName } from '../test/targets.mjs'
 import {
   checkFences, checkJournal, checkKills, checkReports, findOverlaps, invariant,
-  type Acquisition, type Invariant, type JournalEntry, type Kill, type Reclaim, type SectionRecord,
+  type Acquisition, type FenceVerdict, type Grant, type Invariant, type JournalEntry, type Kill, type Reclaim, type SectionRecord,
 } from './check.mjs'
 import { cannotRestart, dropSlotLogin, ensureServerUp, killConnections, restartServer, slotLogin, type SlotLogin } from './servers.mjs'
 import {
-  LOCK_TIMEOUT_MS, RENEWAL_INTERVAL_MS, STALL_MS, countersTable, createResource, dropResource, journalTable, realNow,
-  selectedRows, workerEnv, type ClockMode, type WorkerEvent,
+  FORGED_FENCE, LOCK_TIMEOUT_MS, RENEWAL_INTERVAL_MS, STALL_MS, countersTable, createGrantJournal, createResource, dropResource,
+  forgerEnv, grantsTable, journalTable, realNow, selectedRows, workerEnv, type ClockMode, type ForgerSummary, type WorkerEvent,
 } from './shared.mjs'
 
 // ---------------------------------------------------------------------------------------------
@@ -69,6 +72,9 @@ const AVAILABLE_WITHIN_MS = LOCK_TIMEOUT_MS + 5_000
 
 const verbose = process.env.TORTURE_VERBOSE === '1'
 const workerScript = join(import.meta.dirname, 'worker.mjs')
+const forgerScript = join(import.meta.dirname, 'forger.mjs')
+/** The forger must have exited this long after "stop" (it finishes the round under way). */
+const FORGER_STOP_MS = 8_000
 const fmtS = (ms: number): string => `${(ms / 1000).toFixed(1)} s`
 const fmtSkew = (ms: number): string => (ms === 0 ? '0' : `${ms > 0 ? '+' : '-'}${Math.abs(ms) / 1000} s`)
 const pick = <T,>(items: readonly T[]): T | undefined => items[Math.floor(Math.random() * items.length)]
@@ -122,6 +128,15 @@ interface Proc {
   summary: Extract<WorkerEvent, { t: 'summary' }> | undefined
 }
 
+/** The forger of a PostgreSQL pair (forger.mts). */
+interface ForgerProc {
+  child: ChildProcess
+  closed: Promise<{ code: number | null; signal: NodeJS.Signals | null }>
+  exit: { code: number | null; signal: NodeJS.Signals | null } | undefined
+  summary: ForgerSummary | undefined
+  stderr: string[]
+}
+
 interface Faults {
   killSameName: number
   killNewName: number
@@ -140,6 +155,8 @@ interface RunOptions {
   durationMs: number
   work: 'mixed' | 'long'
   label: string
+  /** Run the forger alongside the workers (PostgreSQL pairs). */
+  forge: boolean
 }
 
 class Run {
@@ -162,6 +179,7 @@ class Run {
   readonly restartEnds: number[] = []
   readonly stalls: Array<{ worker: string; lock: string; fence: string; ms: number; abortedOnWake: boolean; reason?: string; write: string }> = []
   readonly sawReady = new Set<Proc>()
+  forger: ForgerProc | undefined
   readonly faults: Faults = { killSameName: 0, killNewName: 0, connectionKills: 0, connectionsKilled: 0, restarts: 0, restartMs: [], stallsRequested: 0, skipped: [] }
   warnings = 0
   lastConnectionKill = 0
@@ -180,7 +198,10 @@ class Run {
 
   async setUp(): Promise<void> {
     await createLockTable(this.knex, { tableName: this.table })
+    await createGrantJournal(this.knex, this.o.database, this.table)
     await createResource(this.knex, this.o.database, this.table, LOCKS)
+    // It stops by itself well after the pair's end, should the harness never tell it to.
+    if (this.o.forge) this.spawnForger(realNow() + this.o.durationMs + LOCK_TIMEOUT_MS + STOP_BOUND_MS + 30_000)
     for (let index = 1; index <= WORKERS; index++) {
       const login = await slotLogin(this.knex, this.o.database, this.table, index)
       const skewMs = SKEWS[index - 1] ?? 0
@@ -229,6 +250,61 @@ class Run {
     })
     this.procs.push(proc)
     return proc
+  }
+
+  spawnForger(until: number): void {
+    const child = spawn(process.execPath, [forgerScript], {
+      env: { ...process.env, ...forgerEnv({ table: this.table, locks: LOCKS, until }) },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    })
+    const forger: ForgerProc = {
+      child, exit: undefined, summary: undefined, stderr: [],
+      closed: new Promise((resolve) => child.on('close', (code, signal) => {
+        forger.exit = { code, signal }
+        resolve({ code, signal })
+      })),
+    }
+    child.stdin?.on('error', () => undefined)
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      try {
+        const parsed = JSON.parse(line) as ForgerSummary
+        if (parsed.t === 'forger') forger.summary = parsed
+      } catch {
+        forger.stderr.push(`stdout: ${line}`)
+      }
+    })
+    createInterface({ input: child.stderr! }).on('line', (line) => {
+      if (verbose) this.note(`(forger: ${line})`)
+      forger.stderr.push(line)
+      if (forger.stderr.length > 40) forger.stderr.shift()
+    })
+    this.forger = forger
+  }
+
+  /** Tells the forger to stop and waits for its summary; resolves what went wrong with it. */
+  async stopForger(): Promise<string[]> {
+    const forger = this.forger
+    if (!forger) return []
+    const problems: string[] = []
+    forger.child.stdin?.end('stop\n')
+    const done = await Promise.race([forger.closed.then(() => true), sleep(FORGER_STOP_MS, false)])
+    if (!done) {
+      problems.push(`the forger had not exited ${FORGER_STOP_MS / 1000} s after "stop"; killed`)
+      forger.child.kill('SIGKILL')
+      await forger.closed
+    }
+    const exit = forger.exit
+    if (done && exit && (exit.code !== 0 || exit.signal !== null)) {
+      problems.push(`the forger exited with ${exit.signal ?? `code ${exit.code}`}${forger.stderr.length ? `: ${forger.stderr.slice(-5).join(' | ')}` : ''}`)
+    }
+    const f = forger.summary
+    if (!f) problems.push('the forger exited without its summary line')
+    else {
+      if (f.forged === 0) problems.push('the forger sent no forged hand-over')
+      if (f.malformed === 0) problems.push('the forger sent no malformed payload')
+      this.note(`stopped the forger: ${f.sent} notifications sent, to ${f.waiterChannels} waiter channel(s) and ${this.table}_released`)
+    }
+    return problems
   }
 
   async ready(proc: Proc): Promise<void> {
@@ -496,8 +572,10 @@ class Run {
     }
   }
 
-  async journal(): Promise<{ entries: JournalEntry[]; counters: Map<string, bigint> }> {
+  async journal(): Promise<{ entries: JournalEntry[]; counters: Map<string, bigint>; grants: Grant[] }> {
     const { database } = this.o
+    const grantRows = selectedRows(database, await this.query('read the grants', () =>
+      this.knex.raw(`SELECT id, lock_name, holder, fence FROM ${grantsTable(this.table)} ORDER BY id`)))
     const journalRows = selectedRows(database, await this.query('read the journal', () =>
       this.knex.raw(`SELECT id, lock_name, op, fence, writer, read_value, value FROM ${journalTable(this.table)} ORDER BY id`)))
     const counterRows = selectedRows(database, await this.query('read the counters', () =>
@@ -509,6 +587,7 @@ class Run {
         writer: r.writer === null ? null : String(r.writer), readValue: r.read_value === null ? null : big(r.read_value), value: big(r.value),
       })),
       counters: new Map(counterRows.map((r) => [String(r.lock_name), big(r.value)])),
+      grants: grantRows.map((r) => ({ id: Number(r.id), lock: String(r.lock_name), holder: String(r.holder), fence: big(r.fence) })),
     }
   }
 
@@ -520,7 +599,8 @@ class Run {
 
   async #tearDown(): Promise<void> {
     for (const p of this.procs) if (p.exit === undefined) p.child.kill('SIGKILL')
-    await Promise.all(this.procs.map((p) => p.closed))
+    if (this.forger && this.forger.exit === undefined) this.forger.child.kill('SIGKILL')
+    await Promise.all([...this.procs.map((p) => p.closed), this.forger?.closed])
     await this.query('drop the tables', async () => {
       await dropResource(this.knex, this.o.database, this.table)
       await dropLockTable(this.knex, { tableName: this.table })
@@ -541,6 +621,8 @@ interface Verdict {
   lines: string[]
   ok: boolean
   seconds: number
+  /** For the summary: what the forger sent, if one ran. */
+  forged?: string
 }
 
 function count<T>(items: readonly T[], test: (item: T) => boolean): number {
@@ -548,11 +630,11 @@ function count<T>(items: readonly T[], test: (item: T) => boolean): number {
 }
 
 /** What every run must satisfy, faults or not, clocks right or wrong. */
-async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants: Invariant[]; stats: string[] }> {
-  const { entries, counters } = await run.journal()
+async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants: Invariant[]; stats: string[]; fences: FenceVerdict }> {
+  const { entries, counters, grants } = await run.journal()
   const journal = checkJournal(entries, counters)
   const reports = checkReports(run.sections, entries)
-  const fences = checkFences(run.acquisitions)
+  const fences = checkFences(grants, run.acquisitions)
   const leftovers = await run.leftoverLocks()
   const badExits = run.procs
     .filter((p) => !p.killed && p.exit && (p.exit.code !== 0 || p.exit.signal !== null) && !hung.some((h) => h.startsWith(`${p.name} `)))
@@ -569,7 +651,8 @@ async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants:
       `${journal.writes} writes and ${journal.claims} claims accepted, in commit order, never below a fence seen before`),
     invariant('journal, counters and worker reports agree', [...journal.corrupt, ...reports],
       `${accepted} writes reported accepted, ${count(run.sections, (s) => s.write === 'refused')} reported refused`),
-    invariant('fences unique and increasing per lock', fences, `${run.acquisitions.length} acquisitions`),
+    invariant('fences strictly increasing per lock in grant order; each held fence granted by the database to its holder', fences.problems,
+      `${grants.length} grants in the database's order, ${run.acquisitions.length} acquisitions reported${fences.problems.length === 0 ? ', each a grant to the worker that reported it' : ''}`),
     invariant('no unhandled rejection, uncaught exception or bad exit in any worker', [...run.violations, ...badExits, ...noSummary],
       `${run.procs.length} worker processes, ${run.procs.filter((p) => p.killed).length} of them SIGKILLed by the harness`),
     invariant('every worker finished after "stop"', hung, `all within ${STOP_BOUND_MS / 1000} s`),
@@ -592,7 +675,7 @@ async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants:
   }
   if (kinds.size > 0) stats.push(`worker-side errors (all handled): ${[...kinds].sort((a, b) => b[1] - a[1]).slice(0, 4).map(([k, n]) => `${n}× ${k}`).join(' | ')}`)
   if (run.libraryErrors.length > 0) stats.push(`library error-level logs: ${run.libraryErrors.slice(0, 3).join(' | ')}`)
-  return { invariants, stats }
+  return { invariants, stats, fences }
 }
 
 function faultLine(run: Run): string {
@@ -613,7 +696,8 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
   const label = `${database}/${strategy}`
   const durationMs = pairMs(database)
   console.log(`\n== ${label}: ${WORKERS} workers, locks ${LOCKS.join(', ')}, ${fmtS(durationMs)}, lock timeout ${LOCK_TIMEOUT_MS} ms, renewal ${RENEWAL_INTERVAL_MS} ms, clock 'database'`)
-  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label })
+  const forge = database === 'postgres'
+  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label, forge })
   current = run
   const t0 = realNow()
   let verdict: Verdict
@@ -628,7 +712,26 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
     const runEnd = realNow()
     const hung = await run.stopWorkers()
     run.note(`stopped the workers`)
-    const { invariants, stats } = await commonInvariants(run, hung)
+    // The forger ran on while the workers closed their stores.
+    const forgerProblems = await run.stopForger()
+    const { invariants, stats, fences } = await commonInvariants(run, hung)
+    let forged: string | undefined
+    if (forge) {
+      const f = run.forger?.summary
+      const forgedFence = run.acquisitions.filter((a) => a.fence === FORGED_FENCE)
+        .map((a) => `${a.worker} held ${a.lock} with the forged fence ${FORGED_FENCE}`)
+      const problems = [...forgerProblems, ...forgedFence, ...fences.ungranted]
+      forged = f ? `${f.sent} notifications forged` : 'no forger summary'
+      invariants.push(invariant('forged notifications grant nothing: no worker held a fence the database had not given it', problems,
+        problems.length > 0 ? forged
+          : `${forged}; no worker held fence ${FORGED_FENCE}, every one of ${run.acquisitions.length} acquisitions was a grant the database recorded for that worker`))
+      if (f) {
+        stats.push(`forger: ${f.sent} notifications forged in ${f.rounds} rounds (malformed ${f.malformed}, forged hand-overs with fence ${FORGED_FENCE} ${f.forged}, ` +
+          `replays ${f.replayed} of ${f.captured} real payloads heard), ${f.onReleased} on ${run.table}_released and ${f.onWaiterChannels} on ${f.waiterChannels} waiter channel(s); ` +
+          `failed statements ${f.errors}, reconnects ${f.reconnects}${f.lastError ? ` (last: ${f.lastError.slice(0, 80)})` : ''}; ` +
+          `the workers' stores ignored ${run.procs.reduce((n, p) => n + (p.summary?.ignoredNotifications ?? 0), 0)} malformed notifications (SIGKILLed workers not counted)`)
+      }
+    }
 
     const stallProblems = run.stalls.filter((s) => !s.abortedOnWake).map((s) => `${s.worker} woke from a ${s.ms} ms stall holding ${s.lock} #${s.fence} and its signal had not aborted`)
     if (run.faults.stallsRequested > 0 && run.stalls.length === 0) stallProblems.push('no worker stalled, though told to')
@@ -659,7 +762,7 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
     }
     verdict = {
       label, invariants, seconds: (realNow() - t0) / 1000, ok: invariants.every((i) => i.ok),
-      lines: [...stats, faultLine(run)],
+      lines: [...stats, faultLine(run)], ...(forged ? { forged } : {}),
     }
   } catch (error) {
     verdict = { label, seconds: (realNow() - t0) / 1000, ok: false, lines: [], invariants: [invariant('the run completed', [`harness failure: ${error instanceof Error ? error.stack : String(error)}`], '')] }
@@ -680,7 +783,7 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
 async function demonstrateLocalClock(database: Database, strategy: StrategyName): Promise<{ verdict: Verdict; overlaps: number }> {
   const label = `${database}/${strategy} clock 'local'`
   console.log(`\n== demonstration: ${database}/${strategy} with clock: 'local', the same skewed clocks (${SKEWS.map(fmtSkew).join(', ')}), no other fault, ${fmtS(demoMs)}`)
-  const run = new Run({ database, strategy, clock: 'local', durationMs: demoMs, work: 'long', label })
+  const run = new Run({ database, strategy, clock: 'local', durationMs: demoMs, work: 'long', label, forge: false })
   current = run
   const t0 = realNow()
   let verdict: Verdict
@@ -746,7 +849,10 @@ const demos: Array<{ verdict: Verdict; overlaps: number }> = []
 for (const database of [...new Set(matrix.targets.map((t) => t.database))]) demos.push(await demonstrateLocalClock(database, 'native'))
 
 console.log('\n== summary')
-for (const v of verdicts) console.log(`  ${v.ok ? 'PASS' : 'FAIL'}  ${v.label.padEnd(20)} ${v.invariants.filter((i) => i.ok).length}/${v.invariants.length} invariants held  (${v.seconds.toFixed(1)} s)`)
+for (const v of verdicts) {
+  const forged = v.forged === undefined ? '' : `; ${v.forged}, ${v.invariants.some((i) => i.name.startsWith('forged notifications') && i.ok) ? 'no worker held a fence the database had not given it' : 'SEE ABOVE'}`
+  console.log(`  ${v.ok ? 'PASS' : 'FAIL'}  ${v.label.padEnd(20)} ${v.invariants.filter((i) => i.ok).length}/${v.invariants.length} invariants held${forged}  (${v.seconds.toFixed(1)} s)`)
+}
 for (const d of demos) {
   console.log(`  ${d.verdict.ok ? 'PASS' : 'FAIL'}  ${d.verdict.label.padEnd(20)} ${d.verdict.invariants.filter((i) => i.ok).length}/${d.verdict.invariants.length} invariants held; mutual exclusion broken ${d.overlaps} time(s), as expected  (${d.verdict.seconds.toFixed(1)} s)`)
 }

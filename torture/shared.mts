@@ -76,6 +76,8 @@ export function workerConfigFromEnv(env: NodeJS.ProcessEnv): WorkerConfig {
  */
 export const countersTable = (table: string): string => `${table}_counters`
 export const journalTable = (table: string): string => `${table}_journal`
+/** The database's record of every grant of a lock, `<table>_grants` (see createGrantJournal). */
+export const grantsTable = (table: string): string => `${table}_grants`
 
 /**
  * The fenced statements of a critical section. `claim` tells the resource the holder's fence
@@ -147,10 +149,100 @@ export async function createResource(knex: Knex, database: Database, table: stri
   for (const lock of locks) await knex.raw(`INSERT INTO ${counters} (lock_name, value, fence, op) VALUES (?, 0, 0, 'init')`, [lock])
 }
 
+/**
+ * The grant journal: triggers on the lock table (created by createLockTable before) record, in
+ * `<table>_grants` and in the same statement, every row inserted and every row whose fence
+ * changed (a takeover, a hand-over within a store): the lock, its fence and the instance it went
+ * to. The journal's id is drawn while the granting statement holds what serialises the grants of
+ * one lock (PostgreSQL: the lock's advisory lock, held to commit; MySQL/MariaDB: the fence
+ * counter's row lock; SQLite: the write lock), so it is the order of grants. Renewals do not
+ * change the fence and are not recorded.
+ */
+export async function createGrantJournal(knex: Knex, database: Database, table: string): Promise<void> {
+  const grants = grantsTable(table)
+  const columns = 'lock_name VARCHAR(255) NOT NULL, lock_key VARCHAR(255) NOT NULL, holder VARCHAR(255) NOT NULL, fence BIGINT NOT NULL'
+  const copy = `INSERT INTO ${grants} (lock_name, lock_key, holder, fence) VALUES (NEW.lock_name, NEW.lock_key, NEW.instance_name, NEW.fence)`
+  switch (database) {
+    case 'sqlite':
+      await knex.raw(`CREATE TABLE ${grants} (id INTEGER PRIMARY KEY AUTOINCREMENT, ${columns})`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} BEGIN ${copy}; END`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} WHEN NEW.fence <> OLD.fence BEGIN ${copy}; END`)
+      break
+    case 'postgres':
+      await knex.raw(`CREATE TABLE ${grants} (id BIGSERIAL PRIMARY KEY, ${columns})`)
+      await knex.raw(`CREATE FUNCTION ${table}_grants_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN ${copy}; RETURN NULL; END $$`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_grants_fn()`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} FOR EACH ROW WHEN (NEW.fence IS DISTINCT FROM OLD.fence) EXECUTE FUNCTION ${table}_grants_fn()`)
+      break
+    case 'mysql':
+      await knex.raw(`CREATE TABLE ${grants} (id BIGINT AUTO_INCREMENT PRIMARY KEY, ${columns}) ENGINE=InnoDB`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} FOR EACH ROW ${copy}`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} FOR EACH ROW BEGIN IF NEW.fence <> OLD.fence THEN ${copy}; END IF; END`)
+      break
+  }
+}
+
 export async function dropResource(knex: Knex, database: Database, table: string): Promise<void> {
   await knex.raw(`DROP TABLE IF EXISTS ${countersTable(table)}`) // takes its trigger along
   await knex.raw(`DROP TABLE IF EXISTS ${journalTable(table)}`)
-  if (database === 'postgres') await knex.raw(`DROP FUNCTION IF EXISTS ${table}_journal_fn()`)
+  // The grant journal's triggers first: the lock table is dropped after this, and SQLite checks
+  // its triggers when the lock table's migrations alter it on the way down.
+  if (database === 'postgres') {
+    await knex.raw(`DROP FUNCTION IF EXISTS ${table}_journal_fn()`)
+    await knex.raw(`DROP FUNCTION IF EXISTS ${table}_grants_fn() CASCADE`) // and its triggers
+  } else {
+    await knex.raw(`DROP TRIGGER IF EXISTS ${table}_grants_ai`)
+    await knex.raw(`DROP TRIGGER IF EXISTS ${table}_grants_au`)
+  }
+  await knex.raw(`DROP TABLE IF EXISTS ${grantsTable(table)}`)
+}
+
+/** The fence every forged hand-over offers (forger.mts): no worker may ever hold it. */
+export const FORGED_FENCE = 999_999_999n
+
+/** What the forger (forger.mts) is told, through its environment. */
+export interface ForgerConfig {
+  table: string
+  locks: string[]
+  /** realNow() after which it stops by itself, if the harness has not told it to before. */
+  until: number
+}
+
+export function forgerEnv(config: ForgerConfig): Record<string, string> {
+  return { WLF_TABLE: config.table, WLF_LOCKS: config.locks.join(','), WLF_UNTIL: String(Math.round(config.until)) }
+}
+
+export function forgerConfigFromEnv(env: NodeJS.ProcessEnv): ForgerConfig {
+  const table = env.WLF_TABLE
+  const locks = env.WLF_LOCKS
+  const until = Number(env.WLF_UNTIL)
+  if (!table || !locks || !Number.isFinite(until)) throw new Error('torture forger: WLF_TABLE, WLF_LOCKS and WLF_UNTIL must be set')
+  return { table, locks: locks.split(','), until }
+}
+
+/** The forger's last line on stdout: what it sent, by kind, and what it could reach. */
+export interface ForgerSummary {
+  t: 'forger'
+  /** Notifications sent, all kinds. */
+  sent: number
+  /** Not JSON, wrong shapes, empty, ~7,900 characters. */
+  malformed: number
+  /** `[name, key, 'forger', 'forged-token', '999999999', now]` for the run's locks. */
+  forged: number
+  /** Real release payloads it heard, sent again. */
+  replayed: number
+  /** Sent on `<table>_released` / on waiters' own channels. */
+  onReleased: number
+  onWaiterChannels: number
+  /** Distinct `wl_waiter_<hex>` channels it found (waiting line, advisory locks of the workers' sessions) and sent to. */
+  waiterChannels: number
+  /** Real release payloads it heard on the channels it listened on. */
+  captured: number
+  rounds: number
+  /** Statements that failed (a server restart) and the connections it had to open again. */
+  errors: number
+  reconnects: number
+  lastError?: string
 }
 
 /** One line of a worker's stdout. Fences and counter values are strings: JSON has no bigint. */
@@ -174,7 +266,8 @@ export type WorkerEvent =
   | { t: 'err'; worker: string; where: string; message: string; at: number }
   | { t: 'log'; worker: string; level: string; message: string; at: number }
   | { t: 'violation'; worker: string; message: string; at: number }
-  | { t: 'summary'; worker: string; sections: number; errors: number; warnings: number; handOvers: number; at: number }
+  /** `ignoredNotifications`: notifications its store dropped as malformed (debug logs). */
+  | { t: 'summary'; worker: string; sections: number; errors: number; warnings: number; handOvers: number; ignoredNotifications: number; at: number }
 
 /** What became of a fenced statement. `error`: it failed, and may or may not have committed. */
 export type Outcome = 'ok' | 'refused' | 'error' | 'skipped'

@@ -69,7 +69,12 @@ const lagSince = (since: number): number =>
 let warnings = 0
 let errors = 0
 let sections = 0
+// Notifications the store dropped as malformed (on PostgreSQL, the forger's): debug logs, never errors.
+let ignoredNotifications = 0
 const logger = {
+  debug: (_details: object, text: string) => {
+    if (text.startsWith('worker-locks: ignored a notification')) ignoredNotifications++
+  },
   warn: (_details: object, text: string) => {
     warnings++
     emit({ t: 'log', worker, level: 'warn', message: text, at: realNow() })
@@ -234,6 +239,6 @@ try {
   emit({ t: 'err', worker, where: 'close', message: message(error), at: realNow() })
 }
 await knex.destroy()
-emit({ t: 'summary', worker, sections, errors, warnings, handOvers, at: realNow() })
+emit({ t: 'summary', worker, sections, errors, warnings, handOvers, ignoredNotifications, at: realNow() })
 // No process.exit(): the process must end by itself once its work is done. One that does not
 // (a timer or connection left behind) is reported by the harness as a worker that never finished.
