@@ -209,7 +209,7 @@ function summariseProcesses(result: ProcessContention) {
 async function processes(): Promise<Record<string, ReturnType<typeof summariseProcesses>>> {
   const seconds = smoke ? 1 : 5
   const contenders: ProcessContender[] = database === 'sqlite' ? ['worker-locks', 'verrou']
-    : database === 'postgres' ? ['worker-locks', 'worker-locks, wake only', 'verrou', 'server'] : ['worker-locks', 'verrou', 'server']
+    : database === 'postgres' ? ['worker-locks', 'worker-locks, no line', 'verrou', 'server'] : ['worker-locks', 'verrou', 'server']
   const out: Record<string, ReturnType<typeof summariseProcesses>> = {}
   for (const c of contenders) out[c === 'server' ? 'server lock queue' : c] = summariseProcesses(await acrossProcesses(database, c, seconds))
   return out

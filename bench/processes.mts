@@ -65,12 +65,9 @@ async function probeRoundTrips(database: Database, stop: Promise<unknown>): Prom
 /**
  * `server`: the database's own lock queue (PostgreSQL and MySQL only), the floor.
  * `worker-locks, no line`: worker-locks on a table without the waiting line (PostgreSQL: every
- * waiting process hears every release), as before migration 3.
- * `worker-locks, wake only`: worker-locks on a table with the line but without migration 4
- * (PostgreSQL: a release wakes the store first in line, which then acquires, instead of handing
- * it the lock).
+ * waiting process hears every release and tries).
  */
-export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'worker-locks, wake only' | 'verrou' | 'server'
+export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'verrou' | 'server'
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
@@ -111,7 +108,6 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
     } else if (contender.startsWith('worker-locks')) {
       await createLockTable(knex, { tableName: table })
       if (contender === 'worker-locks, no line') await knex.schema.dropTableIfExists(`${table}_waiters`)
-      if (contender === 'worker-locks, wake only' && database === 'postgres') await knex.raw('ALTER TABLE ?? DROP COLUMN instance_name', [`${table}_waiters`])
     }
     const workers = Array.from({ length: processes }, () => startWorker(database, table, contender))
     await Promise.all(workers.map((w) => w.ready))
