@@ -8,7 +8,7 @@ export interface LockEventMap {
    * acquiring statement.
    */
   acquired: { name: string; key: string; fence: bigint; durationMs: number }
-  /** An attempt found the lock held by someone else (`durationMs` 0: a waiter's first attempt found it held by another store of the process, without asking the database). */
+  /** An attempt found the lock held (`durationMs` 0: a waiter's first attempt found it held by its own store, without asking the database). */
   refused: { name: string; key: string; durationMs: number }
   /** A lock this store held was released (`heldMs` since it was acquired). */
   released: { name: string; key: string; heldMs: number }

@@ -1,9 +1,15 @@
+// The waiters of one store: a first-come-first-served queue per lock, whose head alone asks the
+// database, backing off while the lock is busy; the others sleep until they are at the head.
 import { backoffDelay, type Backoff } from './backoff.js'
-import type { Clock } from './clock.js'
+import type { Clock, TimerHandle } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, LockTimeoutError } from './errors.js'
 import { describeLock } from './held-locks.js'
 import type { Lock } from './lock.js'
 import type { LogLevel } from './logger.js'
+import type { LockRef } from './store-context.js'
+
+/** How a wait ended. */
+export type WaitOutcome = 'acquired' | 'timeout' | 'aborted' | 'closed'
 
 /** What a WaitRoom needs from its store. */
 export interface WaitRoomOptions {
@@ -12,17 +18,23 @@ export interface WaitRoomOptions {
   readonly backoff: Backoff
   readonly slowWaitWarningMs: number
   readonly log: (level: LogLevel, details: object, message: string) => void
-  /** One non-waiting attempt (`tryAcquireLock`); `alone` when no other waiter waits for the lock. */
-  readonly attempt: (name: string, key: string, alone: boolean) => Promise<Lock | null>
-  /** Called when the first waiter arrives and when the last one leaves. */
+  /**
+   * One attempt (as `tryAcquireLock`); `alone` when no other waiter of the store waits for the
+   * lock, `first` for the waiter's first attempt.
+   */
+  readonly attempt: (lock: LockRef, alone: boolean, first: boolean) => Promise<Lock | null>
+  /** Called when the store's first waiter arrives (`true`) and when its last one leaves. */
   readonly occupied: (occupied: boolean) => void
-  /** Called when the first waiter for lock `id` (`name`, `key`) arrives; returns what to call when the last one leaves. */
-  readonly waitingFor: (id: string, name: string, key: string) => () => void
+  /** Called when the first waiter for `lock` arrives. */
+  readonly waitingStarted: (lock: LockRef) => void
+  /** Called when the last waiter for `lock` leaves. */
+  readonly waitingEnded: (lock: LockRef) => void
   /** Called when a wait ends, however it ends. */
-  readonly ended: (name: string, key: string, waitedMs: number, outcome: 'acquired' | 'timeout' | 'aborted' | 'closed') => void
+  readonly ended: (lock: LockRef, waitedMs: number, outcome: WaitOutcome) => void
 }
 
 interface Waiter {
+  readonly lock: LockRef
   /** Set once the waiter must give up; thrown by its loop. */
   stop: unknown
   /** A wake-up arrived while the waiter was not asleep; its next sleep returns at once. */
@@ -35,7 +47,12 @@ interface Waiter {
   claim: Promise<Lock | null> | undefined
   /** The database error of its last attempt, if that attempt failed: the cause of a timeout. */
   lastError: unknown
+  /** Whether it has made an attempt. */
+  attempted: boolean
 }
+
+/** One turn of a waiter's loop: the lock, or whether it made an attempt (and whether that failed). */
+type Turn = { lock: Lock } | { attempted: boolean; failed: boolean }
 
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -54,7 +71,6 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
 export class WaitRoom {
   readonly #o: WaitRoomOptions
   readonly #queues = new Map<string, Waiter[]>()
-  readonly #stopWaitingFor = new Map<string, () => void>()
   #count = 0
   // Callers of stopAll() waiting for the last wait to end.
   #emptied: Array<() => void> = []
@@ -104,91 +120,114 @@ export class WaitRoom {
   }
 
   /**
-   * Waits until this store holds the lock, `timeoutMs` has passed (LockTimeoutError, with the
-   * last attempt's database error as `cause` if it failed), or `signal` aborts (its reason). A
-   * lock won just as the wait ends is released before rejecting. `timeoutMs` 0 makes exactly one
-   * attempt (once the waiters before it are done) and resolves the lock if it wins.
+   * Waits until this store holds `lock`, `timeoutMs` has passed (LockTimeoutError, with the last
+   * attempt's database error as `cause` if it failed), or `signal` aborts (its reason). A lock
+   * won just as the wait ends is released before rejecting. `timeoutMs` 0 makes exactly one
+   * attempt (if no other waiter of the store is ahead) and resolves the lock if it wins.
    */
-  async wait(id: string, name: string, key: string, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
+  async wait(lock: LockRef, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
     const o = this.#o
-    const waiter: Waiter = { stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, lastError: undefined }
-    this.#enter(id, name, key, waiter)
+    const waiter: Waiter = { lock, stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, lastError: undefined, attempted: false }
+    this.#enter(waiter)
     const started = o.monotonicNow()
-    const deadline = started + timeoutMs
     const timedOut = (): LockTimeoutError =>
-      new LockTimeoutError(name, key, timeoutMs, waiter.lastError === undefined ? undefined : { cause: waiter.lastError })
+      new LockTimeoutError(lock.name, lock.key, timeoutMs, waiter.lastError === undefined ? undefined : { cause: waiter.lastError })
     const onAbort = (): void => this.#stop(waiter, signal?.reason)
     signal?.addEventListener('abort', onAbort, { once: true })
-    // No timer for 0: it would fire while the one attempt is under way and throw its win away.
-    const timeout = Number.isFinite(timeoutMs) && timeoutMs > 0
-      ? o.timers.setTimeout(() => {
-        this.#stop(waiter, timedOut())
-        return waiter.settled?.promise
-      }, timeoutMs)
-      : undefined
-    let grown = 0
-    let warnedAt = started
-    let outcome: 'acquired' | 'timeout' | 'aborted' | 'closed' = 'aborted'
+    const timeout = this.#startTimeout(waiter, timeoutMs, timedOut)
+    let outcome: WaitOutcome = 'aborted'
     try {
-      for (;;) {
-        // A lock handed over comes before giving up: one won as the wait ends is released below.
-        let lock: Lock | null = null
-        let failed = false
-        if (waiter.claim) {
-          lock = await waiter.claim
-          waiter.claim = undefined
-        }
-        if (!lock && waiter.stop !== undefined) throw waiter.stop
-        const attempting = !lock && this.#queues.get(id)?.[0] === waiter
-        if (attempting) {
-          try {
-            lock = await o.attempt(name, key, this.#queues.get(id)?.length === 1)
-            waiter.lastError = undefined
-          } catch (error) {
-            // Never spin on a failing database: report, then back off like a refusal.
-            if (!(error instanceof LockDatabaseError)) throw error
-            failed = true
-            waiter.lastError = error
-            o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
-          }
-        }
-        if (lock) {
-          if (waiter.stop === undefined) {
-            outcome = 'acquired'
-            return lock
-          }
-          await lock.release().catch((error: unknown) =>
-            o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
-          throw waiter.stop
-        }
-        if (attempting) {
-          if (o.monotonicNow() >= deadline) throw timedOut()
-          const delay = Math.min(backoffDelay(o.backoff, grown), deadline - o.monotonicNow())
-          // Only a wait that ran its full length grows the next one; a wake-up never does.
-          if (await this.#sleep(waiter, delay) === 'elapsed' || failed) grown++
-        } else {
-          // Others of this store wait for the lock first: one try now is no try at all.
-          if (timeoutMs === 0) throw timedOut()
-          await this.#sleep(waiter, o.slowWaitWarningMs)
-        }
-        const now = o.monotonicNow()
-        if (now - warnedAt >= o.slowWaitWarningMs) {
-          warnedAt = now
-          o.log('warn', { lockName: name, lockKey: key, waitedMs: now - started },
-            `worker-locks: still waiting for lock ${describeLock(name, key)} after ${Math.round(now - started)} ms.`)
-        }
-      }
+      const won = await this.#loop(waiter, started, timeoutMs, timedOut)
+      outcome = 'acquired'
+      return won
     } catch (error) {
       if (error instanceof LockTimeoutError) outcome = 'timeout'
       else if (error instanceof LockStoreClosedError) outcome = 'closed'
       throw error
     } finally {
-      o.ended(name, key, o.monotonicNow() - started, outcome)
+      o.ended(lock, o.monotonicNow() - started, outcome)
       if (timeout !== undefined) o.timers.clearTimeout(timeout)
       signal?.removeEventListener('abort', onAbort)
-      this.#leave(id, waiter)
+      this.#leave(waiter)
       waiter.settled?.resolve()
     }
+  }
+
+  // No timer for 0: it would fire while the one attempt is under way and throw its win away.
+  #startTimeout(waiter: Waiter, timeoutMs: number, timedOut: () => LockTimeoutError): TimerHandle | undefined {
+    if (!Number.isFinite(timeoutMs) || timeoutMs === 0) return undefined
+    return this.#o.timers.setTimeout(() => {
+      this.#stop(waiter, timedOut())
+      return waiter.settled?.promise
+    }, timeoutMs)
+  }
+
+  /** Turns until the waiter holds the lock; throws why it gave up. */
+  async #loop(waiter: Waiter, started: number, timeoutMs: number, timedOut: () => LockTimeoutError): Promise<Lock> {
+    const deadline = started + timeoutMs
+    let grown = 0
+    let warnedAt = started
+    for (;;) {
+      const turn = await this.#turn(waiter)
+      if ('lock' in turn) return this.#keep(waiter, turn.lock)
+      if (turn.attempted) {
+        if (this.#o.monotonicNow() >= deadline) throw timedOut()
+        const delay = Math.min(backoffDelay(this.#o.backoff, grown), deadline - this.#o.monotonicNow())
+        // Only a wait that ran its full length grows the next one; a wake-up never does.
+        if (await this.#sleep(waiter, delay) === 'elapsed' || turn.failed) grown++
+      } else {
+        // Others of this store wait for the lock first: one try now is no try at all.
+        if (timeoutMs === 0) throw timedOut()
+        await this.#sleep(waiter, this.#o.slowWaitWarningMs)
+      }
+      warnedAt = this.#warnIfSlow(waiter, started, warnedAt)
+    }
+  }
+
+  /**
+   * One turn: a lock handed over comes first, then (unless the waiter must give up) an attempt
+   * if the waiter is at the head of its queue. A database error is reported and counts as a
+   * refusal: a waiter never spins on a failing database.
+   */
+  async #turn(waiter: Waiter): Promise<Turn> {
+    if (waiter.claim) {
+      const handed = await waiter.claim
+      waiter.claim = undefined
+      if (handed) return { lock: handed }
+    }
+    if (waiter.stop !== undefined) throw waiter.stop
+    const queue = this.#queues.get(waiter.lock.id)
+    if (queue?.[0] !== waiter) return { attempted: false, failed: false }
+    const first = !waiter.attempted
+    waiter.attempted = true
+    try {
+      const won = await this.#o.attempt(waiter.lock, queue.length === 1, first)
+      waiter.lastError = undefined
+      return won ? { lock: won } : { attempted: true, failed: false }
+    } catch (error) {
+      if (!(error instanceof LockDatabaseError)) throw error
+      waiter.lastError = error
+      const { name, key } = waiter.lock
+      this.#o.log('warn', { err: error, lockName: name, lockKey: key }, `worker-locks: an attempt to acquire ${describeLock(name, key)} failed while waiting; retrying after a pause.`)
+      return { attempted: true, failed: true }
+    }
+  }
+
+  /** The lock a turn won, unless the wait ended meanwhile: then it is released and the reason thrown. */
+  async #keep(waiter: Waiter, lock: Lock): Promise<Lock> {
+    if (waiter.stop === undefined) return lock
+    await lock.release().catch((error: unknown) =>
+      this.#o.log('warn', { err: error, lockName: lock.name, lockKey: lock.key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
+    throw waiter.stop
+  }
+
+  #warnIfSlow(waiter: Waiter, started: number, warnedAt: number): number {
+    const now = this.#o.monotonicNow()
+    if (now - warnedAt < this.#o.slowWaitWarningMs) return warnedAt
+    const { name, key } = waiter.lock
+    this.#o.log('warn', { lockName: name, lockKey: key, waitedMs: now - started },
+      `worker-locks: still waiting for lock ${describeLock(name, key)} after ${Math.round(now - started)} ms.`)
+    return now
   }
 
   #stop(waiter: Waiter, reason: unknown): void {
@@ -220,12 +259,12 @@ export class WaitRoom {
     })
   }
 
-  #enter(id: string, name: string, key: string, waiter: Waiter): void {
-    const queue = this.#queues.get(id)
+  #enter(waiter: Waiter): void {
+    const queue = this.#queues.get(waiter.lock.id)
     if (queue) queue.push(waiter)
     else {
-      this.#queues.set(id, [waiter])
-      this.#stopWaitingFor.set(id, this.#o.waitingFor(id, name, key))
+      this.#queues.set(waiter.lock.id, [waiter])
+      this.#o.waitingStarted(waiter.lock)
     }
     if (this.#count++ === 0) {
       this.#keepAlive = setInterval(() => undefined, MAX_TIMER_MS)
@@ -233,18 +272,17 @@ export class WaitRoom {
     }
   }
 
-  #leave(id: string, waiter: Waiter): void {
+  #leave(waiter: Waiter): void {
+    const id = waiter.lock.id
     const queue = this.#queues.get(id)
-    if (!queue) return
-    const index = queue.indexOf(waiter)
-    if (index < 0) return
+    const index = queue?.indexOf(waiter) ?? -1
+    if (!queue || index < 0) return
     queue.splice(index, 1)
     if (queue.length === 0) {
       this.#queues.delete(id)
-      this.#stopWaitingFor.get(id)?.()
-      this.#stopWaitingFor.delete(id)
+      this.#o.waitingEnded(waiter.lock)
     }
-    // A new head starts trying at once; if the lock is ours it learns so without SQL.
+    // A new head starts trying at once.
     else if (index === 0) this.wake(id)
     if (--this.#count === 0) {
       clearInterval(this.#keepAlive)

@@ -216,8 +216,8 @@ export function waitingSuite(h: Harness): void {
       assert.equal(await held.isStillValid(), false)
     })
 
-  it('finds a lock of its own store that was taken over meanwhile lost, and waits for the new holder', async () => {
-    const { store, others: [thief], name, held } = await heldInOneStore(h, 1)
+  it('finds a lock of its own store that was taken over meanwhile lost at its next attempt, and waits for the new holder', async () => {
+    const { clock, store, others: [thief], name, held } = await heldInOneStore(h, 1)
     assert.ok(thief)
     // The row goes stale behind its holder's back (as if renewals had failed) and is taken over.
     await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
@@ -226,6 +226,10 @@ export function waitingSuite(h: Harness): void {
     let acquired: Lock | undefined
     const { lock: waiting } = await asleepWaiting(store, name)
     void waiting.then((lock) => { acquired = lock })
+    assert.equal(held.lost, false, 'the first attempt sent nothing: the store\'s own release would hand the lock over')
+    const refusedAgain = new Promise<void>((resolve) => { const stop = store.on('refused', () => { stop(); resolve() }) })
+    await clock.advance(1_000) // the next attempt, at the backoff's pace, checks the row
+    await refusedAgain
     assert.equal(held.lost, true, 'the waiter\'s check of the row found the old lock lost')
     assert.equal((held.signal.reason as { reason?: string }).reason, 'taken-over')
     const { sql } = await statements(h, () => held.release())
