@@ -90,49 +90,62 @@ export function executorFor(knex: Knex, rowsOf: (result: unknown) => readonly Re
 function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
   const client = knex.client as unknown as Client
   switch (client.driverName) {
-    case 'better-sqlite3':
+    case 'better-sqlite3': return sqliteExecutor(client)
+    case 'pg': return pgExecutor(client)
+    case 'mysql2': return mysqlExecutor(client)
+    default: return knexExecutor(knex, rowsOf)
+  }
+}
+
+function sqliteExecutor(client: Client): Executor {
+  return {
+    run: (sql, params) => withConnection(client, sql, params, (connection) => {
+      const conn = connection as SqliteConnection & object
+      let cache = sqliteStatements.get(conn)
+      if (!cache) sqliteStatements.set(conn, (cache = new Map()))
+      let statement = cache.get(sql)
+      if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
+      if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
+      const info = statement.run(...params)
+      return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
+    }),
+  }
+}
+
+function pgExecutor(client: Client): Executor {
+  return {
+    run: (sql, params) => withConnection(client, sql, params, (connection) =>
+      (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
+        .then((result) => ({ rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }))),
+  }
+}
+
+function mysqlExecutor(client: Client): Executor {
+  return {
+    run: (sql, params) => withConnection(client, sql, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
+      // execute() prepares the statement once per connection and binds values on the server.
+      (connection as MysqlConnection).execute(sql, [...params], (error, result) => {
+        if (error) return reject(error)
+        if (Array.isArray(result)) return resolve({ rows: result as Record<string, unknown>[], affectedRows: 0, insertId: 0 })
+        const header = result as { affectedRows: number; insertId: number }
+        resolve({ rows: [], affectedRows: header.affectedRows, insertId: Number(header.insertId) })
+      })
+    })),
+  }
+}
+
+// Any other driver: through knex.raw, slower but the same answers.
+function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
+  return {
+    async run(sql, params) {
+      const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[])
+      const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
       return {
-        run: (sql, params) => withConnection(client, sql, params, (connection) => {
-          const conn = connection as SqliteConnection & object
-          let cache = sqliteStatements.get(conn)
-          if (!cache) sqliteStatements.set(conn, (cache = new Map()))
-          let statement = cache.get(sql)
-          if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
-          if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
-          const info = statement.run(...params)
-          return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
-        }),
+        rows: rowsOf(result),
+        affectedRows: Number(header?.affectedRows ?? header?.rowCount ?? header?.changes ?? 0),
+        insertId: Number(header?.insertId ?? 0),
       }
-    case 'pg':
-      return {
-        run: (sql, params) => withConnection(client, sql, params, (connection) =>
-          (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
-            .then((result) => ({ rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }))),
-      }
-    case 'mysql2':
-      return {
-        run: (sql, params) => withConnection(client, sql, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
-          // execute() prepares the statement once per connection and binds values on the server.
-          (connection as MysqlConnection).execute(sql, [...params], (error, result) => {
-            if (error) return reject(error)
-            if (Array.isArray(result)) return resolve({ rows: result as Record<string, unknown>[], affectedRows: 0, insertId: 0 })
-            const header = result as { affectedRows: number; insertId: number }
-            resolve({ rows: [], affectedRows: header.affectedRows, insertId: Number(header.insertId) })
-          })
-        })),
-      }
-    default:
-      return {
-        async run(sql, params) {
-          const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[])
-          const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
-          return {
-            rows: rowsOf(result),
-            affectedRows: Number(header?.affectedRows ?? header?.rowCount ?? header?.changes ?? 0),
-            insertId: Number(header?.insertId ?? 0),
-          }
-        },
-      }
+    },
   }
 }
 

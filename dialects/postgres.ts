@@ -104,6 +104,27 @@ function readRelease(payload: string | undefined): { name: string; key: string; 
   return { name, key, tag }
 }
 
+/**
+ * What a listening store makes of a notification on one of its channels (`own`: its own): a
+ * wake for the lock it names, nothing for releases of this process, and a note on anything
+ * that cannot be read.
+ */
+function hear(
+  message: { channel: string; payload?: string }, channel: string, own: string,
+  onRelease: (name: string, key: string, addressed: boolean) => void, onIgnored: (why: string) => void,
+): void {
+  if (message.channel !== channel && message.channel !== own) return
+  const release = readRelease(message.payload)
+  if (typeof release === 'string') {
+    onIgnored(`a notification on ${message.channel} with ${release}`)
+    return
+  }
+  // Releases made by this process have woken its waiters already, one store at a time; hearing
+  // them again would send every waiting store to the database at once.
+  if (release.tag === processTag) return
+  onRelease(release.name, release.key, message.channel === own)
+}
+
 /** The parts of a `pg` client the listener uses. */
 interface ListeningClient {
   on(event: 'notification', listener: (message: { channel: string; payload?: string }) => void): void
@@ -249,18 +270,7 @@ export const postgresDialect: Dialect = {
         closed = true
         onClosed(error)
       }
-      client.on('notification', (message) => {
-        if (message.channel !== channel && message.channel !== ownChannel) return
-        const release = readRelease(message.payload)
-        if (typeof release === 'string') {
-          onIgnored(`a notification on ${message.channel} with ${release}`)
-          return
-        }
-        // Releases made by this process have woken its waiters already, one store at a time;
-        // hearing them again would send every waiting store to the database at once.
-        if (release.tag === processTag) return
-        onRelease(release.name, release.key, message.channel === ownChannel)
-      })
+      client.on('notification', (message) => hear(message, channel, ownChannel, onRelease, onIgnored))
       client.on('error', close)
       client.on('end', () => close(new Error('the listening connection ended')))
       try {

@@ -89,44 +89,50 @@ export class ReleaseListener {
 
   async #run(): Promise<void> {
     for (let failures = 0; this.#wanted;) {
-      try {
-        let dropped: unknown
-        let wake: (() => void) | undefined
-        const ignored = (why: string): void => this.#log('debug', { table: this.#table }, `worker-locks: ignored ${why}.`)
-        const subscription = await this.#notifications.listen(this.#knex, this.#table, this.#waiter, this.#onRelease, ignored, (error) => {
-          dropped = error ?? new Error('the listening connection closed')
-          wake?.()
-        })
-        this.#subscription = subscription
-        subscription.keepProcessAlive(this.#idleTimer === undefined)
-        if (this.#wanted) {
-          failures = 0
-          this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
-        }
-        // Wakes when the connection drops or stop() is called; a start() that follows a stop()
-        // before this loop noticed finds the connection still up and keeps it.
-        while (this.#wanted && dropped === undefined) {
-          await new Promise<void>((resolve) => {
-            wake = resolve
-            this.#interrupt = resolve
-          })
-        }
-        this.#interrupt = undefined
-        this.#subscription = undefined
-        if (dropped !== undefined && this.#wanted) {
-          // Worth a warning only while someone waits (not while the connection merely lingers).
-          this.#log(this.#idleTimer === undefined ? 'warn' : 'debug', { err: dropped, table: this.#table },
-            'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
-        }
-        await subscription.close().catch(() => undefined)
-      } catch (error) {
-        this.#log(this.#wanted && this.#idleTimer === undefined ? 'warn' : 'debug', { err: error, table: this.#table },
-          'worker-locks: could not listen for releases; waiters poll meanwhile.')
-      }
+      if (await this.#listenUntilDropped()) failures = 0
       if (!this.#wanted) break
       // The first reconnect is immediate; repeated failures back off like waiters do.
       if (failures++ > 0) await this.#pause(backoffDelay(DEFAULT_BACKOFF, failures - 2))
     }
+  }
+
+  /** One listening connection, until it drops or stop() is called; resolves whether it was up while wanted. */
+  async #listenUntilDropped(): Promise<boolean> {
+    let dropped: unknown
+    let wake: (() => void) | undefined
+    let subscription: ReleaseSubscription
+    try {
+      const ignored = (why: string): void => this.#log('debug', { table: this.#table }, `worker-locks: ignored ${why}.`)
+      subscription = await this.#notifications.listen(this.#knex, this.#table, this.#waiter, this.#onRelease, ignored, (error) => {
+        dropped = error ?? new Error('the listening connection closed')
+        wake?.()
+      })
+    } catch (error) {
+      this.#log(this.#wanted && this.#idleTimer === undefined ? 'warn' : 'debug', { err: error, table: this.#table },
+        'worker-locks: could not listen for releases; waiters poll meanwhile.')
+      return false
+    }
+    this.#subscription = subscription
+    subscription.keepProcessAlive(this.#idleTimer === undefined)
+    const up = this.#wanted
+    if (up) this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
+    // Wakes when the connection drops or stop() is called; a start() that follows a stop()
+    // before this loop noticed finds the connection still up and keeps it.
+    while (this.#wanted && dropped === undefined) {
+      await new Promise<void>((resolve) => {
+        wake = resolve
+        this.#interrupt = resolve
+      })
+    }
+    this.#interrupt = undefined
+    this.#subscription = undefined
+    if (dropped !== undefined && this.#wanted) {
+      // Worth a warning only while someone waits (not while the connection merely lingers).
+      this.#log(this.#idleTimer === undefined ? 'warn' : 'debug', { err: dropped, table: this.#table },
+        'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')
+    }
+    await subscription.close().catch(() => undefined)
+    return up
   }
 
   #pause(ms: number): Promise<void> {

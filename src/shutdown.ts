@@ -57,7 +57,11 @@ function resolveArguments(store: unknown, options: unknown): { signals: NodeJS.S
   for (const name of Object.keys(o)) {
     if (!OPTION_NAMES.has(name)) throw new TypeError(`Unknown releaseOnSignals option ${JSON.stringify(name)}; known options are signals, timeoutMs.`)
   }
-  const signals = o.signals === undefined ? ['SIGINT', 'SIGTERM'] : o.signals
+  return { signals: signalsOption(o.signals), timeoutMs: timeoutOption(o.timeoutMs) }
+}
+
+function signalsOption(value: unknown): NodeJS.Signals[] {
+  const signals = value === undefined ? ['SIGINT', 'SIGTERM'] : value
   if (!Array.isArray(signals) || signals.length === 0) {
     throw new TypeError(`releaseOnSignals option signals must be a non-empty array of signal names such as 'SIGTERM', got ${JSON.stringify(signals)}.`)
   }
@@ -67,15 +71,19 @@ function resolveArguments(store: unknown, options: unknown): { signals: NodeJS.S
     }
     if (UNCATCHABLE.has(signal)) throw new TypeError(`releaseOnSignals option signals: ${signal} cannot be caught, so it cannot trigger a clean shutdown.`)
   }
-  const timeoutMs = o.timeoutMs === undefined ? 5_000 : o.timeoutMs
+  // A copy: the caller may change its array after registering.
+  return [...signals] as NodeJS.Signals[]
+}
+
+function timeoutOption(value: unknown): number {
+  const timeoutMs = value === undefined ? 5_000 : value
   if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs)) {
     throw new TypeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds, got ${timeoutMs === null ? 'null' : String(timeoutMs)}.`)
   }
   if (timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
     throw new RangeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds from 0 to ${2 ** 31 - 1}, got ${timeoutMs}.`)
   }
-  // A copy: the caller may change its array after registering.
-  return { signals: [...signals] as NodeJS.Signals[], timeoutMs }
+  return timeoutMs
 }
 
 /**

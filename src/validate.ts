@@ -155,9 +155,9 @@ function isClock(value: unknown): value is Clock {
     && typeof c.setTimeout === 'function' && typeof c.clearTimeout === 'function'
 }
 
-/** Checks every option and fills in the defaults; throws TypeError/RangeError naming the problem. */
-export function resolveOptions(options: unknown): ResolvedOptions {
-  if (options === undefined) options = {}
+/** The options as a record of known names, none of them null (only a missing option means the default). */
+function optionRecord(options: unknown): Record<string, unknown> {
+  if (options === undefined) return {}
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw new TypeError(`LockStore options must be an object, got ${describe(options)}.`)
   }
@@ -169,22 +169,23 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     // null is a value someone computed, probably by mistake; only a missing option means the default.
     if (o[name] === null) throw new TypeError(`LockStore option ${name} must not be null; leave it out (or undefined) for the default.`)
   }
-  const backoffOptions = o.backoff
-  if (typeof backoffOptions === 'object' && backoffOptions !== null) {
-    for (const [name, value] of Object.entries(backoffOptions)) {
+  const backoff = o.backoff
+  if (typeof backoff === 'object' && backoff !== null) {
+    for (const [name, value] of Object.entries(backoff)) {
       if (value === null) throw new TypeError(`LockStore option backoff.${name} must not be null; leave it out (or undefined) for the default.`)
     }
   }
+  return o
+}
 
-  let instanceName: string | undefined
-  if (o.instanceName !== undefined) {
-    const problem = nameProblem(o.instanceName, false)
-    if (problem) throw new TypeError(`LockStore option instanceName ${problem}.`)
-    instanceName = o.instanceName as string
-  }
+function instanceNameOption(value: unknown): string | undefined {
+  if (value === undefined) return undefined
+  const problem = nameProblem(value, false)
+  if (problem) throw new TypeError(`LockStore option instanceName ${problem}.`)
+  return value as string
+}
 
-  const tableName = o.tableName === undefined ? DEFAULT_TABLE_NAME : validateTableName(o.tableName, 'LockStore option tableName')
-
+function timingOptions(o: Record<string, unknown>): { lockTimeoutMs: number; renewalIntervalMs: number } {
   const lockTimeoutMs = positiveInteger('lockTimeoutMs', o.lockTimeoutMs, DEFAULT_LOCK_TIMEOUT_MS, MIN_LOCK_TIMEOUT_MS, ' (a renewal interval must fit inside it)')
   const renewalDefault = Math.min(30_000, Math.max(1, Math.floor(lockTimeoutMs / 4)))
   const renewalIntervalMs = positiveInteger('renewalIntervalMs', o.renewalIntervalMs, renewalDefault)
@@ -193,26 +194,45 @@ export function resolveOptions(options: unknown): ResolvedOptions {
       `LockStore option renewalIntervalMs (${renewalIntervalMs}) must be less than lockTimeoutMs (${lockTimeoutMs}), or locks expire between renewals.`,
     )
   }
+  return { lockTimeoutMs, renewalIntervalMs }
+}
 
-  const strategy = o.strategy === undefined ? 'auto' : o.strategy
-  if (strategy !== 'auto' && strategy !== 'native' && strategy !== 'emulated') {
-    throw new TypeError(`LockStore option strategy must be 'auto', 'native' or 'emulated', got ${JSON.stringify(strategy)}.`)
+function strategyOption(value: unknown): StrategyOption {
+  if (value === undefined) return 'auto'
+  if (value !== 'auto' && value !== 'native' && value !== 'emulated') {
+    throw new TypeError(`LockStore option strategy must be 'auto', 'native' or 'emulated', got ${JSON.stringify(value)}.`)
   }
+  return value
+}
 
-  const clock = o.clock === undefined ? 'database' : o.clock
-  if (clock !== 'database' && clock !== 'local' && !isClock(clock)) {
+function clockOption(value: unknown): ClockOption {
+  if (value === undefined) return 'database'
+  if (value !== 'database' && value !== 'local' && !isClock(value)) {
     throw new TypeError("LockStore option clock must be 'database', 'local' or an object with now(), setTimeout() and clearTimeout().")
   }
+  return value
+}
 
-  const logger = o.logger
-  if (logger !== undefined && (typeof logger !== 'object' || logger === null)) {
-    throw new TypeError(`LockStore option logger must be an object such as console or a pino logger, got ${describe(logger)}.`)
+function loggerOption(value: unknown): Logger | undefined {
+  if (value !== undefined && (typeof value !== 'object' || value === null)) {
+    throw new TypeError(`LockStore option logger must be an object such as console or a pino logger, got ${describe(value)}.`)
   }
+  return value as Logger | undefined
+}
 
-  const backoff = resolveBackoff(o.backoff, 'LockStore option backoff')
-  const slowWaitWarningMs = positiveInteger('slowWaitWarningMs', o.slowWaitWarningMs, 600_000)
-
-  return { instanceName, tableName, lockTimeoutMs, renewalIntervalMs, strategy, clock, logger: logger as Logger | undefined, backoff, slowWaitWarningMs }
+/** Checks every option and fills in the defaults; throws TypeError/RangeError naming the problem. */
+export function resolveOptions(options: unknown): ResolvedOptions {
+  const o = optionRecord(options)
+  return {
+    instanceName: instanceNameOption(o.instanceName),
+    tableName: o.tableName === undefined ? DEFAULT_TABLE_NAME : validateTableName(o.tableName, 'LockStore option tableName'),
+    ...timingOptions(o),
+    strategy: strategyOption(o.strategy),
+    clock: clockOption(o.clock),
+    logger: loggerOption(o.logger),
+    backoff: resolveBackoff(o.backoff, 'LockStore option backoff'),
+    slowWaitWarningMs: positiveInteger('slowWaitWarningMs', o.slowWaitWarningMs, 600_000),
+  }
 }
 
 /** Checks the options of a waiting call; throws TypeError/RangeError naming the problem. */

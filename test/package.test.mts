@@ -1,5 +1,6 @@
 // The package as users get it: both module systems, what `npm pack` ships, the knex CLI loading
-// the shipped migrations, and the README's TypeScript examples compiling against the types.
+// the shipped migrations, and every TypeScript and JavaScript block of the README type-checked
+// against the package's types.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -31,7 +32,7 @@ describe('package', () => {
     for (const required of ['package.json', 'README.md', 'LICENSE', 'dist/src/index.js', 'dist/src/index.d.ts', 'dist/dialects/mysql.js', 'migrations/20261126000000_worker_locks_create.cjs']) {
       assert.ok(files.includes(required), `ships ${required}`)
     }
-    const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|src\/cli|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
+    const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|src\/cli|src\/coordination|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
     assert.deepEqual(unexpected, [])
   })
 
@@ -84,31 +85,48 @@ describe('package', () => {
     assert.match(stdout, /one of me at a time/)
   })
 
-  it('compiles every TypeScript example in the README', async () => {
+  it('type-checks every TypeScript and JavaScript block of the README', async () => {
     const readme = readFileSync(join(root, 'README.md'), 'utf8')
-    const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((m) => m[1] ?? '')
-    assert.ok(blocks.length >= 3)
+    // Every fenced block, with the README line its code starts on. A block must say its language,
+    // and only these: ts and js are checked here, sh is not run.
+    const blocks = [...readme.matchAll(/^```(.*)\n([\s\S]*?)^```$/gm)].map((m) => ({
+      language: m[1] ?? '',
+      code: m[2] ?? '',
+      line: readme.slice(0, m.index).split('\n').length + 1,
+    }))
+    const unknown = blocks.filter((b) => !['ts', 'js', 'sh'].includes(b.language)).map((b) => `README.md:${b.line - 1} \`\`\`${b.language}`)
+    assert.deepEqual(unknown, [], 'every block is ```ts, ```js or ```sh')
+    const checked = blocks.filter((b) => b.language !== 'sh')
+    assert.ok(checked.some((b) => b.language === 'js') && checked.filter((b) => b.language === 'ts').length >= 3)
     const dir = join(scratch, 'readme')
     mkdirSync(dir, { recursive: true })
-    const files = blocks.map((code, i) => {
-      const file = `example-${i}.mts`
-      // The API overview block uses names it does not define; declare them as a reader would have them.
+    const files = checked.map(({ language, code, line }) => {
+      // Named after the README line, so that tsc's complaints point at the block.
+      if (language === 'js') {
+        // The knexfile and any other CommonJS block: checked as JavaScript against the types.
+        const file = `readme-line-${line}.${code.includes('require(') ? 'cjs' : 'mjs'}`
+        writeFileSync(join(dir, file), code)
+        return file
+      }
+      // A fragment that imports nothing (the options overview) uses names a reader would have.
       const prelude = code.includes("from 'worker-locks'") ? '' :
         "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock, type BackoffOptions } from 'worker-locks'\n" +
         'declare const knex: Knex, instanceName: string, tableName: string, lockTimeoutMs: number, renewalIntervalMs: number\n' +
         "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n" +
         'declare const backoff: BackoffOptions, slowWaitWarningMs: number\n'
-      writeFileSync(join(dir, file), `${prelude}${code}\nexport {}\n`)
+      const file = `readme-line-${line}.mts`
+      // The prelude shares the block's first line, so that tsc's line k is the block's line k.
+      writeFileSync(join(dir, file), `${prelude.replaceAll('\n', '; ')}${code}\nexport {}\n`)
       return file
     })
     writeFileSync(join(dir, 'tsconfig.json'), JSON.stringify({
       extends: join(root, 'tsconfig.json'),
-      compilerOptions: { noEmit: true, rootDir: '.', noUnusedLocals: false },
+      compilerOptions: { noEmit: true, rootDir: '.', noUnusedLocals: false, allowJs: true, checkJs: true },
       files,
       include: [],
     }))
     const tsc = join(root, 'node_modules', 'typescript', 'bin', 'tsc')
     const result = await run(process.execPath, [tsc, '-p', join(dir, 'tsconfig.json')], { cwd: dir }).catch((e: { stdout: string }) => e)
-    assert.equal(result.stdout, '', 'tsc reports no errors')
+    assert.equal(result.stdout, '', 'tsc reports no errors (readme-line-N.mts(k,…) is README line N + k - 1)')
   })
 })
