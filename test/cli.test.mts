@@ -244,6 +244,7 @@ forEachDatabase('worker-locks command', (database) => {
       [['status', '--db', 'redis://localhost'], /unsupported database URL scheme/],
       [['status', ...db, '--colour'], /unknown option --colour/],
       [['status', ...db, '--lock-timeout', '5'], /unknown option --lock-timeout/],
+      [['status', ...db, '--toString=1'], /unknown option --toString/],
       [['run', 'x', ...db], /usage: worker-locks run NAME/],
       [['release', ...db], /usage: worker-locks release NAME/],
       [['status', '--db', urls[database], '--table', uniqueName('wl_none')], /run "worker-locks migrate" first/],

@@ -20,24 +20,27 @@ export function openDatabase(url: string): Knex {
     return knexFactory({ client: 'mysql2', connection: url.replace(/^mariadb:/i, 'mysql:'), pool: { min: 0, max: 2 }, log: quiet })
   }
   // A Windows drive letter (C:\…) is a path, not a scheme.
-  if (scheme === undefined || scheme === 'sqlite' || scheme === 'file' || /^[a-z]:[\\/]/i.test(url)) {
-    const filename = scheme === 'sqlite' || scheme === 'file' ? url.replace(/^(sqlite|file):(\/\/)?/i, '') : url
-    if (filename === '') throw new DatabaseUrlError(`the SQLite URL ${JSON.stringify(url)} names no file; use sqlite:PATH`)
-    return knexFactory({
-      client: 'better-sqlite3',
-      connection: { filename },
-      useNullAsDefault: true,
-      log: quiet,
-      pool: {
-        min: 0,
-        max: 2,
-        afterCreate(conn: { pragma(sql: string): unknown }, done: (error: Error | null, conn: unknown) => void) {
-          conn.pragma('journal_mode = WAL')
-          conn.pragma('busy_timeout = 5000')
-          done(null, conn)
-        },
-      },
-    })
-  }
+  if (scheme === undefined || scheme === 'sqlite' || scheme === 'file' || /^[a-z]:[\\/]/i.test(url)) return openSqlite(url, scheme)
   throw new DatabaseUrlError(`unsupported database URL scheme ${JSON.stringify(`${scheme}:`)}; use postgres://, mysql://, sqlite:PATH or a file path`)
+}
+
+/** The SQLite file `url` names (`sqlite:PATH`, `file:PATH` or a plain path), in WAL mode with a busy timeout. */
+function openSqlite(url: string, scheme: string | undefined): Knex {
+  const filename = scheme === 'sqlite' || scheme === 'file' ? url.replace(/^(sqlite|file):(\/\/)?/i, '') : url
+  if (filename === '') throw new DatabaseUrlError(`the SQLite URL ${JSON.stringify(url)} names no file; use sqlite:PATH`)
+  return knexFactory({
+    client: 'better-sqlite3',
+    connection: { filename },
+    useNullAsDefault: true,
+    log: quiet,
+    pool: {
+      min: 0,
+      max: 2,
+      afterCreate(conn: { pragma(sql: string): unknown }, done: (error: Error | null, conn: unknown) => void) {
+        conn.pragma('journal_mode = WAL')
+        conn.pragma('busy_timeout = 5000')
+        done(null, conn)
+      },
+    },
+  })
 }

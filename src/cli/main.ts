@@ -37,14 +37,19 @@ export async function main(argv: readonly string[]): Promise<number> {
   const tableName = stringOption(args, 'table')
   const knex = openDatabase(url)
   try {
-    switch (command) {
-      case 'migrate': return await migrate(knex, tableName, args)
-      case 'status': return await status(knex, tableName, args)
-      case 'release': return await release(knex, tableName, args)
-      default: return await runCommand(knex, tableName, args)
-    }
+    return await dispatch(command, knex, tableName, args)
   } finally {
     await knex.destroy()
+  }
+}
+
+/** Runs `command`, one of `commandOptions`, against the database; resolves the exit code. */
+function dispatch(command: string, knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+  switch (command) {
+    case 'migrate': return migrate(knex, tableName, args)
+    case 'status': return status(knex, tableName, args)
+    case 'release': return release(knex, tableName, args)
+    default: return runCommand(knex, tableName, args)
   }
 }
 

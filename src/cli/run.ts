@@ -17,25 +17,82 @@ const GROUP_POLL_MS = 100
 
 const say = (message: string): void => { console.error(`worker-locks: ${message}`) }
 
+/** Says `message` and gives back `code`, for the one-line failures that end a run. */
+function fail(message: string, code: number): number {
+  say(message)
+  return code
+}
+
+/** The exit status of a process stopped by `signal`, as shells report it. */
+function signalExit(signal: NodeJS.Signals | null): number {
+  return 128 + (signal ? constants.signals[signal] ?? 0 : 0)
+}
+
+/** What `worker-locks run` was asked to do, and how its messages name the lock and the command. */
+interface RunOptions {
+  readonly name: string
+  readonly key: string
+  readonly command: readonly string[]
+  readonly onLost: 'stop' | 'ignore'
+  readonly lockTimeoutMs: number
+  readonly graceMs: number
+  /** Whether --wait was given; `waitMs` is Infinity when it was given without a number. */
+  readonly waits: boolean
+  readonly waitMs: number
+  /** `lock "NAME"`, with its key when it has one. */
+  readonly what: string
+  /** `not running COMMAND`, the end of every line on a command that was not started. */
+  readonly notRunning: string
+}
+
 /** `worker-locks run NAME [--key K] [--wait [S]] -- COMMAND ARGS…` */
 export async function runCommand(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+  const run = runOptions(args)
+  const log = acquisitionLog(run.waitMs)
+  const store = new LockStore(knex, { tableName, lockTimeoutMs: run.lockTimeoutMs, logger: { warn: log.warn } })
+  try {
+    const lock = await acquire(store, run, log)
+    return typeof lock === 'number' ? lock : await supervise(lock, run)
+  } finally {
+    await store.close()
+  }
+}
+
+/** The options of `run`, checked in the order they are reported; a UsageError names a bad one. */
+function runOptions(args: ParsedArgs): RunOptions {
   const [name, ...extra] = args.positionals
   const command = args.rest ?? []
   if (name === undefined || extra.length > 0 || command.length === 0) {
     throw new UsageError('usage: worker-locks run NAME [--key K] [--wait [SECONDS]] -- COMMAND [ARGS…]')
   }
   const key = typeof args.options.get('key') === 'string' ? String(args.options.get('key')) : ''
-  const onLost = args.options.get('on-lost') ?? 'stop'
-  if (onLost !== 'stop' && onLost !== 'ignore') throw new UsageError(`option --on-lost takes stop or ignore, got ${JSON.stringify(onLost)}`)
+  const onLost = onLostOption(args)
   const lockTimeoutMs = secondsOption(args, 'lock-timeout', DEFAULT_LOCK_TIMEOUT_MS)
   const graceMs = secondsOption(args, 'grace', 10_000)
   const wait = args.options.get('wait')
   const waitMs = wait === true ? Infinity : secondsOption(args, 'wait', 0)
   if (lockTimeoutMs < 1_000) throw new UsageError('option --lock-timeout must be at least 1 second')
+  const what = `lock ${quoted(name)}${key ? ` (key ${quoted(key)})` : ''}`
+  const notRunning = `not running ${printable(command[0] ?? '')}`
+  return { name, key, command, onLost, lockTimeoutMs, graceMs, waits: wait !== undefined, waitMs, what, notRunning }
+}
 
-  // While the lock is being acquired, the store's failures end in one line saying why we gave
-  // up; a retry-by-retry account of them is only worth having during a wait without an end,
-  // and then once per kind.
+function onLostOption(args: ParsedArgs): 'stop' | 'ignore' {
+  const onLost = args.options.get('on-lost') ?? 'stop'
+  if (onLost !== 'stop' && onLost !== 'ignore') throw new UsageError(`option --on-lost takes stop or ignore, got ${JSON.stringify(onLost)}`)
+  return onLost
+}
+
+/** The store's logger for a run; `acquired()` marks the end of the acquisition. */
+interface AcquisitionLog {
+  readonly warn: (details: object, message: string) => void
+  readonly acquired: () => void
+}
+
+// While the lock is being acquired, the store's failures end in one line saying why we gave
+// up; a retry-by-retry account of them is only worth having during a wait without an end,
+// and then once per kind.
+function acquisitionLog(waitMs: number): AcquisitionLog {
   let acquiring = true
   const shown = new Set<string>()
   const warn = (details: object, message: string): void => {
@@ -43,61 +100,74 @@ export async function runCommand(knex: Knex, tableName: string | undefined, args
       if (waitMs !== Infinity || shown.has(message)) return
       shown.add(message)
     }
-    const err = (details as { err?: unknown }).err
-    const text = printable(message.replace(/^worker-locks: /, ''))
-    say(err === undefined ? text : `${text.replace(/\.$/, '')} (${reasonOf(err)})`)
+    say(warningLine(details, message))
   }
-  const store = new LockStore(knex, { tableName, lockTimeoutMs, logger: { warn } })
-  const what = `lock ${quoted(name)}${key ? ` (key ${quoted(key)})` : ''}`
-  const notRunning = `not running ${printable(command[0] ?? '')}`
+  return { warn, acquired: () => { acquiring = false } }
+}
+
+/** A warning of the store as one line of ours, with the driver's reason when it has an error. */
+function warningLine(details: object, message: string): string {
+  const err = (details as { err?: unknown }).err
+  const text = printable(message.replace(/^worker-locks: /, ''))
+  return err === undefined ? text : `${text.replace(/\.$/, '')} (${reasonOf(err)})`
+}
+
+/**
+ * Tries the lock once, or waits for it with --wait. Resolves the lock, or the exit code of a run
+ * that ends here, its one line said: busy, stopped by a signal, or a failed database.
+ */
+async function acquire(store: LockStore, run: RunOptions, log: AcquisitionLog): Promise<Lock | number> {
+  // A signal while waiting stops the wait; the exit status says which signal it was.
+  const interrupt = interruptOnSignals()
+  let lock: Lock | null
   try {
-    // A signal while waiting stops the wait; the exit status says which signal it was.
-    const stopWaiting = new AbortController()
-    let signalled: NodeJS.Signals | undefined
-    const onWaitSignal = (signal: NodeJS.Signals): void => {
-      signalled = signal
-      stopWaiting.abort(new Error(`stopped by ${signal}`))
-    }
-    for (const signal of FORWARDED) process.on(signal, onWaitSignal)
-    let lock: Lock | null
-    try {
-      lock = wait === undefined
-        ? await store.tryAcquireLock(name, key)
-        : await store.acquireLock(name, key, { timeoutMs: waitMs, signal: stopWaiting.signal })
-    } catch (error) {
-      if (signalled) return 128 + (constants.signals[signalled] ?? 0)
-      if (error instanceof LockTableError) {
-        say(`${tableTrouble(error)}; ${notRunning} ${MIGRATE_HINT}`)
-        return EXIT.failed
-      }
-      // With a cause, the wait ended because the database could not be asked, not because the
-      // lock was busy: retrying later will not help until someone fixes the database.
-      if (error instanceof LockTimeoutError && error.cause !== undefined) {
-        say(`${databaseTrouble(error.cause, waitMs / 1000)}; ${notRunning}`)
-        return EXIT.failed
-      }
-      if (error instanceof LockTimeoutError) {
-        say(`${what} is still busy after ${waitMs / 1000} s; ${notRunning}`)
-        return EXIT.busy
-      }
-      if (error instanceof LockDatabaseError) {
-        say(`${databaseTrouble(error)}; ${notRunning}`)
-        return EXIT.failed
-      }
-      throw error
-    } finally {
-      acquiring = false
-      for (const signal of FORWARDED) process.removeListener(signal, onWaitSignal)
-    }
-    if (!lock) {
-      const [holder] = await store.listLocks({ name, key })
-      say(`${what} is held by ${holder ? printable(holder.instanceName) : 'another worker'}; ${notRunning}`)
-      return EXIT.busy
-    }
-    return await supervise(lock, command, onLost, graceMs, what)
+    lock = run.waits
+      ? await store.acquireLock(run.name, run.key, { timeoutMs: run.waitMs, signal: interrupt.signal })
+      : await store.tryAcquireLock(run.name, run.key)
+  } catch (error) {
+    const signalled = interrupt.signalled()
+    if (signalled) return signalExit(signalled)
+    return acquireFailure(error, run)
   } finally {
-    await store.close()
+    log.acquired()
+    interrupt.stop()
   }
+  return lock ?? await heldElsewhere(store, run)
+}
+
+/** An AbortSignal that SIGINT, SIGTERM or SIGHUP aborts, until `stop()`; `signalled()` says which one did. */
+function interruptOnSignals(): { signal: AbortSignal, signalled: () => NodeJS.Signals | undefined, stop: () => void } {
+  const controller = new AbortController()
+  let signalled: NodeJS.Signals | undefined
+  const onSignal = (signal: NodeJS.Signals): void => {
+    signalled = signal
+    controller.abort(new Error(`stopped by ${signal}`))
+  }
+  for (const signal of FORWARDED) process.on(signal, onSignal)
+  return {
+    signal: controller.signal,
+    signalled: () => signalled,
+    stop: () => { for (const signal of FORWARDED) process.removeListener(signal, onSignal) },
+  }
+}
+
+/** The one line and exit code for a lock that could not be acquired; other errors are thrown on. */
+function acquireFailure(error: unknown, run: RunOptions): number {
+  if (error instanceof LockTableError) return fail(`${tableTrouble(error)}; ${run.notRunning} ${MIGRATE_HINT}`, EXIT.failed)
+  // With a cause, the wait ended because the database could not be asked, not because the
+  // lock was busy: retrying later will not help until someone fixes the database.
+  if (error instanceof LockTimeoutError && error.cause !== undefined) {
+    return fail(`${databaseTrouble(error.cause, run.waitMs / 1000)}; ${run.notRunning}`, EXIT.failed)
+  }
+  if (error instanceof LockTimeoutError) return fail(`${run.what} is still busy after ${run.waitMs / 1000} s; ${run.notRunning}`, EXIT.busy)
+  if (error instanceof LockDatabaseError) return fail(`${databaseTrouble(error)}; ${run.notRunning}`, EXIT.failed)
+  throw error
+}
+
+/** The one line, naming the holder, for a lock someone else holds. */
+async function heldElsewhere(store: LockStore, run: RunOptions): Promise<number> {
+  const [holder] = await store.listLocks({ name: run.name, key: run.key })
+  return fail(`${run.what} is held by ${holder ? printable(holder.instanceName) : 'another worker'}; ${run.notRunning}`, EXIT.busy)
 }
 
 /** Sends `signal` to the process group led by `child`; false when no process is left in it. */
@@ -119,85 +189,118 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals | 0): boolean {
 
 /**
  * Runs the command in a process group of its own, passes SIGINT, SIGTERM and SIGHUP on to that
- * group, and stops the group if the lock is lost (SIGTERM, then SIGKILL after `graceMs`). Once
+ * group, and stops the group if the lock is lost (SIGTERM, then SIGKILL after --grace). Once
  * the command has exited, whatever it left running in its group is stopped the same way before
  * this resolves, so nothing it started runs on after the lock is released. Resolves the exit code.
  */
-function supervise(lock: Lock, command: readonly string[], onLost: 'stop' | 'ignore', graceMs: number, what: string): Promise<number> {
-  const program = printable(command[0] ?? '')
-  return new Promise((resolve) => {
-    let lost = false
-    let killTimer: NodeJS.Timeout | undefined
-    let killed = false
-    let poll: NodeJS.Timeout | undefined
-    let settled = false
-    let child: ChildProcess | undefined
+function supervise(lock: Lock, run: RunOptions): Promise<number> {
+  return new Promise((resolve) => { new Supervision(lock, run, resolve).start() })
+}
 
-    // SIGTERM to the whole group now, SIGKILL after the grace period; once is enough.
-    const stopGroup = (): void => {
-      if (!child || killTimer) return
-      const group = child
-      signalGroup(group, 'SIGTERM')
-      killTimer = setTimeout(() => {
-        killed = true
-        signalGroup(group, 'SIGKILL')
-      }, graceMs)
-    }
-    const forward = (signal: NodeJS.Signals): void => { if (child) signalGroup(child, signal) }
-    const onAbort = (): void => {
-      if (onLost === 'ignore') {
-        say(`${what} was lost (${printable((lock.signal.reason as Error).message)}); --on-lost=ignore, so ${program} keeps running`)
-        return
-      }
-      lost = true
-      say(`${what} was lost; stopping ${program} (SIGTERM, then SIGKILL after ${graceMs / 1000} s)`)
-      stopGroup()
-    }
-    const finish = (code: number): void => {
-      if (settled) return
-      settled = true
-      clearTimeout(killTimer)
-      clearInterval(poll)
-      lock.signal.removeEventListener('abort', onAbort)
-      for (const signal of FORWARDED) process.removeListener(signal, forward)
-      resolve(code)
-    }
-    const cannotStart = (error: NodeJS.ErrnoException): void => {
-      if (error.code === 'ENOENT') {
-        say(`command not found: ${program}`)
-        finish(EXIT.notFound)
-      } else {
-        say(error.code === 'EACCES'
-          ? `cannot execute ${program}: permission denied (not an executable file, or not one you may run)`
-          : `cannot execute ${program}: ${printable(error.message)}`)
-        finish(EXIT.notExecutable)
-      }
-    }
+/** One run of the command under a lock, from spawning it to the exit code (see `supervise`). */
+class Supervision {
+  readonly #lock: Lock
+  readonly #run: RunOptions
+  readonly #resolve: (code: number) => void
+  readonly #program: string
+  #child: ChildProcess | undefined
+  #lost = false
+  #killTimer: NodeJS.Timeout | undefined
+  #killed = false
+  #poll: NodeJS.Timeout | undefined
+  #settled = false
+  // Listeners as fields, so that the very functions added are the ones removed.
+  readonly #forward = (signal: NodeJS.Signals): void => { if (this.#child) signalGroup(this.#child, signal) }
+  readonly #onAbort = (): void => { this.#lockLost() }
 
-    for (const signal of FORWARDED) process.on(signal, forward)
-    lock.signal.addEventListener('abort', onAbort, { once: true })
+  constructor(lock: Lock, run: RunOptions, resolve: (code: number) => void) {
+    this.#lock = lock
+    this.#run = run
+    this.#resolve = resolve
+    this.#program = printable(run.command[0] ?? '')
+  }
+
+  start(): void {
+    for (const signal of FORWARDED) process.on(signal, this.#forward)
+    this.#lock.signal.addEventListener('abort', this.#onAbort, { once: true })
+    const child = this.#spawn()
+    if (!child) return
+    child.on('error', (error) => { this.#cannotStart(error) })
+    child.on('exit', (code, signal) => { this.#exited(child, code, signal) })
+  }
+
+  /** Starts the command; undefined when that failed at once (and the run is finished). */
+  #spawn(): ChildProcess | undefined {
+    const [file = '', ...args] = this.#run.command
     try {
       // A group of its own, so that signals reach everything the command starts (the children of
       // a shell, say), not only the process started here.
-      child = spawn(command[0] ?? '', command.slice(1), { stdio: 'inherit', detached: true })
+      this.#child = spawn(file, args, { stdio: 'inherit', detached: true })
+      return this.#child
     } catch (error) {
       // Most spawn failures arrive as an 'error' event; the rarer ones are thrown.
-      cannotStart(error as NodeJS.ErrnoException)
+      this.#cannotStart(error as NodeJS.ErrnoException)
+      return undefined
+    }
+  }
+
+  #cannotStart(error: NodeJS.ErrnoException): void {
+    if (error.code === 'ENOENT') {
+      say(`command not found: ${this.#program}`)
+      this.#finish(EXIT.notFound)
+    } else {
+      say(error.code === 'EACCES'
+        ? `cannot execute ${this.#program}: permission denied (not an executable file, or not one you may run)`
+        : `cannot execute ${this.#program}: ${printable(error.message)}`)
+      this.#finish(EXIT.notExecutable)
+    }
+  }
+
+  /** The lock was lost: stop the command's group, unless --on-lost=ignore. */
+  #lockLost(): void {
+    if (this.#run.onLost === 'ignore') {
+      const reason = printable((this.#lock.signal.reason as Error).message)
+      say(`${this.#run.what} was lost (${reason}); --on-lost=ignore, so ${this.#program} keeps running`)
       return
     }
-    const started = child
-    started.on('error', cannotStart)
-    started.on('exit', (code, signal) => {
-      const result = lost ? EXIT.lost : code ?? 128 + (signal ? constants.signals[signal] ?? 0 : 0)
-      if (!signalGroup(started, 0)) {
-        finish(result)
-        return
-      }
-      if (!killTimer) say(`${program} exited; stopping what it left running (SIGTERM, then SIGKILL after ${graceMs / 1000} s)`)
-      stopGroup()
-      // After SIGKILL, only processes that have died but not been reaped can remain: their
-      // parent's business, not a reason to hold the lock any longer.
-      poll = setInterval(() => { if (killed || !signalGroup(started, 0)) finish(result) }, GROUP_POLL_MS)
-    })
-  })
+    this.#lost = true
+    say(`${this.#run.what} was lost; stopping ${this.#program} (SIGTERM, then SIGKILL after ${this.#run.graceMs / 1000} s)`)
+    this.#stopGroup()
+  }
+
+  // SIGTERM to the whole group now, SIGKILL after the grace period; once is enough.
+  #stopGroup(): void {
+    const group = this.#child
+    if (!group || this.#killTimer) return
+    signalGroup(group, 'SIGTERM')
+    this.#killTimer = setTimeout(() => {
+      this.#killed = true
+      signalGroup(group, 'SIGKILL')
+    }, this.#run.graceMs)
+  }
+
+  /** The command exited: finish with its status once nothing it left in its group runs. */
+  #exited(child: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    const result = this.#lost ? EXIT.lost : code ?? signalExit(signal)
+    if (!signalGroup(child, 0)) {
+      this.#finish(result)
+      return
+    }
+    if (!this.#killTimer) say(`${this.#program} exited; stopping what it left running (SIGTERM, then SIGKILL after ${this.#run.graceMs / 1000} s)`)
+    this.#stopGroup()
+    // After SIGKILL, only processes that have died but not been reaped can remain: their
+    // parent's business, not a reason to hold the lock any longer.
+    this.#poll = setInterval(() => { if (this.#killed || !signalGroup(child, 0)) this.#finish(result) }, GROUP_POLL_MS)
+  }
+
+  /** Resolves `code`, once, and stops listening for signals and the loss of the lock. */
+  #finish(code: number): void {
+    if (this.#settled) return
+    this.#settled = true
+    clearTimeout(this.#killTimer)
+    clearInterval(this.#poll)
+    this.#lock.signal.removeEventListener('abort', this.#onAbort)
+    for (const signal of FORWARDED) process.removeListener(signal, this.#forward)
+    this.#resolve(code)
+  }
 }
