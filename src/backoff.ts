@@ -23,20 +23,21 @@ export function resolveBackoff(options: unknown, what: string): Backoff {
   if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TypeError(`${what} must be an object.`)
   const o = options as Record<string, unknown>
   for (const name of Object.keys(o)) {
-    if (!(name in DEFAULT_BACKOFF)) throw new TypeError(`Unknown ${what} option ${JSON.stringify(name)}; known options are ${Object.keys(DEFAULT_BACKOFF).join(', ')}.`)
+    if (!Object.hasOwn(DEFAULT_BACKOFF, name)) throw new TypeError(`Unknown ${what} option ${JSON.stringify(name)}; known options are ${Object.keys(DEFAULT_BACKOFF).join(', ')}.`)
   }
-  const number = (name: keyof Backoff, min: number, max: number, integer: boolean): number => {
-    const value = o[name] ?? DEFAULT_BACKOFF[name]
-    if (typeof value !== 'number' || Number.isNaN(value) || (integer && !Number.isInteger(value))) {
-      throw new TypeError(`${what}.${name} must be ${integer ? 'an integer' : 'a number'}, got ${String(value)}.`)
-    }
-    if (value < min || value > max) throw new RangeError(`${what}.${name} must be between ${min} and ${max}, got ${value}.`)
-    return value
-  }
-  const initialDelayMs = number('initialDelayMs', 1, MAX_TIMER_MS, true)
-  const maxDelayMs = number('maxDelayMs', 1, MAX_TIMER_MS, true)
+  const initialDelayMs = backoffNumber(o, what, 'initialDelayMs', 1, MAX_TIMER_MS, true)
+  const maxDelayMs = backoffNumber(o, what, 'maxDelayMs', 1, MAX_TIMER_MS, true)
   if (maxDelayMs < initialDelayMs) throw new RangeError(`${what}.maxDelayMs (${maxDelayMs}) must not be less than initialDelayMs (${initialDelayMs}).`)
-  return { initialDelayMs, maxDelayMs, multiplier: number('multiplier', 1, 100, false), jitter: number('jitter', 0, 1, false) }
+  return { initialDelayMs, maxDelayMs, multiplier: backoffNumber(o, what, 'multiplier', 1, 100, false), jitter: backoffNumber(o, what, 'jitter', 0, 1, false) }
+}
+
+function backoffNumber(o: Record<string, unknown>, what: string, name: keyof Backoff, min: number, max: number, integer: boolean): number {
+  const value = o[name] === undefined ? DEFAULT_BACKOFF[name] : o[name]
+  if (typeof value !== 'number' || Number.isNaN(value) || (integer && !Number.isInteger(value))) {
+    throw new TypeError(`${what}.${name} must be ${integer ? 'an integer' : 'a number'}, got ${String(value)}.`)
+  }
+  if (value < min || value > max) throw new RangeError(`${what}.${name} must be between ${min} and ${max}, got ${value}.`)
+  return value
 }
 
 /**

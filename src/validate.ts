@@ -245,18 +245,25 @@ export function resolveWaitOptions(options: unknown): { timeoutMs: number; signa
   for (const name of Object.keys(o)) {
     if (name !== 'timeoutMs' && name !== 'signal') throw new TypeError(`Unknown wait option ${JSON.stringify(name)}; known options are timeoutMs, signal.`)
   }
-  const timeoutMs = o.timeoutMs === undefined ? Infinity : o.timeoutMs
+  return { timeoutMs: waitTimeout(o.timeoutMs), signal: waitSignal(o.signal) }
+}
+
+function waitTimeout(value: unknown): number {
+  const timeoutMs = value === undefined ? Infinity : value
   if (typeof timeoutMs !== 'number' || Number.isNaN(timeoutMs) || (Number.isFinite(timeoutMs) && !Number.isInteger(timeoutMs))) {
     throw new TypeError(`Wait option timeoutMs must be a whole number of milliseconds or Infinity, got ${describe(timeoutMs)}.`)
   }
   if (timeoutMs < 0 || (Number.isFinite(timeoutMs) && timeoutMs > MAX_TIMER_MS)) {
     throw new RangeError(`Wait option timeoutMs must be between 0 and ${MAX_TIMER_MS} (or Infinity), got ${timeoutMs}.`)
   }
-  const signal = o.signal
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
-    throw new TypeError(`Wait option signal must be an AbortSignal, got ${describe(signal)}.`)
+  return timeoutMs
+}
+
+function waitSignal(value: unknown): AbortSignal | undefined {
+  if (value !== undefined && !(value instanceof AbortSignal)) {
+    throw new TypeError(`Wait option signal must be an AbortSignal, got ${describe(value)}.`)
   }
-  return { timeoutMs, signal }
+  return value
 }
 
 /** Which rows `listLocks` returns: those whose fields equal every value given. */
