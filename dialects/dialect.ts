@@ -106,9 +106,12 @@ export interface ReleaseNotifications {
 
 /** What an INSERT writes into `fence` (see `Dialect.insertFence`). */
 export interface FenceSql {
-  /** The SQL expression for `table`; `quote` quotes an identifier. */
-  sql(table: string, quote: (name: string) => string): string
-  /** Whether the expression takes the lock's name and key as its two `?` parameters, in that order. */
+  /**
+   * The SQL expression for `table`; `quote` quotes an identifier, and `lock` gives the SQL for
+   * the lock's name and key (placeholders of the caller's choosing).
+   */
+  sql(table: string, quote: (name: string) => string, lock: { readonly name: string; readonly key: string }): string
+  /** Whether the expression uses `lock.name` and `lock.key` (once each, in that order). */
   readonly bindsLock: boolean
 }
 
@@ -223,8 +226,8 @@ export function toFence(value: unknown): bigint {
  * committed (see `selectFence` for a read inside the caller's transaction).
  */
 export async function fenceOf(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<bigint | null> {
-  const sql = statement(knex, 'fence', table, (quote) => `SELECT fence FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
-  const found = (await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])).rows[0]
+  const sql = statement(knex, 'fence', table, (quote) => `SELECT fence FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token`)
+  const found = (await executorFor(knex, dialect.rowsOf).run(sql, row)).rows[0]
   return found === undefined ? null : toFence(found.fence)
 }
 
@@ -249,7 +252,7 @@ export function rowsJson(rows: readonly RowIdentity[]): string {
 
 /** The plain token-guarded release, for databases without release notifications. */
 export async function releaseByDelete(knex: Knex, dialect: Dialect, table: string, row: RowIdentity): Promise<boolean> {
-  const sql = statement(knex, 'release', table, (quote) => `DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ?`)
-  const { affectedRows } = await executorFor(knex, dialect.rowsOf).run(sql, [row.name, row.key, row.token])
+  const sql = statement(knex, 'release', table, (quote) => `DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token`)
+  const { affectedRows } = await executorFor(knex, dialect.rowsOf).run(sql, row)
   return affectedRows > 0
 }

@@ -24,7 +24,7 @@ export async function acquireEmulated(knex: Knex, dialect: Dialect, facts: Serve
       const fence = dialect.insertFence
       const result: unknown = await db.raw(
         `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms${fence ? ', fence' : ''})
-         VALUES (?, ?, ?, ?, ?, ?${fence ? `, ${fence.sql(r.table, (name) => db.raw('??', [name]).toQuery())}` : ''})${facts.returning ? ' RETURNING fence' : ''}`,
+         VALUES (?, ?, ?, ?, ?, ?${fence ? `, ${fence.sql(r.table, (name) => db.raw('??', [name]).toQuery(), { name: '?', key: '?' })}` : ''})${facts.returning ? ' RETURNING fence' : ''}`,
         [r.table, r.name, r.key, r.instanceName, r.token, now, r.leaseMs, ...fenceParams(fence, r.name, r.key)],
       )
       if (!facts.returning) return selectFence(db, r.table, r)

@@ -9,14 +9,32 @@ export interface StatementResult {
 }
 
 /**
- * Runs one SQL statement whose identifiers are already quoted and whose values are all `?`
- * placeholders. The hot path (acquire, release) goes through this rather than knex's builder:
+ * A statement built once per table (see {@link statement}): its text with `?` placeholders, and
+ * the names of the values they bind, in order.
+ */
+export interface Statement {
+  readonly sql: string
+  readonly names: readonly string[]
+}
+
+/**
+ * Runs one SQL statement whose identifiers are already quoted and whose values are all named
+ * placeholders, given as one object. The hot path (acquire, release) goes through this rather than knex's builder:
  * on the drivers worker-locks knows, it borrows a connection from knex's pool and runs a
  * prepared statement that the connection keeps, which costs a fraction of building and
  * compiling a query each time. knex's `query` event still fires, so query logging sees it.
  */
 export interface Executor {
-  run(sql: string, params: readonly unknown[]): Promise<StatementResult>
+  run(statement: Statement, values: object): Promise<StatementResult>
+}
+
+/** The values of `statement`'s placeholders, in order; a name without a value is a bug here, not the caller's. */
+function positional(statement: Statement, values: object): unknown[] {
+  return statement.names.map((name) => {
+    const value = (values as Record<string, unknown>)[name]
+    if (value === undefined) throw new TypeError(`worker-locks: no value for :${name} in ${statement.sql}`)
+    return value
+  })
 }
 
 interface Client {
@@ -87,17 +105,21 @@ export function executorFor(knex: Knex, rowsOf: (result: unknown) => readonly Re
   return executor
 }
 
-function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
-  const client = knex.client as unknown as Client
-  switch (client.driverName) {
-    case 'better-sqlite3': return sqliteExecutor(client)
-    case 'pg': return pgExecutor(client)
-    case 'mysql2': return mysqlExecutor(client)
-    default: return knexExecutor(knex, rowsOf)
-  }
+/** Runs a statement's text with its values in order. */
+interface PositionalExecutor {
+  run(sql: string, params: readonly unknown[]): Promise<StatementResult>
 }
 
-function sqliteExecutor(client: Client): Executor {
+function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
+  const client = knex.client as unknown as Client
+  const executor = client.driverName === 'better-sqlite3' ? sqliteExecutor(client)
+    : client.driverName === 'pg' ? pgExecutor(client)
+      : client.driverName === 'mysql2' ? mysqlExecutor(client)
+        : knexExecutor(knex, rowsOf)
+  return { run: (statement, values) => executor.run(statement.sql, positional(statement, values)) }
+}
+
+function sqliteExecutor(client: Client): PositionalExecutor {
   return {
     run: (sql, params) => withConnection(client, sql, params, (connection) => {
       const conn = connection as SqliteConnection & object
@@ -112,7 +134,7 @@ function sqliteExecutor(client: Client): Executor {
   }
 }
 
-function pgExecutor(client: Client): Executor {
+function pgExecutor(client: Client): PositionalExecutor {
   return {
     run: (sql, params) => withConnection(client, sql, params, (connection) =>
       (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
@@ -120,7 +142,7 @@ function pgExecutor(client: Client): Executor {
   }
 }
 
-function mysqlExecutor(client: Client): Executor {
+function mysqlExecutor(client: Client): PositionalExecutor {
   return {
     run: (sql, params) => withConnection(client, sql, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
       // execute() prepares the statement once per connection and binds values on the server.
@@ -135,7 +157,7 @@ function mysqlExecutor(client: Client): Executor {
 }
 
 // Any other driver: through knex.raw, slower but the same answers.
-function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
+function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): PositionalExecutor {
   return {
     async run(sql, params) {
       const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[])
@@ -149,22 +171,36 @@ function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
   }
 }
 
-// dialect → kind → table → SQL. Nested rather than one joined key, so a lookup on the hot path
-// builds no string: the kinds are constants and the table name is the store's own string.
-const statements = new Map<string, Map<string, Map<string, string>>>()
+// dialect → kind → table → statement. Nested rather than one joined key, so a lookup on the hot
+// path builds no string: the kinds are constants and the table name is the store's own string.
+const statements = new Map<string, Map<string, Map<string, Statement>>>()
+
+// `:name`, but not the second colon of a PostgreSQL cast (`x::text`).
+const PLACEHOLDER = /(?<!:):([A-Za-z_][A-Za-z0-9_]*)/g
+
+/** `text` with its `:name` placeholders turned into `?`, and the names in order. */
+function compile(text: string): Statement {
+  const names: string[] = []
+  const sql = text.replace(PLACEHOLDER, (_, name: string) => {
+    names.push(name)
+    return '?'
+  })
+  return { sql, names }
+}
 
 /**
- * The text of the statement `kind` for `table`, built once per database family and then reused,
- * so the hot path builds no SQL. `kind` must name everything else the text depends on (a
- * constant per variant). `quote` quotes an identifier the way knex does for this database.
+ * The statement `kind` for `table`, built once per database family and then reused, so the hot
+ * path builds no SQL. `build` writes values as named placeholders (`:name`), mapped to positions
+ * once, here. `kind` must name everything else the text depends on (a constant per variant).
+ * `quote` quotes an identifier the way knex does for this database.
  */
-export function statement(knex: Knex, kind: string, table: string, build: (quote: (name: string) => string) => string): string {
+export function statement(knex: Knex, kind: string, table: string, build: (quote: (name: string) => string) => string): Statement {
   const dialect = (knex.client as { dialect?: string }).dialect ?? ''
   let kinds = statements.get(dialect)
   if (!kinds) statements.set(dialect, (kinds = new Map()))
   let tables = kinds.get(kind)
   if (!tables) kinds.set(kind, (tables = new Map()))
-  let sql = tables.get(table)
-  if (sql === undefined) tables.set(table, (sql = build((name) => knex.raw('??', [name]).toQuery())))
-  return sql
+  let built = tables.get(table)
+  if (built === undefined) tables.set(table, (built = compile(build((name) => knex.raw('??', [name]).toQuery()))))
+  return built
 }

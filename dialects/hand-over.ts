@@ -28,12 +28,11 @@ export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts,
   const kind = HAND_OVER_KINDS[(databaseClock ? 2 : 0) + (facts.returning ? 1 : 0)] ?? ''
   const sql = statement(knex, kind, r.table, (quote) => {
     const fence = dialect.takeoverFenceSql(r.table, quote)
-    return `UPDATE ${quote(r.table)} AS t SET token = ?, last_renewed_ts = ${databaseClock ? dialect.nowSql : '?'}${fence === undefined ? '' : `, fence = ${fence}`}
-     WHERE lock_name = ? AND lock_key = ? AND token = ?${facts.returning ? ' RETURNING fence' : ''}`
+    return `UPDATE ${quote(r.table)} AS t SET token = :newToken, last_renewed_ts = ${databaseClock ? dialect.nowSql : ':now'}${fence === undefined ? '' : `, fence = ${fence}`}
+     WHERE lock_name = :name AND lock_key = :key AND token = :token${facts.returning ? ' RETURNING fence' : ''}`
   })
   const { row } = r
-  const params = databaseClock ? [r.token, row.name, row.key, row.token] : [r.token, r.nowMs, row.name, row.key, row.token]
-  const result = await executorFor(knex, dialect.rowsOf).run(sql, params)
+  const result = await executorFor(knex, dialect.rowsOf).run(sql, { ...row, newToken: r.token, now: r.nowMs })
   if (facts.returning) {
     const written = result.rows[0]
     return written === undefined ? null : toFence(written.fence)

@@ -50,22 +50,20 @@ export const mysqlDialect: Dialect = {
 
   async acquireNative(knex: Knex, r: AcquireRequest): Promise<bigint | null> {
     const databaseClock = r.nowMs === null
-    const now = databaseClock ? mysqlDialect.nowSql : '?'
+    const now = databaseClock ? mysqlDialect.nowSql : ':now'
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
     // Staleness is judged by the lease the existing row carries (read before it is assigned).
     const sql = statement(knex, databaseClock ? 'odku/database-clock' : 'odku/local-clock', r.table, (quote) =>
-      `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (?, ?, ?, ?, ${now}, ?)
+      `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (:name, :key, :instance, :token, ${now}, :lease)
        ON DUPLICATE KEY UPDATE
-         token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = ?, ?, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
-         instance_name = IF(token = ?, ?, instance_name),
-         last_renewed_ts = IF(token = ?, ${now}, last_renewed_ts),
-         lease_ms = IF(token = ?, ?, lease_ms)`)
-    const params = databaseClock
-      ? [r.name, r.key, r.instanceName, r.token, r.leaseMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.token, r.leaseMs]
-      : [r.name, r.key, r.instanceName, r.token, r.nowMs, r.leaseMs, r.nowMs, r.instanceName, r.token, r.token, r.instanceName, r.token, r.nowMs, r.token, r.leaseMs]
-    if ((await executorFor(knex, mysqlDialect.rowsOf).run(sql, params)).insertId === REFUSED_MARKER) return null
+         token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = :instance, :token, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
+         instance_name = IF(token = :token, :instance, instance_name),
+         last_renewed_ts = IF(token = :token, ${now}, last_renewed_ts),
+         lease_ms = IF(token = :token, :lease, lease_ms)`)
+    const values = { name: r.name, key: r.key, instance: r.instanceName, token: r.token, lease: r.leaseMs, now: r.nowMs }
+    if ((await executorFor(knex, mysqlDialect.rowsOf).run(sql, values)).insertId === REFUSED_MARKER) return null
     // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
     return fenceOf(knex, mysqlDialect, r.table, r)
   },

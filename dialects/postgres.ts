@@ -79,7 +79,7 @@ async function onLine(knex: Knex, table: string, run: () => Promise<unknown>): P
 const fenceUnderLock = (table: string, lockIdSql: string): string =>
   `(SELECT nextval('"${table}_fence_seq"'::regclass) FROM (SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${lockIdSql}))) AS wl_fence_lock)`
 const ROW_LOCK_ID = "t.lock_name || '/' || t.lock_key"
-const PARAM_LOCK_ID = "?::text || '/' || ?::text"
+const lockIdOf = (lock: { name: string; key: string }): string => `${lock.name}::text || '/' || ${lock.key}::text`
 
 /** The most a release notification can carry: two names of 255 characters, escaped, and a tag. */
 const MAX_PAYLOAD = 8_000
@@ -158,15 +158,12 @@ export const postgresDialect: Dialect = {
       const w = quote(lineOf(request.table))
       return `WITH attempt AS (${upsert}),
        joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
-         SELECT ?, ?, ?, ?, ${NOW_SQL}, ${NOW_SQL} + ? WHERE NOT EXISTS (SELECT 1 FROM attempt)
+         SELECT :name, :key, :waiter, :process, ${NOW_SQL}, ${NOW_SQL} + :expiresIn WHERE NOT EXISTS (SELECT 1 FROM attempt)
          ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}),
-       left_line AS (DELETE FROM ${w} w WHERE w.lock_name = ? AND w.lock_key = ? AND EXISTS (SELECT 1 FROM attempt)
-         AND ((w.waiter = ? AND ?) OR NOT (${LIVE_PLACE})))
+       left_line AS (DELETE FROM ${w} w WHERE w.lock_name = :name AND w.lock_key = :key AND EXISTS (SELECT 1 FROM attempt)
+         AND ((w.waiter = :waiter AND :leaveOnWin) OR NOT (${LIVE_PLACE})))
        SELECT fence FROM attempt`
-    }, [
-      request.name, request.key, line.waiter, processTag, line.expiresInMs,
-      request.name, request.key, line.waiter, line.leaveOnWin,
-    ]).catch((error: unknown) => {
+    }, { waiter: line.waiter, process: processTag, expiresIn: line.expiresInMs, leaveOnWin: line.leaveOnWin }).catch((error: unknown) => {
       // The line was dropped while stores ran: acquire without it from now on.
       if (!isUndefinedTable(error)) throw error
       lineGone(knex, request.table)
@@ -178,7 +175,7 @@ export const postgresDialect: Dialect = {
   // drawn under the lock's advisory lock (see fenceUnderLock). A takeover's VALUES took that lock
   // already; taking it again in the same transaction is free. (Table names are plain
   // identifiers, safe inside the literals.)
-  insertFence: { sql: (table) => fenceUnderLock(table, PARAM_LOCK_ID), bindsLock: true },
+  insertFence: { sql: (table, _quote, lock) => fenceUnderLock(table, lockIdOf(lock)), bindsLock: true },
   takeoverFenceSql: (table: string) => fenceUnderLock(table, ROW_LOCK_ID),
 
   async release(knex: Knex, table: string, row: RowIdentity, line = false): Promise<boolean> {
@@ -190,20 +187,17 @@ export const postgresDialect: Dialect = {
       // itself), or everyone when nobody else is in line.
       const sql = line
         ? statement(knex, 'release-notify-first', table, (quote) =>
-          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
+          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
            SELECT pg_notify(
              COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
-                       WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> ? AND ${LIVE_PLACE}
-                       ORDER BY w.since_ts, w.waiter LIMIT 1), ?),
-             json_build_array(r.lock_name, r.lock_key, ?::text)::text)
+                       WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> :process AND ${LIVE_PLACE}
+                       ORDER BY w.since_ts, w.waiter LIMIT 1), :channel),
+             json_build_array(r.lock_name, r.lock_key, :process::text)::text)
            FROM released r`)
         : statement(knex, 'release-notify', table, (quote) =>
-          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = ? AND lock_key = ? AND token = ? RETURNING lock_name, lock_key)
-           SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`)
-      const params = line
-        ? [row.name, row.key, row.token, processTag, channelOf(table), processTag]
-        : [row.name, row.key, row.token, channelOf(table), processTag]
-      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, params)
+          `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
+           SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text)::text) FROM released`)
+      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })
       return rows.length > 0
     } catch (error) {
       // A missing line must not stop releases: fall back to notifying everyone from now on.
@@ -217,7 +211,7 @@ export const postgresDialect: Dialect = {
   // An acquisition of the other strategy takes the lock's advisory lock before any row lock
   // (forming its row); the emulated DELETE would lock the row first. Take it first here too.
   async emulatedPrelude(knex: Knex, table: string, name: string, key: string): Promise<void> {
-    await knex.raw(`SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${PARAM_LOCK_ID}))`, [name, key])
+    await knex.raw(`SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${lockIdOf({ name: '?', key: '?' })}))`, [name, key])
   },
 
   // The planner turns the row-value IN into one index lookup per element.
@@ -231,16 +225,16 @@ export const postgresDialect: Dialect = {
         // Places of that lock that no longer count are cleared on the way. A place of this store
         // that had lapsed counts as new: it goes to the back of the line.
         const sql = statement(knex, 'line-join', table, (quote) =>
-          `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = ? AND w.lock_key = ? AND w.waiter <> ? AND NOT (${LIVE_PLACE}))
+          `WITH cleared AS (DELETE FROM ${quote(lineOf(table))} w WHERE w.lock_name = :name AND w.lock_key = :key AND w.waiter <> :waiter AND NOT (${LIVE_PLACE}))
            INSERT INTO ${quote(lineOf(table))} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)
-           VALUES (?, ?, ?, ?, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + ?)
+           VALUES (:name, :key, :waiter, :process, ${postgresDialect.nowSql}, ${postgresDialect.nowSql} + :expiresIn)
            ON CONFLICT (lock_name, lock_key, waiter) DO UPDATE SET ${RENEW_PLACE}`)
-        return executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter, name, key, waiter, processTag, expiresInMs])
+        return executorFor(knex, postgresDialect.rowsOf).run(sql, { name, key, waiter, process: processTag, expiresIn: expiresInMs })
       }),
       leave: (knex, table, waiter, name, key) => onLine(knex, table, () => {
         const sql = statement(knex, 'line-leave', table, (quote) =>
-          `DELETE FROM ${quote(lineOf(table))} WHERE lock_name = ? AND lock_key = ? AND waiter = ?`)
-        return executorFor(knex, postgresDialect.rowsOf).run(sql, [name, key, waiter])
+          `DELETE FROM ${quote(lineOf(table))} WHERE lock_name = :name AND lock_key = :key AND waiter = :waiter`)
+        return executorFor(knex, postgresDialect.rowsOf).run(sql, { name, key, waiter })
       }),
     },
 
