@@ -13,6 +13,8 @@ export interface StatementResult {
  * the names of the values they bind, in order.
  */
 export interface Statement {
+  /** What the statement does (e.g. `release`, `hand-over/local-clock`): also on knex's `query` event, as `workerLocksKind`. */
+  readonly kind: string
   readonly sql: string
   readonly names: readonly string[]
 }
@@ -69,13 +71,13 @@ function pgStatement(sql: string): { name: string; text: string } {
   return statement
 }
 
-function withConnection<T>(client: Client, sql: string, params: readonly unknown[], run: (connection: unknown) => Promise<T> | T): Promise<T> {
+function withConnection<T>(client: Client, sql: string, params: readonly unknown[], kind: string, run: (connection: unknown) => Promise<T> | T): Promise<T> {
   // Chained rather than async/await: this runs twice per lock, and every hop costs.
   return client.acquireConnection().then((connection) => {
     // Synchronous in knex (the promise it returns is already settled): no need to wait for it.
     const giveBack = (): void => { void client.releaseConnection(connection) }
     try {
-      client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid })
+      client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
       const result = run(connection)
       // A thenable, not only a native Promise: pg can be given another Promise implementation.
       if (typeof (result as { then?: unknown } | undefined)?.then !== 'function') {
@@ -107,7 +109,7 @@ export function executorFor(knex: Knex, rowsOf: (result: unknown) => readonly Re
 
 /** Runs a statement's text with its values in order. */
 interface PositionalExecutor {
-  run(sql: string, params: readonly unknown[]): Promise<StatementResult>
+  run(sql: string, params: readonly unknown[], kind: string): Promise<StatementResult>
 }
 
 function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
@@ -116,12 +118,12 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
     : client.driverName === 'pg' ? pgExecutor(client)
       : client.driverName === 'mysql2' ? mysqlExecutor(client)
         : knexExecutor(knex, rowsOf)
-  return { run: (statement, values) => executor.run(statement.sql, positional(statement, values)) }
+  return { run: (statement, values) => executor.run(statement.sql, positional(statement, values), statement.kind) }
 }
 
 function sqliteExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params) => withConnection(client, sql, params, (connection) => {
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => {
       const conn = connection as SqliteConnection & object
       let cache = sqliteStatements.get(conn)
       if (!cache) sqliteStatements.set(conn, (cache = new Map()))
@@ -136,7 +138,7 @@ function sqliteExecutor(client: Client): PositionalExecutor {
 
 function pgExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params) => withConnection(client, sql, params, (connection) =>
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) =>
       (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
         .then((result) => ({ rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }))),
   }
@@ -144,7 +146,7 @@ function pgExecutor(client: Client): PositionalExecutor {
 
 function mysqlExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params) => withConnection(client, sql, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => new Promise<StatementResult>((resolve, reject) => {
       // execute() prepares the statement once per connection and binds values on the server.
       (connection as MysqlConnection).execute(sql, [...params], (error, result) => {
         if (error) return reject(error)
@@ -159,8 +161,8 @@ function mysqlExecutor(client: Client): PositionalExecutor {
 // Any other driver: through knex.raw, slower but the same answers.
 function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): PositionalExecutor {
   return {
-    async run(sql, params) {
-      const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[])
+    async run(sql, params, kind) {
+      const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[]).options({ workerLocksKind: kind })
       const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
       return {
         rows: rowsOf(result),
@@ -179,13 +181,13 @@ const statements = new Map<string, Map<string, Map<string, Statement>>>()
 const PLACEHOLDER = /(?<!:):([A-Za-z_][A-Za-z0-9_]*)/g
 
 /** `text` with its `:name` placeholders turned into `?`, and the names in order. */
-function compile(text: string): Statement {
+function compile(kind: string, text: string): Statement {
   const names: string[] = []
   const sql = text.replace(PLACEHOLDER, (_, name: string) => {
     names.push(name)
     return '?'
   })
-  return { sql, names }
+  return { kind, sql, names }
 }
 
 /**
@@ -201,6 +203,6 @@ export function statement(knex: Knex, kind: string, table: string, build: (quote
   let tables = kinds.get(kind)
   if (!tables) kinds.set(kind, (tables = new Map()))
   let built = tables.get(table)
-  if (built === undefined) tables.set(table, (built = compile(build((name) => knex.raw('??', [name]).toQuery()))))
+  if (built === undefined) tables.set(table, (built = compile(kind, build((name) => knex.raw('??', [name]).toQuery()))))
   return built
 }

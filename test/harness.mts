@@ -101,13 +101,36 @@ export class Harness {
   }
 }
 
-/** The SQL text of every statement `knex` runs while `fn` runs (those `keep` accepts). */
-export async function statementsDuring<T>(knex: Knex, fn: () => Promise<T>, keep: (sql: string) => boolean = () => true): Promise<{ result: T; sql: string[] }> {
+/** What knex's `query` event says of a statement worker-locks runs: its kind, or `other` (renewal, listing, BEGIN…). */
+export function kindOf(query: object): string {
+  const q = query as { workerLocksKind?: unknown; options?: { workerLocksKind?: unknown } }
+  const kind = q.workerLocksKind ?? q.options?.workerLocksKind
+  return typeof kind === 'string' ? kind : 'other'
+}
+
+/** Statement kinds that take a lock, release one, or hand one over within a store. */
+export const isAcquire = (kind: string): boolean => /^(on-conflict|odku|emulated-)/.test(kind)
+export const isRelease = (kind: string): boolean => kind.startsWith('release')
+export const isHandOver = (kind: string): boolean => kind.startsWith('hand-over')
+/** A statement of PostgreSQL's waiting line of its own (the background joins and leaves). */
+export const isLineStatement = (kind: string): boolean => kind.startsWith('line-')
+
+/**
+ * The SQL text and the kind (see {@link kindOf}) of every statement `knex` runs while `fn` runs
+ * (those whose kind `keep` accepts).
+ */
+export async function statementsDuring<T>(knex: Knex, fn: () => Promise<T>, keep: (kind: string) => boolean = () => true): Promise<{ result: T; sql: string[]; kinds: string[] }> {
   const sql: string[] = []
-  const record = (query: { sql: string }): void => { if (keep(query.sql)) sql.push(query.sql) }
+  const kinds: string[] = []
+  const record = (query: { sql: string }): void => {
+    const kind = kindOf(query)
+    if (!keep(kind)) return
+    sql.push(query.sql)
+    kinds.push(kind)
+  }
   knex.on('query', record)
   try {
-    return { result: await fn(), sql }
+    return { result: await fn(), sql, kinds }
   } finally {
     knex.off('query', record)
   }
