@@ -4,10 +4,8 @@ import { mysqlDialect } from './mysql.js'
 import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
-export type {
-  AcquireRequest, FenceSql, LineRequest, Dialect, DialectName, ReleaseHeard, ReleaseNotifications,
-  ReleaseSubscription, RowIdentity, ServerFacts, WaitingLine,
-} from './dialect.js'
+export type { AcquireRequest, FenceSql, LineRequest, Dialect, DialectName, RowIdentity, ServerFacts } from './dialect.js'
+export type { ReleaseHeard, ReleaseNotifications, ReleaseSubscription, WaitingLine } from './notifications.js'
 export { acquire, retryingConflicts, type Strategy } from './acquire.js'
 export { handOver, type HandOverRequest } from './hand-over.js'
 export { nowBinding } from './dialect.js'

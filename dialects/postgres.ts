@@ -4,8 +4,9 @@ import { executorFor, statement } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
   errorCode, rowsJson,
-  type AcquireRequest, type Dialect, type ReleaseSubscription, type RowIdentity, type ServerFacts,
+  type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts,
 } from './dialect.js'
+import type { ReleaseSubscription } from './notifications.js'
 
 // The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
 // now() is frozen at the start of the caller's transaction, which may be long open.
