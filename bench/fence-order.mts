@@ -19,10 +19,10 @@
 // Prints one line per pair, then one JSON line with every count. Drops every table it created.
 // Uses only the public API shared by the old and new code (LockStore, tryAcquireLock,
 // acquireLock, Lock.fence/.lost/.release, createLockTable, dropLockTable).
-import { spawn, type ChildProcess } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import type { Knex } from 'knex'
 import { createLockTable, dropLockTable, LockStore, type Lock } from '../src/index.js'
+import { startBenchChild, type BenchChild } from './child.mjs'
 import { connect, resolveMatrix, sqliteFile, uniqueName, type Database, type StrategyName, type Target } from '../test/targets.mjs'
 
 const LOCK_NAMES = ['fence-a', 'fence-b'] as const
@@ -177,38 +177,13 @@ async function runWorker(): Promise<void> {
 // Parent
 // ---------------------------------------------------------------------------------------------
 
-interface Child {
-  process: ChildProcess
-  ready: Promise<void>
-  done: Promise<WorkerCounts>
-  go(end: number): void
-}
+type Child = BenchChild<WorkerCounts>
 
 function startChild(target: Target, tableName: string, stores: number, mode: OrderMode): Child {
-  const child = spawn(process.execPath, [import.meta.filename, '--worker'], {
-    env: {
-      ...process.env, WL_DATABASE: target.database, WL_STRATEGY: target.strategy, WL_TABLE: tableName,
-      WL_SQLITE_FILE: sqliteFile, WL_STORES: String(stores), WL_ORDER: mode,
-    },
-    stdio: ['pipe', 'pipe', 'inherit'],
+  return startBenchChild<WorkerCounts>([import.meta.filename, '--worker'], {
+    WL_DATABASE: target.database, WL_STRATEGY: target.strategy, WL_TABLE: tableName,
+    WL_SQLITE_FILE: sqliteFile, WL_STORES: String(stores), WL_ORDER: mode,
   })
-  let stdout = ''
-  let onReady!: () => void
-  const ready = new Promise<void>((resolve) => { onReady = resolve })
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-    if (stdout.includes('ready\n')) onReady()
-  })
-  const done = new Promise<WorkerCounts>((resolve, reject) => child.on('close', (code, signal) => {
-    if (code !== 0) return reject(new Error(`a worker exited with ${code ?? signal}: ${stdout}`))
-    try {
-      resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as WorkerCounts)
-    } catch (error) {
-      reject(error instanceof Error ? error : new Error(String(error)))
-    }
-  }))
-  done.catch(() => undefined)
-  return { process: child, ready: Promise.race([ready, done.then(() => undefined)]), done, go: (end) => child.stdin?.end(`go ${end}\n`) }
 }
 
 interface Inversion { lock: string; id: number; fence: string; previousId: number; previousFence: string }

@@ -2,7 +2,6 @@
 // in turn for a few seconds. Hand-off latency is measured on the wall clock, from the moment a
 // holder begins release() to the moment the next holder's acquire resolves, in whichever
 // process that is (each holder records both times; the acquisitions are ordered by time).
-import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
@@ -10,6 +9,7 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
+import { startBenchChild, type BenchChild } from './child.mjs'
 import { median } from './stats.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
@@ -71,29 +71,10 @@ export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'verro
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
-interface Worker {
-  ready: Promise<void>
-  done: Promise<WorkerResult>
-  go(end: number): void
-}
+type Worker = BenchChild<WorkerResult>
 
 function startWorker(database: Database, table: string, contender: string): Worker {
-  const child = spawn(process.execPath, [script], {
-    env: { ...process.env, WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender },
-    stdio: ['pipe', 'pipe', 'inherit'],
-  })
-  let stdout = ''
-  let onReady!: () => void
-  const ready = new Promise<void>((resolve) => { onReady = resolve })
-  child.stdout.on('data', (chunk: Buffer) => {
-    stdout += chunk.toString()
-    if (stdout.includes('ready\n')) onReady()
-  })
-  const done = new Promise<WorkerResult>((resolve, reject) => child.on('exit', (code) => {
-    if (code !== 0) return reject(new Error(`a benchmark worker exited with ${code}: ${stdout}`))
-    resolve(JSON.parse(stdout.trim().split('\n').pop() ?? '{}') as WorkerResult)
-  }))
-  return { ready: Promise.race([ready, done.then(() => undefined)]), done, go: (end) => child.stdin.end(`go ${end}\n`) }
+  return startBenchChild<WorkerResult>([script], { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender })
 }
 
 /** Eight processes of `contender` on one key for `seconds`: critical sections per second and hand-off times (ms). */
