@@ -1,4 +1,5 @@
 export { LockStore, type LockInfo, type TryWithLockResult } from './lock-store.js'
+export type { LockedFunction } from './with-lock.js'
 export type { LockEventMap, LockEventName, LockEventListener } from './events.js'
 export { Lock } from './lock.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
@@ -9,6 +10,9 @@ export {
 export type { Logger, LogLevel } from './logger.js'
 export { MAX_NAME_LENGTH, type LockStoreOptions, type ClockOption, type StrategyOption, type WaitOptions, type LockFilter } from './validate.js'
 export type { BackoffOptions } from './backoff.js'
-export { createLockTable, dropLockTable, migrationsDirectory, type LockTableOptions } from './schema.js'
+export {
+  createLockTable, dropLockTable, migrationsDirectory, workerLocksMigrationSource,
+  type LockTableOptions, type WorkerLocksMigration, type WorkerLocksMigrationSourceOptions,
+} from './schema.js'
 export type { DialectName, Strategy } from '../dialects/index.js'
 export { releaseOnSignals, type ReleaseOnSignalsOptions } from './shutdown.js'

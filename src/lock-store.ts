@@ -14,6 +14,7 @@ import type { ListedRow } from './lock-table.js'
 import type { Releasing } from './releasing.js'
 import { askServer } from './server-plan.js'
 import { assembleStore } from './store-parts.js'
+import { keyThenFunction, keyThenOptions, runHolding, type LockedFunction } from './with-lock.js'
 import { databaseCall, lockId, type ServerPlan, type StoreContext } from './store-context.js'
 import {
   resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
@@ -158,12 +159,15 @@ export class LockStore {
    * @throws LockTableError when the table is missing or not migrated, at once
    * @throws InvalidLockNameError, TypeError or RangeError for bad arguments, before any SQL runs
    */
-  async acquireLock(name: string, key = '', options?: WaitOptions): Promise<Lock> {
+  acquireLock(name: string, options?: WaitOptions): Promise<Lock>
+  acquireLock(name: string, key: string, options?: WaitOptions): Promise<Lock>
+  async acquireLock(name: string, keyOrOptions?: string | WaitOptions, options?: WaitOptions): Promise<Lock> {
+    const [key, waitOptions] = keyThenOptions(keyOrOptions, options)
     validateLockId(name, key)
-    const { timeoutMs, signal } = resolveWaitOptions(options)
+    const { timeoutMs, signal } = resolveWaitOptions(waitOptions)
     if (this.#closed) throw new LockStoreClosedError()
     signal?.throwIfAborted()
-    return this.#waiting.wait({ id: lockId(name, key), name, key }, timeoutMs, signal)
+    return this.#waiting.wait({ id: lockId(name, key as string), name, key: key as string }, timeoutMs, signal)
   }
 
   /**
@@ -171,10 +175,12 @@ export class LockStore {
    * does, and returns what `fn` returned. `fn` should watch `lock.signal`. If only the release
    * fails, the result is still returned and the failure is logged: the lock then expires.
    */
-  async withLock<T>(name: string, key: string, fn: (lock: Lock) => T | Promise<T>, options?: WaitOptions): Promise<T> {
-    if (typeof fn !== 'function') throw new TypeError('withLock needs a function to run under the lock.')
-    const lock = await this.acquireLock(name, key, options)
-    return this.#runHolding(lock, fn)
+  withLock<T>(name: string, fn: LockedFunction<T>, options?: WaitOptions): Promise<T>
+  withLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: WaitOptions): Promise<T>
+  async withLock<T>(name: string, ...args: unknown[]): Promise<T> {
+    const { key, fn, rest } = keyThenFunction<T>('withLock', args)
+    const lock = await this.acquireLock(name, key as string, rest as WaitOptions | undefined)
+    return runHolding(lock, fn, this.#ctx.log, this.lockTimeoutMs)
   }
 
   /**
@@ -182,25 +188,13 @@ export class LockStore {
    * `{ acquired: true, value }` with `fn`'s result, or `{ acquired: false }` if someone else holds
    * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does.
    */
-  async tryWithLock<T>(name: string, key: string, fn: (lock: Lock) => T | Promise<T>): Promise<TryWithLockResult<T>> {
-    if (typeof fn !== 'function') throw new TypeError('tryWithLock needs a function to run under the lock.')
-    const lock = await this.tryAcquireLock(name, key)
+  tryWithLock<T>(name: string, fn: LockedFunction<T>): Promise<TryWithLockResult<T>>
+  tryWithLock<T>(name: string, key: string, fn: LockedFunction<T>): Promise<TryWithLockResult<T>>
+  async tryWithLock<T>(name: string, ...args: unknown[]): Promise<TryWithLockResult<T>> {
+    const { key, fn } = keyThenFunction<T>('tryWithLock', args)
+    const lock = await this.tryAcquireLock(name, key as string)
     if (!lock) return { acquired: false }
-    return { acquired: true, value: await this.#runHolding(lock, fn) }
-  }
-
-  async #runHolding<T>(lock: Lock, fn: (lock: Lock) => T | Promise<T>): Promise<T> {
-    const released = (): Promise<void> => lock.release().catch((error: unknown) => this.#ctx.log('warn', { err: error, lockName: lock.name, lockKey: lock.key },
-      `worker-locks: could not release lock ${describeLock(lock.name, lock.key)} after its work; it expires after ${this.lockTimeoutMs} ms.`))
-    let value: T
-    try {
-      value = await fn(lock)
-    } catch (error) {
-      await released()
-      throw error
-    }
-    await released()
-    return value
+    return { acquired: true, value: await runHolding(lock, fn, this.#ctx.log, this.lockTimeoutMs) }
   }
 
   /**

@@ -1,7 +1,7 @@
 // acquireLock, withLock and tryWithLock: waiting for a lock, driven by ManualClock.
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
+import { InvalidLockNameError, LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
 import { isAcquire, isHandOver, isLineStatement, isRelease, kindOf, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
@@ -459,6 +459,23 @@ export function waitingSuite(h: Harness): void {
   })
 
   describe('callback forms', () => {
+    it('accepts the forms without a key: (name, fn), (name, options) and (name, fn, options), with the empty key', async () => {
+      const store = h.store()
+      const name = h.lockName('no-key')
+      assert.equal(await store.withLock(name, (lock) => `${lock.name}/${lock.key}`), `${name}/`)
+      assert.equal(await store.withLock(name, (lock) => lock.key, { timeoutMs: 1_000 }), '')
+      const outcome = await store.tryWithLock(name, (lock) => lock.key)
+      assert.deepEqual(outcome, { acquired: true, value: '' })
+      const lock = await store.acquireLock(name, { timeoutMs: 0 })
+      assert.equal(lock.key, '')
+      assert.deepEqual((await h.row(name))?.token, lock.token)
+      await assert.rejects(store.acquireLock(name, { timeoutMs: 0 }), LockTimeoutError, 'the options were read: one try')
+      await lock.release()
+      await assert.rejects(store.acquireLock(name, { timeoutMs: 0 } as never, { timeoutMs: 0 }), TypeError)
+      await assert.rejects(store.withLock(name, 'k' as never), /needs a function/)
+      await assert.rejects(store.acquireLock(name, null as never), InvalidLockNameError)
+    })
+
     it('runs withLock callbacks under the lock and always releases', async () => {
       const store = h.store()
       const other = h.store()
