@@ -1,11 +1,15 @@
 import { readdirSync } from 'node:fs'
-import { join } from 'node:path'
+import { readdir } from 'node:fs/promises'
+import { extname, join, resolve } from 'node:path'
+import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
 import { DEFAULT_TABLE_NAME, validateTableName } from './validate.js'
 
 /**
- * The absolute path of the shipped knex migrations. Point the knex CLI at it, next to your own:
- * `migrations: { directory: ['./migrations', migrationsDirectory] }`.
+ * The absolute path of the shipped knex migrations (`.cjs` files). Point the knex CLI at it,
+ * before your own: `migrations: { directory: [migrationsDirectory, './migrations'] }` (knex
+ * writes `migrate:make` files into the last directory). A `loadExtensions` without `.cjs` skips
+ * them: use {@link workerLocksMigrationSource} then.
  */
 // Compiled to dist/src/schema.js; the migrations ship at the package root.
 export const migrationsDirectory: string = join(__dirname, '..', '..', 'migrations')
@@ -67,4 +71,85 @@ export async function createLockTable(knex: Knex, options?: LockTableOptions): P
 export async function dropLockTable(knex: Knex, options?: LockTableOptions): Promise<void> {
   const tableName = tableNameOption(options, 'dropLockTable')
   for (const file of migrationFiles().reverse()) await load(file).downTable(knex, tableName)
+}
+
+/** One migration of {@link workerLocksMigrationSource}: a shipped one or one of yours. */
+export interface WorkerLocksMigration {
+  /** The file name, which knex records in its migrations table. */
+  readonly file: string
+  /** The file's absolute path. */
+  readonly path: string
+  /** Whether the file ships with worker-locks. */
+  readonly shipped: boolean
+}
+
+/** Options of {@link workerLocksMigrationSource}. */
+export interface WorkerLocksMigrationSourceOptions {
+  /** Directories of your own migrations, relative to the working directory. @default none */
+  directory?: string | readonly string[]
+  /**
+   * Extensions of your own migration files, such as `['.ts']`. The shipped `.cjs` files are
+   * always included. @default the list knex passes (its default when no FS option is set)
+   */
+  loadExtensions?: readonly string[]
+}
+
+/**
+ * A knex migration source of the shipped migrations, whatever the app's `loadExtensions`, and of
+ * your own directories, all in one order by file name (as knex orders its directories). Use it as
+ * `migrations: { migrationSource: workerLocksMigrationSource({ directory: './migrations',
+ * loadExtensions: ['.ts'] }) }`: knex drops a `migrationSource` when `directory` or
+ * `loadExtensions` is set next to it, so they go here. Names are the file names knex records with
+ * `directory`, so a database migrated either way stays migrated.
+ * @throws TypeError for options that are not an object or unknown options
+ */
+export function workerLocksMigrationSource(options?: WorkerLocksMigrationSourceOptions): Knex.MigrationSource<WorkerLocksMigration> {
+  if (options !== undefined && (typeof options !== 'object' || options === null || Array.isArray(options))) {
+    throw new TypeError(`workerLocksMigrationSource options must be an object such as { directory: './migrations' }, got ${options === null ? 'null' : typeof options}.`)
+  }
+  for (const name of Object.keys(options ?? {})) {
+    if (name !== 'directory' && name !== 'loadExtensions') throw new TypeError(`Unknown workerLocksMigrationSource option ${JSON.stringify(name)}; the options are directory and loadExtensions.`)
+  }
+  const { directory, loadExtensions: ownExtensions } = options ?? {}
+  const directories: readonly string[] = directory === undefined ? [] : typeof directory === 'string' ? [directory] : directory
+  if (!directories.every((d) => typeof d === 'string') || (ownExtensions !== undefined && !(Array.isArray(ownExtensions) && ownExtensions.every((e) => typeof e === 'string')))) {
+    throw new TypeError('workerLocksMigrationSource: directory must be a string or an array of strings, loadExtensions an array of strings such as [\'.ts\'].')
+  }
+  return {
+    async getMigrations(knexExtensions) {
+      const extensions = ownExtensions ?? knexExtensions
+      const migrations: WorkerLocksMigration[] = migrationFiles().map((file) => ({ file, path: join(migrationsDirectory, file), shipped: true }))
+      for (const dir of directories) {
+        const absolute = resolve(process.cwd(), dir)
+        for (const file of await readdir(absolute)) {
+          if (extensions.includes(extname(file))) migrations.push({ file, path: join(absolute, file), shipped: false })
+        }
+      }
+      // Stable: equal names keep the shipped one first, and knex then reports the duplicate.
+      return migrations.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0))
+    },
+    getMigrationName: (migration) => migration.file,
+    async getMigration(migration) {
+      if (migration.shipped) return load(migration.file) as unknown as Knex.Migration
+      return importMigration(migration.path)
+    },
+  }
+}
+
+// Your own files load as knex loads them: `.mjs` (and ESM that require refuses) through import(),
+// the rest through require, which sees the TypeScript hooks the knex CLI registers.
+async function importMigration(path: string): Promise<Knex.Migration> {
+  let loaded: unknown
+  if (path.endsWith('.mjs')) loaded = await import(pathToFileURL(path).href)
+  else {
+    try {
+      loaded = require(path)
+    } catch (error) {
+      const code = (error as { code?: unknown }).code
+      if (code !== 'ERR_REQUIRE_ESM' && code !== 'ERR_REQUIRE_ASYNC_MODULE') throw error
+      loaded = await import(pathToFileURL(path).href)
+    }
+  }
+  const module = loaded as Partial<Knex.Migration> & { default?: Knex.Migration }
+  return typeof module.up === 'function' ? module as Knex.Migration : module.default ?? module as Knex.Migration
 }

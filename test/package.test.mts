@@ -3,10 +3,11 @@
 // against the package's types.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { after, describe, it } from 'node:test'
+import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { uniqueName } from './targets.mjs'
 
@@ -20,7 +21,7 @@ describe('package', () => {
   it('exposes the same API to import and require, without a second copy', async () => {
     const esm = await import('worker-locks')
     const cjs = createRequire(join(root, 'package.json'))('worker-locks') as typeof esm
-    for (const name of ['LockStore', 'Lock', 'ManualClock', 'LockError', 'InvalidLockNameError', 'createLockTable', 'migrationsDirectory']) {
+    for (const name of ['LockStore', 'Lock', 'ManualClock', 'LockError', 'InvalidLockNameError', 'createLockTable', 'migrationsDirectory', 'workerLocksMigrationSource']) {
       assert.ok(name in esm, `import has ${name}`)
       assert.equal((esm as Record<string, unknown>)[name], (cjs as Record<string, unknown>)[name], `${name} is one object`)
     }
@@ -62,6 +63,108 @@ describe('package', () => {
     assert.ok(tables().includes('worker_locks'))
     await knexCli('migrate:rollback', '--all')
     assert.ok(!tables().includes('worker_locks'))
+  })
+
+  describe('the packed tarball installed in an app, through the knex CLI', () => {
+    // Outside the repository, so that require('worker-locks') finds the installed copy and not
+    // the repository itself; knex and better-sqlite3 are the repository's, linked in.
+    const apps = mkdtempSync(join(tmpdir(), 'worker-locks-app-'))
+    after(() => rmSync(apps, { recursive: true, force: true }))
+    let tarball = ''
+    before(async () => {
+      const { stdout } = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', apps], { cwd: root })
+      tarball = join(apps, (JSON.parse(stdout) as Array<{ filename: string }>)[0]!.filename)
+    })
+    const readmeKnexfile = () => {
+      const knexfile = /```js\n(\/\/ knexfile\.cjs\n[\s\S]*?)```/.exec(readFileSync(join(root, 'README.md'), 'utf8'))?.[1]
+      assert.ok(knexfile, 'the README shows a knexfile')
+      return knexfile
+        .replace("client: 'pg'", "client: 'better-sqlite3', useNullAsDefault: true")
+        .replace('process.env.DATABASE_URL', "{ filename: require('node:path').join(__dirname, 'app.sqlite') }")
+    }
+    /** A new app with the tarball installed, `knexfile` written and an empty ./migrations. */
+    const app = async (name: string, knexfile: string) => {
+      const dir = join(apps, name)
+      mkdirSync(join(dir, 'migrations'), { recursive: true })
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name, private: true }))
+      await run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--no-package-lock', '--legacy-peer-deps', '--ignore-scripts', tarball], { cwd: dir })
+      for (const dep of ['knex', 'better-sqlite3']) symlinkSync(join(root, 'node_modules', dep), join(dir, 'node_modules', dep), 'dir')
+      mkdirSync(join(dir, 'node_modules', '.bin'), { recursive: true })
+      symlinkSync(join('..', 'knex', 'bin', 'cli.js'), join(dir, 'node_modules', '.bin', 'knex'))
+      writeFileSync(join(dir, 'knexfile.cjs'), knexfile)
+      const knexCli = async (...args: string[]) => (await run('npx', ['--no-install', 'knex', ...args, '--knexfile', 'knexfile.cjs'], { cwd: dir })).stdout
+      const sqlite = createRequire(join(root, 'package.json'))('better-sqlite3') as new (file: string) => {
+        prepare(sql: string): { all(): Array<{ name: string }> }
+        close(): void
+      }
+      const tables = () => {
+        const db = new sqlite(join(dir, 'app.sqlite'))
+        try { return db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all().map((r) => r.name) } finally { db.close() }
+      }
+      return { dir, knexCli, tables, shippedDir: join(dir, 'node_modules', 'worker-locks', 'migrations') }
+    }
+    const shipped = readdirSync(join(root, 'migrations')).filter((f) => f.endsWith('.cjs')).sort()
+
+    it('README knexfile: migrate:make writes into the app\'s ./migrations, not into node_modules', async () => {
+      const { dir, knexCli, tables, shippedDir } = await app('make', readmeKnexfile())
+      assert.deepEqual(readdirSync(shippedDir).sort(), shipped)
+      await knexCli('migrate:make', 'add_user_name')
+      const made = readdirSync(join(dir, 'migrations'))
+      assert.equal(made.length, 1)
+      assert.match(made[0]!, /^\d{14}_add_user_name\.c?js$/)
+      assert.deepEqual(readdirSync(shippedDir).sort(), shipped, 'nothing new in node_modules/worker-locks/migrations')
+      // Shipped and own migrations run together, in the order of their file names.
+      assert.match(await knexCli('migrate:latest'), new RegExp(`Batch 1 run: ${shipped.length + 1} migrations`))
+      assert.ok(tables().includes('worker_locks'))
+      assert.match(await knexCli('migrate:list'), /No Pending Migration files Found/)
+      await knexCli('migrate:rollback', '--all')
+      assert.ok(!tables().includes('worker_locks'))
+    })
+
+    it('knex skips the shipped .cjs directory under loadExtensions without .cjs (what the migration source is for)', async () => {
+      const { knexCli, tables } = await app('skipped', readmeKnexfile()
+        .replace("directory: [migrationsDirectory, './migrations'] }", "directory: [migrationsDirectory, './migrations'], loadExtensions: ['.js'] }"))
+      assert.match(await knexCli('migrate:latest'), /Already up to date/)
+      assert.ok(!tables().includes('worker_locks'))
+    })
+
+    for (const extension of ['.js', '.ts']) {
+      it(`workerLocksMigrationSource with loadExtensions ['${extension}'] creates and rolls back the lock table`, async () => {
+        const knexfile = [
+          // What ts-node does for a TypeScript app, for a .ts file that is plain JavaScript.
+          ...(extension === '.ts' ? ["require.extensions['.ts'] = require.extensions['.js']"] : []),
+          "const { workerLocksMigrationSource } = require('worker-locks')",
+          'module.exports = {',
+          "  client: 'better-sqlite3', useNullAsDefault: true,",
+          "  connection: { filename: require('node:path').join(__dirname, 'app.sqlite') },",
+          `  migrations: { migrationSource: workerLocksMigrationSource({ directory: './migrations', loadExtensions: ['${extension}'] }) },`,
+          '}',
+        ].join('\n')
+        const { dir, knexCli, tables } = await app(`source${extension.replace('.', '-')}`, knexfile)
+        const own = (table: string) => `exports.up = (knex) => knex.schema.createTable('${table}', (t) => t.increments())\nexports.down = (knex) => knex.schema.dropTable('${table}')\n`
+        writeFileSync(join(dir, 'migrations', `20270101000000_app_things${extension}`), own('app_things'))
+        // Another extension than the app's: not loaded.
+        writeFileSync(join(dir, 'migrations', `20270101000001_other${extension === '.js' ? '.ts' : '.js'}`), own('other_things'))
+        assert.match(await knexCli('migrate:latest'), new RegExp(`Batch 1 run: ${shipped.length + 1} migrations`))
+        assert.match(await knexCli('migrate:latest'), /Already up to date/)
+        assert.deepEqual(tables().filter((t) => ['worker_locks', 'app_things', 'other_things'].includes(t)).sort(), ['app_things', 'worker_locks'])
+        assert.match(await knexCli('migrate:status'), /No Pending Migration files Found/)
+        await knexCli('migrate:rollback', '--all')
+        assert.ok(!tables().includes('worker_locks') && !tables().includes('app_things'))
+      })
+    }
+
+    it('a database migrated with the README knexfile is up to date under workerLocksMigrationSource (same names)', async () => {
+      const { dir, knexCli, tables } = await app('switch', readmeKnexfile())
+      await knexCli('migrate:latest')
+      writeFileSync(join(dir, 'knexfile.cjs'), readmeKnexfile()
+        .replace('const { migrationsDirectory }', 'const { workerLocksMigrationSource }')
+        .replace("directory: [migrationsDirectory, './migrations'] }", "migrationSource: workerLocksMigrationSource({ directory: './migrations' }) }"))
+      assert.match(readFileSync(join(dir, 'knexfile.cjs'), 'utf8'), /migrationSource: workerLocksMigrationSource/)
+      assert.match(await knexCli('migrate:latest'), /Already up to date/)
+      await knexCli('migrate:rollback', '--all')
+      assert.ok(!tables().includes('worker_locks'))
+    })
   })
 
   it('runs the fencing example: the stalled worker\'s late write is refused', async () => {
