@@ -37,6 +37,16 @@ describe('package', () => {
     assert.deepEqual(unexpected, [])
   })
 
+  it('ships source maps that carry their own sources (the .ts files are not shipped)', () => {
+    const maps = readdirSync(join(root, 'dist', 'src')).filter((f) => f.endsWith('.js.map'))
+    assert.ok(maps.length > 10)
+    for (const file of maps) {
+      const map = JSON.parse(readFileSync(join(root, 'dist', 'src', file), 'utf8')) as { sources: string[]; sourcesContent?: string[] }
+      assert.equal(map.sourcesContent?.length, map.sources.length, `${file} carries its sources`)
+      assert.ok((map.sourcesContent?.[0] ?? '').length > 0)
+    }
+  })
+
   it('migrates up (twice) and down through the knex CLI with the README knexfile', async () => {
     const project = join(scratch, 'cli')
     mkdirSync(join(project, 'migrations'), { recursive: true })
