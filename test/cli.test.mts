@@ -1,7 +1,7 @@
 // The worker-locks command end to end, as child processes, on every database.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -17,8 +17,11 @@ interface Run {
   kill(signal: NodeJS.Signals): void
 }
 
-function cli(args: readonly string[], env: Record<string, string> = {}): Run {
-  const child = spawn(process.execPath, [main, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] })
+/** The CLI as a child process; `env` adds to ours (undefined removes a variable), `cwd` is where it runs. */
+function cli(args: readonly string[], env: Record<string, string | undefined> = {}, cwd?: string): Run {
+  const childEnv: NodeJS.ProcessEnv = { ...process.env, ...env }
+  for (const [name, value] of Object.entries(env)) if (value === undefined) delete childEnv[name]
+  const child = spawn(process.execPath, [main, ...args], { env: childEnv, cwd, stdio: ['ignore', 'pipe', 'pipe'] })
   let stdout = ''
   let stderr = ''
   const waiters: Array<{ text: string; resolve: () => void }> = []
@@ -210,8 +213,9 @@ forEachDatabase('worker-locks command', (database) => {
       assert.equal(table.code, 0, table.stderr)
       assert.ok(!/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028\u2029]/.test(table.stdout), `no control characters but newlines: ${JSON.stringify(table.stdout)}`)
       const lines = table.stdout.trimEnd().split('\n')
-      assert.equal(lines.length, 2, `a header and one row: ${JSON.stringify(table.stdout)}`)
-      assert.ok(lines[1]?.startsWith('a\\nb\\x1b[31m  k\\u2028\\x9b\\t  '), JSON.stringify(lines[1]))
+      assert.equal(lines.length, 3, `the database, a header and one row: ${JSON.stringify(table.stdout)}`)
+      assert.match(lines[0] ?? '', /^database: /)
+      assert.ok(lines[2]?.startsWith('a\\nb\\x1b[31m  k\\u2028\\x9b\\t  '), JSON.stringify(lines[1]))
       const json = await cli(['status', '--json', ...db]).exited
       const rows = JSON.parse(json.stdout) as Array<{ name: string; key: string }>
       assert.deepEqual(rows.map((r) => [r.name, r.key]), [[name, key]])
@@ -221,22 +225,38 @@ forEachDatabase('worker-locks command', (database) => {
     }
   })
 
+  it('says first which database status reads, its password masked', async () => {
+    const { maskPassword } = await import('../src/cli/database.js')
+    const expected = database === 'sqlite' ? `sqlite:${sqliteFile}` : maskPassword(urls[database])
+    const table = await cli(['status', ...db]).exited
+    assert.equal(table.code, 0, table.stderr)
+    assert.equal(table.stdout.split('\n')[0], `database: ${expected}`)
+    assert.equal(table.stderr, '', 'no note about a default database when --db is given')
+    const json = await cli(['status', '--json', ...db]).exited
+    assert.equal(json.code, 0, json.stderr)
+    assert.ok(Array.isArray(JSON.parse(json.stdout)), 'stdout stays one JSON document')
+    assert.equal(json.stderr, `database: ${expected}\n`)
+  })
+
   it('shows the locks as JSON that parses', async () => {
     const holder = cli(['run', 'shown', '--key', 'k 1', ...db, '--', ...longRunning])
     await holder.printed('started')
-    const status = await cli(['status', '--json', ...db]).exited
-    assert.equal(status.code, 0)
-    const rows = JSON.parse(status.stdout) as Array<{ name: string; key: string; fence: string; stale: boolean; leaseMs: number }>
-    const row = rows.find((r) => r.name === 'shown')
-    assert.ok(row)
-    assert.equal(row.key, 'k 1')
-    assert.equal(row.leaseMs, 120_000, 'run holds the lock for the library\'s default timeout')
-    assert.match(row.fence, /^\d+$/)
-    assert.equal(row.stale, false)
-    const table = await cli(['status', ...db]).exited
-    assert.match(table.stdout, /^NAME\s+KEY\s+HOLDER\s+FENCE\s+AGE\s+STATE/m)
-    holder.kill('SIGTERM')
-    await holder.exited
+    try {
+      const status = await cli(['status', '--json', ...db]).exited
+      assert.equal(status.code, 0)
+      const rows = JSON.parse(status.stdout) as Array<{ name: string; key: string; fence: string; stale: boolean; leaseMs: number }>
+      const row = rows.find((r) => r.name === 'shown')
+      assert.ok(row)
+      assert.equal(row.key, 'k 1')
+      assert.equal(row.leaseMs, 120_000, 'run holds the lock for the library\'s default timeout')
+      assert.match(row.fence, /^\d+$/)
+      assert.equal(row.stale, false)
+      const table = await cli(['status', ...db]).exited
+      assert.match(table.stdout, /^NAME\s+KEY\s+HOLDER\s+FENCE\s+AGE\s+STATE/m)
+    } finally {
+      holder.kill('SIGTERM')
+      await holder.exited
+    }
   })
 
   it('answers bad input with one line and a non-zero exit', async () => {
@@ -268,8 +288,17 @@ it('does not run the command when the database cannot be reached, waiting or not
     assert.equal(run.code, 1, `${label}: ${run.stderr}`)
     assert.doesNotMatch(run.stdout, /ran/, label)
     assert.equal(run.stderr.trim().split('\n').length, 1, `${label}, one line: ${run.stderr}`)
-    assert.match(run.stderr, /could not reach the database.*ECONNREFUSED.*; not running /, label)
+    assert.match(run.stderr, /could not reach the database postgres:\/\/postgres@127\.0\.0\.1:1\/test (within 5 s )?\(.*ECONNREFUSED.*; not running /, label)
   }
+  const secret = 'postgres://postgres:s3cret@127.0.0.1:1/test'
+  const status = await cli(['status', '--db', secret]).exited
+  assert.equal(status.code, 1, status.stderr)
+  assert.equal(status.stdout, 'database: postgres://postgres:***@127.0.0.1:1/test\n')
+  assert.equal(status.stderr, 'worker-locks: could not reach the database postgres://postgres:***@127.0.0.1:1/test (connect ECONNREFUSED 127.0.0.1:1)\n')
+  const run = await cli(['run', 'job', '--db', secret, '--', 'true']).exited
+  assert.equal(run.code, 1, run.stderr)
+  assert.match(run.stderr, /could not reach the database postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:1\/test /)
+  assert.doesNotMatch(status.stdout + status.stderr + run.stderr, /s3cret/)
 })
 
 it('says to migrate when the lock table is missing, waiting or not', async () => {
@@ -282,6 +311,7 @@ it('says to migrate when the lock table is missing, waiting or not', async () =>
       assert.doesNotMatch(run.stdout, /ran/, label)
       assert.equal(run.stderr.trim().split('\n').length, 1, `${label}, one line: ${run.stderr}`)
       assert.match(run.stderr, /\(run "worker-locks migrate" first\)$/m, label)
+      assert.ok(run.stderr.includes(` in sqlite:${file} is missing or not migrated `), `${label} names the database: ${run.stderr}`)
     }
   } finally {
     for (const suffix of ['', '-wal', '-shm']) rmSync(file + suffix, { force: true })
@@ -311,3 +341,108 @@ it('prints help for every command', async () => {
   assert.doesNotMatch((await cli(['status', '--help']).exited).stdout, /--lock-timeout/)
 })
 
+
+/** A directory of its own to run the CLI in, removed after `body`. */
+async function inEmptyDirectory(body: (dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'wl-cli-cwd-'))
+  try {
+    await body(dir)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
+it('uses ./worker-locks.sqlite only without --db and DATABASE_URL, and says so on stderr in one line', async () => {
+  await inEmptyDirectory(async (dir) => {
+    const note = 'worker-locks: no --db or DATABASE_URL: using the SQLite file ./worker-locks.sqlite on this host only\n'
+    const noUrl = { DATABASE_URL: undefined }
+    // The README's quick start.
+    const migrated = await cli(['migrate'], noUrl, dir).exited
+    assert.equal(migrated.code, 0, migrated.stderr)
+    assert.equal(migrated.stderr, note)
+    const ran = await cli(['run', 'hello', '--', process.execPath, '-e', "console.log('one of me at a time')"], noUrl, dir).exited
+    assert.equal(ran.code, 0, ran.stderr)
+    assert.equal(ran.stdout, 'one of me at a time\n')
+    assert.equal(ran.stderr, note)
+    assert.ok(existsSync(join(dir, 'worker-locks.sqlite')))
+    const status = await cli(['status'], noUrl, dir).exited
+    assert.equal(status.stderr, note)
+    assert.equal(status.stdout, `database: sqlite:${join(dir, 'worker-locks.sqlite')}\nno locks\n`)
+    const released = await cli(['release', 'hello'], noUrl, dir).exited
+    assert.equal(released.code, 1)
+    assert.equal(released.stderr, note)
+    // DATABASE_URL alone is enough to leave the default, and to say nothing about it.
+    const named = await cli(['status'], { DATABASE_URL: 'sqlite:other.sqlite' }, dir).exited
+    assert.equal(named.stderr.includes('no --db or DATABASE_URL'), false, named.stderr)
+    assert.match(named.stdout, /^database: sqlite:.*other\.sqlite\n/)
+  })
+})
+
+it('takes nothing but a database URL or an explicit SQLite path as a database, exiting 2 in one line', async () => {
+  await inEmptyDirectory(async (dir) => {
+    const cases: Array<[string[], Record<string, string | undefined>, RegExp]> = [
+      [['status'], { DATABASE_URL: 'postgres' }, /^worker-locks: DATABASE_URL "postgres" is not a database URL; use postgres:\/\//],
+      [['run', 'job', '--db', 'not a url', '--', 'true'], {}, /^worker-locks: --db "not a url" is not a database URL; /],
+      [['migrate', '--db', 'locks'], {}, /--db "locks" is not a database URL/],
+      [['status', '--db', ''], {}, /--db is empty/],
+      [['status'], { DATABASE_URL: '' }, /DATABASE_URL is empty/],
+      [['status', '--db', 'postgres://:@/'], {}, /--db "postgres:\/\/:@\/" is not a valid URL/],
+      [['status', '--db', 'postgres://app:pw@db:99999/app'], {}, /--db "postgres:\/\/app:\*\*\*@db:99999\/app" is not a valid URL/],
+      [['status', '--db', 'mysql:///test'], {}, /--db "mysql:\/\/\/test" names no host/],
+      [['status', '--db', 'redis://localhost'], {}, /unsupported database URL scheme "redis:"/],
+    ]
+    for (const [args, env, expected] of cases) {
+      const label = `${JSON.stringify(env)} ${args.join(' ')}`
+      const run = await cli(args, { DATABASE_URL: undefined, ...env }, dir).exited
+      assert.equal(run.code, 2, `${label}: ${run.stderr}`)
+      assert.match(run.stderr, expected, label)
+      assert.equal(run.stderr.trim().split('\n').length, 1, `one line for ${label}: ${run.stderr}`)
+      assert.doesNotMatch(run.stderr, /:pw@/, label)
+      assert.equal(run.stdout, '', label)
+    }
+    assert.ok(!existsSync(join(dir, 'postgres')) && !existsSync(join(dir, 'not a url')), 'no SQLite file named after the mistake')
+    assert.deepEqual(readdirSync(dir), [], 'no file at all')
+    // The explicit SQLite forms are files.
+    for (const form of ['sqlite:a', 'file:b', './c', 'd.db', 'e.sqlite']) {
+      const run = await cli(['migrate', '--db', form], { DATABASE_URL: undefined }, dir).exited
+      assert.equal(run.code, 0, `${form}: ${run.stderr}`)
+    }
+    assert.deepEqual(readdirSync(dir).filter((f) => !/-(wal|shm)$/.test(f)).sort(), ['a', 'b', 'c', 'd.db', 'e.sqlite'])
+  })
+})
+
+it('names the package to install when a database driver is missing', async () => {
+  const { driverTrouble } = await import('../src/cli/failure.js')
+  // knex's Client#initializeDriver: `Knex: run\n$ npm install ${packageName} --save\n${e.message}`.
+  const knexError = (reason: string): Error => new Error(`Knex: run\n$ npm install mysql2 --save\n${reason}`)
+  assert.equal(driverTrouble(knexError("Cannot find module 'mysql2'\nRequire stack:\n- /app/node_modules/knex/lib/dialects/mysql2/index.js")),
+    'the mysql2 package is not installed; npm install mysql2')
+  assert.equal(driverTrouble(knexError('The module was compiled against a different Node.js version\nmore')),
+    'the mysql2 package could not be loaded (The module was compiled against a different Node.js version)')
+  assert.equal(driverTrouble(new Error('connect ECONNREFUSED')), undefined)
+  // End to end: the CLI with a require hook that hides mysql2, as if it were not installed.
+  const hook = join(tmpdir(), `${uniqueName('cli-no-mysql2')}.cjs`)
+  writeFileSync(hook, `const Module = require('node:module')
+const resolve = Module._resolveFilename
+Module._resolveFilename = function (request, ...rest) {
+  if (request === 'mysql2') throw Object.assign(new Error("Cannot find module 'mysql2'"), { code: 'MODULE_NOT_FOUND' })
+  return resolve.call(this, request, ...rest)
+}
+`)
+  try {
+    const run = await cli(['status', '--db', 'mysql://root@127.0.0.1:3306/test'], { NODE_OPTIONS: `--require ${hook}` }).exited
+    assert.equal(run.code, 1, run.stderr)
+    assert.equal(run.stderr, 'worker-locks: the mysql2 package is not installed; npm install mysql2\n')
+  } finally {
+    rmSync(hook, { force: true })
+  }
+})
+
+it('prints the package version with --version and -v', async () => {
+  const { version } = JSON.parse(readFileSync(join(import.meta.dirname, '..', '..', 'package.json'), 'utf8')) as { version: string }
+  for (const flag of ['--version', '-v']) {
+    const run = await cli([flag]).exited
+    assert.equal(run.code, 0, run.stderr)
+    assert.equal(run.stdout, `${version}\n`)
+  }
+})

@@ -1,5 +1,5 @@
 // Turning errors into the one line the CLI prints for people.
-import { LockError, LockTableError } from '../index.js'
+import { LockDatabaseError, LockError, LockTableError } from '../index.js'
 import { UsageError } from './args.js'
 import { DatabaseUrlError } from './database.js'
 import { printable, quoted } from './printable.js'
@@ -69,25 +69,51 @@ export function isConnectionFailure(error: unknown): boolean {
 }
 
 /**
- * One line on a failed database statement: "could not reach the database" when it was not
- * there, with the driver's reason in brackets. `seconds`: how long it was tried.
+ * One line on a failed database statement: "could not reach the database DB" when it was not
+ * there, with the driver's reason in brackets. `seconds`: how long it was tried; `database`:
+ * how to name the database (its URL, password masked).
  */
-export function databaseTrouble(error: unknown, seconds?: number): string {
+export function databaseTrouble(error: unknown, seconds: number | undefined, database: string): string {
   const reason = reasonOf(error)
-  if (isConnectionFailure(error)) return `could not reach the database${seconds === undefined ? '' : ` within ${seconds} s`} (${reason})`
-  return `the database failed${seconds === undefined ? '' : ` for ${seconds} s`} (${reason})`
+  if (isConnectionFailure(error)) return `could not reach the database ${database}${seconds === undefined ? '' : ` within ${seconds} s`} (${reason})`
+  return `the database ${database} failed${seconds === undefined ? '' : ` for ${seconds} s`} (${reason})`
 }
 
-/** One line on a missing or unmigrated lock table, without the hint. */
-export function tableTrouble(error: LockTableError): string {
-  return `the lock table ${quoted(error.tableName)} is missing or not migrated (${reasonOf(error)})`
+/** One line on a missing or unmigrated lock table in `database`, without the hint. */
+export function tableTrouble(error: LockTableError, database: string): string {
+  return `the lock table ${quoted(error.tableName)} in ${database} is missing or not migrated (${reasonOf(error)})`
 }
 
-/** One line for people, never a stack trace. */
-export function describeFailure(error: unknown): string {
+// knex's error when it cannot load a driver: "Knex: run\n$ npm install PACKAGE --save\nREASON".
+const DRIVER_NOT_LOADED = /^Knex: run\n\$ npm install (\S+) --save\n(.*)/s
+
+/**
+ * One complete line for knex's error on a driver it could not load: which package to install
+ * when it is not installed, else the package and why it did not load. Undefined for other errors.
+ */
+export function driverTrouble(error: unknown): string | undefined {
+  if (!(error instanceof Error)) return undefined
+  const match = DRIVER_NOT_LOADED.exec(error.message)
+  if (!match) return undefined
+  const [, pkg = '', reason = ''] = match
+  const escaped = pkg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
+  if (new RegExp(`Cannot find (module|package) '${escaped}'`).test(reason)) return `the ${printable(pkg)} package is not installed; npm install ${printable(pkg)}`
+  return `the ${printable(pkg)} package could not be loaded (${printable(reason.split('\n')[0] ?? '')})`
+}
+
+/**
+ * One line for people, never a stack trace. `database`, when given, names the database the
+ * failure happened in (usage errors and driver trouble do not need it).
+ */
+export function describeFailure(error: unknown, database?: string): string {
   if (error instanceof UsageError || error instanceof DatabaseUrlError) return printable(error.message)
-  if (error instanceof LockTableError) return `${tableTrouble(error)} ${MIGRATE_HINT}`
+  const driver = driverTrouble(error)
+  if (driver !== undefined) return driver
+  if (error instanceof LockTableError) return `${tableTrouble(error, database ?? 'the database')} ${MIGRATE_HINT}`
+  if (database !== undefined && isConnectionFailure(error)) return databaseTrouble(error, undefined, database)
   const message = firstLine(error).replace(/^worker-locks /, '')
-  if (error instanceof LockError && TABLE_MISSING.some((pattern) => pattern.test(message))) return `${message} ${MIGRATE_HINT}`
-  return message
+  // Invalid names and the like are not the database's business; its failures name it.
+  const where = database === undefined || (error instanceof LockError && !(error instanceof LockDatabaseError)) ? '' : `${database}: `
+  if (error instanceof LockError && TABLE_MISSING.some((pattern) => pattern.test(message))) return `${where}${message} ${MIGRATE_HINT}`
+  return `${where}${message}`
 }

@@ -1,8 +1,10 @@
 // The --help texts, one per command.
 
 const common = `Database:
-  --db URL          postgres://…, mysql://…, sqlite:PATH or a file path
-                    (default: $DATABASE_URL, else ./worker-locks.sqlite)
+  --db URL          postgres://…, mysql://… (or mariadb://…), sqlite:PATH, or a file
+                    path with a / or ending in .sqlite or .db; anything else is a usage
+                    error (default: $DATABASE_URL; without either, ./worker-locks.sqlite,
+                    a lock on this host only, as a line on stderr says)
   --table NAME      the lock table (default: worker_locks)`
 
 export const help: Readonly<Record<string, string>> = {
@@ -19,7 +21,8 @@ Commands:
 
 ${common}
 
-Run "worker-locks COMMAND --help" for a command's options.`,
+Run "worker-locks COMMAND --help" for a command's options, "worker-locks --version"
+for the version.`,
 
   migrate: `Usage: worker-locks migrate [--db URL] [--table NAME]
 
@@ -30,7 +33,8 @@ ${common}`,
 
   status: `Usage: worker-locks status [--json] [--db URL] [--table NAME]
 
-Shows every lock in the table: name, key, holder, fence, age since its last renewal, and
+Says which database it reads ("database: URL", any password as ***; on stderr with
+--json), then shows every lock in the table: name, key, holder, fence, age since its last renewal, and
 whether it is stale (not renewed within its holder's own lock timeout, so anyone may take it
 over). Control characters in names are shown escaped (\\n, \\x1b, …).
 
@@ -67,8 +71,8 @@ SIGINT, SIGTERM and SIGHUP are passed on to COMMAND's group; the lock is release
 exits.
 
 Exit codes: COMMAND's own; 75 lock busy or wait timed out; 70 lock lost; 126 command not
-executable; 127 command not found; 2 usage error; 1 other errors (database unreachable,
-table missing: run "worker-locks migrate").
+executable; 127 command not found; 2 usage error (a bad --db or DATABASE_URL too); 1 other
+errors (database unreachable, table missing: run "worker-locks migrate"), naming the database.
 
 ${common}`,
 }

@@ -1,9 +1,11 @@
 #!/usr/bin/env node
 // The worker-locks command. It uses the public API like any other program.
+import { readFileSync } from 'node:fs'
+import { join } from 'node:path'
 import type { Knex } from 'knex'
 import { LockStore, createLockTable, type LockInfo } from '../index.js'
 import { parseArgs, UsageError, type OptionKind, type ParsedArgs } from './args.js'
-import { DEFAULT_DATABASE, openDatabase } from './database.js'
+import { chooseDatabase, DEFAULT_DATABASE, openDatabase } from './database.js'
 import { describeFailure } from './failure.js'
 import { help } from './help.js'
 import { printable, quoted } from './printable.js'
@@ -26,6 +28,10 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.log(help.main)
     return command === undefined ? 2 : 0
   }
+  if (command === '--version' || command === '-v' || command === 'version') {
+    console.log(version())
+    return 0
+  }
   const known = commandOptions[command]
   if (!known) throw new UsageError(`unknown command ${JSON.stringify(command)}; run "worker-locks --help"`)
   const args = parseArgs(rest, known)
@@ -33,24 +39,37 @@ export async function main(argv: readonly string[]): Promise<number> {
     console.log(help[command])
     return 0
   }
-  const url = stringOption(args, 'db') ?? process.env.DATABASE_URL ?? DEFAULT_DATABASE
+  const database = chooseDatabase(stringOption(args, 'db'), process.env.DATABASE_URL)
+  // A file in the current directory is a lock on this host alone: under cron on several hosts,
+  // no lock at all. Said every time, so that nobody relies on it unknowingly.
+  if (database.implicit) console.error(`worker-locks: no --db or DATABASE_URL: using the SQLite file ${DEFAULT_DATABASE} on this host only`)
   const tableName = stringOption(args, 'table')
-  const knex = openDatabase(url)
+  const knex = openDatabase(database)
   try {
-    return await dispatch(command, knex, tableName, args)
+    return await dispatch(command, knex, tableName, args, database.display)
+  } catch (error) {
+    if (error instanceof UsageError) throw error
+    console.error(`worker-locks: ${describeFailure(error, database.display)}`)
+    return 1
   } finally {
     await knex.destroy()
   }
 }
 
 /** Runs `command`, one of `commandOptions`, against the database; resolves the exit code. */
-function dispatch(command: string, knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+function dispatch(command: string, knex: Knex, tableName: string | undefined, args: ParsedArgs, database: string): Promise<number> {
   switch (command) {
-    case 'migrate': return migrate(knex, tableName, args)
-    case 'status': return status(knex, tableName, args)
+    case 'migrate': return migrate(knex, tableName, args, database)
+    case 'status': return status(knex, tableName, args, database)
     case 'release': return release(knex, tableName, args)
-    default: return runCommand(knex, tableName, args)
+    default: return runCommand(knex, tableName, args, database)
   }
+}
+
+/** The version in the package's package.json (dist/src/cli/main.js is three folders below it). */
+function version(): string {
+  const manifest = JSON.parse(readFileSync(join(__dirname, '..', '..', '..', 'package.json'), 'utf8')) as { version?: unknown }
+  return String(manifest.version)
 }
 
 function stringOption(args: ParsedArgs, name: string): string | undefined {
@@ -63,10 +82,10 @@ function expectPositionals(args: ParsedArgs, min: number, max: number, usage: st
   if (args.rest !== undefined) throw new UsageError('this command takes no "--" part')
 }
 
-async function migrate(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+async function migrate(knex: Knex, tableName: string | undefined, args: ParsedArgs, database: string): Promise<number> {
   expectPositionals(args, 0, 0, 'worker-locks migrate [--db URL] [--table NAME]')
   await createLockTable(knex, tableName === undefined ? {} : { tableName })
-  console.log(`worker-locks: table ${tableName ?? 'worker_locks'} is up to date`)
+  console.log(`worker-locks: table ${tableName ?? 'worker_locks'} in ${database} is up to date`)
   return 0
 }
 
@@ -76,8 +95,12 @@ function age(ms: number): string {
   return `${Math.round(ms / 60_000)}m`
 }
 
-async function status(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
+async function status(knex: Knex, tableName: string | undefined, args: ParsedArgs, database: string): Promise<number> {
   expectPositionals(args, 0, 0, 'worker-locks status [--json]')
+  // First, so that whoever reads the table knows which database it came from; with --json on
+  // stderr, so that stdout stays one JSON document.
+  if (args.options.has('json')) console.error(`database: ${database}`)
+  else console.log(`database: ${database}`)
   // Staleness is judged by the lease each holder wrote in its row, so no timeout is needed here.
   const store = new LockStore(knex, { tableName })
   const locks = await store.listLocks()

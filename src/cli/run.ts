@@ -43,11 +43,13 @@ interface RunOptions {
   readonly what: string
   /** `not running COMMAND`, the end of every line on a command that was not started. */
   readonly notRunning: string
+  /** The database, as messages name it. */
+  readonly database: string
 }
 
 /** `worker-locks run NAME [--key K] [--wait [S]] -- COMMAND ARGS…` */
-export async function runCommand(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
-  const run = runOptions(args)
+export async function runCommand(knex: Knex, tableName: string | undefined, args: ParsedArgs, database: string): Promise<number> {
+  const run = runOptions(args, database)
   const log = acquisitionLog(run.waitMs)
   const store = new LockStore(knex, { tableName, lockTimeoutMs: run.lockTimeoutMs, logger: { warn: log.warn } })
   try {
@@ -59,7 +61,7 @@ export async function runCommand(knex: Knex, tableName: string | undefined, args
 }
 
 /** The options of `run`, checked in the order they are reported; a UsageError names a bad one. */
-function runOptions(args: ParsedArgs): RunOptions {
+function runOptions(args: ParsedArgs, database: string): RunOptions {
   const [name, ...extra] = args.positionals
   const command = args.rest ?? []
   if (name === undefined || extra.length > 0 || command.length === 0) {
@@ -74,7 +76,7 @@ function runOptions(args: ParsedArgs): RunOptions {
   if (lockTimeoutMs < 1_000) throw new UsageError('option --lock-timeout must be at least 1 second')
   const what = `lock ${quoted(name)}${key ? ` (key ${quoted(key)})` : ''}`
   const notRunning = `not running ${printable(command[0] ?? '')}`
-  return { name, key, command, onLost, lockTimeoutMs, graceMs, waits: wait !== undefined, waitMs, what, notRunning }
+  return { name, key, command, onLost, lockTimeoutMs, graceMs, waits: wait !== undefined, waitMs, what, notRunning, database }
 }
 
 function onLostOption(args: ParsedArgs): 'stop' | 'ignore' {
@@ -153,14 +155,14 @@ function interruptOnSignals(): { signal: AbortSignal, signalled: () => NodeJS.Si
 
 /** The one line and exit code for a lock that could not be acquired; other errors are thrown on. */
 function acquireFailure(error: unknown, run: RunOptions): number {
-  if (error instanceof LockTableError) return fail(`${tableTrouble(error)}; ${run.notRunning} ${MIGRATE_HINT}`, EXIT.failed)
+  if (error instanceof LockTableError) return fail(`${tableTrouble(error, run.database)}; ${run.notRunning} ${MIGRATE_HINT}`, EXIT.failed)
   // With a cause, the wait ended because the database could not be asked, not because the
   // lock was busy: retrying later will not help until someone fixes the database.
   if (error instanceof LockTimeoutError && error.cause !== undefined) {
-    return fail(`${databaseTrouble(error.cause, run.waitMs / 1000)}; ${run.notRunning}`, EXIT.failed)
+    return fail(`${databaseTrouble(error.cause, run.waitMs / 1000, run.database)}; ${run.notRunning}`, EXIT.failed)
   }
   if (error instanceof LockTimeoutError) return fail(`${run.what} is still busy after ${run.waitMs / 1000} s; ${run.notRunning}`, EXIT.busy)
-  if (error instanceof LockDatabaseError) return fail(`${databaseTrouble(error)}; ${run.notRunning}`, EXIT.failed)
+  if (error instanceof LockDatabaseError) return fail(`${databaseTrouble(error, undefined, run.database)}; ${run.notRunning}`, EXIT.failed)
   throw error
 }
 
