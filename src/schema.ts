@@ -104,17 +104,7 @@ export interface WorkerLocksMigrationSourceOptions {
  * @throws TypeError for options that are not an object or unknown options
  */
 export function workerLocksMigrationSource(options?: WorkerLocksMigrationSourceOptions): Knex.MigrationSource<WorkerLocksMigration> {
-  if (options !== undefined && (typeof options !== 'object' || options === null || Array.isArray(options))) {
-    throw new TypeError(`workerLocksMigrationSource options must be an object such as { directory: './migrations' }, got ${options === null ? 'null' : typeof options}.`)
-  }
-  for (const name of Object.keys(options ?? {})) {
-    if (name !== 'directory' && name !== 'loadExtensions') throw new TypeError(`Unknown workerLocksMigrationSource option ${JSON.stringify(name)}; the options are directory and loadExtensions.`)
-  }
-  const { directory, loadExtensions: ownExtensions } = options ?? {}
-  const directories: readonly string[] = directory === undefined ? [] : typeof directory === 'string' ? [directory] : directory
-  if (!directories.every((d) => typeof d === 'string') || (ownExtensions !== undefined && !(Array.isArray(ownExtensions) && ownExtensions.every((e) => typeof e === 'string')))) {
-    throw new TypeError('workerLocksMigrationSource: directory must be a string or an array of strings, loadExtensions an array of strings such as [\'.ts\'].')
-  }
+  const { directories, ownExtensions } = sourceOptions(options)
   return {
     async getMigrations(knexExtensions) {
       const extensions = ownExtensions ?? knexExtensions
@@ -134,6 +124,28 @@ export function workerLocksMigrationSource(options?: WorkerLocksMigrationSourceO
       return importMigration(migration.path)
     },
   }
+}
+
+function sourceOptionRecord(options: unknown): WorkerLocksMigrationSourceOptions {
+  if (options === undefined) return {}
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw new TypeError(`workerLocksMigrationSource options must be an object such as { directory: './migrations' }, got ${options === null ? 'null' : typeof options}.`)
+  }
+  for (const name of Object.keys(options)) {
+    if (name !== 'directory' && name !== 'loadExtensions') throw new TypeError(`Unknown workerLocksMigrationSource option ${JSON.stringify(name)}; the options are directory and loadExtensions.`)
+  }
+  return options as WorkerLocksMigrationSourceOptions
+}
+
+/** Checks the options of {@link workerLocksMigrationSource}; throws a TypeError naming the problem. */
+function sourceOptions(options: unknown): { directories: readonly string[]; ownExtensions: readonly string[] | undefined } {
+  const { directory, loadExtensions } = sourceOptionRecord(options)
+  const directories: readonly unknown[] = directory === undefined ? [] : typeof directory === 'string' ? [directory] : directory
+  const stringsOnly = (values: unknown): boolean => Array.isArray(values) && values.every((v) => typeof v === 'string')
+  if (!stringsOnly(directories) || (loadExtensions !== undefined && !stringsOnly(loadExtensions))) {
+    throw new TypeError('workerLocksMigrationSource: directory must be a string or an array of strings, loadExtensions an array of strings such as [\'.ts\'].')
+  }
+  return { directories: directories as string[], ownExtensions: loadExtensions }
 }
 
 // Your own files load as knex loads them: `.mjs` (and ESM that require refuses) through import(),

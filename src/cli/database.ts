@@ -37,9 +37,18 @@ export function chooseDatabase(db: string | undefined, environment: string | und
   }
   const [source, url] = db !== undefined ? ['--db', db] : ['DATABASE_URL', environment ?? '']
   if (url.trim() === '') throw new DatabaseUrlError(`${source} is empty; ${FORMS}`)
-  const named = `${source} ${quoted(maskPassword(url))}`
-  // A Windows drive letter (C:\…) is a path, not a scheme.
-  const scheme = /^[a-z]:[\\/]/i.test(url) ? undefined : /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1]?.toLowerCase()
+  return databaseOf(url, `${source} ${quoted(maskPassword(url))}`)
+}
+
+/** The URL scheme of `url`, lower case, or undefined for a path (a Windows drive letter, C:\…, is one). */
+function schemeOf(url: string): string | undefined {
+  if (/^[a-z]:[\\/]/i.test(url)) return undefined
+  return /^([a-z][a-z0-9+.-]*):/i.exec(url)?.[1]?.toLowerCase()
+}
+
+/** The database `url` names (`named`: how to refer to it in an error). */
+function databaseOf(url: string, named: string): DatabaseChoice {
+  const scheme = schemeOf(url)
   if (scheme === 'postgres' || scheme === 'postgresql' || scheme === 'mysql' || scheme === 'mariadb') return serverDatabase(url, scheme, named)
   if (scheme === 'sqlite' || scheme === 'file') {
     const filename = url.replace(/^(sqlite|file):(\/\/)?/i, '')

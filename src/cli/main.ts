@@ -24,14 +24,8 @@ const commandOptions: Record<string, Record<string, OptionKind>> = {
 /** Runs the CLI with `argv` (without node and the script); resolves the exit code. */
 export async function main(argv: readonly string[]): Promise<number> {
   const [command, ...rest] = argv
-  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
-    console.log(help.main)
-    return command === undefined ? 2 : 0
-  }
-  if (command === '--version' || command === '-v' || command === 'version') {
-    console.log(version())
-    return 0
-  }
+  const answered = answerWithoutDatabase(command)
+  if (answered !== undefined || command === undefined) return answered ?? 2
   const known = commandOptions[command]
   if (!known) throw new UsageError(`unknown command ${JSON.stringify(command)}; run "worker-locks --help"`)
   const args = parseArgs(rest, known)
@@ -54,6 +48,19 @@ export async function main(argv: readonly string[]): Promise<number> {
   } finally {
     await knex.destroy()
   }
+}
+
+/** Help and the version, which need no database: the exit code, or undefined for any other command. */
+function answerWithoutDatabase(command: string | undefined): number | undefined {
+  if (command === undefined || command === '--help' || command === '-h' || command === 'help') {
+    console.log(help.main)
+    return command === undefined ? 2 : 0
+  }
+  if (command === '--version' || command === '-v' || command === 'version') {
+    console.log(version())
+    return 0
+  }
+  return undefined
 }
 
 /** Runs `command`, one of `commandOptions`, against the database; resolves the exit code. */
