@@ -26,6 +26,10 @@ export class LinePlaces {
   readonly #now: () => number
   readonly #log: (level: LogLevel, details: object, message: string) => void
   readonly #places = new Map<string, Place>()
+  // When this store last left the line for each lock (monotonic ms), for as long as a place
+  // left behind (a failed leave) could still count: a wake addressed to it for a lock it was
+  // never in line for lately is someone else's NOTIFY, not a turn.
+  readonly #leftAt = new Map<string, number>()
   // Per lock, the last statement queued: a leave must not overtake the join before it, or the
   // other way round.
   readonly #chains = new Map<string, Promise<void>>()
@@ -76,6 +80,7 @@ export class LinePlaces {
   leftByStatement(id: string): void {
     const place = this.#places.get(id)
     this.#places.delete(id)
+    if (place) this.#recordLeft(id)
     // A join still under way would put the store back in line after the statement took it out.
     if (place && this.#chains.has(id)) this.#leave(id, place.name, place.key)
   }
@@ -85,15 +90,28 @@ export class LinePlaces {
     const place = this.#places.get(id)
     if (!place) return
     this.#places.delete(id)
+    this.#recordLeft(id)
     this.#leave(id, place.name, place.key)
   }
 
   /**
-   * A release was addressed to this store as first in line for `(name, key)`, but it no longer
-   * waits there: an earlier leave failed or is still under way. Leave (again) to be sure.
+   * A wake was addressed to this store as first in line for `(name, key)`, but none of its
+   * waiters waits for it. If the store was in line for it lately (a leave failed or is still under
+   * way), it leaves again and resolves true: the turn is real and must be passed on. Otherwise
+   * the wake is not a turn (anyone may NOTIFY the store's channel): false, and nothing is sent.
    */
-  stray(id: string, name: string, key: string): void {
+  strayTurn(id: string, name: string, key: string): boolean {
+    const leftAt = this.#leftAt.get(id)
+    const lately = this.#chains.has(id) || (leftAt !== undefined && this.#now() - leftAt < this.#expiresInMs)
+    if (!lately) return false
     if (!this.#places.has(id)) this.#leave(id, name, key)
+    return true
+  }
+
+  #recordLeft(id: string): void {
+    const now = this.#now()
+    for (const [other, at] of this.#leftAt) if (now - at >= this.#expiresInMs) this.#leftAt.delete(other)
+    this.#leftAt.set(id, now)
   }
 
   /** Resolves once every statement queued so far (and any queued meanwhile) has run. */

@@ -112,9 +112,10 @@ export class PostgresCoordination extends LocalCoordination {
   #heard(lock: LockRef, addressed: boolean): void {
     if (this.wake(lock.id)) {
       if (addressed) this.#addressed.add(lock.id)
-    } else if (addressed) {
-      // Addressed to this store as first in line, but nobody here waits any more.
-      this.#line?.stray(lock.id, lock.name, lock.key)
+    } else if (addressed && this.#line?.strayTurn(lock.id, lock.name, lock.key)) {
+      // This store's turn in line, but nobody here waits any more: the next in line gets it. (A
+      // wake for a lock the store was not in line for lately sends nothing: a forged or replayed
+      // NOTIFY must not make the store write or notify in its turn.)
       this.#passOn(lock)
     }
   }
