@@ -92,7 +92,7 @@ export class Acquisition {
       instanceName: ctx.instanceName, leaseMs: ctx.lockTimeoutMs, nowMs: ctx.nowMs(), line,
     }
     const sentAt = ctx.monotonicNow()
-    const fence = await databaseCall(ctx.tableName, () => `acquire lock ${describeLock(lock.name, lock.key)}`, () =>
+    const fence = await databaseCall(ctx, () => `acquire lock ${describeLock(lock.name, lock.key)}`, () =>
       acquire(ctx.knex, ctx.dialect, facts, strategy, request))
     if (waiter) ctx.coordination.afterAttempt(lock, line, fence !== null)
     if (fence === null) {
@@ -110,7 +110,7 @@ export class Acquisition {
   async #recheck(held: HeldLock, waiter: WaiterAttempt | undefined): Promise<Lock | null> {
     const ctx = this.#ctx
     const sentAt = ctx.monotonicNow()
-    const status: RowStatus = await databaseCall(ctx.tableName, () => `check lock ${describeLock(held.name, held.key)}`,
+    const status: RowStatus = await databaseCall(ctx, () => `check lock ${describeLock(held.name, held.key)}`,
       () => ctx.table.status(held, ctx.nowMs()))
     if (status === 'valid' && held.state === 'held') {
       ctx.events.emit('refused', { name: held.name, key: held.key, durationMs: ctx.monotonicNow() - sentAt })

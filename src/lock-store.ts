@@ -220,7 +220,7 @@ export class LockStore {
    */
   async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
     const checked = validateLockFilter(filter)
-    const rows = await databaseCall(this.tableName, 'list locks', () => this.#ctx.table.list(checked, this.#ctx.nowMs()))
+    const rows = await databaseCall(this.#ctx, 'list locks', () => this.#ctx.table.list(checked, this.#ctx.nowMs()))
     return rows.map((row) => ({ ...row, stale: row.ageMs > row.leaseMs }))
   }
 
@@ -232,7 +232,7 @@ export class LockStore {
    */
   async forceRelease(name: string, key = ''): Promise<boolean> {
     validateLockId(name, key)
-    const removed = await databaseCall(this.tableName, () => `force-release lock ${describeLock(name, key)}`, () => this.#ctx.table.forceRelease(name, key))
+    const removed = await databaseCall(this.#ctx, () => `force-release lock ${describeLock(name, key)}`, () => this.#ctx.table.forceRelease(name, key))
     if (removed) this.#ctx.coordination.released({ id: lockId(name, key), name, key })
     return removed
   }
@@ -275,7 +275,7 @@ export class LockStore {
 
   async #isStillValid(record: HeldLock): Promise<boolean> {
     if (record.state !== 'held') return false
-    const status = await databaseCall(this.tableName, () => `check lock ${describeLock(record.name, record.key)}`,
+    const status = await databaseCall(this.#ctx, () => `check lock ${describeLock(record.name, record.key)}`,
       () => this.#ctx.table.status(record, this.#ctx.nowMs()))
     return status === 'valid'
   }

@@ -107,7 +107,8 @@ export class Lock {
    * or, when a waiter of the same store is next, hands the row to that waiter; stops renewing,
    * and aborts {@link signal}. When it resolves, this lock's token no longer holds the row. Safe
    * to call more than once; a call after a failed one tries the delete again. Rejects with a
-   * `LockDatabaseError` if the database fails; the lock then expires on its own.
+   * `LockDatabaseError` if the database fails (`LockTableError` if the table is gone); the lock
+   * then expires on its own.
    */
   release(): Promise<void> {
     return this.#owner.release(this.#state)

@@ -60,7 +60,7 @@ export class Releasing {
       this.#undeleted.add(record)
     }
     if (records.length === 0) return
-    await databaseCall(ctx.tableName, () => `release ${records.length} lock(s) while closing; they expire after ${ctx.lockTimeoutMs} ms`,
+    await databaseCall(ctx, () => `release ${records.length} lock(s) while closing; they expire after ${ctx.lockTimeoutMs} ms`,
       () => ctx.table.releaseMany(records))
     for (const record of records) {
       this.#undeleted.delete(record)
@@ -72,7 +72,7 @@ export class Releasing {
   /** Deletes `record`'s row if it still carries its token; `held`: whether to report a release. */
   #delete(record: HeldLock, held: boolean): Promise<void> {
     const ctx = this.#ctx
-    return databaseCall(ctx.tableName, () => `release lock ${describeLock(record.name, record.key)}`, () => ctx.table.release(record, ctx.coordination.wakesLine))
+    return databaseCall(ctx, () => `release lock ${describeLock(record.name, record.key)}`, () => ctx.table.release(record, ctx.coordination.wakesLine))
       .then((released) => {
         if (held) this.#released(record)
         if (released) ctx.coordination.released(record)
@@ -91,7 +91,7 @@ export class Releasing {
     const { name, key } = record
     const token = randomUUID()
     const sentAt = ctx.monotonicNow()
-    const written = databaseCall(ctx.tableName, () => `hand lock ${describeLock(name, key)} over to its next waiter`,
+    const written = databaseCall(ctx, () => `hand lock ${describeLock(name, key)} over to its next waiter`,
       () => ctx.table.handOver(record, token, facts, ctx.nowMs()))
     // Registered first, so that 'released' is emitted before the waiter's 'acquired'. If the
     // hand-over failed (a deadlock on MySQL, a lost reply), the row carries one token or the

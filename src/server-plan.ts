@@ -3,20 +3,19 @@
 // retried by waiters).
 import type { Knex } from 'knex'
 import type { Dialect, ServerFacts, Strategy } from '../dialects/index.js'
-import { LockTableError, UnsupportedDatabaseError } from './errors.js'
+import { UnsupportedDatabaseError } from './errors.js'
 import type { LockTable } from './lock-table.js'
 import { databaseCall, type ServerPlan } from './store-context.js'
 import type { StrategyOption } from './validate.js'
 
 /** The plan for a store on `table`, asked of the server. */
 export async function askServer(knex: Knex, dialect: Dialect, table: LockTable, tableName: string, option: StrategyOption): Promise<ServerPlan> {
-  const facts = await databaseCall(tableName, 'ask the database for its version', () => dialect.detect(knex))
+  const on = { tableName, dialect }
+  const facts = await databaseCall(on, 'ask the database for its version', () => dialect.detect(knex))
   if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
   const strategy = strategyFor(facts, option)
-  await table.checkColumns().catch((error: unknown) => {
-    if (dialect.isMissingSchema(error)) throw new LockTableError(tableName, error)
-    return databaseCall(tableName, 'look at the lock table', () => Promise.reject(error))
-  })
+  // A table that is missing or not migrated is said here, once (a LockTableError), before any lock work.
+  await databaseCall(on, 'look at the lock table', () => table.checkColumns())
   return { strategy, facts }
 }
 

@@ -3,7 +3,7 @@
 import type { Knex } from 'knex'
 import type { Dialect, ServerFacts, Strategy } from '../dialects/index.js'
 import type { Coordination } from './coordination/coordination.js'
-import { LockDatabaseError } from './errors.js'
+import { LockDatabaseError, LockTableError } from './errors.js'
 import type { LockEvents } from './events.js'
 import type { HeldLocks } from './held-locks.js'
 import type { LockTable } from './lock-table.js'
@@ -47,14 +47,16 @@ export interface StoreContext {
 }
 
 /**
- * Runs one database call, turning its failure into a LockDatabaseError that says what the store
+ * Runs one database call on the table `on` names, turning its failure into a LockTableError when
+ * the table (or a migrated column) is missing, else a LockDatabaseError that says what the store
  * could not do (`what` is a function when it would cost work to build: the hot path only needs
  * it on failure). Chained rather than async/await, to add no promise of its own on the hot path.
  */
-export function databaseCall<T>(tableName: string, what: string | (() => string), run: () => Promise<T>): Promise<T> {
+export function databaseCall<T>(on: { readonly tableName: string; readonly dialect: Dialect }, what: string | (() => string), run: () => Promise<T>): Promise<T> {
   const fail = (error: unknown): never => {
+    if (on.dialect.isMissingSchema(error)) throw new LockTableError(on.tableName, error)
     const action = typeof what === 'string' ? what : what()
-    throw new LockDatabaseError(`worker-locks could not ${action} in table ${JSON.stringify(tableName)}`, error)
+    throw new LockDatabaseError(`worker-locks could not ${action} in table ${JSON.stringify(on.tableName)}`, error)
   }
   try {
     return run().catch(fail)

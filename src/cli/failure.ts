@@ -7,18 +7,6 @@ import { printable, quoted } from './printable.js'
 /** What `run` and the other commands tell people to do about a missing or unmigrated table. */
 export const MIGRATE_HINT = '(run "worker-locks migrate" first)'
 
-// Only messages that name the table (or a column of it) as missing; "database \"x\" does not
-// exist" and "role \"x\" does not exist" are not cured by migrating.
-const TABLE_MISSING = [
-  /\brelation "[^"]*" does not exist/i, // PostgreSQL
-  /\bcolumn "[^"]*"(?: of relation "[^"]*")? does not exist/i,
-  /\bno such table\b/i, // SQLite
-  /\bno such column\b/i,
-  /\bhas no column named\b/i,
-  /\bTable '[^']*' doesn't exist/i, // MySQL, MariaDB
-  /\bUnknown column '[^']*'/i,
-]
-
 // Errors that mean the server was not there to ask, rather than that it refused the statement.
 const CONNECTION_CODES: ReadonlySet<string> = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH',
@@ -114,6 +102,5 @@ export function describeFailure(error: unknown, database?: string): string {
   const message = firstLine(error).replace(/^worker-locks /, '')
   // Invalid names and the like are not the database's business; its failures name it.
   const where = database === undefined || (error instanceof LockError && !(error instanceof LockDatabaseError)) ? '' : `${database}: `
-  if (error instanceof LockError && TABLE_MISSING.some((pattern) => pattern.test(message))) return `${where}${message} ${MIGRATE_HINT}`
   return `${where}${message}`
 }
