@@ -2,6 +2,7 @@ export { LockStore, type LockInfo, type TryWithLockResult } from './lock-store.j
 export type { LockedFunction } from './with-lock.js'
 export type { LockEventMap, LockEventName, LockEventListener } from './events.js'
 export { Lock } from './lock.js'
+export type { ReleaseOptions, TryWithLockOptions, WithLockOptions } from './keeping.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {
   LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError, LockTimeoutError, LockTableError,

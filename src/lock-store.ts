@@ -14,7 +14,8 @@ import type { ListedRow } from './lock-table.js'
 import type { Releasing } from './releasing.js'
 import { askServer } from './server-plan.js'
 import { assembleStore } from './store-parts.js'
-import { keyThenFunction, keyThenOptions, runHolding, type LockedFunction } from './with-lock.js'
+import { resolveTryWithLockOptions, splitWithLockOptions, type TryWithLockOptions, type WithLockOptions } from './keeping.js'
+import { keyThenFunction, keyThenOptions, runHolding, type Holding, type LockedFunction } from './with-lock.js'
 import { databaseCall, lockId, type ServerPlan, type StoreContext } from './store-context.js'
 import {
   resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
@@ -173,28 +174,38 @@ export class LockStore {
   /**
    * Waits for the lock (as {@link acquireLock}), runs `fn` with it, releases it whatever `fn`
    * does, and returns what `fn` returned. `fn` should watch `lock.signal`. If only the release
-   * fails, the result is still returned and the failure is logged: the lock then expires.
+   * fails, the result is still returned and the failure is logged: the lock then expires. With
+   * `minHoldMs`, a quick `fn` leaves the lock taken until that long after it was called (see
+   * {@link WithLockOptions}).
    */
-  withLock<T>(name: string, fn: LockedFunction<T>, options?: WaitOptions): Promise<T>
-  withLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: WaitOptions): Promise<T>
+  withLock<T>(name: string, fn: LockedFunction<T>, options?: WithLockOptions): Promise<T>
+  withLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: WithLockOptions): Promise<T>
   async withLock<T>(name: string, ...args: unknown[]): Promise<T> {
     const { key, fn, rest } = keyThenFunction<T>('withLock', args)
-    const lock = await this.acquireLock(name, key as string, rest as WaitOptions | undefined)
-    return runHolding(lock, fn, this.#ctx.log, this.lockTimeoutMs)
+    const { wait, minHoldMs } = splitWithLockOptions(rest)
+    const lock = await this.acquireLock(name, key as string, wait as WaitOptions | undefined)
+    return runHolding(lock, fn, this.#holding(minHoldMs))
   }
 
   /**
    * Runs `fn` under the lock if it is free right now, without waiting: resolves
    * `{ acquired: true, value }` with `fn`'s result, or `{ acquired: false }` if someone else holds
-   * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does.
+   * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does, keeping
+   * the lock for `minHoldMs` as it does.
    */
-  tryWithLock<T>(name: string, fn: LockedFunction<T>): Promise<TryWithLockResult<T>>
-  tryWithLock<T>(name: string, key: string, fn: LockedFunction<T>): Promise<TryWithLockResult<T>>
+  tryWithLock<T>(name: string, fn: LockedFunction<T>, options?: TryWithLockOptions): Promise<TryWithLockResult<T>>
+  tryWithLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: TryWithLockOptions): Promise<TryWithLockResult<T>>
   async tryWithLock<T>(name: string, ...args: unknown[]): Promise<TryWithLockResult<T>> {
-    const { key, fn } = keyThenFunction<T>('tryWithLock', args)
+    const { key, fn, rest } = keyThenFunction<T>('tryWithLock', args)
+    const minHoldMs = resolveTryWithLockOptions(rest)
     const lock = await this.tryAcquireLock(name, key as string)
     if (!lock) return { acquired: false }
-    return { acquired: true, value: await runHolding(lock, fn, this.#ctx.log, this.lockTimeoutMs) }
+    return { acquired: true, value: await runHolding(lock, fn, this.#holding(minHoldMs)) }
+  }
+
+  /** How `runHolding` releases for this store: its log, its lease, and its clock for `minHoldMs`. */
+  #holding(minHoldMs: number): Holding {
+    return { log: this.#ctx.log, lockTimeoutMs: this.lockTimeoutMs, minHoldMs, now: this.#ctx.monotonicNow }
   }
 
   /**

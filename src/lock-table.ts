@@ -118,6 +118,16 @@ export class LockTable {
     return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, nowMs }))
   }
 
+  /**
+   * Leaves the row taken by no one for `keepForMs` from `now`, if it still carries this token: a
+   * new token, an empty instance name (no store has one, so none may take the row as its own),
+   * and a lease of `keepForMs`. Resolves whether the row was ours.
+   */
+  async keep(row: RowIdentity, token: string, keepForMs: number, nowMs: number | null): Promise<boolean> {
+    const kept = { token, instance_name: '', last_renewed_ts: this.#now(nowMs), lease_ms: keepForMs }
+    return Number(await this.#retryingConflicts(() => this.#row(row).update(kept))) > 0
+  }
+
   // InnoDB may pick a release (or a hand-over) as the victim of a deadlock with acquirers of the same row (1213).
   // Both are guarded by our token, so trying again is safe, and they must not fail for that.
   #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {

@@ -1,8 +1,10 @@
 import { LockLostError, type LockLossReason } from './errors.js'
+import { resolveReleaseOptions, type ReleaseOptions } from './keeping.js'
 
 /** What a Lock asks of the store that made it. Not part of the public API. */
 export interface LockOwner {
-  release(state: LockState): Promise<void>
+  /** `keepForMs` > 0: keep the row taken that much longer instead of deleting it. */
+  release(state: LockState, keepForMs: number): Promise<void>
   isStillValid(state: LockState): Promise<boolean>
 }
 
@@ -109,9 +111,20 @@ export class Lock {
    * to call more than once; a call after a failed one tries the delete again. Rejects with a
    * `LockDatabaseError` if the database fails (`LockTableError` if the table is gone); the lock
    * then expires on its own.
+   *
+   * With `{ keepForMs }` the lock is not freed but kept taken, by no one, for that much longer
+   * (see {@link ReleaseOptions}): for a job that must run once per slot of a schedule. There is
+   * no hand-over then, and no waiter is woken. A kept lock's row stays until its time ends.
+   * @throws TypeError or RangeError for bad options, before any SQL runs; the lock stays held
    */
-  release(): Promise<void> {
-    return this.#owner.release(this.#state)
+  release(options?: ReleaseOptions): Promise<void> {
+    let keepForMs: number
+    try {
+      keepForMs = resolveReleaseOptions(options)
+    } catch (error) {
+      return Promise.reject(error)
+    }
+    return this.#owner.release(this.#state, keepForMs)
   }
 
   /** Releases the lock; this is what `await using lock = …` calls when the block ends. */

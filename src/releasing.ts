@@ -25,17 +25,22 @@ export class Releasing {
     this.#facts = facts
   }
 
-  /** `lock.release()`: resolves once this lock's token no longer holds the row. */
-  release(record: HeldLock): Promise<void> {
+  /**
+   * `lock.release()`: resolves once this lock's token no longer holds the row. With `keepForMs`,
+   * the row stays, taken by no one, for that much longer.
+   */
+  release(record: HeldLock, keepForMs = 0): Promise<void> {
     if (record.releasing) return record.releasing
     // A lock already lost was counted when it was lost: its release only deletes a row that may
     // still carry its token, and reports nothing more.
     const held = record.state === 'held'
     this.#ctx.held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
     const facts = this.#facts()
-    const releasing = facts && held && record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#acquisition().canTake(record.id)
-      ? this.#handOver(record, facts)
-      : this.#delete(record, held)
+    const releasing = keepForMs > 0
+      ? this.#keep(record, held, keepForMs)
+      : facts && held && record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#acquisition().canTake(record.id)
+        ? this.#handOver(record, facts)
+        : this.#delete(record, held)
     record.releasing = releasing
     this.#ctx.track(releasing) // close() waits for deletes already under way
     return releasing
@@ -79,6 +84,19 @@ export class Releasing {
       }, (error: unknown) => {
         record.releasing = undefined
         this.#undeleted.add(record)
+        throw error
+      })
+  }
+
+  // The row stays, no longer ours, until `keepForMs` from now: nobody is woken, since nobody can
+  // take it before then. If the statement fails the row keeps our token and lease, so the lock
+  // stays taken until that lease ends: close() does not delete it as it does undeleted rows.
+  #keep(record: HeldLock, held: boolean, keepForMs: number): Promise<void> {
+    const ctx = this.#ctx
+    return databaseCall(ctx, () => `keep lock ${describeLock(record.name, record.key)} for ${keepForMs} ms after its release`,
+      () => ctx.table.keep(record, randomUUID(), keepForMs, ctx.nowMs()))
+      .then(() => { if (held) this.#released(record) }, (error: unknown) => {
+        record.releasing = undefined
         throw error
       })
   }

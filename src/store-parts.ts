@@ -52,7 +52,7 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
     knex, dialect, table, tableName: o.tableName, instanceName, lockTimeoutMs: o.lockTimeoutMs,
     held, events, coordination, nowMs, monotonicNow, log, track: hooks.track, isClosed: hooks.isClosed,
   }
-  const owner = { release: (state: object) => releasing.release(state as HeldLock), isStillValid: (state: object) => hooks.isStillValid(state as HeldLock) }
+  const owner = { release: (state: object, keepForMs: number) => releasing.release(state as HeldLock, keepForMs), isStillValid: (state: object) => hooks.isStillValid(state as HeldLock) }
   const acquisition: Acquisition = new Acquisition(ctx, { plan: hooks.plan, owner, giveUp: (lock, row) => releasing.giveUp(lock, row), waiting: () => waiting })
   const releasing: Releasing = new Releasing(ctx, () => acquisition, () => hooks.planned()?.facts)
   waiting = new WaitRoom({

@@ -23,10 +23,27 @@ export function keyThenFunction<T>(method: string, args: readonly unknown[]): { 
   return { key, fn: fn as LockedFunction<T>, rest }
 }
 
-/** Runs `fn` with `lock`, then releases it whatever `fn` did; a failed release is logged, not thrown. */
-export async function runHolding<T>(lock: Lock, fn: LockedFunction<T>, log: (level: LogLevel, details: object, message: string) => void, lockTimeoutMs: number): Promise<T> {
-  const release = (): Promise<void> => lock.release().catch((error: unknown) => log('warn', { err: error, lockName: lock.name, lockKey: lock.key },
-    `worker-locks: could not release lock ${describeLock(lock.name, lock.key)} after its work; it expires after ${lockTimeoutMs} ms.`))
+/** How `runHolding` releases: where failures go, the lease they mention, and how long to keep the lock at least. */
+export interface Holding {
+  readonly log: (level: LogLevel, details: object, message: string) => void
+  readonly lockTimeoutMs: number
+  /** The lock stays taken at least this long after `fn` was called (0: freed at once). */
+  readonly minHoldMs: number
+  /** The store's clock for durations. */
+  readonly now: () => number
+}
+
+/**
+ * Runs `fn` with `lock`, then releases it whatever `fn` did, keeping it taken until `minHoldMs`
+ * after `fn` was called; a failed release is logged, not thrown.
+ */
+export async function runHolding<T>(lock: Lock, fn: LockedFunction<T>, holding: Holding): Promise<T> {
+  const startedAt = holding.now()
+  const release = (): Promise<void> => {
+    const keepForMs = Math.max(0, Math.ceil(startedAt + holding.minHoldMs - holding.now()))
+    return lock.release({ keepForMs }).catch((error: unknown) => holding.log('warn', { err: error, lockName: lock.name, lockKey: lock.key },
+      `worker-locks: could not release lock ${describeLock(lock.name, lock.key)} after its work; it expires after ${holding.lockTimeoutMs} ms.`))
+  }
   let value: T
   try {
     value = await fn(lock)

@@ -5,6 +5,7 @@ import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
+import { keepingSuite } from './suite/keeping.mjs'
 import { propertiesSuite } from './suite/properties.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
@@ -21,6 +22,7 @@ forEachTarget('behaviour', (target) => {
   shutdownSuite(h)
   waitingSuite(h)
   inspectionSuite(h)
+  keepingSuite(h)
   propertiesSuite(h)
   badInputSuite(h)
   schemaSuite(h)

@@ -203,6 +203,38 @@ forEachDatabase('worker-locks command', (database) => {
     assert.equal(next.code, 0, 'the lock was released after the failed start')
   })
 
+  it('--min-hold keeps the lock after a quick command, so the next run of the slot skips; an operator can free it', async () => {
+    const printOnce = (text: string) => [process.execPath, '-e', `console.log(${JSON.stringify(text)})`]
+    const first = await cli(['run', 'slot', ...db, '--min-hold', '60', '--', ...printOnce('first run')]).exited
+    assert.equal(first.code, 0, first.stderr)
+    assert.equal(first.stdout, 'first run\n')
+    const second = await cli(['run', 'slot', ...db, '--', ...printOnce('must not run')]).exited
+    assert.equal(second.code, 75, second.stderr)
+    assert.equal(second.stdout, '')
+    assert.match(second.stderr, /^worker-locks: lock "slot" is kept by an earlier run's --min-hold for (\d+\.\d) s more; not running \S+\n$/)
+    const left = Number(/for (\d+\.\d) s more/.exec(second.stderr)?.[1])
+    assert.ok(left > 0 && left <= 60, `${left} s left of 60`)
+    const status = await cli(['status', ...db]).exited
+    assert.match(status.stdout, /^slot +\(kept\) +\d+ +\S+ +held$/m)
+    const json = await cli(['status', ...db, '--json']).exited
+    const [kept] = (JSON.parse(json.stdout) as Array<{ name: string; instanceName: string; leaseMs: number }>).filter((l) => l.name === 'slot')
+    assert.equal(kept?.instanceName, '')
+    assert.ok(kept.leaseMs > 0 && kept.leaseMs <= 60_000, `lease ${kept.leaseMs}`)
+    const freed = await cli(['release', 'slot', ...db]).exited
+    assert.match(freed.stdout, /released "slot" \(key ""\), held by \(kept\)/)
+    const third = await cli(['run', 'slot', ...db, '--min-hold', '0.001', '--', ...printOnce('third run')]).exited
+    assert.equal(third.code, 0, third.stderr)
+    // The command outlived its --min-hold (starting node alone takes longer): released as usual.
+    assert.equal((await cli(['run', 'slot', ...db, '--', 'true']).exited).code, 0)
+  })
+
+  it('--min-hold keeps nothing when the command could not start', async () => {
+    const missing = await cli(['run', 'unstarted', ...db, '--min-hold', '60', '--', join(tmpdir(), uniqueName('cli-no-such-command'))]).exited
+    assert.equal(missing.code, 127, missing.stderr)
+    const next = await cli(['run', 'unstarted', ...db, '--', 'true']).exited
+    assert.equal(next.code, 0, next.stderr)
+  })
+
   it('escapes control characters in the status table, not in its JSON', async () => {
     const name = 'a\nb\x1b[31m'
     const key = 'k\u2028\u009b\t'
@@ -266,6 +298,7 @@ forEachDatabase('worker-locks command', (database) => {
       [['status', ...db, '--lock-timeout', '5'], /unknown option --lock-timeout/],
       [['status', ...db, '--toString=1'], /unknown option --toString/],
       [['run', 'x', ...db], /usage: worker-locks run NAME/],
+      [['run', 'x', ...db, '--min-hold', '5m', '--', 'true'], /option --min-hold takes a number of seconds, got "5m"/],
       [['release', ...db], /usage: worker-locks release NAME/],
       [['status', '--db', urls[database], '--table', uniqueName('wl_none')], /run "worker-locks migrate" first/],
       [['run', '', ...db, '--', 'true'], /Lock name must not be empty/],

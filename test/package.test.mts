@@ -3,7 +3,7 @@
 // against the package's types.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { createRequire } from 'node:module'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -35,6 +35,26 @@ describe('package', () => {
     }
     const unexpected = files.filter((f) => !/^(package\.json|README\.md|LICENSE|migrations\/[^/]+\.cjs|dist\/(src|src\/cli|src\/coordination|dialects)\/[^/]+\.(js|d\.ts|js\.map))$/.test(f))
     assert.deepEqual(unexpected, [])
+  })
+
+  it('names its repository, and every README link works from the package page', async () => {
+    const manifest = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { repository?: { url?: string }; homepage?: string; bugs?: { url?: string } }
+    const repository = /^git\+(https:\/\/github\.com\/[\w.-]+\/[\w.-]+)\.git$/.exec(manifest.repository?.url ?? '')?.[1]
+    assert.ok(repository, `a GitHub repository URL: ${manifest.repository?.url}`)
+    assert.equal(manifest.homepage, `${repository}#readme`)
+    assert.equal(manifest.bugs?.url, `${repository}/issues`)
+    const readme = readFileSync(join(root, 'README.md'), 'utf8')
+    const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root })
+    const shipped = new Set((JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]?.files.map((f) => f.path))
+    // GitHub's anchors: lower case, punctuation dropped, spaces as hyphens.
+    const anchors = new Set([...readme.matchAll(/^#+ (.+)$/gm)].map((m) => m[1]!.toLowerCase().replace(/[^\w\- ]/g, '').replaceAll(' ', '-')))
+    const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!)
+    assert.ok(links.length > 5)
+    for (const link of links) {
+      if (link.startsWith('#')) assert.ok(anchors.has(link.slice(1)), `${link} is a heading of the README`)
+      else if (link.startsWith(`${repository}/blob/main/`)) assert.ok(existsSync(join(root, link.slice(`${repository}/blob/main/`.length))), `${link} names a file of the repository`)
+      else if (!link.startsWith('https://')) assert.ok(shipped.has(link), `${link}: a relative link must name a shipped file (the package page has no others)`)
+    }
   })
 
   it('ships source maps that carry their own sources (the .ts files are not shipped)', () => {
@@ -163,6 +183,72 @@ describe('package', () => {
         assert.ok(!tables().includes('worker_locks') && !tables().includes('app_things'))
       })
     }
+
+    it('the installed worker-locks command, as cron runs it: which database and why, usage errors, drivers, --min-hold', async () => {
+      // The app installs pg but not mysql2. Its knex is a copy, not a link: a linked knex would
+      // find the repository's mysql2 next to itself.
+      const { dir } = await app('command', readmeKnexfile())
+      const modules = join(dir, 'node_modules')
+      rmSync(join(modules, 'knex'))
+      cpSync(join(root, 'node_modules', 'knex'), join(modules, 'knex'), { recursive: true })
+      const knexManifest = JSON.parse(readFileSync(join(modules, 'knex', 'package.json'), 'utf8')) as { dependencies: Record<string, string> }
+      for (const dep of [...Object.keys(knexManifest.dependencies), 'pg']) {
+        if (!existsSync(join(modules, dep))) symlinkSync(join(root, 'node_modules', dep), join(modules, dep), 'dir')
+      }
+      const env: NodeJS.ProcessEnv = { ...process.env }
+      delete env.DATABASE_URL
+      const command = async (args: string[], extraEnv: NodeJS.ProcessEnv = {}) => {
+        try {
+          const { stdout, stderr } = await run('npx', ['--no-install', 'worker-locks', ...args], { cwd: dir, env: { ...env, ...extraEnv } })
+          return { code: 0, stdout, stderr }
+        } catch (error) {
+          const e = error as { code: number; stdout: string; stderr: string }
+          return { code: e.code, stdout: e.stdout, stderr: e.stderr }
+        }
+      }
+      const files = () => readdirSync(dir).filter((f) => /sqlite|^postgres$|not a url/.test(f))
+      const version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version
+      assert.deepEqual(await command(['--version']), { code: 0, stdout: `${version}\n`, stderr: '' })
+
+      // Mistakes are usage errors in one line, and never files.
+      for (const [args, extraEnv, said] of [
+        [['status'], { DATABASE_URL: 'postgres' }, /^worker-locks: DATABASE_URL "postgres" is not a database URL; use postgres:\/\/…/],
+        [['status', '--db', 'not a url'], {}, /^worker-locks: --db "not a url" is not a database URL/],
+        [['status', '--db', 'postgres://app@/app'], {}, /^worker-locks: --db "postgres:\/\/app@\/app" is not a valid URL\n$/],
+        [['status', '--db', 'postgres:///app'], {}, /^worker-locks: --db "postgres:\/\/\/app" names no host\n$/],
+      ] as Array<[string[], NodeJS.ProcessEnv, RegExp]>) {
+        const result = await command(args, extraEnv)
+        assert.equal(result.code, 2, args.join(' '))
+        assert.match(result.stderr, said)
+        assert.equal(result.stderr.split('\n').length, 2, result.stderr)
+      }
+      assert.deepEqual(files(), [], 'no SQLite file made by a mistake')
+
+      // A database that does not exist is not a missing table; a missing driver names its package.
+      const noDatabase = await command(['status', '--db', 'postgres://postgres@127.0.0.1:5432/wl_no_such_database'])
+      assert.equal(noDatabase.code, 1)
+      assert.match(noDatabase.stderr, /database "wl_no_such_database" does not exist/)
+      assert.doesNotMatch(noDatabase.stderr, /migrate/)
+      const noDriver = await command(['status', '--db', 'mysql://root@127.0.0.1:3306/test'])
+      assert.deepEqual([noDriver.code, noDriver.stderr], [1, 'worker-locks: the mysql2 package is not installed; npm install mysql2\n'])
+
+      // Without --db or DATABASE_URL: this host's file, said on stderr; status names it on stdout.
+      const implicit = 'worker-locks: no --db or DATABASE_URL: using the SQLite file ./worker-locks.sqlite on this host only\n'
+      const missing = await command(['status'])
+      assert.equal(missing.code, 1)
+      assert.match(missing.stderr, new RegExp(`^${implicit}worker-locks: .*run "worker-locks migrate" first`))
+      assert.equal((await command(['migrate'])).code, 0)
+      const status = await command(['status'])
+      assert.deepEqual([status.stdout, status.stderr], [`database: sqlite:${join(dir, 'worker-locks.sqlite')}\nno locks\n`, implicit])
+
+      // --min-hold: the next run of the slot skips, whichever host it is on.
+      assert.equal((await command(['migrate', '--db', './app.sqlite'])).code, 0)
+      const first = await command(['run', 'hourly', '--db', './app.sqlite', '--min-hold', '3600', '--', 'echo', 'report'])
+      assert.deepEqual([first.code, first.stdout, first.stderr], [0, 'report\n', ''])
+      const second = await command(['run', 'hourly', '--db', './app.sqlite', '--', 'echo', 'again'])
+      assert.equal(second.code, 75)
+      assert.match(second.stderr, /^worker-locks: lock "hourly" is kept by an earlier run's --min-hold for \d+\.\d s more; not running echo\n$/)
+    })
 
     it('a database migrated with the README knexfile is up to date under workerLocksMigrationSource (same names)', async () => {
       const { dir, knexCli, tables } = await app('switch', readmeKnexfile())

@@ -36,7 +36,7 @@ ${common}`,
 Says which database it reads ("database: URL", any password as ***; on stderr with
 --json), then shows every lock in the table: name, key, holder, fence, age since its last renewal, and
 whether it is stale (not renewed within its holder's own lock timeout, so anyone may take it
-over). Control characters in names are shown escaped (\\n, \\x1b, …).
+over). A lock kept by "run --min-hold" after its command ended shows "(kept)" as its holder. Control characters in names are shown escaped (\\n, \\x1b, …).
 
   --json            print a JSON array instead of a table
 
@@ -66,6 +66,11 @@ gets SIGTERM (SIGKILL after --grace) before the lock is released.
   --on-lost=ACTION  what to do if the lock is lost while COMMAND runs: stop (default:
                     SIGTERM, then SIGKILL after --grace, exit 70) or ignore
   --grace S         seconds between SIGTERM and SIGKILL (default: 10)
+  --min-hold S      keep the lock taken until S seconds after COMMAND started, even if it
+                    exits sooner (not renewed meanwhile, taken by no one), so that hosts
+                    whose cron starts the same job a little later skip it: once per
+                    schedule, not only one at a time; make S shorter than the schedule's
+                    interval (default: 0, released when COMMAND exits)
 
 SIGINT, SIGTERM and SIGHUP are passed on to COMMAND's group; the lock is released after it
 exits.

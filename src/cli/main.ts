@@ -18,7 +18,7 @@ const commandOptions: Record<string, Record<string, OptionKind>> = {
   migrate: databaseOptions,
   status: { ...databaseOptions, json: 'flag' },
   release: databaseOptions,
-  run: { ...databaseOptions, key: 'value', wait: 'optional-number', 'lock-timeout': 'value', 'on-lost': 'value', grace: 'value' },
+  run: { ...databaseOptions, key: 'value', wait: 'optional-number', 'lock-timeout': 'value', 'on-lost': 'value', grace: 'value', 'min-hold': 'value' },
 }
 
 /** Runs the CLI with `argv` (without node and the script); resolves the exit code. */
@@ -122,10 +122,15 @@ async function status(knex: Knex, tableName: string | undefined, args: ParsedArg
   // Names come from anyone who can write the table: a control character in one must not forge
   // a line of the table or reach the terminal as an escape sequence.
   const rows = [['NAME', 'KEY', 'HOLDER', 'FENCE', 'AGE', 'STATE'],
-    ...locks.map((l) => [l.name, l.key, l.instanceName, String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'].map(printable))]
+    ...locks.map((l) => [printable(l.name), printable(l.key), holderOf(l), String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'])]
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd())
   return 0
+}
+
+/** Who holds a lock, as status and release print it: a lock kept after its release has no holder. */
+function holderOf(lock: LockInfo): string {
+  return lock.instanceName === '' ? '(kept)' : printable(lock.instanceName)
 }
 
 async function release(knex: Knex, tableName: string | undefined, args: ParsedArgs): Promise<number> {
@@ -137,7 +142,7 @@ async function release(knex: Knex, tableName: string | undefined, args: ParsedAr
     console.log(`worker-locks: no lock ${quoted(name)} (key ${quoted(key)}) to release`)
     return 1
   }
-  const holder = before ? `, held by ${printable(before.instanceName)} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
+  const holder = before ? `, held by ${holderOf(before)} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
   console.log(`worker-locks: released ${quoted(name)} (key ${quoted(key)})${holder}`)
   return 0
 }

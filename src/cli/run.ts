@@ -36,6 +36,8 @@ interface RunOptions {
   readonly onLost: 'stop' | 'ignore'
   readonly lockTimeoutMs: number
   readonly graceMs: number
+  /** How long after the command started the lock stays taken, at least (0: none). */
+  readonly minHoldMs: number
   /** Whether --wait was given; `waitMs` is Infinity when it was given without a number. */
   readonly waits: boolean
   readonly waitMs: number
@@ -54,7 +56,10 @@ export async function runCommand(knex: Knex, tableName: string | undefined, args
   const store = new LockStore(knex, { tableName, lockTimeoutMs: run.lockTimeoutMs, logger: { warn: log.warn } })
   try {
     const lock = await acquire(store, run, log)
-    return typeof lock === 'number' ? lock : await supervise(lock, run)
+    if (typeof lock === 'number') return lock
+    const { code, startedAt } = await supervise(lock, run)
+    if (startedAt !== undefined && run.minHoldMs > 0) await keep(lock, run, startedAt)
+    return code
   } finally {
     await store.close()
   }
@@ -71,12 +76,13 @@ function runOptions(args: ParsedArgs, database: string): RunOptions {
   const onLost = onLostOption(args)
   const lockTimeoutMs = secondsOption(args, 'lock-timeout', DEFAULT_LOCK_TIMEOUT_MS)
   const graceMs = secondsOption(args, 'grace', 10_000)
+  const minHoldMs = secondsOption(args, 'min-hold', 0)
   const wait = args.options.get('wait')
   const waitMs = wait === true ? Infinity : secondsOption(args, 'wait', 0)
   if (lockTimeoutMs < 1_000) throw new UsageError('option --lock-timeout must be at least 1 second')
   const what = `lock ${quoted(name)}${key ? ` (key ${quoted(key)})` : ''}`
   const notRunning = `not running ${printable(command[0] ?? '')}`
-  return { name, key, command, onLost, lockTimeoutMs, graceMs, waits: wait !== undefined, waitMs, what, notRunning, database }
+  return { name, key, command, onLost, lockTimeoutMs, graceMs, minHoldMs, waits: wait !== undefined, waitMs, what, notRunning, database }
 }
 
 function onLostOption(args: ParsedArgs): 'stop' | 'ignore' {
@@ -166,10 +172,26 @@ function acquireFailure(error: unknown, run: RunOptions): number {
   throw error
 }
 
-/** The one line, naming the holder, for a lock someone else holds. */
+/** The one line, naming the holder, for a lock someone else holds (or an earlier run's --min-hold keeps). */
 async function heldElsewhere(store: LockStore, run: RunOptions): Promise<number> {
   const [holder] = await store.listLocks({ name: run.name, key: run.key })
+  if (holder?.instanceName === '') {
+    const left = Math.max(0, holder.leaseMs - holder.ageMs) / 1000
+    return fail(`${run.what} is kept by an earlier run's --min-hold for ${left.toFixed(1)} s more; ${run.notRunning}`, EXIT.busy)
+  }
   return fail(`${run.what} is held by ${holder ? printable(holder.instanceName) : 'another worker'}; ${run.notRunning}`, EXIT.busy)
+}
+
+/**
+ * Releases the lock of a command that started at `startedAt` (performance.now()) so that it stays
+ * taken until --min-hold after that. If the database fails, the lock stays taken until its lease
+ * ends, which is longer: said, and the command's exit code stands.
+ */
+async function keep(lock: Lock, run: RunOptions, startedAt: number): Promise<void> {
+  const keepForMs = Math.max(0, Math.ceil(startedAt + run.minHoldMs - performance.now()))
+  await lock.release({ keepForMs }).catch((error: unknown) => {
+    say(`could not keep ${run.what} for --min-hold (${reasonOf(error)}); it stays taken until its lease ends (--lock-timeout)`)
+  })
 }
 
 /** Sends `signal` to the process group led by `child`; false when no process is left in it. */
@@ -189,13 +211,19 @@ function signalGroup(child: ChildProcess, signal: NodeJS.Signals | 0): boolean {
   }
 }
 
+/** How a supervised run ended: its exit code, and when the command started (undefined: it never did). */
+interface RunEnd {
+  readonly code: number
+  readonly startedAt: number | undefined
+}
+
 /**
  * Runs the command in a process group of its own, passes SIGINT, SIGTERM and SIGHUP on to that
  * group, and stops the group if the lock is lost (SIGTERM, then SIGKILL after --grace). Once
  * the command has exited, whatever it left running in its group is stopped the same way before
  * this resolves, so nothing it started runs on after the lock is released. Resolves the exit code.
  */
-function supervise(lock: Lock, run: RunOptions): Promise<number> {
+function supervise(lock: Lock, run: RunOptions): Promise<RunEnd> {
   return new Promise((resolve) => { new Supervision(lock, run, resolve).start() })
 }
 
@@ -203,9 +231,10 @@ function supervise(lock: Lock, run: RunOptions): Promise<number> {
 class Supervision {
   readonly #lock: Lock
   readonly #run: RunOptions
-  readonly #resolve: (code: number) => void
+  readonly #resolve: (end: RunEnd) => void
   readonly #program: string
   #child: ChildProcess | undefined
+  #startedAt: number | undefined
   #lost = false
   #killTimer: NodeJS.Timeout | undefined
   #killed = false
@@ -215,7 +244,7 @@ class Supervision {
   readonly #forward = (signal: NodeJS.Signals): void => { if (this.#child) signalGroup(this.#child, signal) }
   readonly #onAbort = (): void => { this.#lockLost() }
 
-  constructor(lock: Lock, run: RunOptions, resolve: (code: number) => void) {
+  constructor(lock: Lock, run: RunOptions, resolve: (end: RunEnd) => void) {
     this.#lock = lock
     this.#run = run
     this.#resolve = resolve
@@ -227,6 +256,7 @@ class Supervision {
     this.#lock.signal.addEventListener('abort', this.#onAbort, { once: true })
     const child = this.#spawn()
     if (!child) return
+    child.on('spawn', () => { this.#startedAt = performance.now() })
     child.on('error', (error) => { this.#cannotStart(error) })
     child.on('exit', (code, signal) => { this.#exited(child, code, signal) })
   }
@@ -303,6 +333,6 @@ class Supervision {
     clearInterval(this.#poll)
     this.#lock.signal.removeEventListener('abort', this.#onAbort)
     for (const signal of FORWARDED) process.removeListener(signal, this.#forward)
-    this.#resolve(code)
+    this.#resolve({ code, startedAt: this.#startedAt })
   }
 }
