@@ -1,4 +1,5 @@
 import type { Knex } from 'knex'
+import type { ReadWriteSql } from './read-write.js'
 import { executorFor, statement } from './executor.js'
 import type { ReleaseNotifications } from './notifications.js'
 
@@ -144,6 +145,8 @@ export interface Dialect {
   isUniqueViolation(error: unknown): boolean
   /** The error says this transaction lost a race (deadlock, serialization failure) and may be retried. */
   isTransientConflict(error: unknown): boolean
+  /** How read/write locks lock a key and draw its fence here (see `read-write.ts`). */
+  readonly readWrite: ReadWriteSql
 }
 
 /** Reads a driver error's code property whatever its type (string on pg and SQLite, string and number on mysql2). */

@@ -8,7 +8,8 @@ export type { AcquireRequest, FenceSql, LineRequest, Dialect, DialectName, RowId
 export type { ReleaseHeard, ReleaseNotifications, ReleaseSubscription, WaitingLine } from './notifications.js'
 export { acquire, retryingConflicts, type Strategy } from './acquire.js'
 export { handOver, type HandOverRequest } from './hand-over.js'
-export { nowBinding } from './dialect.js'
+export { nowBinding, releaseByDelete } from './dialect.js'
+export { acquireReadWrite, claimIntent, dropIntent, readWriteTables, type ReadWritePart, type ReadWriteRequest, type ReadWriteSql } from './read-write.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',
 // better-sqlite3 → 'sqlite3', pg-native → 'postgresql').

@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
+import { upsertKey } from './read-write.js'
 import { executorFor, statement } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
@@ -301,4 +302,11 @@ export const postgresDialect: Dialect = {
   isUniqueViolation: (error) => errorCode(error) === '23505',
   // 40001 serialization_failure, 40P01 deadlock_detected
   isTransientConflict: (error) => errorCode(error) === '40001' || errorCode(error) === '40P01',
+  readWrite: {
+    // Explicit: a server whose default is REPEATABLE READ or SERIALIZABLE would fail most
+    // acquisitions of a busy key with serialization errors.
+    transaction: { isolationLevel: 'read committed' },
+    lockKey: (trx, keys, part, intent) => upsertKey(postgresDialect, trx, keys, part, intent),
+    integer: (placeholder) => `CAST(${placeholder} AS BIGINT)`,
+  },
 }

@@ -1,4 +1,5 @@
 import type { Knex } from 'knex'
+import { upsertKey } from './read-write.js'
 import { acquireOnConflict } from './on-conflict.js'
 import { errorCode, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
@@ -72,4 +73,11 @@ export const sqliteDialect: Dialect = {
   },
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
+  readWrite: {
+    // The key upsert, the transaction's first statement, takes the database's write lock at
+    // once (as BEGIN IMMEDIATE would), so no snapshot taken earlier can go stale.
+    transaction: undefined,
+    lockKey: (trx, keys, part, intent) => upsertKey(sqliteDialect, trx, keys, part, intent),
+    integer: (placeholder) => placeholder,
+  },
 }

@@ -141,7 +141,7 @@ export class Acquisition {
       throw new LockStoreClosedError()
     }
     const record: HeldLock = {
-      id, name, key, token, fence,
+      id, mode: 'exclusive', name, key, token, fence,
       controller: undefined,
       loss: undefined,
       state: 'held',

@@ -19,6 +19,8 @@ export interface HeldLock extends LockState {
 
 export interface HeldLocksOptions {
   readonly table: LockTable
+  /** The read/write holders' table, renewed in the same tick. */
+  readonly holders: LockTable
   readonly timers: Clock
   /** A clock that never jumps (performance.now, or the store's Clock), for deadlines. */
   readonly monotonicNow: () => number
@@ -158,7 +160,7 @@ export class HeldLocks {
     const sentAt = this.#o.monotonicNow()
     let ours: Set<string>
     try {
-      ours = await this.#o.table.renewMany(records, this.#o.nowMs())
+      ours = await this.#renewEach(records)
     } catch (error) {
       this.#failing = true
       this.#lastError = error
@@ -174,6 +176,16 @@ export class HeldLocks {
       if (ours.has(record.token)) record.renewedAt = Math.max(record.renewedAt, sentAt)
       else this.end(record, 'taken-over', () => `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)
     }
+  }
+
+  // One statement (per 10,000 rows) for the plain locks, one for the read/write holders.
+  async #renewEach(records: readonly HeldLock[]): Promise<Set<string>> {
+    const plain = records.filter((record) => record.mode === 'exclusive')
+    const readWrite = records.filter((record) => record.mode !== 'exclusive')
+    const nowMs = this.#o.nowMs()
+    const ours = plain.length > 0 ? await this.#o.table.renewMany(plain, nowMs) : new Set<string>()
+    if (readWrite.length > 0) for (const token of await this.#o.holders.renewMany(readWrite, nowMs)) ours.add(token)
+    return ours
   }
 
   #leaked(record: HeldLock): void {

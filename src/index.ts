@@ -1,7 +1,9 @@
 export { LockStore, type LockInfo, type TryWithLockResult } from './lock-store.js'
 export type { LockedFunction } from './with-lock.js'
 export type { LockEventMap, LockEventName, LockEventListener } from './events.js'
-export { Lock } from './lock.js'
+export { Lock, type LockMode } from './lock.js'
+export { MultiLock } from './multi-lock.js'
+export type { MultiLockPart, MultiLockWaitOptions, ReadWriteOptions, ReadWriteWaitOptions } from './read-write-options.js'
 export type { ReleaseOptions, TryWithLockOptions, WithLockOptions } from './keeping.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {

@@ -10,6 +10,12 @@ import { LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
 import type { LockEventListener, LockEventName } from './events.js'
 import { describeLock, type HeldLock } from './held-locks.js'
 import type { Lock } from './lock.js'
+import type { MultiLock } from './multi-lock.js'
+import type { ReadWriteLocks } from './read-write.js'
+import {
+  resolveMultiWait, resolveParts, resolveReadWrite, resolveReadWriteWait,
+  type MultiLockPart, type MultiLockWaitOptions, type ReadWriteOptions, type ReadWriteWaitOptions, type ResolvedPart,
+} from './read-write-options.js'
 import type { ListedRow } from './lock-table.js'
 import type { Releasing } from './releasing.js'
 import { askServer } from './server-plan.js'
@@ -31,6 +37,8 @@ function isKnex(value: unknown): value is Knex {
 export interface LockInfo extends ListedRow {
   /** Not renewed within the lease its holder wrote (`leaseMs`): any worker may take it over. */
   readonly stale: boolean
+  /** How many holders the lock has: 1 for a plain lock, the number of rows of its key for a read/write lock. */
+  readonly holders: number
 }
 
 /** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
@@ -64,6 +72,7 @@ export class LockStore {
   readonly #acquisition: Acquisition
   readonly #releasing: Releasing
   readonly #waiting: WaitRoom
+  readonly #readWrite: ReadWriteLocks
   readonly #inflight = new Set<Promise<unknown>>()
   #plan: ServerPlan | undefined
   #planning: Promise<ServerPlan> | undefined
@@ -103,6 +112,7 @@ export class LockStore {
     this.#acquisition = parts.acquisition
     this.#releasing = parts.releasing
     this.#waiting = parts.waiting
+    this.#readWrite = parts.readWrite
   }
 
   /** The acquire statement in use: `undefined` until the first acquire or `init()` has asked the server. */
@@ -224,28 +234,111 @@ export class LockStore {
   }
 
   /**
-   * Every lock row in the table (held by any worker), sorted by name and key, or those matching
-   * `filter` exactly. Ages are judged by this store's clock (the database's by default), and
-   * staleness by the lease each row's holder wrote, whatever this store's `lockTimeoutMs`.
+   * Every lock in the table (held by any worker), sorted by name and key, or those matching
+   * `filter` exactly: one entry per plain lock (`mode` `exclusive`) and one per holder of a
+   * read/write lock (`read` or `write`, with `holders` counting that key's holders). Ages are
+   * judged by this store's clock (the database's by default), and staleness by the lease each
+   * row's holder wrote, whatever this store's `lockTimeoutMs`.
    * @throws InvalidLockNameError for a bad filter value, before any SQL runs
    */
   async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
     const checked = validateLockFilter(filter)
-    const rows = await databaseCall(this.#ctx, 'list locks', () => this.#ctx.table.list(checked, this.#ctx.nowMs()))
-    return rows.map((row) => ({ ...row, stale: row.ageMs > row.leaseMs }))
+    const { table, holders } = this.#ctx
+    const rows = await databaseCall(this.#ctx, 'list locks', async () => [...await table.list(checked, this.#ctx.nowMs()), ...await holders.list(checked, this.#ctx.nowMs())])
+    const counts = new Map<string, number>()
+    for (const row of rows) if (row.mode !== 'exclusive') counts.set(lockId(row.name, row.key), (counts.get(lockId(row.name, row.key)) ?? 0) + 1)
+    return rows
+      .map((row) => ({ ...row, stale: row.ageMs > row.leaseMs, holders: row.mode === 'exclusive' ? 1 : counts.get(lockId(row.name, row.key)) ?? 1 }))
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
   }
 
   /**
-   * Deletes the lock `(name, key)` whoever holds it, for operators. Resolves whether a row was
-   * removed. The holder finds out at its next renewal, through `lock.signal`; waiters are woken as
-   * for a release.
+   * Deletes the lock `(name, key)` whoever holds it, for operators: the plain lock and every
+   * holder of the read/write lock of that name and key. Resolves whether a row was removed. The
+   * holders find out at their next renewal, through `lock.signal`; waiters are woken as for a
+   * release.
    * @throws InvalidLockNameError for a bad name or key, before any SQL runs
    */
   async forceRelease(name: string, key = ''): Promise<boolean> {
     validateLockId(name, key)
-    const removed = await databaseCall(this.#ctx, () => `force-release lock ${describeLock(name, key)}`, () => this.#ctx.table.forceRelease(name, key))
-    if (removed) this.#ctx.coordination.released({ id: lockId(name, key), name, key })
-    return removed
+    const { table, holders } = this.#ctx
+    const [plain, readWrite] = await databaseCall(this.#ctx, () => `force-release lock ${describeLock(name, key)}`,
+      async () => [await table.forceRelease(name, key), await holders.forceRelease(name, key)])
+    if (plain) this.#ctx.coordination.released({ id: lockId(name, key), name, key })
+    if (readWrite) this.#readWrite.released(name, key)
+    return plain || readWrite
+  }
+
+  /**
+   * Tries once to take the read/write lock `(name, key)` without waiting: its write side
+   * (`write: true`, exclusive) or its read side (`write: false`, shared by any number of
+   * readers). Resolves a {@link Lock} (`mode` `read` or `write`, with its own `fence`), or `null`
+   * while a conflicting holder has it, or, for a reader, while a writer waits for it (see
+   * `blockNewReaders`). Read/write locks are a namespace of their own: the plain lock of the
+   * same name and key neither blocks nor is blocked by them. A holder that stopped renewing is
+   * taken over once its lease has run out. Renewal, `signal`, `release()`, `close()` and
+   * `forceRelease` work as for plain locks.
+   * @throws InvalidLockNameError, TypeError (no boolean `write`) before any SQL runs
+   * @throws LockStoreClosedError after `close()`
+   * @throws LockTableError when the table lacks the read/write migration
+   */
+  async tryAcquireReadWriteLock(name: string, key: string, options: ReadWriteOptions): Promise<Lock | null> {
+    const part = resolveReadWrite(name, key, options)
+    return (await this.#readWriteAttempt([part]))?.locks[0] ?? null
+  }
+
+  /**
+   * Waits until this store holds the read/write lock `(name, key)` in the mode asked for, as
+   * {@link acquireLock} waits (timeout, signal, backoff, wake-ups in this process). A waiting
+   * writer keeps new readers out until it is in (unless `blockNewReaders: false`), so a stream
+   * of readers cannot starve it; its claim lapses soon after it stops trying.
+   * @throws as {@link acquireLock} does; TypeError without a boolean `write`
+   */
+  async acquireReadWriteLock(name: string, key: string, options: ReadWriteWaitOptions): Promise<Lock> {
+    const { part, blockNewReaders, wait } = resolveReadWriteWait(name, key, options)
+    if (this.#closed) throw new LockStoreClosedError()
+    wait.signal?.throwIfAborted()
+    const multi = await this.#readWrite.wait([part], blockNewReaders, wait.timeoutMs, wait.signal)
+    return multi.locks[0]!
+  }
+
+  /**
+   * Waits for the read/write lock (as {@link acquireReadWriteLock}), runs `fn` with it, and
+   * releases it whatever `fn` does, as {@link withLock}. The options come before `fn` because
+   * `write` must be given.
+   */
+  async withReadWriteLock<T>(name: string, key: string, options: ReadWriteWaitOptions, fn: LockedFunction<T>): Promise<T> {
+    if (typeof fn !== 'function') throw new TypeError('withReadWriteLock needs a function to run under the lock: (name, key, { write }, fn).')
+    const lock = await this.acquireReadWriteLock(name, key, options)
+    return runHolding(lock, fn, this.#holding(0))
+  }
+
+  /**
+   * Tries once to take every listed read/write lock at once, or none: resolves a
+   * {@link MultiLock} holding all of them, or `null` (holding nothing) if any is held in a
+   * conflicting mode. A `(name, key)` listed twice is taken once, in write mode if either entry
+   * asks for it. Locks are taken in one order whatever the list's, so concurrent multi-locks do
+   * not deadlock.
+   * @throws InvalidLockNameError, TypeError or RangeError for a bad list (empty, over 1,000 entries, an entry without a boolean `write`), before any SQL runs
+   */
+  async tryAcquireMultiLock(parts: readonly MultiLockPart[]): Promise<MultiLock | null> {
+    return this.#readWriteAttempt(resolveParts(parts))
+  }
+
+  /** Waits until every listed lock can be taken at once (see {@link tryAcquireMultiLock} and {@link acquireReadWriteLock}). */
+  async acquireMultiLock(parts: readonly MultiLockPart[], options?: MultiLockWaitOptions): Promise<MultiLock> {
+    const resolved = resolveParts(parts)
+    const { blockNewReaders, wait } = resolveMultiWait(options)
+    if (this.#closed) throw new LockStoreClosedError()
+    wait.signal?.throwIfAborted()
+    return this.#readWrite.wait(resolved, blockNewReaders, wait.timeoutMs, wait.signal)
+  }
+
+  #readWriteAttempt(parts: readonly ResolvedPart[]): Promise<MultiLock | null> {
+    if (this.#closed) return Promise.reject(new LockStoreClosedError())
+    const attempt = this.#readWrite.attempt(parts)
+    this.#track(attempt)
+    return attempt
   }
 
   /**
@@ -264,7 +357,7 @@ export class LockStore {
   }
 
   async #close(): Promise<void> {
-    const waitsEnded = this.#waiting.stopAll(new LockStoreClosedError())
+    const waitsEnded = Promise.all([this.#waiting.stopAll(new LockStoreClosedError()), this.#readWrite.stopAll(new LockStoreClosedError())])
     await this.#ctx.held.stop()
     await Promise.allSettled([...this.#inflight])
     await waitsEnded // every place in the waiting line is being left
@@ -286,8 +379,9 @@ export class LockStore {
 
   async #isStillValid(record: HeldLock): Promise<boolean> {
     if (record.state !== 'held') return false
+    const table = record.mode === 'exclusive' ? this.#ctx.table : this.#ctx.holders
     const status = await databaseCall(this.#ctx, () => `check lock ${describeLock(record.name, record.key)}`,
-      () => this.#ctx.table.status(record, this.#ctx.nowMs()))
+      () => table.status(record, this.#ctx.nowMs()))
     return status === 'valid'
   }
 

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex'
+import type { LockMode } from './lock.js'
 import {
-  handOver, nowBinding, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts,
+  handOver, nowBinding, releaseByDelete, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts,
 } from '../dialects/index.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
@@ -20,6 +21,8 @@ export interface ListedRow {
   readonly ageMs: number
   /** The lease its holder wrote: once `ageMs` exceeds it, any worker may take the lock over. */
   readonly leaseMs: number
+  /** `exclusive` for the lock table's rows; `read` or `write` for read/write holders. */
+  readonly mode: LockMode
 }
 
 /** What the database says of a lock a store holds: `valid`, `stale` (still our token, lease run out), or `gone` (deleted or taken over). */
@@ -43,16 +46,20 @@ export class LockTable {
   readonly #dialect: Dialect
   readonly #table: string
   readonly #renewalTimeoutMs: number
+  readonly #holders: boolean
 
   /**
    * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
    *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
+   * @param holders the table holds read/write holders (with `write_mode`, and nobody listening
+   *   for their releases), not the lock table's rows
    */
-  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number) {
+  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, holders = false) {
     this.#knex = knex
     this.#dialect = dialect
     this.#table = table
     this.#renewalTimeoutMs = renewalTimeoutMs
+    this.#holders = holders
   }
 
   /**
@@ -106,6 +113,7 @@ export class LockTable {
    * first in line (see `Dialect.release`). Resolves whether the row was ours.
    */
   release(row: RowIdentity, line = false): Promise<boolean> {
+    if (this.#holders) return this.#retryingConflicts(() => releaseByDelete(this.#knex, this.#dialect, this.#table, row))
     return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line))
   }
 
@@ -136,7 +144,7 @@ export class LockTable {
 
   /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
   async releaseMany(rows: readonly RowIdentity[]): Promise<void> {
-    const notifications = this.#dialect.notifications
+    const notifications = this.#holders ? undefined : this.#dialect.notifications
     for (const chunk of chunks(rows)) {
       await this.#retryingConflicts(async () => {
         if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
@@ -145,10 +153,10 @@ export class LockTable {
     }
   }
 
-  /** Deletes the row of `(name, key)` whatever its token, telling waiting processes where the database can. */
+  /** Deletes the row (read/write: every holder's row) of `(name, key)` whatever its token, telling waiting processes where the database can. */
   async forceRelease(name: string, key: string): Promise<boolean> {
     const removed = Number(await this.#retryingConflicts(() => this.#knex(this.#table).where({ lock_name: name, lock_key: key }).delete())) > 0
-    if (removed) await this.#dialect.notifications?.notifyReleased(this.#knex, this.#table, name, key)
+    if (removed && !this.#holders) await this.#dialect.notifications?.notifyReleased(this.#knex, this.#table, name, key)
     return removed
   }
 
@@ -159,7 +167,8 @@ export class LockTable {
     if (filter.key !== undefined) where.lock_key = filter.key
     if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
     const rows = (await this.#knex(this.#table).where(where)
-      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]))
+      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]),
+        ...(this.#holders ? ['write_mode'] : []))
       .orderBy([{ column: 'lock_name' }, { column: 'lock_key' }])) as Array<Record<string, unknown>>
     return rows.map((row) => {
       const renewed = Number(row.last_renewed_ts)
@@ -171,6 +180,7 @@ export class LockTable {
         lastRenewedAt: new Date(renewed),
         ageMs: Number(row.now_ms) - renewed,
         leaseMs: Number(row.lease_ms),
+        mode: !this.#holders ? 'exclusive' : Number(row.write_mode) === 1 ? 'write' : 'read',
       }
     })
   }

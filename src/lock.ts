@@ -8,9 +8,13 @@ export interface LockOwner {
   isStillValid(state: LockState): Promise<boolean>
 }
 
+/** How a lock is held: a plain lock (`exclusive`), or a read/write lock's `read` or `write` side. */
+export type LockMode = 'exclusive' | 'read' | 'write'
+
 /** The store's bookkeeping for one acquisition. It never references the Lock itself. */
 export interface LockState {
   readonly id: string
+  readonly mode: LockMode
   readonly name: string
   readonly key: string
   readonly token: string
@@ -48,6 +52,11 @@ export class Lock {
   readonly name: string
   /** The lock's key, exactly as passed to acquire. */
   readonly key: string
+  /**
+   * `exclusive` for a lock from `tryAcquireLock`/`acquireLock`; `read` or `write` for a
+   * read/write lock, whose namespace is separate from the plain locks'.
+   */
+  readonly mode: LockMode
   /** A random value unique to this acquisition; the database row carries it while it is ours. */
   readonly token: string
   /**
@@ -66,6 +75,7 @@ export class Lock {
   constructor(owner: LockOwner, state: LockState) {
     this.name = state.name
     this.key = state.key
+    this.mode = state.mode
     this.token = state.token
     this.fence = state.fence
     this.#owner = owner

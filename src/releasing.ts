@@ -5,7 +5,8 @@ import { randomUUID } from 'node:crypto'
 import type { RowIdentity, ServerFacts } from '../dialects/index.js'
 import type { Acquisition } from './acquisition.js'
 import { describeLock, type HeldLock } from './held-locks.js'
-import { databaseCall, type LockRef, type StoreContext } from './store-context.js'
+import { announceRelease } from './release-bus.js'
+import { databaseCall, readWriteKeyId, type LockRef, type StoreContext } from './store-context.js'
 
 // A release hands a lock straight to a waiter of the same store at most this many times in a
 // row; the next release frees it, so that waiters in other processes get their chance too.
@@ -31,6 +32,9 @@ export class Releasing {
    */
   release(record: HeldLock, keepForMs = 0): Promise<void> {
     if (record.releasing) return record.releasing
+    if (keepForMs > 0 && record.mode !== 'exclusive') {
+      return Promise.reject(new TypeError('Lock#release option keepForMs is for plain locks; a read/write lock cannot be kept after its release.'))
+    }
     // A lock already lost was counted when it was lost: its release only deletes a row that may
     // still carry its token, and reports nothing more.
     const held = record.state === 'held'
@@ -38,7 +42,7 @@ export class Releasing {
     const facts = this.#facts()
     const releasing = keepForMs > 0
       ? this.#keep(record, held, keepForMs)
-      : facts && held && record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#acquisition().canTake(record.id)
+      : facts && held && record.mode === 'exclusive' && record.handOvers < MAX_HAND_OVERS_IN_A_ROW && this.#acquisition().canTake(record.id)
         ? this.#handOver(record, facts)
         : this.#delete(record, held)
     record.releasing = releasing
@@ -56,6 +60,12 @@ export class Releasing {
     if (released) ctx.coordination.released(lock)
   }
 
+  /** The row of `record` is gone: wake this process's waiters for it (and, for a plain lock, other processes' where the database can). */
+  #announce(record: HeldLock): void {
+    if (record.mode === 'exclusive') this.#ctx.coordination.released(record)
+    else announceRelease(this.#ctx.tableName, readWriteKeyId(record.name, record.key))
+  }
+
   /** Releases every lock still held, and every row whose delete failed before (close()). */
   async releaseAll(): Promise<void> {
     const ctx = this.#ctx
@@ -65,11 +75,15 @@ export class Releasing {
       this.#undeleted.add(record)
     }
     if (records.length === 0) return
-    await databaseCall(ctx, () => `release ${records.length} lock(s) while closing; they expire after ${ctx.lockTimeoutMs} ms`,
-      () => ctx.table.releaseMany(records))
+    const plain = records.filter((record) => record.mode === 'exclusive')
+    const readWrite = records.filter((record) => record.mode !== 'exclusive')
+    await databaseCall(ctx, () => `release ${records.length} lock(s) while closing; they expire after ${ctx.lockTimeoutMs} ms`, async () => {
+      if (plain.length > 0) await ctx.table.releaseMany(plain)
+      if (readWrite.length > 0) await ctx.holders.releaseMany(readWrite)
+    })
     for (const record of records) {
       this.#undeleted.delete(record)
-      ctx.coordination.released(record)
+      this.#announce(record)
       ctx.events.emit('released', { name: record.name, key: record.key, heldMs: ctx.monotonicNow() - record.acquiredAt })
     }
   }
@@ -77,10 +91,11 @@ export class Releasing {
   /** Deletes `record`'s row if it still carries its token; `held`: whether to report a release. */
   #delete(record: HeldLock, held: boolean): Promise<void> {
     const ctx = this.#ctx
-    return databaseCall(ctx, () => `release lock ${describeLock(record.name, record.key)}`, () => ctx.table.release(record, ctx.coordination.wakesLine))
+    const table = record.mode === 'exclusive' ? ctx.table : ctx.holders
+    return databaseCall(ctx, () => `release lock ${describeLock(record.name, record.key)}`, () => table.release(record, ctx.coordination.wakesLine))
       .then((released) => {
         if (held) this.#released(record)
-        if (released) ctx.coordination.released(record)
+        if (released) this.#announce(record)
       }, (error: unknown) => {
         record.releasing = undefined
         this.#undeleted.add(record)

@@ -25,10 +25,15 @@ export interface LockRef {
 // Names and keys never contain NUL (validation refuses it), so this join is unambiguous.
 export const lockId = (name: string, key: string): string => `${name}\0${key}`
 
+/** How waits and this process's release bus know a read/write key: never a plain lock's id, which has no leading NUL. */
+export const readWriteKeyId = (name: string, key: string): string => `\0rw\0${name}\0${key}`
+
 export interface StoreContext {
   readonly knex: Knex
   readonly dialect: Dialect
   readonly table: LockTable
+  /** The read/write holders' table (`<table>_rw_holders`). */
+  readonly holders: LockTable
   readonly tableName: string
   readonly instanceName: string
   /** The lease this store writes into the rows it acquires. */

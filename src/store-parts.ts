@@ -2,7 +2,7 @@
 // the releasing, the waiters and how they hear of releases. The facade keeps what it returns.
 import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
-import type { Dialect } from '../dialects/index.js'
+import { readWriteTables, type Dialect } from '../dialects/index.js'
 import { Acquisition } from './acquisition.js'
 import { systemClock } from './clock.js'
 import { coordinationFor } from './coordination/index.js'
@@ -10,6 +10,7 @@ import { LockEvents } from './events.js'
 import { HeldLocks, type HeldLock } from './held-locks.js'
 import { LockTable } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
+import { ReadWriteLocks } from './read-write.js'
 import { Releasing } from './releasing.js'
 import type { ServerPlan, StoreContext } from './store-context.js'
 import type { ResolvedOptions } from './validate.js'
@@ -31,6 +32,7 @@ export interface StoreParts {
   readonly acquisition: Acquisition
   readonly releasing: Releasing
   readonly waiting: WaitRoom
+  readonly readWrite: ReadWriteLocks
 }
 
 export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, instanceName: string, hooks: FacadeHooks): StoreParts {
@@ -43,13 +45,14 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
   const events = new LockEvents((error) => log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   // A renewal slower than the interval is as good as failed; give it at least a second.
   const table = new LockTable(knex, dialect, o.tableName, Math.max(1_000, o.renewalIntervalMs))
-  const held = new HeldLocks({ table, timers, monotonicNow, nowMs, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
+  const holders = new LockTable(knex, dialect, readWriteTables(o.tableName).holders, Math.max(1_000, o.renewalIntervalMs), true)
+  const held = new HeldLocks({ table, holders, timers, monotonicNow, nowMs, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
   let waiting!: WaitRoom
   const coordination = coordinationFor({
     knex, dialect, tableName: o.tableName, timers, monotonicNow, maxBackoffMs: o.backoff.maxDelayMs, log, wake: (id) => waiting.wake(id),
   })
   const ctx: StoreContext = {
-    knex, dialect, table, tableName: o.tableName, instanceName, lockTimeoutMs: o.lockTimeoutMs,
+    knex, dialect, table, holders, tableName: o.tableName, instanceName, lockTimeoutMs: o.lockTimeoutMs,
     held, events, coordination, nowMs, monotonicNow, log, track: hooks.track, isClosed: hooks.isClosed,
   }
   const owner = { release: (state: object, keepForMs: number) => releasing.release(state as HeldLock, keepForMs), isStillValid: (state: object) => hooks.isStillValid(state as HeldLock) }
@@ -66,5 +69,8 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
     waitingStarted: (lock) => coordination.waitingStarted(lock),
     waitingEnded: (lock) => coordination.waitingEnded(lock),
   })
-  return { ctx, acquisition, releasing, waiting }
+  const room = { timers, monotonicNow, backoff: o.backoff, slowWaitWarningMs: o.slowWaitWarningMs, log }
+  // A waiting writer's claim outlives the pause between its attempts (at most maxDelayMs) twice over.
+  const readWrite = new ReadWriteLocks(ctx, { owner, plan: hooks.plan, room, intentMs: 2 * o.backoff.maxDelayMs + 1_000 })
+  return { ctx, acquisition, releasing, waiting, readWrite }
 }

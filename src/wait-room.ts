@@ -11,8 +11,13 @@ import type { LockRef } from './store-context.js'
 /** How a wait ended. */
 export type WaitOutcome = 'acquired' | 'timeout' | 'aborted' | 'closed'
 
+/** What a wait resolves: a Lock, or a MultiLock. */
+export interface Releasable {
+  release(): Promise<void>
+}
+
 /** What a WaitRoom needs from its store. */
-export interface WaitRoomOptions {
+export interface WaitRoomOptions<T extends Releasable> {
   readonly timers: Clock
   readonly monotonicNow: () => number
   readonly backoff: Backoff
@@ -22,7 +27,7 @@ export interface WaitRoomOptions {
    * One attempt (as `tryAcquireLock`); `alone` when no other waiter of the store waits for the
    * lock, `first` for the waiter's first attempt.
    */
-  readonly attempt: (lock: LockRef, alone: boolean, first: boolean) => Promise<Lock | null>
+  readonly attempt: (lock: LockRef, alone: boolean, first: boolean) => Promise<T | null>
   /** Called when the store's first waiter arrives (`true`) and when its last one leaves. */
   readonly occupied: (occupied: boolean) => void
   /** Called when the first waiter for `lock` arrives. */
@@ -33,7 +38,7 @@ export interface WaitRoomOptions {
   readonly ended: (lock: LockRef, waitedMs: number, outcome: WaitOutcome) => void
 }
 
-interface Waiter {
+interface Waiter<T> {
   readonly lock: LockRef
   /** Set once the waiter must give up; thrown by its loop. */
   stop: unknown
@@ -44,7 +49,7 @@ interface Waiter {
   /** Resolves when the loop next falls asleep or ends: the work a sleep's timer started. */
   settled: { promise: Promise<void>; resolve: () => void } | undefined
   /** A lock being handed over to this waiter (see WaitRoom.handOver), or `null` if that failed. */
-  claim: Promise<Lock | null> | undefined
+  claim: Promise<T | null> | undefined
   /** The database error of its last attempt, if that attempt failed: the cause of a timeout. */
   lastError: unknown
   /** Whether it has made an attempt. */
@@ -52,7 +57,7 @@ interface Waiter {
 }
 
 /** One turn of a waiter's loop: the lock, or whether it made an attempt (and whether that failed). */
-type Turn = { lock: Lock } | { attempted: boolean; failed: boolean }
+type Turn<T> = { lock: T } | { attempted: boolean; failed: boolean }
 
 const MAX_TIMER_MS = 2 ** 31 - 1
 
@@ -68,9 +73,9 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
  * at the head. A release in this process wakes the head of that lock's queue at once (one
  * wake-up, however many wait), as does a release announced by another process.
  */
-export class WaitRoom {
-  readonly #o: WaitRoomOptions
-  readonly #queues = new Map<string, Waiter[]>()
+export class WaitRoom<T extends Releasable = Lock> {
+  readonly #o: WaitRoomOptions<T>
+  readonly #queues = new Map<string, Array<Waiter<T>>>()
   #count = 0
   // Callers of stopAll() waiting for the last wait to end.
   #emptied: Array<() => void> = []
@@ -78,7 +83,7 @@ export class WaitRoom {
   // acquireLock must settle, never vanish with a process that found nothing left to do.
   #keepAlive: NodeJS.Timeout | undefined
 
-  constructor(options: WaitRoomOptions) {
+  constructor(options: WaitRoomOptions<T>) {
     this.#o = options
   }
 
@@ -105,7 +110,7 @@ export class WaitRoom {
    * it wakes, makes no attempt of its own until `claim` settles, then takes the lock, or goes on
    * trying as before if `claim` resolves `null`. `claim` must not reject.
    */
-  handOver(id: string, claim: Promise<Lock | null>): void {
+  handOver(id: string, claim: Promise<T | null>): void {
     const head = this.#queues.get(id)?.[0]
     if (!head) return
     head.claim = claim
@@ -125,9 +130,9 @@ export class WaitRoom {
    * won just as the wait ends is released before rejecting. `timeoutMs` 0 makes exactly one
    * attempt (if no other waiter of the store is ahead) and resolves the lock if it wins.
    */
-  async wait(lock: LockRef, timeoutMs: number, signal: AbortSignal | undefined): Promise<Lock> {
+  async wait(lock: LockRef, timeoutMs: number, signal: AbortSignal | undefined): Promise<T> {
     const o = this.#o
-    const waiter: Waiter = { lock, stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, lastError: undefined, attempted: false }
+    const waiter: Waiter<T> = { lock, stop: undefined, woken: false, interrupt: undefined, settled: undefined, claim: undefined, lastError: undefined, attempted: false }
     this.#enter(waiter)
     const started = o.monotonicNow()
     const timedOut = (): LockTimeoutError =>
@@ -154,7 +159,7 @@ export class WaitRoom {
   }
 
   // No timer for 0: it would fire while the one attempt is under way and throw its win away.
-  #startTimeout(waiter: Waiter, timeoutMs: number, timedOut: () => LockTimeoutError): TimerHandle | undefined {
+  #startTimeout(waiter: Waiter<T>, timeoutMs: number, timedOut: () => LockTimeoutError): TimerHandle | undefined {
     if (!Number.isFinite(timeoutMs) || timeoutMs === 0) return undefined
     return this.#o.timers.setTimeout(() => {
       this.#stop(waiter, timedOut())
@@ -163,7 +168,7 @@ export class WaitRoom {
   }
 
   /** Turns until the waiter holds the lock; throws why it gave up. */
-  async #loop(waiter: Waiter, started: number, timeoutMs: number, timedOut: () => LockTimeoutError): Promise<Lock> {
+  async #loop(waiter: Waiter<T>, started: number, timeoutMs: number, timedOut: () => LockTimeoutError): Promise<T> {
     const deadline = started + timeoutMs
     let grown = 0
     let warnedAt = started
@@ -189,7 +194,7 @@ export class WaitRoom {
    * if the waiter is at the head of its queue. A database error is reported and counts as a
    * refusal: a waiter never spins on a failing database.
    */
-  async #turn(waiter: Waiter): Promise<Turn> {
+  async #turn(waiter: Waiter<T>): Promise<Turn<T>> {
     if (waiter.claim) {
       const handed = await waiter.claim
       waiter.claim = undefined
@@ -214,14 +219,15 @@ export class WaitRoom {
   }
 
   /** The lock a turn won, unless the wait ended meanwhile: then it is released and the reason thrown. */
-  async #keep(waiter: Waiter, lock: Lock): Promise<Lock> {
+  async #keep(waiter: Waiter<T>, lock: T): Promise<T> {
     if (waiter.stop === undefined) return lock
+    const { name, key } = waiter.lock
     await lock.release().catch((error: unknown) =>
-      this.#o.log('warn', { err: error, lockName: lock.name, lockKey: lock.key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
+      this.#o.log('warn', { err: error, lockName: name, lockKey: key }, 'worker-locks: could not release a lock won as its wait ended; it will expire.'))
     throw waiter.stop
   }
 
-  #warnIfSlow(waiter: Waiter, started: number, warnedAt: number): number {
+  #warnIfSlow(waiter: Waiter<T>, started: number, warnedAt: number): number {
     const now = this.#o.monotonicNow()
     if (now - warnedAt < this.#o.slowWaitWarningMs) return warnedAt
     const { name, key } = waiter.lock
@@ -230,13 +236,13 @@ export class WaitRoom {
     return now
   }
 
-  #stop(waiter: Waiter, reason: unknown): void {
+  #stop(waiter: Waiter<T>, reason: unknown): void {
     if (waiter.stop !== undefined) return
     waiter.stop = reason ?? new Error('aborted')
     waiter.interrupt?.()
   }
 
-  #sleep(waiter: Waiter, ms: number): Promise<'elapsed' | 'woken'> {
+  #sleep(waiter: Waiter<T>, ms: number): Promise<'elapsed' | 'woken'> {
     waiter.settled?.resolve() // the work the previous timer started ends here
     waiter.settled = deferred()
     if (waiter.woken || waiter.stop !== undefined) {
@@ -259,7 +265,7 @@ export class WaitRoom {
     })
   }
 
-  #enter(waiter: Waiter): void {
+  #enter(waiter: Waiter<T>): void {
     const queue = this.#queues.get(waiter.lock.id)
     if (queue) queue.push(waiter)
     else {
@@ -272,7 +278,7 @@ export class WaitRoom {
     }
   }
 
-  #leave(waiter: Waiter): void {
+  #leave(waiter: Waiter<T>): void {
     const id = waiter.lock.id
     const queue = this.#queues.get(id)
     const index = queue?.indexOf(waiter) ?? -1
