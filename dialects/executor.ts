@@ -72,12 +72,19 @@ function pgStatement(sql: string): { name: string; text: string } {
 }
 
 function withConnection<T>(client: Client, sql: string, params: readonly unknown[], kind: string, run: (connection: unknown) => Promise<T> | T): Promise<T> {
+  return borrow(client, (connection) => {
+    client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
+    return run(connection)
+  })
+}
+
+/** Runs `run` with a connection of knex's pool, given back once it has settled. */
+function borrow<T>(client: Client, run: (connection: unknown) => Promise<T> | T): Promise<T> {
   // Chained rather than async/await: this runs twice per lock, and every hop costs.
   return client.acquireConnection().then((connection) => {
     // Synchronous in knex (the promise it returns is already settled): no need to wait for it.
     const giveBack = (): void => { void client.releaseConnection(connection) }
     try {
-      client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
       const result = run(connection)
       // A thenable, not only a native Promise: pg can be given another Promise implementation.
       if (typeof (result as { then?: unknown } | undefined)?.then !== 'function') {
@@ -121,18 +128,36 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
   return { run: (statement, values) => executor.run(statement.sql, positional(statement, values), statement.kind) }
 }
 
+/** Runs one statement on a better-sqlite3 connection at once, through the connection's prepared-statement cache. */
+function runOnSqlite(conn: SqliteConnection & object, sql: string, params: readonly unknown[]): StatementResult {
+  let cache = sqliteStatements.get(conn)
+  if (!cache) sqliteStatements.set(conn, (cache = new Map()))
+  let statement = cache.get(sql)
+  if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
+  if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
+  const info = statement.run(...params)
+  return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
+}
+
+/**
+ * Runs `work` on one better-sqlite3 connection of knex's pool, synchronously: `run` executes a
+ * statement at once (knex's `query` event still fires). Nothing else of this process can run
+ * between its statements, which is what a transaction needs on SQLite: another connection of the
+ * same process that waited for the write lock meanwhile would block the thread in its busy
+ * handler, and the transaction holding the lock could never finish.
+ */
+export function withSqliteConnection<T>(knex: Knex, work: (run: (statement: Statement, values: object) => StatementResult) => T): Promise<T> {
+  const client = knex.client as unknown as Client
+  return borrow(client, (connection) => work((statement, values) => {
+    const params = positional(statement, values)
+    client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: statement.kind })
+    return runOnSqlite(connection as SqliteConnection & object, statement.sql, params)
+  }))
+}
+
 function sqliteExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => {
-      const conn = connection as SqliteConnection & object
-      let cache = sqliteStatements.get(conn)
-      if (!cache) sqliteStatements.set(conn, (cache = new Map()))
-      let statement = cache.get(sql)
-      if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
-      if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
-      const info = statement.run(...params)
-      return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
-    }),
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => runOnSqlite(connection as SqliteConnection & object, sql, params)),
   }
 }
 

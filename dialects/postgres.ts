@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
-import { upsertKey } from './read-write.js'
+import { upsertKey, upsertedFence } from './read-write.js'
 import { executorFor, statement } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
@@ -306,7 +306,8 @@ export const postgresDialect: Dialect = {
     // Explicit: a server whose default is REPEATABLE READ or SERIALIZABLE would fail most
     // acquisitions of a busy key with serialization errors.
     transaction: { isolationLevel: 'read committed' },
-    lockKey: (trx, keys, part, intent) => upsertKey(postgresDialect, trx, keys, part, intent),
+    lockKey: upsertKey,
+    fenceOf: upsertedFence,
     integer: (placeholder) => `CAST(${placeholder} AS BIGINT)`,
   },
 }

@@ -6,7 +6,7 @@
 // holders one row at a time and try once more, else roll back. Being refused is never an error.
 import type { Knex } from 'knex'
 import { toFence, type Dialect } from './dialect.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, type Statement, type StatementResult } from './executor.js'
 import { retryingConflicts } from './acquire.js'
 
 /** One (name, key) of an acquisition, and the token its holder row will carry. */
@@ -36,33 +36,58 @@ export interface ReadWriteRequest {
   readonly intent: string | undefined
 }
 
-/** What a dialect does its own way for read/write locks. */
-export interface ReadWriteSql {
-  /** The settings of an acquisition's transaction. */
-  readonly transaction: Knex.TransactionConfig | undefined
-  /**
-   * Locks the key row of `part` until the transaction ends and draws the key's next fence, also
-   * clearing `intent` if the row carries it. Resolves the fence, or `null` when the row does not
-   * exist and must first be made by `createKey`, outside the transaction.
-   */
-  lockKey(trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint | null>
-  /** Makes a key row in its own autocommit statement (where `lockKey` cannot make it). */
-  createKey?(knex: Knex, keys: string, part: ReadWritePart): Promise<void>
-  /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
-  integer(placeholder: string): string
+/** One statement of an acquisition, and the values of its placeholders. */
+export interface Step {
+  readonly statement: Statement
+  readonly values: object
 }
 
-/**
- * `lockKey` for databases with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (PostgreSQL, SQLite):
- * the upsert makes the row or locks it, and returns the fence it drew.
- */
-export async function upsertKey(dialect: Dialect, trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint> {
-  const sql = statement(trx, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
+/** An acquisition's statements, in order: it yields each and is given its result. */
+export type Work<T> = Generator<Step, T, StatementResult>
+
+/** What a dialect does its own way for read/write locks. */
+export interface ReadWriteSql {
+  /**
+   * The statement that locks a key row until the transaction ends and draws the key's next
+   * fence, also clearing the writer intent `:intent` if the row carries it (`withIntent`).
+   * Placeholders: `:name`, `:key`, `:intent`.
+   */
+  lockKey(knex: Knex, keys: string, withIntent: boolean): Statement
+  /** The fence `lockKey` drew, or `null` when the key row does not exist (then `createKey` makes it, outside the transaction). */
+  fenceOf(result: StatementResult): bigint | null
+  /** The statement that makes a key row on its own, where `lockKey` cannot (placeholders `:name`, `:key`). */
+  createKey?(knex: Knex, keys: string): Statement
+  /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
+  integer(placeholder: string): string
+  /**
+   * Runs `work` in one transaction, committing what it returns and rolling back what it throws.
+   * @default knex.transaction with `transaction`, each statement awaited
+   */
+  transact?<T>(knex: Knex, work: () => Work<T>): Promise<T>
+  /** The settings of the default transaction. */
+  readonly transaction?: Knex.TransactionConfig
+}
+
+/** `lockKey` where `INSERT … ON CONFLICT DO UPDATE … RETURNING` exists (PostgreSQL, SQLite): the upsert makes the row or locks it, and returns the fence it drew. */
+export function upsertKey(knex: Knex, keys: string, withIntent: boolean): Statement {
+  return statement(knex, withIntent ? 'rw-key/intent' : 'rw-key', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
     VALUES (:name, :key, 1) ON CONFLICT (lock_name, lock_key) DO UPDATE SET fence = a.fence + 1
-    ${intent === undefined ? '' : ', intent_token = CASE WHEN a.intent_token = :intent THEN NULL ELSE a.intent_token END'}
+    ${withIntent ? ', intent_token = CASE WHEN a.intent_token = :intent THEN NULL ELSE a.intent_token END' : ''}
     RETURNING fence`)
-  const { rows } = await executorFor(trx, dialect.rowsOf).run(sql, { name: part.name, key: part.key, intent })
-  return toFence(rows[0]?.fence)
+}
+
+/** The fence an upsert returned. */
+export const upsertedFence = (result: StatementResult): bigint => toFence(result.rows[0]?.fence)
+
+/** Runs `work` in a knex transaction, awaiting each statement (PostgreSQL, MySQL). */
+async function transactAsync<T>(knex: Knex, dialect: Dialect, config: Knex.TransactionConfig | undefined, work: () => Work<T>): Promise<T> {
+  return knex.transaction(async (trx) => {
+    const executor = executorFor(trx, dialect.rowsOf)
+    const steps = work()
+    let next = steps.next()
+    while (!next.done) next = steps.next(await executor.run(next.value.statement, next.value.values))
+    return next.value
+  }, config)
 }
 
 // Thrown inside the transaction to roll it back: a part was refused, or a key row is missing.
@@ -75,10 +100,10 @@ class MissingKey extends Error {
 const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): string => (nowMs === null ? dialect.nowSql : sql.integer(':now'))
 
 /** Inserts the holder row of `part` unless a conflicting holder (live or stale) or, for a reader, a live writer's intent stands in the way. */
-async function insertHolder(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Promise<boolean> {
+function* insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Work<boolean> {
   const { keys, holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
-  const text = statement(trx, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
+  const text = statement(knex, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
     const now = nowOf(dialect, sql, r.nowMs)
     return `INSERT INTO ${quote(holders)} (lock_name, lock_key, token, instance_name, write_mode, last_renewed_ts, lease_ms, fence)
       SELECT :name, :key, :token, :instance, ${sql.integer(':write')}, ${now}, ${sql.integer(':lease')}, ${sql.integer(':fence')}
@@ -87,35 +112,41 @@ async function insertHolder(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: R
       ${part.write ? '' : `AND (a.intent_token IS NULL OR a.intent_until < ${now})`}`
   })
   const values = { name: part.name, key: part.key, token: part.token, instance: r.instanceName, write: part.write ? 1 : 0, now: r.nowMs, lease: r.leaseMs, fence: String(fence) }
-  return (await executorFor(trx, dialect.rowsOf).run(text, values)).affectedRows > 0
+  return (yield { statement: text, values }).affectedRows > 0
 }
 
-/** Deletes the stale holders of `part`'s key, one row at a time; resolves how many went. */
-async function reapStale(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<number> {
+/** Deletes the stale holders of `part`'s key, one row at a time; returns how many went. */
+function* reapStale(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Work<number> {
   const { holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
   const stale = (quote: (name: string) => string): string => `${quote(holders)}.last_renewed_ts + ${quote(holders)}.lease_ms < ${nowOf(dialect, sql, r.nowMs)}`
-  const find = statement(trx, `rw-stale/${clock}`, holders, (quote) =>
+  const find = statement(knex, `rw-stale/${clock}`, holders, (quote) =>
     `SELECT token FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND ${stale(quote)}`)
-  const reap = statement(trx, `rw-reap/${clock}`, holders, (quote) =>
+  const reap = statement(knex, `rw-reap/${clock}`, holders, (quote) =>
     `DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token AND ${stale(quote)}`)
-  const executor = executorFor(trx, dialect.rowsOf)
-  const { rows } = await executor.run(find, { name: part.name, key: part.key, now: r.nowMs })
+  const { rows } = yield { statement: find, values: { name: part.name, key: part.key, now: r.nowMs } }
   let reaped = 0
   for (const row of rows) {
     const token = Buffer.isBuffer(row.token) ? row.token.toString('utf8') : String(row.token)
-    reaped += (await executor.run(reap, { name: part.name, key: part.key, token, now: r.nowMs })).affectedRows
+    reaped += (yield { statement: reap, values: { name: part.name, key: part.key, token, now: r.nowMs } }).affectedRows
   }
   return reaped
 }
 
-/** One part inside the transaction: its fence, or Refused / MissingKey thrown. */
-async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<bigint> {
-  const fence = await sql.lockKey(trx, readWriteTables(r.table).keys, part, part.write ? r.intent : undefined)
-  if (fence === null) throw new MissingKey(part)
-  if (await insertHolder(trx, dialect, sql, r, part, fence)) return fence
-  if (await reapStale(trx, dialect, sql, r, part) > 0 && await insertHolder(trx, dialect, sql, r, part, fence)) return fence
-  throw new Refused()
+/** Every part in turn: their fences, or Refused / MissingKey thrown. */
+function* takeAll(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Work<bigint[]> {
+  const fences: bigint[] = []
+  for (const part of r.parts) {
+    const withIntent = part.write && r.intent !== undefined
+    const locked = yield { statement: sql.lockKey(knex, readWriteTables(r.table).keys, withIntent), values: { name: part.name, key: part.key, intent: r.intent ?? '' } }
+    const fence = sql.fenceOf(locked)
+    if (fence === null) throw new MissingKey(part)
+    const inserted = (yield* insertHolder(knex, dialect, sql, r, part, fence))
+      || ((yield* reapStale(knex, dialect, sql, r, part)) > 0 && (yield* insertHolder(knex, dialect, sql, r, part, fence)))
+    if (!inserted) throw new Refused()
+    fences.push(fence)
+  }
+  return fences
 }
 
 /**
@@ -123,20 +154,19 @@ async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadW
  * `null` when any part is held in a conflicting mode (or, for a reader, a writer waits). A lost
  * deadlock or serialization race counts as refused; other errors reject.
  */
-export async function acquireReadWrite(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Promise<bigint[] | null> {
-  const once = (): Promise<bigint[] | null> => knex.transaction(async (trx) => {
-    const fences: bigint[] = []
-    for (const part of r.parts) fences.push(await takePart(trx, dialect, sql, r, part))
-    return fences
-  }, sql.transaction).catch((error: unknown) => {
-    if (error instanceof Refused) return null
-    throw error
-  })
+export async function acquireReadWrite(knex: Knex, dialect: Dialect, r: ReadWriteRequest): Promise<bigint[] | null> {
+  const sql = dialect.readWrite
+  const work = (): Work<bigint[]> => takeAll(knex, dialect, sql, r)
+  const once = (): Promise<bigint[] | null> => (sql.transact ? sql.transact(knex, work) : transactAsync(knex, dialect, sql.transaction, work))
+    .catch((error: unknown) => {
+      if (error instanceof Refused) return null
+      throw error
+    })
   // Key rows that lockKey cannot make (MySQL) are made outside the transaction, then one retry:
   // made inside a transaction that may roll back, they caused insert-intention deadlocks.
   const withKeys = (created: number): Promise<bigint[] | null> => once().catch(async (error: unknown) => {
     if (!(error instanceof MissingKey) || !sql.createKey || created >= r.parts.length) throw error
-    await sql.createKey(knex, readWriteTables(r.table).keys, error.part)
+    await executorFor(knex, dialect.rowsOf).run(sql.createKey(knex, readWriteTables(r.table).keys), { name: error.part.name, key: error.part.key })
     return withKeys(created + 1)
   })
   return retryingConflicts(dialect, 3, () => withKeys(0), () => null)
@@ -147,8 +177,9 @@ export async function acquireReadWrite(knex: Knex, dialect: Dialect, sql: ReadWr
  * another live intent is there first: while it lasts, new readers are refused. Resolves whether
  * the intent is this writer's.
  */
-export async function claimIntent(knex: Knex, dialect: Dialect, sql: ReadWriteSql, table: string, name: string, key: string, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
+export async function claimIntent(knex: Knex, dialect: Dialect, table: string, name: string, key: string, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
   const { keys } = readWriteTables(table)
+  const sql = dialect.readWrite
   const text = statement(knex, `rw-intent/${nowMs === null ? 'database-clock' : 'local-clock'}`, keys, (quote) => {
     const now = nowOf(dialect, sql, nowMs)
     return `UPDATE ${quote(keys)} SET intent_token = :intent, intent_until = ${now} + ${sql.integer(':forMs')}

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex'
-import { upsertKey } from './read-write.js'
+import { upsertKey, upsertedFence } from './read-write.js'
+import { statement, withSqliteConnection } from './executor.js'
 import { acquireOnConflict } from './on-conflict.js'
 import { errorCode, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
@@ -74,10 +75,24 @@ export const sqliteDialect: Dialect = {
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
   readWrite: {
-    // The key upsert, the transaction's first statement, takes the database's write lock at
-    // once (as BEGIN IMMEDIATE would), so no snapshot taken earlier can go stale.
-    transaction: undefined,
-    lockKey: (trx, keys, part, intent) => upsertKey(sqliteDialect, trx, keys, part, intent),
+    lockKey: upsertKey,
+    fenceOf: upsertedFence,
     integer: (placeholder) => placeholder,
+    // All at once on one connection: see withSqliteConnection. BEGIN IMMEDIATE takes the write
+    // lock first (waiting, with the connection's busy timeout, for other processes).
+    transact: (knex, work) => withSqliteConnection(knex, (run) => {
+      run(statement(knex, 'rw-begin', '', () => 'BEGIN IMMEDIATE'), {})
+      try {
+        const steps = work()
+        let next = steps.next()
+        while (!next.done) next = steps.next(run(next.value.statement, next.value.values))
+        run(statement(knex, 'rw-commit', '', () => 'COMMIT'), {})
+        return next.value
+      } catch (error) {
+        // A failed statement may already have ended the transaction: the original error is what counts.
+        try { run(statement(knex, 'rw-rollback', '', () => 'ROLLBACK'), {}) } catch { /* see above */ }
+        throw error
+      }
+    }),
   },
 }

@@ -249,7 +249,8 @@ export class LockStore {
     for (const row of rows) if (row.mode !== 'exclusive') counts.set(lockId(row.name, row.key), (counts.get(lockId(row.name, row.key)) ?? 0) + 1)
     return rows
       .map((row) => ({ ...row, stale: row.ageMs > row.leaseMs, holders: row.mode === 'exclusive' ? 1 : counts.get(lockId(row.name, row.key)) ?? 1 }))
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0))
+      // By name and key, then in the order granted.
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : Number(a.fence - b.fence)))
   }
 
   /**

@@ -88,7 +88,7 @@ export class ReadWriteLocks {
     // Every acquirer locks key rows in the same (sorted) order, so multi-locks cannot deadlock.
     const request = [...parts].sort(comparePart).map((p): ReadWritePart => ({ ...p, token: randomUUID() }))
     const sentAt = ctx.monotonicNow()
-    const fences = await databaseCall(ctx, () => `acquire ${describeParts(parts)}`, () => acquireReadWrite(ctx.knex, ctx.dialect, ctx.dialect.readWrite, {
+    const fences = await databaseCall(ctx, () => `acquire ${describeParts(parts)}`, () => acquireReadWrite(ctx.knex, ctx.dialect, {
       table: ctx.tableName, parts: request, instanceName: ctx.instanceName, nowMs: ctx.nowMs(), leaseMs: ctx.lockTimeoutMs, intent,
     }))
     const first = parts[0]!
@@ -135,7 +135,7 @@ export class ReadWriteLocks {
     const ctx = this.#ctx
     for (const part of wait.parts.filter((p) => p.write)) {
       await databaseCall(ctx, () => `mark that a writer waits for ${describeLock(part.name, part.key)}`,
-        () => claimIntent(ctx.knex, ctx.dialect, ctx.dialect.readWrite, ctx.tableName, part.name, part.key, intent, this.#parts.intentMs, ctx.nowMs()))
+        () => claimIntent(ctx.knex, ctx.dialect, ctx.tableName, part.name, part.key, intent, this.#parts.intentMs, ctx.nowMs()))
     }
     return null
   }

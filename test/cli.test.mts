@@ -215,7 +215,7 @@ forEachDatabase('worker-locks command', (database) => {
     const left = Number(/for (\d+\.\d) s more/.exec(second.stderr)?.[1])
     assert.ok(left > 0 && left <= 60, `${left} s left of 60`)
     const status = await cli(['status', ...db]).exited
-    assert.match(status.stdout, /^slot +\(kept\) +\d+ +\S+ +held$/m)
+    assert.match(status.stdout, /^slot +\(kept\) +\d+ +\S+ +held +exclusive$/m)
     const json = await cli(['status', ...db, '--json']).exited
     const [kept] = (JSON.parse(json.stdout) as Array<{ name: string; instanceName: string; leaseMs: number }>).filter((l) => l.name === 'slot')
     assert.equal(kept?.instanceName, '')
@@ -284,10 +284,33 @@ forEachDatabase('worker-locks command', (database) => {
       assert.match(row.fence, /^\d+$/)
       assert.equal(row.stale, false)
       const table = await cli(['status', ...db]).exited
-      assert.match(table.stdout, /^NAME\s+KEY\s+HOLDER\s+FENCE\s+AGE\s+STATE/m)
+      assert.match(table.stdout, /^NAME\s+KEY\s+HOLDER\s+FENCE\s+AGE\s+STATE\s+MODE$/m)
     } finally {
       holder.kill('SIGTERM')
       await holder.exited
+    }
+  })
+
+  it('shows each holder of a read/write lock with its mode, and release frees them all', async () => {
+    const knex = connect(database)
+    const { LockStore } = await import('../src/index.js')
+    const readers = [new LockStore(knex, { tableName: table, instanceName: 'reader-1' }), new LockStore(knex, { tableName: table, instanceName: 'reader-2' })]
+    try {
+      const held = await Promise.all(readers.map((s) => s.tryAcquireReadWriteLock('shared', 'doc', { write: false })))
+      assert.ok(held.every(Boolean))
+      const status = await cli(['status', ...db]).exited
+      assert.match(status.stdout, /^shared +doc +reader-1 +\d+ +\S+ +held +read$/m)
+      assert.match(status.stdout, /^shared +doc +reader-2 +\d+ +\S+ +held +read$/m)
+      const json = JSON.parse((await cli(['status', '--json', ...db]).exited).stdout) as Array<{ name: string; mode: string; holders: number }>
+      assert.deepEqual(json.filter((l) => l.name === 'shared').map((l) => [l.mode, l.holders]), [['read', 2], ['read', 2]])
+      const freed = await cli(['release', 'shared', 'doc', ...db]).exited
+      assert.equal(freed.code, 0, freed.stderr)
+      assert.match(freed.stdout, /released "shared" \(key "doc"\), held by 2 holders \((reader-1: read, reader-2|reader-2: read, reader-1): read\)/)
+      const writer = await readers[0]!.tryAcquireReadWriteLock('shared', 'doc', { write: true })
+      assert.equal(writer?.mode, 'write')
+    } finally {
+      await Promise.all(readers.map((s) => s.close()))
+      await knex.destroy()
     }
   })
 

@@ -34,7 +34,8 @@ ${common}`,
   status: `Usage: worker-locks status [--json] [--db URL] [--table NAME]
 
 Says which database it reads ("database: URL", any password as ***; on stderr with
---json), then shows every lock in the table: name, key, holder, fence, age since its last renewal, and
+--json), then shows every lock in the table: name, key, holder, fence, age since its last renewal,
+its mode (exclusive for a plain lock, read or write for each holder of a read/write lock), and
 whether it is stale (not renewed within its holder's own lock timeout, so anyone may take it
 over). A lock kept by "run --min-hold" after its command ended shows "(kept)" as its holder. Control characters in names are shown escaped (\\n, \\x1b, …).
 
@@ -44,7 +45,8 @@ ${common}`,
 
   release: `Usage: worker-locks release NAME [KEY] [--db URL] [--table NAME]
 
-Deletes the lock NAME (key KEY, default empty) whoever holds it, and prints what was removed.
+Deletes the lock NAME (key KEY, default empty) whoever holds it, and prints what was removed:
+the plain lock and every holder of the read/write lock of that name and key.
 Its holder learns at its next renewal and, under "worker-locks run", stops its command.
 Exits 1 if there was no such lock.
 

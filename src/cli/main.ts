@@ -121,8 +121,8 @@ async function status(knex: Knex, tableName: string | undefined, args: ParsedArg
   }
   // Names come from anyone who can write the table: a control character in one must not forge
   // a line of the table or reach the terminal as an escape sequence.
-  const rows = [['NAME', 'KEY', 'HOLDER', 'FENCE', 'AGE', 'STATE'],
-    ...locks.map((l) => [printable(l.name), printable(l.key), holderOf(l), String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held'])]
+  const rows = [['NAME', 'KEY', 'HOLDER', 'FENCE', 'AGE', 'STATE', 'MODE'],
+    ...locks.map((l) => [printable(l.name), printable(l.key), holderOf(l), String(l.fence), age(l.ageMs), l.stale ? 'stale' : 'held', l.mode])]
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? []
   for (const row of rows) console.log(row.map((cell, i) => cell.padEnd(widths[i] ?? 0)).join('  ').trimEnd())
   return 0
@@ -137,12 +137,14 @@ async function release(knex: Knex, tableName: string | undefined, args: ParsedAr
   expectPositionals(args, 1, 2, 'worker-locks release NAME [KEY]')
   const [name = '', key = ''] = args.positionals
   const store = new LockStore(knex, { tableName })
-  const [before] = await store.listLocks({ name, key })
+  const listed = await store.listLocks({ name, key })
+  const before = listed.length === 1 ? listed[0] : undefined
   if (!(await store.forceRelease(name, key))) {
     console.log(`worker-locks: no lock ${quoted(name)} (key ${quoted(key)}) to release`)
     return 1
   }
-  const holder = before ? `, held by ${holderOf(before)} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)` : ''
+  const holder = before ? `, held by ${holderOf(before)} (fence ${before.fence}, renewed ${age(before.ageMs)} ago)`
+    : listed.length > 1 ? `, held by ${listed.length} holders (${listed.map((l) => `${holderOf(l)}: ${l.mode}`).join(', ')})` : ''
   console.log(`worker-locks: released ${quoted(name)} (key ${quoted(key)})${holder}`)
   return 0
 }
