@@ -1,7 +1,8 @@
 // Every benchmark for one database, in this one process; prints one JSON object. bench/main.mts
 // runs this once per database and prints the tables.
 //
-// Usage: node dist/bench/database.mjs DATABASE [--smoke]
+// Usage: node dist/bench/database.mjs DATABASE [--smoke] [--only=read-write]
+// (--only=read-write: section 6 alone, the JSON object then has only `database` and `readWrite`)
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Knex } from 'knex'
@@ -11,11 +12,14 @@ import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } fro
 import { connect, uniqueName, type Database } from '../test/targets.mjs'
 import { acrossProcesses, type ProcessContender, type ProcessContention } from './processes.mjs'
 import { newToken, rawContender } from './raw.mjs'
+import { readWriteSection } from './read-write.mjs'
 import { uncontended } from './uncontended.mjs'
 import { median, p99 } from './stats.mjs'
 
 const database = process.argv[2] as Database
 const smoke = process.argv.includes('--smoke')
+const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length)
+if (only !== undefined && only !== 'read-write') throw new Error(`--only takes read-write, got ${JSON.stringify(only)}`)
 const LOCK_TIMEOUT = 120_000
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
 
@@ -215,28 +219,35 @@ async function processes(): Promise<Record<string, ReturnType<typeof summarisePr
   return out
 }
 
-const knex = connect(database, { poolMax: 4 })
-const table = uniqueName('wl_bench')
-await createLockTable(knex, { tableName: table })
-try {
-  const result = {
-    database,
-    roundTripMs: await roundTrip(table),
-    uncontended: await uncontended(database, knex, table, smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500, LOCK_TIMEOUT),
-    contention: await contention(table),
-    processes: await processes(),
-    renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
-    crowd: await crowd(knex, table),
-    bytesPerLock: await memory(knex, table),
+/** Every section, printed as one JSON object. */
+async function allSections(): Promise<void> {
+  const knex = connect(database, { poolMax: 4 })
+  const table = uniqueName('wl_bench')
+  await createLockTable(knex, { tableName: table })
+  try {
+    const result = {
+      database,
+      roundTripMs: await roundTrip(table),
+      uncontended: await uncontended(database, knex, table, smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500, LOCK_TIMEOUT),
+      contention: await contention(table),
+      processes: await processes(),
+      renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
+      crowd: await crowd(knex, table),
+      bytesPerLock: await memory(knex, table),
+      readWrite: await readWriteSection(database, smoke),
+    }
+    for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
+    const summarise = (s: number[]) => ({ median: median(s), p99: p99(s) })
+    console.log(JSON.stringify({
+      ...result,
+      uncontended: Object.fromEntries(Object.entries(result.uncontended).map(([k, v]) => [k, summarise(v)])),
+      contention: Object.fromEntries(Object.entries(result.contention).map(([k, v]) => [k, { perSecond: v.perSecond, ...summarise(v.handoff) }])),
+    }))
+  } finally {
+    await dropLockTable(knex, { tableName: table })
+    await knex.destroy()
   }
-  for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
-  const summarise = (s: number[]) => ({ median: median(s), p99: p99(s) })
-  console.log(JSON.stringify({
-    ...result,
-    uncontended: Object.fromEntries(Object.entries(result.uncontended).map(([k, v]) => [k, summarise(v)])),
-    contention: Object.fromEntries(Object.entries(result.contention).map(([k, v]) => [k, { perSecond: v.perSecond, ...summarise(v.handoff) }])),
-  }))
-} finally {
-  await dropLockTable(knex, { tableName: table })
-  await knex.destroy()
 }
+
+if (only === 'read-write') console.log(JSON.stringify({ database, readWrite: await readWriteSection(database, smoke) }))
+else await allSections()

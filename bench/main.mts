@@ -1,10 +1,13 @@
-// npm run bench [-- --smoke]: every benchmark, one process per database, printed as markdown.
-// Ratios within one run are the figure; absolute times on a shared machine are noise.
+// npm run bench [-- --smoke] [-- --only=read-write]: every benchmark (or only section 6), one
+// process per database, printed as markdown. Ratios within one run are the figure; absolute
+// times on a shared machine are noise.
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { resolveMatrix } from '../test/targets.mjs'
+import type { RwFigures } from './read-write.mjs'
 
 const smoke = process.argv.includes('--smoke')
+const only = process.argv.find((a) => a.startsWith('--only='))
 const script = join(import.meta.dirname, 'database.mjs')
 
 interface Summary { median: number; p99: number }
@@ -17,68 +20,93 @@ interface Result {
   renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
   crowd: { waiters: number; wallMs: number; cpuMs: number }
   bytesPerLock: number
+  readWrite: Record<string, { readWrite: RwFigures; plain: RwFigures }>
 }
 
 const { targets, missing } = await resolveMatrix()
 for (const m of missing) console.error(`skipped ${m.database}: ${m.reason}`)
 const results: Result[] = []
 for (const database of new Set(targets.map((t) => t.database))) {
-  const output = execFileSync(process.execPath, ['--expose-gc', script, database, ...(smoke ? ['--smoke'] : [])], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
+  const output = execFileSync(process.execPath, ['--expose-gc', script, database, ...(smoke ? ['--smoke'] : []), ...(only ? [only] : [])], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'] })
   results.push(JSON.parse(output.trim().split('\n').pop() ?? '{}') as Result)
 }
 
 const f = (n: number, digits = 1): string => n.toFixed(digits)
 console.log(`# worker-locks benchmarks${smoke ? ' (smoke mode: tiny samples, numbers mean nothing)' : ''}\n`)
 console.log(`Node ${process.version}, ${new Date().toISOString().slice(0, 10)}\n`)
+if (!only) printAllButReadWrite()
+printReadWrite()
 
-console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
-console.log('| database | raw driver median | dialect layer median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | dialect layer / raw | worker-locks / raw | verrou / raw |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
-for (const r of results) {
-  const raw = r.uncontended.raw, dl = r.uncontended['dialect layer'], wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
-  if (!raw || !dl || !wl || !v) continue
-  console.log(`| ${r.database} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(dl.median / raw.median, 2)}× | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
-}
-
-console.log('\n## 2. Contention: 8 workers in one process on one key\n')
-console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes |')
-console.log('| --- | --- | --- | --- | --- | --- |')
-for (const r of results) {
-  for (const [name, c] of Object.entries(r.contention)) {
-    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} |`)
+function printAllButReadWrite(): void {
+  console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
+  console.log('| database | raw driver median | dialect layer median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | dialect layer / raw | worker-locks / raw | verrou / raw |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    const raw = r.uncontended.raw, dl = r.uncontended['dialect layer'], wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
+    if (!raw || !dl || !wl || !v) continue
+    console.log(`| ${r.database} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(dl.median / raw.median, 2)}× | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
   }
-}
 
-console.log('\n## 2b. Contention: 8 worker processes on one key\n')
-console.log('"to another process": hand-offs in which another process took the lock. A round trip is a `SELECT 1` timed during the run, on a connection idle for 20 ms first.\n')
-console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | taken back by the releasing process | to another process p50 ms | round trip under this load ms | to another process p50 in round trips | workers\' CPU ms per section |')
-console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
-for (const r of results) {
-  for (const [name, c] of Object.entries(r.processes)) {
-    // NaN (SQLite: no round trips) arrives as null through JSON.
-    const rt = c.roundTripMs ?? NaN
-    const trips = Number.isNaN(rt) ? '—' : f(rt, 2)
-    const inTrips = Number.isNaN(rt) ? '—' : f(c.toOther / rt)
-    console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.toOther, 2)} | ${trips} | ${inTrips} | ${f(c.cpuMsPerSection, 2)} |`)
+  console.log('\n## 2. Contention: 8 workers in one process on one key\n')
+  console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes |')
+  console.log('| --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    for (const [name, c] of Object.entries(r.contention)) {
+      console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} |`)
+    }
   }
-}
 
-console.log('\n## 3. One renewal tick\n')
-console.log('| database | held locks | statements | batched ms | per-lock statements ms | per-lock / batched |')
-console.log('| --- | --- | --- | --- | --- | --- |')
-for (const r of results) {
-  for (const [n, x] of Object.entries(r.renewal)) {
-    console.log(`| ${r.database} | ${n} | ${x.statements} | ${f(x.batchedMs, 2)} | ${f(x.perLockMs, 2)} | ${f(x.perLockMs / x.batchedMs)}× |`)
+  console.log('\n## 2b. Contention: 8 worker processes on one key\n')
+  console.log('"to another process": hand-offs in which another process took the lock. A round trip is a `SELECT 1` timed during the run, on a connection idle for 20 ms first.\n')
+  console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | taken back by the releasing process | to another process p50 ms | round trip under this load ms | to another process p50 in round trips | workers\' CPU ms per section |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    for (const [name, c] of Object.entries(r.processes)) {
+      // NaN (SQLite: no round trips) arrives as null through JSON.
+      const rt = c.roundTripMs ?? NaN
+      const trips = Number.isNaN(rt) ? '—' : f(rt, 2)
+      const inTrips = Number.isNaN(rt) ? '—' : f(c.toOther / rt)
+      console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.sameProcess * 100, 0)} % | ${f(c.toOther, 2)} | ${trips} | ${inTrips} | ${f(c.cpuMsPerSection, 2)} |`)
+    }
   }
+
+  console.log('\n## 3. One renewal tick\n')
+  console.log('| database | held locks | statements | batched ms | per-lock statements ms | per-lock / batched |')
+  console.log('| --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    for (const [n, x] of Object.entries(r.renewal)) {
+      console.log(`| ${r.database} | ${n} | ${x.statements} | ${f(x.batchedMs, 2)} | ${f(x.perLockMs, 2)} | ${f(x.perLockMs / x.batchedMs)}× |`)
+    }
+  }
+
+  console.log('\n## 4. Waiters on one key, served one after another\n')
+  console.log('| database | waiters | wall ms | CPU ms |')
+  console.log('| --- | --- | --- | --- |')
+  for (const r of results) console.log(`| ${r.database} | ${r.crowd.waiters} | ${f(r.crowd.wallMs)} | ${f(r.crowd.cpuMs)} |`)
+
+  console.log('\n## 5. Memory per held lock\n')
+  console.log('| database | bytes of heap per held lock |')
+  console.log('| --- | --- |')
+  for (const r of results) console.log(`| ${r.database} | ${f(r.bytesPerLock, 0)} |`)
+  console.log(`\nA raw write (one committed acquiring statement) takes ${results.map((r) => `${f(r.roundTripMs, 3)} ms on ${r.database}`).join(', ')}.`)
 }
 
-console.log('\n## 4. Waiters on one key, served one after another\n')
-console.log('| database | waiters | wall ms | CPU ms |')
-console.log('| --- | --- | --- | --- |')
-for (const r of results) console.log(`| ${r.database} | ${r.crowd.waiters} | ${f(r.crowd.wallMs)} | ${f(r.crowd.cpuMs)} |`)
-
-console.log('\n## 5. Memory per held lock\n')
-console.log('| database | bytes of heap per held lock |')
-console.log('| --- | --- |')
-for (const r of results) console.log(`| ${r.database} | ${f(r.bytesPerLock, 0)} |`)
-console.log(`\nA raw write (one committed acquiring statement) takes ${results.map((r) => `${f(r.roundTripMs, 3)} ms on ${r.database}`).join(', ')}.`)
+function printReadWrite(): void {
+  const errors = (x: RwFigures): string => {
+    const all = { ...x.queryErrors, ...x.failures }
+    return Object.keys(all).length === 0 ? 'none' : Object.entries(all).map(([k, n]) => `${k} × ${n}`).join(', ')
+  }
+  console.log(`\n## 6. Read/write locks: 8 worker processes, 70 % readers / 30 % writers\n`)
+  console.log('Each process loops: a random key, read or write, `acquireReadWriteLock` (waiting, new readers blocked by a waiting writer), 0.2 ms of busy work, release. "plain": the same processes and keys with `acquireLock` for every section. Waits run from calling acquire to holding; a wait still going 1 s after the end (0.5 s in smoke mode) is cut and counts with the length it had reached. Checked: no writer (no plain holder) overlaps another holder of its key, on the machine\'s monotonic clock or in fence order. Failed statements are counted at the driver, those the library retries or counts as refused included (deadlocks: 40P01 on PostgreSQL, 1213 on MySQL; serialization failures: 40001).\n')
+  console.log('| database | keys | read/write sections / s | plain sections / s | read/write / plain | writer wait p50 ms | writer wait p99 ms | reader wait p50 ms | reader wait p99 ms | plain wait p50 / p99 ms | most readers at once | refused attempts per section, rw / plain | workers\' CPU ms per section, rw / plain | waits cut at the end, rw writers + readers / plain | exclusivity broken (clock / fence order) | failed statements by code, failed waits: rw (plain) |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  const samples: string[] = []
+  for (const r of results) {
+    for (const [keys, { readWrite: rw, plain }] of Object.entries(r.readWrite)) {
+      const cut = (x: RwFigures): number => x.cutWaits.writers + x.cutWaits.readers
+      console.log(`| ${r.database} | ${keys} | ${f(rw.perSecond, 0)} | ${f(plain.perSecond, 0)} | ${f(rw.perSecond / plain.perSecond, 2)} | ${f(rw.writerWait.p50, 2)} | ${f(rw.writerWait.p99, 1)} | ${f(rw.readerWait.p50, 2)} | ${f(rw.readerWait.p99, 1)} | ${f(plain.wait.p50, 2)} / ${f(plain.wait.p99, 1)} | ${rw.maxReaders} | ${f(rw.refusedPerSection, 2)} / ${f(plain.refusedPerSection, 2)} | ${f(rw.cpuMsPerSection, 2)} / ${f(plain.cpuMsPerSection, 2)} | ${rw.cutWaits.writers} + ${rw.cutWaits.readers} / ${cut(plain)} | ${rw.overlaps + plain.overlaps} / ${rw.fenceViolations + plain.fenceViolations} | ${errors(rw)} (${errors(plain)}) |`)
+      samples.push(...[...rw.failureSamples, ...plain.failureSamples].map((m) => `${r.database}, ${keys} keys: ${m}`))
+    }
+  }
+  if (samples.length > 0) console.log(`\nFailed waits and releases, first messages:\n\n${samples.map((m) => `- ${m}`).join('\n')}`)
+}

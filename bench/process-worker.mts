@@ -7,13 +7,13 @@
 // "server" is the floor: the database's own lock queue on a dedicated connection
 // (pg_advisory_lock, MySQL's GET_LOCK), which wakes exactly the next waiter with no client
 // round trip of its own; worker-locks' rows cannot beat it.
-import { createInterface } from 'node:readline'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { LockStore } from '../src/index.js'
 import { connect, MYSQL_URL, POSTGRES_URL, type Database } from '../test/targets.mjs'
+import { waitForGo } from './child.mjs'
 
 const wallNow = (): number => performance.timeOrigin + performance.now()
 const env = process.env
@@ -67,22 +67,14 @@ if (env.WL_CONTENDER === 'verrou') {
 
 const acquiredAt: number[] = []
 const releasingAt: number[] = []
-let cpuAtStart = process.cpuUsage()
-const lines = createInterface({ input: process.stdin })
-console.log('ready')
-for await (const line of lines) {
-  const end = Number(/^go ([\d.]+)$/.exec(line)?.[1])
-  if (!Number.isFinite(end)) continue
-  cpuAtStart = process.cpuUsage()
-  while (wallNow() < end) {
-    const release = await session()
-    acquiredAt.push(wallNow())
-    releasingAt.push(wallNow())
-    await release()
-  }
-  break
+const end = await waitForGo()
+const cpuAtStart = process.cpuUsage()
+while (wallNow() < end) {
+  const release = await session()
+  acquiredAt.push(wallNow())
+  releasingAt.push(wallNow())
+  await release()
 }
-lines.close()
 const cpu = process.cpuUsage(cpuAtStart)
 await close()
 await knex.destroy()

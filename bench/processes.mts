@@ -9,7 +9,7 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
-import { startBenchChild, type BenchChild } from './child.mjs'
+import { runBenchChildren } from './child.mjs'
 import { median } from './stats.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
@@ -71,12 +71,6 @@ export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'verro
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
-type Worker = BenchChild<WorkerResult>
-
-function startWorker(database: Database, table: string, contender: string): Worker {
-  return startBenchChild<WorkerResult>([script], { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender })
-}
-
 /** Eight processes of `contender` on one key for `seconds`: critical sections per second and hand-off times (ms). */
 export async function acrossProcesses(database: Database, contender: ProcessContender, seconds: number, processes = 8): Promise<ProcessContention> {
   const knex = connect(database, { poolMax: 2 })
@@ -90,11 +84,7 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
       await createLockTable(knex, { tableName: table })
       if (contender === 'worker-locks, no line') await knex.schema.dropTableIfExists(`${table}_waiters`)
     }
-    const workers = Array.from({ length: processes }, () => startWorker(database, table, contender))
-    await Promise.all(workers.map((w) => w.ready))
-    const end = performance.timeOrigin + performance.now() + 200 + seconds * 1000
-    for (const w of workers) w.go(end)
-    const finished = Promise.all(workers.map((w) => w.done))
+    const { finished } = await runBenchChildren<WorkerResult>(processes, [script], { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender }, seconds)
     const [results, roundTripMs] = await Promise.all([finished, probeRoundTrips(database, finished.catch(() => undefined))])
     const holds = results.flatMap((r, worker) => r.acquiredAt.map((at, i) => ({ worker, acquiredAt: at, releasingAt: r.releasingAt[i] ?? NaN })))
       .sort((a, b) => a.acquiredAt - b.acquiredAt)
