@@ -30,6 +30,18 @@ export interface Executor {
   run(statement: Statement, values: object): Promise<StatementResult>
 }
 
+/** One statement to run, with its values. */
+export interface Step {
+  readonly statement: Statement
+  readonly values: object
+}
+
+/**
+ * A unit of work written as the statements it runs in order: it yields each one and is handed its
+ * result, so that the same code runs through an Executor or synchronously (see {@link synchronousTransaction}).
+ */
+export type Steps<T> = Generator<Step, T, StatementResult>
+
 /** The values of `statement`'s placeholders, in order; a name without a value is a bug here, not the caller's. */
 function positional(statement: Statement, values: object): unknown[] {
   return statement.names.map((name) => {
@@ -48,6 +60,7 @@ interface Client {
 
 interface SqliteConnection {
   prepare(sql: string): { reader: boolean; all(...params: unknown[]): Record<string, unknown>[]; run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint } }
+  readonly inTransaction: boolean
 }
 interface PgConnection {
   query(query: { name: string; text: string; values: unknown[] }): Promise<{ rows: Record<string, unknown>[]; rowCount: number | null }>
@@ -121,19 +134,56 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
   return { run: (statement, values) => executor.run(statement.sql, positional(statement, values), statement.kind) }
 }
 
+/** Runs one statement on a better-sqlite3 connection, synchronously, with the connection's prepared statement. */
+function runSqlite(connection: unknown, sql: string, params: readonly unknown[]): StatementResult {
+  const conn = connection as SqliteConnection & object
+  let cache = sqliteStatements.get(conn)
+  if (!cache) sqliteStatements.set(conn, (cache = new Map()))
+  let statement = cache.get(sql)
+  if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
+  if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
+  const info = statement.run(...params)
+  return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
+}
+
 function sqliteExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => {
-      const conn = connection as SqliteConnection & object
-      let cache = sqliteStatements.get(conn)
-      if (!cache) sqliteStatements.set(conn, (cache = new Map()))
-      let statement = cache.get(sql)
-      if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
-      if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
-      const info = statement.run(...params)
-      return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
-    }),
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => runSqlite(connection, sql, params)),
   }
+}
+
+/** Whether `knex`'s driver runs statements synchronously (better-sqlite3), so that {@link synchronousTransaction} can run. */
+export function runsSynchronously(knex: Knex): boolean {
+  return (knex.client as unknown as Client).driverName === 'better-sqlite3'
+}
+
+/**
+ * Runs `steps` in one transaction (BEGIN IMMEDIATE … COMMIT; ROLLBACK if a step or a statement
+ * throws) on one connection, without returning to the event loop from BEGIN to the end: no other
+ * code of this process runs meanwhile. better-sqlite3 only (see {@link runsSynchronously}).
+ */
+export function synchronousTransaction<T>(knex: Knex, steps: Steps<T>): Promise<T> {
+  const client = knex.client as unknown as Client
+  const run = (connection: unknown, sql: string, params: readonly unknown[], kind: string): StatementResult => {
+    client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
+    return runSqlite(connection, sql, params)
+  }
+  return client.acquireConnection().then((connection) => {
+    try {
+      run(connection, 'BEGIN IMMEDIATE', [], 'transaction')
+      try {
+        let next = steps.next()
+        while (!next.done) next = steps.next(run(connection, next.value.statement.sql, positional(next.value.statement, next.value.values), next.value.statement.kind))
+        run(connection, 'COMMIT', [], 'transaction')
+        return next.value
+      } catch (error) {
+        if ((connection as SqliteConnection).inTransaction) run(connection, 'ROLLBACK', [], 'transaction')
+        throw error
+      }
+    } finally {
+      void client.releaseConnection(connection)
+    }
+  })
 }
 
 function pgExecutor(client: Client): PositionalExecutor {

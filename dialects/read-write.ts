@@ -4,9 +4,11 @@
 // and lease. An acquisition is one short transaction at READ COMMITTED: lock each key row (in
 // sorted order), insert the holder only if no conflicting holder exists, reap that key's stale
 // holders one row at a time and try once more, else roll back. Being refused is never an error.
+// The acquisition is written once, as the statements it runs in order (a generator of steps), and
+// run either through knex's transaction or, on better-sqlite3, in one synchronous transaction.
 import type { Knex } from 'knex'
 import { toFence, type Dialect } from './dialect.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, runsSynchronously, statement, synchronousTransaction, type StatementResult, type Step, type Steps } from './executor.js'
 import { retryingConflicts } from './acquire.js'
 
 /** One (name, key) of an acquisition, and the token its holder row will carry. */
@@ -36,16 +38,21 @@ export interface ReadWriteRequest {
   readonly intent: string | undefined
 }
 
+/** The statement that locks a key row, and how to read the fence it drew from its result. */
+export interface KeyStep extends Step {
+  /** The fence drawn, or `null` when the row does not exist and must first be made by `createKey`, outside the transaction. */
+  fence(result: StatementResult): bigint | null
+}
+
 /** What a dialect does its own way for read/write locks. */
 export interface ReadWriteSql {
-  /** The settings of an acquisition's transaction. */
+  /** The settings of an acquisition's transaction (through knex; not used where it runs synchronously, see `synchronousTransaction`). */
   readonly transaction: Knex.TransactionConfig | undefined
   /**
-   * Locks the key row of `part` until the transaction ends and draws the key's next fence, also
-   * clearing `intent` if the row carries it. Resolves the fence, or `null` when the row does not
-   * exist and must first be made by `createKey`, outside the transaction.
+   * The statement that locks the key row of `part` until the transaction ends and draws the
+   * key's next fence, also clearing `intent` if the row carries it (`knex` only builds it).
    */
-  lockKey(trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint | null>
+  lockKey(knex: Knex, keys: string, part: ReadWritePart, intent: string | undefined): KeyStep
   /** Makes a key row in its own autocommit statement (where `lockKey` cannot make it). */
   createKey?(knex: Knex, keys: string, part: ReadWritePart): Promise<void>
   /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
@@ -56,13 +63,12 @@ export interface ReadWriteSql {
  * `lockKey` for databases with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (PostgreSQL, SQLite):
  * the upsert makes the row or locks it, and returns the fence it drew.
  */
-export async function upsertKey(dialect: Dialect, trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint> {
-  const sql = statement(trx, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
+export function upsertKey(knex: Knex, keys: string, part: ReadWritePart, intent: string | undefined): KeyStep {
+  const sql = statement(knex, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
     VALUES (:name, :key, 1) ON CONFLICT (lock_name, lock_key) DO UPDATE SET fence = a.fence + 1
     ${intent === undefined ? '' : ', intent_token = CASE WHEN a.intent_token = :intent THEN NULL ELSE a.intent_token END'}
     RETURNING fence`)
-  const { rows } = await executorFor(trx, dialect.rowsOf).run(sql, { name: part.name, key: part.key, intent })
-  return toFence(rows[0]?.fence)
+  return { statement: sql, values: { name: part.name, key: part.key, intent }, fence: ({ rows }) => toFence(rows[0]?.fence) }
 }
 
 // Thrown inside the transaction to roll it back: a part was refused, or a key row is missing.
@@ -75,10 +81,10 @@ class MissingKey extends Error {
 const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): string => (nowMs === null ? dialect.nowSql : sql.integer(':now'))
 
 /** Inserts the holder row of `part` unless a conflicting holder (live or stale) or, for a reader, a live writer's intent stands in the way. */
-async function insertHolder(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Promise<boolean> {
+function* insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Steps<boolean> {
   const { keys, holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
-  const text = statement(trx, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
+  const text = statement(knex, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
     const now = nowOf(dialect, sql, r.nowMs)
     return `INSERT INTO ${quote(holders)} (lock_name, lock_key, token, instance_name, write_mode, last_renewed_ts, lease_ms, fence)
       SELECT :name, :key, :token, :instance, ${sql.integer(':write')}, ${now}, ${sql.integer(':lease')}, ${sql.integer(':fence')}
@@ -87,35 +93,50 @@ async function insertHolder(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: R
       ${part.write ? '' : `AND (a.intent_token IS NULL OR a.intent_until < ${now})`}`
   })
   const values = { name: part.name, key: part.key, token: part.token, instance: r.instanceName, write: part.write ? 1 : 0, now: r.nowMs, lease: r.leaseMs, fence: String(fence) }
-  return (await executorFor(trx, dialect.rowsOf).run(text, values)).affectedRows > 0
+  return (yield { statement: text, values }).affectedRows > 0
 }
 
 /** Deletes the stale holders of `part`'s key, one row at a time; resolves how many went. */
-async function reapStale(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<number> {
+function* reapStale(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Steps<number> {
   const { holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
   const stale = (quote: (name: string) => string): string => `${quote(holders)}.last_renewed_ts + ${quote(holders)}.lease_ms < ${nowOf(dialect, sql, r.nowMs)}`
-  const find = statement(trx, `rw-stale/${clock}`, holders, (quote) =>
+  const find = statement(knex, `rw-stale/${clock}`, holders, (quote) =>
     `SELECT token FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND ${stale(quote)}`)
-  const reap = statement(trx, `rw-reap/${clock}`, holders, (quote) =>
+  const reap = statement(knex, `rw-reap/${clock}`, holders, (quote) =>
     `DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token AND ${stale(quote)}`)
-  const executor = executorFor(trx, dialect.rowsOf)
-  const { rows } = await executor.run(find, { name: part.name, key: part.key, now: r.nowMs })
+  const { rows } = yield { statement: find, values: { name: part.name, key: part.key, now: r.nowMs } }
   let reaped = 0
   for (const row of rows) {
     const token = Buffer.isBuffer(row.token) ? row.token.toString('utf8') : String(row.token)
-    reaped += (await executor.run(reap, { name: part.name, key: part.key, token, now: r.nowMs })).affectedRows
+    reaped += (yield { statement: reap, values: { name: part.name, key: part.key, token, now: r.nowMs } }).affectedRows
   }
   return reaped
 }
 
 /** One part inside the transaction: its fence, or Refused / MissingKey thrown. */
-async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<bigint> {
-  const fence = await sql.lockKey(trx, readWriteTables(r.table).keys, part, part.write ? r.intent : undefined)
+function* takePart(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Steps<bigint> {
+  const key = sql.lockKey(knex, readWriteTables(r.table).keys, part, part.write ? r.intent : undefined)
+  const fence = key.fence(yield key)
   if (fence === null) throw new MissingKey(part)
-  if (await insertHolder(trx, dialect, sql, r, part, fence)) return fence
-  if (await reapStale(trx, dialect, sql, r, part) > 0 && await insertHolder(trx, dialect, sql, r, part, fence)) return fence
+  if (yield* insertHolder(knex, dialect, sql, r, part, fence)) return fence
+  if ((yield* reapStale(knex, dialect, sql, r, part)) > 0 && (yield* insertHolder(knex, dialect, sql, r, part, fence))) return fence
   throw new Refused()
+}
+
+/** Every part of `r`, in order: their fences. */
+function* takeParts(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Steps<bigint[]> {
+  const fences: bigint[] = []
+  for (const part of r.parts) fences.push(yield* takePart(knex, dialect, sql, r, part))
+  return fences
+}
+
+/** Runs `steps` through knex's transaction `trx`, one statement after the other. */
+async function runSteps<T>(trx: Knex, dialect: Dialect, steps: Steps<T>): Promise<T> {
+  const executor = executorFor(trx, dialect.rowsOf)
+  let next = steps.next()
+  while (!next.done) next = steps.next(await executor.run(next.value.statement, next.value.values))
+  return next.value
 }
 
 /**
@@ -124,11 +145,15 @@ async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadW
  * deadlock or serialization race counts as refused; other errors reject.
  */
 export async function acquireReadWrite(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Promise<bigint[] | null> {
-  const once = (): Promise<bigint[] | null> => knex.transaction(async (trx) => {
-    const fences: bigint[] = []
-    for (const part of r.parts) fences.push(await takePart(trx, dialect, sql, r, part))
-    return fences
-  }, sql.transaction).catch((error: unknown) => {
+  // better-sqlite3 runs statements synchronously, its busy handler included: a transaction
+  // holding SQLite's write lock across an await would make any other connection of this process
+  // that writes meanwhile (a renewal, a release, the application's own statements) block the
+  // whole thread for the busy timeout, and fail. There the transaction runs start to end in one go.
+  const sync = runsSynchronously(knex)
+  const once = (): Promise<bigint[] | null> => (sync
+    ? synchronousTransaction(knex, takeParts(knex, dialect, sql, r))
+    : knex.transaction((trx) => runSteps(trx, dialect, takeParts(knex, dialect, sql, r)), sql.transaction)
+  ).catch((error: unknown) => {
     if (error instanceof Refused) return null
     throw error
   })

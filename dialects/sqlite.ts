@@ -74,10 +74,12 @@ export const sqliteDialect: Dialect = {
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
   readWrite: {
-    // The key upsert, the transaction's first statement, takes the database's write lock at
-    // once (as BEGIN IMMEDIATE would), so no snapshot taken earlier can go stale.
+    // better-sqlite3 runs the acquisition in one synchronous BEGIN IMMEDIATE transaction (see
+    // synchronousTransaction in executor.ts). Through knex (the sqlite3 driver) the key upsert,
+    // the transaction's first statement, takes the database's write lock at once (as BEGIN
+    // IMMEDIATE would), so no snapshot taken earlier can go stale.
     transaction: undefined,
-    lockKey: (trx, keys, part, intent) => upsertKey(sqliteDialect, trx, keys, part, intent),
+    lockKey: upsertKey,
     integer: (placeholder) => placeholder,
   },
 }
