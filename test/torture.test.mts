@@ -1,12 +1,13 @@
 // The torture run's verdict (torture/check.mts) must be able to fail: fed a lost update, a write
 // accepted with a stale fence, a fence that did not grow in grant order (or was granted twice), a
-// fence the database never granted, two unaware holders at once or a lock taken from a killed
-// holder too early, it says so. The run itself (`npm run torture`) is too long
+// fence the database never granted, two unaware holders at once (a writer with anyone, for
+// read/write locks), a reader that saw a write while it held its lock, or a lock taken from a
+// killed holder too early, it says so. The run itself (`npm run torture`) is too long
 // for the test suite; CI runs it separately.
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
-  checkFences, checkJournal, checkKills, checkReports, findOverlaps, type Acquisition, type Grant, type JournalEntry, type SectionRecord,
+  checkFences, checkJournal, checkKills, checkReports, checkStableReads, findOverlaps, type Acquisition, type Grant, type JournalEntry, type SectionRecord,
 } from '../torture/check.mjs'
 
 let nextId = 0
@@ -103,6 +104,49 @@ describe('torture verdict', () => {
     assert.match(overlaps[0]?.explanation ?? '', /signal had aborted/)
     assert.equal(overlaps[1]?.explanation, undefined)
     assert.equal(overlaps[1]?.later.worker, 'w4')
+  })
+
+  it('lets readers of a read/write lock overlap, but not a writer with anyone', () => {
+    const section = (worker: string, start: number, end: number, mode: 'read' | 'write', extra: Partial<SectionRecord> = {}): SectionRecord => ({
+      worker, lock: 'rw-x', fence: BigInt(start), start, end, claim: 'ok', write: mode === 'write' ? 'ok' : 'skipped', aborted: false, maxLagMs: 0, stalled: false, killed: false, mode, ...extra,
+    })
+    const overlaps = findOverlaps([
+      section('r1', 0, 1_000, 'read'),
+      section('r2', 100, 900, 'read'), // two readers at once: fine
+      section('w1', 500, 600, 'write'), // a writer among them: twice unexplained
+      section('r3', 2_000, 5_000, 'read', { stalled: true }),
+      section('w2', 4_000, 4_100, 'write'), // inside a stalled reader's section: explained
+    ], 25, 900)
+    assert.deepEqual(overlaps.map((o) => `${o.earlier.worker}/${o.later.worker} ${o.explanation ?? 'unexplained'}`),
+      ['r1/w1 unexplained', 'r2/w1 unexplained', 'r3/w2 it was stalled'])
+  })
+
+  it('reports a reader that read two values while it held its lock, unless it had lost its lease', () => {
+    const reader = (worker: string, first: bigint, again: bigint, extra: Partial<SectionRecord> = {}): SectionRecord => ({
+      worker, lock: 'rw-x', fence: 1n, start: 0, end: 1, claim: 'ok', write: 'skipped', aborted: false, maxLagMs: 0, stalled: false, killed: false,
+      mode: 'read', reads: { first, again }, ...extra,
+    })
+    const verdict = checkStableReads([reader('r1', 4n, 4n), reader('r2', 4n, 5n), reader('r3', 4n, 5n, { aborted: true }), reader('r4', 4n, 6n, { maxLagMs: 1_000 })], 900)
+    assert.equal(verdict.checked, 4)
+    assert.equal(verdict.explained, 2)
+    assert.deepEqual(verdict.problems, ['rw-x: reader r2 #1 read 4, then 5 before it released, and its signal had not aborted'])
+  })
+
+  it('after a killed reader, holds back writers only until its lease could end', () => {
+    const timing = { lockTimeoutMs: 1_500, toleranceMs: 100, availableWithinMs: 6_500, runEnd: 60_000 }
+    const kill = { worker: 'r1', lock: 'rw-x', fence: 7n, at: 10_000, heldSince: 9_500, leaseFrom: 9_800, skip: undefined, sameName: false, mode: 'read' as const }
+    // Another reader at once is no problem; a writer before 11,300 is.
+    const readers = checkKills([kill], [{ worker: 'r2', lock: 'rw-x', fence: 8n, at: 10_100, mode: 'read' }, { worker: 'w1', lock: 'rw-x', fence: 9n, at: 11_400, mode: 'write' }], [], timing)
+    assert.deepEqual(readers.problems, [])
+    assert.deepEqual(readers.takenOver, [1_400])
+    const writer = checkKills([kill], [{ worker: 'w1', lock: 'rw-x', fence: 8n, at: 10_400, mode: 'write' }], [], timing)
+    assert.match(writer.problems[0] ?? '', /went to w1 400 ms after the kill, 900 ms before its lease could have run out/)
+    // A killed writer holds back readers too.
+    const afterWriter = checkKills([{ ...kill, mode: 'write' }], [{ worker: 'r2', lock: 'rw-x', fence: 8n, at: 10_400, mode: 'read' }], [], timing)
+    assert.equal(afterWriter.problems.length, 1)
+    // Only readers came after a killed reader, for longer than a writer may wait: nobody shown to get in.
+    const noWriter = checkKills([kill], [{ worker: 'r2', lock: 'rw-x', fence: 8n, at: 10_100, mode: 'read' }], [], timing)
+    assert.match(noWriter.problems[0] ?? '', /rw-x \(read, fence 7\) of r1, SIGKILLed: no writer got it within 6500 ms/)
   })
 
   it('reports a killed holder\'s lock given away too early, or refused to its namesake', () => {

@@ -91,6 +91,10 @@ export interface SectionRecord {
   stalled: boolean
   /** The worker was SIGKILLed inside it; `end` is the kill. */
   killed: boolean
+  /** A read/write lock's side; absent for a plain lock. Two readers of one lock may overlap. */
+  mode?: 'read' | 'write'
+  /** A reader's two reads of the counter, at the start and at the end of its section (both made). */
+  reads?: { first: bigint; again: bigint }
 }
 
 /**
@@ -108,8 +112,11 @@ export function checkReports(sections: readonly SectionRecord[], entries: readon
   return problems
 }
 
-/** One acquisition of a lock, when its worker had it. */
-export interface Acquisition { worker: string; lock: string; fence: bigint; at: number }
+/** One acquisition of a lock, when its worker had it; `mode` for a read/write lock's side. */
+export interface Acquisition { worker: string; lock: string; fence: bigint; at: number; mode?: 'read' | 'write' }
+
+/** Whether two holders of one lock exclude each other: always, unless both are readers. */
+const conflicting = (a: { mode?: 'read' | 'write' }, b: { mode?: 'read' | 'write' }): boolean => a.mode !== 'read' || b.mode !== 'read'
 
 /**
  * One grant of a lock as the database recorded it: a trigger on the lock table journals every row
@@ -175,8 +182,17 @@ export interface Overlap {
   explanation: string | undefined
 }
 
+/** How a holder could run on after losing its lease, if it did: it knew (signal aborted), it was stalled, or its event loop was blocked. */
+function leaseLossExplained(section: SectionRecord, blockedMs: number): string | undefined {
+  return section.aborted ? 'its signal had aborted'
+    : section.stalled ? 'it was stalled'
+    : section.maxLagMs >= blockedMs ? `its event loop was blocked for ${section.maxLagMs} ms`
+    : undefined
+}
+
 /**
- * Critical sections of one lock that ran at the same time. A lease lock allows that only when the
+ * Critical sections of one lock that ran at the same time (two readers of a read/write lock
+ * excepted). A lease lock allows that only when the
  * earlier holder lost its lease: then, if its event loop could run, its signal had aborted by the
  * time it finished. An overlap longer than `toleranceMs` whose earlier holder neither knew nor was
  * blocked for at least `blockedMs` means the lock was given to two workers at once.
@@ -191,16 +207,27 @@ export function findOverlaps(sections: readonly SectionRecord[], toleranceMs: nu
     for (const later of sorted) {
       active = active.filter((earlier) => earlier.end > later.start + toleranceMs)
       for (const earlier of active) {
-        const explanation = earlier.aborted ? 'its signal had aborted'
-          : earlier.stalled ? 'it was stalled'
-          : earlier.maxLagMs >= blockedMs ? `its event loop was blocked for ${earlier.maxLagMs} ms`
-          : undefined
+        if (!conflicting(earlier, later)) continue
+        const explanation = leaseLossExplained(earlier, blockedMs)
         overlaps.push({ lock, earlier, later, overlapMs: Math.min(earlier.end, later.end) - later.start, explanation })
       }
       active.push(later)
     }
   }
   return overlaps
+}
+
+/**
+ * Readers of a read/write lock whose two reads of the counter differ: a writer's change was
+ * accepted while they held the lock. Only a reader that had lost its lease (as for overlaps) may
+ * see that; each other one is a problem.
+ */
+export function checkStableReads(sections: readonly SectionRecord[], blockedMs: number): { checked: number; explained: number; problems: string[] } {
+  const readers = sections.filter((s) => s.mode === 'read' && s.reads !== undefined)
+  const changed = readers.filter((s) => s.reads!.first !== s.reads!.again)
+  const problems = changed.filter((s) => !leaseLossExplained(s, blockedMs))
+    .map((s) => `${s.lock}: reader ${s.worker} #${s.fence} read ${s.reads!.first}, then ${s.reads!.again} before it released, and its signal had not aborted`)
+  return { checked: readers.length, explained: changed.length - problems.length, problems }
 }
 
 /** A holder the harness SIGKILLed. */
@@ -217,6 +244,8 @@ export interface Kill {
   sameName: boolean
   /** Why this kill says nothing about the lock (the holder had already lost it, or just released it). */
   skip: string | undefined
+  /** The side of a read/write lock it held: a killed reader keeps out writers only. */
+  mode?: 'read' | 'write'
 }
 
 /** What a replacement with the same instance name reported on its first attempt, begun at `start`. */
@@ -237,7 +266,8 @@ export interface KillVerdict {
  * (`lockTimeoutMs` after its last write of the row was sent, less `toleranceMs`), must be free for
  * others within `availableWithinMs` of the kill, and must be given at once to a replacement with
  * the same instance name (inconclusive if that replacement started so late that someone else had
- * rightly taken the lock first).
+ * rightly taken the lock first). For a read/write lock, "anyone else" is a holder in a conflicting
+ * mode: after a killed reader, only writers count (other readers may join it at once).
  */
 export function checkKills(
   kills: readonly Kill[], acquisitions: readonly Acquisition[], reclaims: readonly Reclaim[],
@@ -247,14 +277,14 @@ export function checkKills(
   for (const kill of kills) {
     // Someone else got the lock between the killed worker's acquisition and the kill: the killed
     // worker had lost it already (a stall, a failing connection), so its lease proves nothing.
-    const lostBefore = acquisitions.some((a) => a.lock === kill.lock && a.worker !== kill.worker && a.at > kill.heldSince && a.at < kill.at)
+    const lostBefore = acquisitions.some((a) => a.lock === kill.lock && a.worker !== kill.worker && conflicting(a, kill) && a.at > kill.heldSince && a.at < kill.at)
     if (kill.skip !== undefined || lostBefore) {
       verdict.notChecked++
       continue
     }
-    const after = acquisitions.filter((a) => a.lock === kill.lock && a.at > kill.at).sort((a, b) => a.at - b.at)
+    const after = acquisitions.filter((a) => a.lock === kill.lock && conflicting(a, kill) && a.at > kill.at).sort((a, b) => a.at - b.at)
     const first = after[0]
-    const what = `${kill.lock} (fence ${kill.fence}) of ${kill.worker}, SIGKILLed`
+    const what = `${kill.lock} (${kill.mode ? `${kill.mode}, ` : ''}fence ${kill.fence}) of ${kill.worker}, SIGKILLed`
     const leaseEnd = kill.leaseFrom + timing.lockTimeoutMs
     const reclaim = kill.sameName ? reclaims.find((r) => r.worker === kill.worker && r.lock === kill.lock && r.at > kill.at) : undefined
     // The namesake's own attempt may end the dead holder's lease early: it may delete the rows of
@@ -277,7 +307,7 @@ export function checkKills(
     } else if (first && first.at - kill.at <= timing.availableWithinMs) {
       verdict.takenOver.push(first.at - kill.at)
     } else if (timing.runEnd - kill.at > timing.availableWithinMs) {
-      verdict.problems.push(`${what}: nobody got it within ${timing.availableWithinMs} ms${first ? ` (first after ${Math.round(first.at - kill.at)} ms)` : ''}`)
+      verdict.problems.push(`${what}: ${kill.mode === 'read' ? 'no writer' : 'nobody'} got it within ${timing.availableWithinMs} ms${first ? ` (first after ${Math.round(first.at - kill.at)} ms)` : ''}`)
     } else {
       verdict.notChecked++
     }

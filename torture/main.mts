@@ -8,12 +8,16 @@
 // from the resource's journal, the database's record of grants and what the workers reported,
 // that no update was lost, no write was accepted with a stale fence, fences strictly grew in
 // grant order, no worker held a fence the database had not granted it, no worker failed or hung,
-// and no lock is left held. Finally, per database, a short demonstration of what
-// `clock: 'local'` does with the same skewed workers.
+// and no lock is left held. Then, per database, the same under the same faults with read/write
+// locks and multi-locks (workers of kind `rw`): writers do the fenced read-modify-write, readers
+// claim the counter with their fence and must read it unchanged at the end of their section, and
+// no writer may share its lock with anyone unless a lease was lost. Finally, per database, a short
+// demonstration of what `clock: 'local'` does with the same skewed workers.
 //
-//   npm run torture                  short mode, what CI runs (also: -- --short): about 2 minutes
-//                                    for all six pairs and the three demonstrations on 2 cores
-//   npm run torture -- --long        release checks: 150 s per pair (a fault cycle every 16 s), ~17 minutes
+//   npm run torture                  short mode, what CI runs (also: -- --short): about 3 minutes
+//                                    for all six pairs, three read/write runs and the three
+//                                    demonstrations on 2 cores
+//   npm run torture -- --long        release checks: 150 s per pair (a fault cycle every 16 s), ~25 minutes
 //   npm run torture -- --seconds=40  any length per pair
 //   DIALECTS=sqlite npm run torture  some databases only (see test/targets.mts); CI=true fails on
 //                                    an unreachable server instead of skipping it
@@ -28,13 +32,13 @@ import type { Knex } from 'knex'
 import { LockStore, createLockTable, dropLockTable } from '../src/index.js'
 import { connect, inCI, resolveMatrix, sqliteFile, uniqueName, type Database, type StrategyName } from '../test/targets.mjs'
 import {
-  checkFences, checkJournal, checkKills, checkReports, findOverlaps, invariant,
+  checkFences, checkJournal, checkKills, checkReports, checkStableReads, findOverlaps, invariant,
   type Acquisition, type FenceVerdict, type Grant, type Invariant, type JournalEntry, type Kill, type Reclaim, type SectionRecord,
 } from './check.mjs'
 import { cannotRestart, dropSlotLogin, ensureServerUp, killConnections, restartServer, slotLogin, type SlotLogin } from './servers.mjs'
 import {
   FORGED_FENCE, LOCK_TIMEOUT_MS, RENEWAL_INTERVAL_MS, STALL_MS, countersTable, createGrantJournal, createResource, dropResource,
-  forgerEnv, grantsTable, journalTable, realNow, selectedRows, workerEnv, type ClockMode, type ForgerSummary, type WorkerEvent,
+  forgerEnv, grantsTable, journalTable, realNow, selectedRows, workerEnv, type ClockMode, type ForgerSummary, type RwMode, type WorkerEvent, type WorkerKind,
 } from './shared.mjs'
 
 // ---------------------------------------------------------------------------------------------
@@ -56,6 +60,8 @@ const demoMs = long ? 20_000 : 6_000
 
 const WORKERS = 4
 const LOCKS = ['lock-a', 'lock-b', 'lock-c']
+/** The read/write locks of the `rw` runs (key ''), a namespace apart from the plain locks. */
+const RW_LOCKS = ['rw-x', 'rw-y', 'rw-z']
 /** Simulated clock errors of the worker slots (slot 1 fast by 3 minutes, slot 2 slow by 2). */
 const SKEWS = [180_000, -120_000, 0, 0]
 /** A worker told to stop must have exited by then (a stall, a statement timeout and a close fit easily). */
@@ -119,7 +125,7 @@ interface Proc {
    * to "sec", by lock and fence. `leaseFrom`: when it last sent a write of that lock's row
    * (acquire or renewal).
    */
-  open: Map<string, { lock: string; fence: bigint; start: number; leaseFrom: number }>
+  open: Map<string, { lock: string; fence: bigint; start: number; leaseFrom: number; mode?: RwMode }>
   killed: boolean
   stopRequested: boolean
   stallPendingSince: number | undefined
@@ -157,6 +163,8 @@ interface RunOptions {
   label: string
   /** Run the forger alongside the workers (PostgreSQL pairs). */
   forge: boolean
+  /** Plain locks, or read/write locks and multi-locks. */
+  kind: WorkerKind
 }
 
 class Run {
@@ -178,12 +186,21 @@ class Run {
   readonly harnessErrors: string[] = []
   readonly restartEnds: number[] = []
   readonly stalls: Array<{ worker: string; lock: string; fence: string; ms: number; abortedOnWake: boolean; reason?: string; write: string }> = []
+  /** Stalled sections already counted (a multi-lock reports one line per part). */
+  readonly stalledSections = new Set<string>()
+  /** Multi-lock parts acquired (kind `rw`). */
+  multiParts = 0
   readonly sawReady = new Set<Proc>()
   forger: ForgerProc | undefined
   readonly faults: Faults = { killSameName: 0, killNewName: 0, connectionKills: 0, connectionsKilled: 0, restarts: 0, restartMs: [], stallsRequested: 0, skipped: [] }
   warnings = 0
   lastConnectionKill = 0
   lastRestartEnd = 0
+
+  /** The locks its workers take. */
+  get locks(): string[] {
+    return this.o.kind === 'rw' ? RW_LOCKS : LOCKS
+  }
 
   constructor(readonly o: RunOptions) {
     this.knex = connect(o.database, { poolMax: 3 })
@@ -199,7 +216,7 @@ class Run {
   async setUp(): Promise<void> {
     await createLockTable(this.knex, { tableName: this.table })
     await createGrantJournal(this.knex, this.o.database, this.table)
-    await createResource(this.knex, this.o.database, this.table, LOCKS)
+    await createResource(this.knex, this.o.database, this.table, this.locks)
     // It stops by itself well after the pair's end, should the harness never tell it to.
     if (this.o.forge) this.spawnForger(realNow() + this.o.durationMs + LOCK_TIMEOUT_MS + STOP_BOUND_MS + 30_000)
     for (let index = 1; index <= WORKERS; index++) {
@@ -218,7 +235,7 @@ class Run {
         ...process.env,
         ...workerEnv({
           database: this.o.database, strategy: this.o.strategy, table: this.table, instance: name,
-          clock: this.o.clock, skewMs: slot.skewMs, locks: LOCKS, reclaim, work: this.o.work,
+          clock: this.o.clock, skewMs: slot.skewMs, locks: this.locks, reclaim, work: this.o.work, kind: this.o.kind,
         }),
         ...slot.login.env,
         WL_SQLITE_FILE: sqliteFile,
@@ -322,8 +339,9 @@ class Run {
         this.sawReady.add(proc)
         break
       case 'acq':
-        this.acquisitions.push({ worker: e.worker, lock: e.lock, fence: BigInt(e.fence), at: e.at })
-        proc.open.set(`${e.lock}\0${e.fence}`, { lock: e.lock, fence: BigInt(e.fence), start: e.at, leaseFrom: e.leaseFrom })
+        this.acquisitions.push({ worker: e.worker, lock: e.lock, fence: BigInt(e.fence), at: e.at, ...(e.mode ? { mode: e.mode } : {}) })
+        proc.open.set(`${e.lock}\0${e.fence}`, { lock: e.lock, fence: BigInt(e.fence), start: e.at, leaseFrom: e.leaseFrom, ...(e.mode ? { mode: e.mode } : {}) })
+        if (e.multi) this.multiParts++
         break
       case 'renew':
         // One renewal statement covers every lock the store holds.
@@ -337,8 +355,12 @@ class Run {
         this.sections.push({
           worker: e.worker, lock: e.lock, fence: BigInt(e.fence), start: e.start, end: e.end, claim: e.claim, write: e.write,
           aborted: e.aborted, maxLagMs: e.maxLagMs, stalled: e.stall !== undefined, killed: false,
+          ...(e.mode ? { mode: e.mode } : {}),
+          ...(e.read !== undefined && e.reread !== undefined ? { reads: { first: BigInt(e.read), again: BigInt(e.reread) } } : {}),
         })
-        if (e.stall) {
+        // One stall per section, however many parts of a multi-lock it reports.
+        if (e.stall && !this.stalledSections.has(`${e.worker}\0${e.start}`)) {
+          this.stalledSections.add(`${e.worker}\0${e.start}`)
           proc.stallPendingSince = undefined
           this.stalls.push({ worker: e.worker, lock: e.lock, fence: e.fence, ...e.stall, write: e.write })
           this.note(`${e.worker} woke from a ${fmtS(e.stall.ms)} stall holding ${e.lock} #${e.fence}: signal ${e.stall.abortedOnWake ? `aborted (${e.stall.reason})` : 'NOT aborted'}, late write ${e.write}`)
@@ -410,11 +432,11 @@ class Run {
       if (open) {
         this.sections.push({
           worker: proc.name, lock: open.lock, fence: open.fence, start: open.start, end: at,
-          claim: 'killed', write: 'killed', aborted: this.lost.has(key), maxLagMs: 0, stalled: false, killed: true,
+          claim: 'killed', write: 'killed', aborted: this.lost.has(key), maxLagMs: 0, stalled: false, killed: true, ...(open.mode ? { mode: open.mode } : {}),
         })
         proc.open.delete(`${h.lock}\0${h.fence}`)
       }
-      this.kills.push({ worker: proc.name, lock: h.lock, fence: h.fence, at, heldSince: h.start, leaseFrom: h.leaseFrom, sameName, skip })
+      this.kills.push({ worker: proc.name, lock: h.lock, fence: h.fence, at, heldSince: h.start, leaseFrom: h.leaseFrom, sameName, skip, ...(h.mode ? { mode: h.mode } : {}) })
     }
     if (sameName) this.faults.killSameName++
     else this.faults.killNewName++
@@ -422,7 +444,7 @@ class Run {
     const name = sameName ? proc.name : `${slot.base}.${++slot.generation}`
     const locks = held.map((h) => h.lock)
     const replacement = this.spawnWorker(slot, name, sameName ? locks : [])
-    const what = held.map((h) => `${h.lock} #${h.fence}`).join(' and ')
+    const what = held.map((h) => `${h.lock}${h.mode ? ` (${h.mode})` : ''} #${h.fence}`).join(' and ')
     this.note(`SIGKILL ${proc.name} holding ${what}; restarted as ${name} (${sameName ? `same instance name: it must get ${locks.join(' and ')} at once` : 'new instance name: the lock frees itself after the timeout'})`)
     await this.ready(replacement)
   }
@@ -483,8 +505,10 @@ class Run {
     const cycleMs = server ? 16_000 : 12_000
     const out: typeof cycle = []
     for (let offset = 0; offset + cycleMs <= Math.max(cycleMs, this.o.durationMs); offset += cycleMs) {
-      // Restart the server once per pair in short mode, once per cycle in long runs.
-      for (const f of cycle) out.push({ at: offset + f.at + (Math.random() - 0.5) * 600, kind: f.kind })
+      // Restart the server once per pair in short mode, once per cycle in long runs. Read/write
+      // locks are not taken over at once by a store of the same instance name (only once the
+      // lease has run out, as by anyone): there every killed worker comes back under a new name.
+      for (const f of cycle) out.push({ at: offset + f.at + (Math.random() - 0.5) * 600, kind: this.o.kind === 'rw' && f.kind === 'kill-same' ? 'kill-new' : f.kind })
     }
     return out
   }
@@ -692,12 +716,19 @@ function faultLine(run: Run): string {
   return `faults: ${parts.join('; ')}${f.skipped.length ? `; not injected: ${f.skipped.join('; ')}` : ''}`
 }
 
-async function tortureOne(database: Database, strategy: StrategyName): Promise<Verdict> {
-  const label = `${database}/${strategy}`
+/**
+ * One pair under faults: plain locks (`kind` 'plain', per strategy), or read/write locks and
+ * multi-locks (`kind` 'rw', once per database: they take no strategy).
+ */
+async function tortureOne(database: Database, strategy: StrategyName, kind: WorkerKind = 'plain'): Promise<Verdict> {
+  const rw = kind === 'rw'
+  const label = rw ? `${database} read/write` : `${database}/${strategy}`
   const durationMs = pairMs(database)
-  console.log(`\n== ${label}: ${WORKERS} workers, locks ${LOCKS.join(', ')}, ${fmtS(durationMs)}, lock timeout ${LOCK_TIMEOUT_MS} ms, renewal ${RENEWAL_INTERVAL_MS} ms, clock 'database'`)
-  const forge = database === 'postgres'
-  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label, forge })
+  console.log(`\n== ${label}: ${WORKERS} workers, ${rw ? `read/write locks ${RW_LOCKS.join(', ')} (about 70 % reads; 20 % multi-locks over two of them)` : `locks ${LOCKS.join(', ')}`}, ` +
+    `${fmtS(durationMs)}, lock timeout ${LOCK_TIMEOUT_MS} ms, renewal ${RENEWAL_INTERVAL_MS} ms, clock 'database'`)
+  // Read/write locks use no notifications: nothing for a forger to forge.
+  const forge = database === 'postgres' && !rw
+  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label, forge, kind })
   current = run
   const t0 = realNow()
   let verdict: Verdict
@@ -742,18 +773,29 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
     const kills = checkKills(run.kills, run.acquisitions, run.reclaims, {
       lockTimeoutMs: LOCK_TIMEOUT_MS, toleranceMs: 100, availableWithinMs: AVAILABLE_WITHIN_MS, runEnd,
     })
-    invariants.push(invariant('a killed holder\'s lock: at once to its namesake, to others only after the timeout', kills.problems,
-      `reclaimed at once by a replacement with the same name ${kills.reclaimed}` +
-      `${kills.reclaimInconclusive.length ? ` (+${kills.reclaimInconclusive.length} inconclusive: ${kills.reclaimInconclusive.join('; ')})` : ''}, ` +
+    invariants.push(invariant(rw ? 'a killed holder\'s lock: to a holder in a conflicting mode only after the timeout (a writer, after a killed reader)'
+      : 'a killed holder\'s lock: at once to its namesake, to others only after the timeout', kills.problems,
+      (rw ? '' : `reclaimed at once by a replacement with the same name ${kills.reclaimed}` +
+      `${kills.reclaimInconclusive.length ? ` (+${kills.reclaimInconclusive.length} inconclusive: ${kills.reclaimInconclusive.join('; ')})` : ''}, `) +
       `taken over by others ${kills.takenOver.map((ms) => fmtS(ms)).join(', ') || '—'} after the kill` +
       `${kills.margins.length ? ` (at the earliest ${Math.round(Math.min(...kills.margins))} ms after the lease could end)` : ''}, not checkable ${kills.notChecked}`))
 
     const overlaps = findOverlaps(run.sections, OVERLAP_TOLERANCE_MS, BLOCKED_MS)
     const unexplained = overlaps.filter((o) => !o.explanation)
-    invariants.push(invariant('one holder at a time unless a lease was lost (skewed clocks harmless)',
+    invariants.push(invariant(rw ? 'no writer shares its lock with anyone (many readers may) unless a lease was lost (skewed clocks harmless)'
+      : 'one holder at a time unless a lease was lost (skewed clocks harmless)',
       unexplained.map((o) => `${o.lock}: ${o.later.worker} #${o.later.fence} started ${Math.round(o.overlapMs)} ms before ${o.earlier.worker} #${o.earlier.fence} ended, whose signal had not aborted`),
       `${overlaps.length} overlap(s) with ${new Set(overlaps.map((o) => o.earlier)).size} earlier holder(s), each after a lost lease (${[...new Set(overlaps.map((o) => o.explanation))].filter(Boolean).join('; ') || '—'}); ` +
       `skewed workers ran ${run.slots.filter((s) => s.skewMs !== 0).map((s) => `${count(run.sections, (x) => x.worker.startsWith(`${s.base}`) && x.write === 'ok')} (${s.base})`).join(', ')} accepted sections`))
+
+    if (rw) {
+      const reads = checkStableReads(run.sections, BLOCKED_MS)
+      invariants.push(invariant('a reader reads the same value at the end of its section: no write was accepted while it held the lock, unless it lost its lease', reads.problems,
+        `${reads.checked} reader section(s) read twice; changed under ${reads.explained} reader(s) that had lost their lease`))
+      stats.push(`read/write: sections ${count(run.sections, (x) => x.mode === 'read' && !x.killed)} read, ${count(run.sections, (x) => x.mode === 'write' && !x.killed)} write; ` +
+        `multi-lock parts ${run.multiParts}; readers' claims refused (a newer reader had claimed) ${count(run.sections, (x) => x.mode === 'read' && x.claim === 'refused')}; ` +
+        `overlaps involving a writer ${overlaps.length} (two readers' are not overlaps)`)
+    }
 
     if (run.faults.restarts > 0) {
       const after = run.restartEnds.map((t) => count(run.sections, (s) => s.start > t && s.write === 'ok'))
@@ -783,7 +825,7 @@ async function tortureOne(database: Database, strategy: StrategyName): Promise<V
 async function demonstrateLocalClock(database: Database, strategy: StrategyName): Promise<{ verdict: Verdict; overlaps: number }> {
   const label = `${database}/${strategy} clock 'local'`
   console.log(`\n== demonstration: ${database}/${strategy} with clock: 'local', the same skewed clocks (${SKEWS.map(fmtSkew).join(', ')}), no other fault, ${fmtS(demoMs)}`)
-  const run = new Run({ database, strategy, clock: 'local', durationMs: demoMs, work: 'long', label, forge: false })
+  const run = new Run({ database, strategy, clock: 'local', durationMs: demoMs, work: 'long', label, forge: false, kind: 'plain' })
   current = run
   const t0 = realNow()
   let verdict: Verdict
@@ -844,6 +886,8 @@ console.log(`Each worker's critical section: claim the counter with the lock's f
 
 const verdicts: Verdict[] = []
 for (const target of matrix.targets) verdicts.push(await tortureOne(target.database, target.strategy))
+// Read/write locks and multi-locks take no strategy: one run per database.
+for (const database of [...new Set(matrix.targets.map((t) => t.database))]) verdicts.push(await tortureOne(database, 'native', 'rw'))
 
 const demos: Array<{ verdict: Verdict; overlaps: number }> = []
 for (const database of [...new Set(matrix.targets.map((t) => t.database))]) demos.push(await demonstrateLocalClock(database, 'native'))
@@ -867,5 +911,5 @@ only where clocks agree to well within the lock timeout. Fencing still protects 
 checks fences, as the demonstrations show, but the lock itself no longer excludes anyone.`)
 const failed = verdicts.filter((v) => !v.ok).length + demos.filter((d) => !d.verdict.ok).length
 const missingInCI = inCI && matrix.missing.length > 0
-console.log(`\ntorture ${failed === 0 && !missingInCI ? 'PASSED' : 'FAILED'}: ${verdicts.length} pair(s), ${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
+console.log(`\ntorture ${failed === 0 && !missingInCI ? 'PASSED' : 'FAILED'}: ${matrix.targets.length} pair(s), ${verdicts.length - matrix.targets.length} read/write run(s), ${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
 process.exit(failed === 0 && !missingInCI && matrix.targets.length > 0 ? 0 : 1)

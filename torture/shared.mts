@@ -20,6 +20,15 @@ export function realNow(): number {
 /** How a worker's store judges time. */
 export type ClockMode = 'database' | 'local'
 
+/**
+ * What a worker takes: plain locks (`tryAcquireLock`/`acquireLock`), or read/write locks and
+ * multi-locks over two of them (`rw`).
+ */
+export type WorkerKind = 'plain' | 'rw'
+
+/** A read/write lock's side, on the lines of a worker of kind `rw`. */
+export type RwMode = 'read' | 'write'
+
 /** Everything a worker process is told, through its environment. */
 export interface WorkerConfig {
   database: Database
@@ -34,6 +43,7 @@ export interface WorkerConfig {
   reclaim: string[]
   /** How long the "work" inside a critical section takes: mostly a few ms (`mixed`), or 50–400 ms (`long`). */
   work: 'mixed' | 'long'
+  kind: WorkerKind
 }
 
 export function workerEnv(config: WorkerConfig): Record<string, string> {
@@ -46,6 +56,7 @@ export function workerEnv(config: WorkerConfig): Record<string, string> {
     WLT_SKEW_MS: String(config.skewMs),
     WLT_LOCKS: config.locks.join(','),
     WLT_WORK: config.work,
+    WLT_KIND: config.kind,
     ...(config.reclaim.length === 0 ? {} : { WLT_RECLAIM: config.reclaim.join(',') }),
   }
 }
@@ -66,6 +77,7 @@ export function workerConfigFromEnv(env: NodeJS.ProcessEnv): WorkerConfig {
     locks: need('WLT_LOCKS').split(','),
     reclaim: env.WLT_RECLAIM ? env.WLT_RECLAIM.split(',') : [],
     work: env.WLT_WORK === 'long' ? 'long' : 'mixed',
+    kind: env.WLT_KIND === 'rw' ? 'rw' : 'plain',
   }
 }
 
@@ -76,7 +88,7 @@ export function workerConfigFromEnv(env: NodeJS.ProcessEnv): WorkerConfig {
  */
 export const countersTable = (table: string): string => `${table}_counters`
 export const journalTable = (table: string): string => `${table}_journal`
-/** The database's record of every grant of a lock, `<table>_grants` (see createGrantJournal). */
+/** The database's record of every grant of a lock (or read/write holder), `<table>_grants` (see createGrantJournal). */
 export const grantsTable = (table: string): string => `${table}_grants`
 
 /**
@@ -156,28 +168,36 @@ export async function createResource(knex: Knex, database: Database, table: stri
  * to. The journal's id is drawn while the granting statement holds what serialises the grants of
  * one lock (PostgreSQL: the lock's advisory lock, held to commit; MySQL/MariaDB: the fence
  * counter's row lock; SQLite: the write lock), so it is the order of grants. Renewals do not
- * change the fence and are not recorded.
+ * change the fence and are not recorded. A trigger on `<table>_rw_holders` records every
+ * read/write holder inserted, likewise: its insert runs while the acquisition's transaction holds
+ * the key's row in `<table>_rw_keys` (SQLite: the write lock), which serialises that key's grants.
+ * A holder inserted by a transaction that then rolls back (a multi-lock refused on a later part)
+ * takes its record along.
  */
 export async function createGrantJournal(knex: Knex, database: Database, table: string): Promise<void> {
   const grants = grantsTable(table)
   const columns = 'lock_name VARCHAR(255) NOT NULL, lock_key VARCHAR(255) NOT NULL, holder VARCHAR(255) NOT NULL, fence BIGINT NOT NULL'
   const copy = `INSERT INTO ${grants} (lock_name, lock_key, holder, fence) VALUES (NEW.lock_name, NEW.lock_key, NEW.instance_name, NEW.fence)`
+  const holders = `${table}_rw_holders`
   switch (database) {
     case 'sqlite':
       await knex.raw(`CREATE TABLE ${grants} (id INTEGER PRIMARY KEY AUTOINCREMENT, ${columns})`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} BEGIN ${copy}; END`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} WHEN NEW.fence <> OLD.fence BEGIN ${copy}; END`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_rw AFTER INSERT ON ${holders} BEGIN ${copy}; END`)
       break
     case 'postgres':
       await knex.raw(`CREATE TABLE ${grants} (id BIGSERIAL PRIMARY KEY, ${columns})`)
       await knex.raw(`CREATE FUNCTION ${table}_grants_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN ${copy}; RETURN NULL; END $$`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} FOR EACH ROW EXECUTE FUNCTION ${table}_grants_fn()`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} FOR EACH ROW WHEN (NEW.fence IS DISTINCT FROM OLD.fence) EXECUTE FUNCTION ${table}_grants_fn()`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_rw AFTER INSERT ON ${holders} FOR EACH ROW EXECUTE FUNCTION ${table}_grants_fn()`)
       break
     case 'mysql':
       await knex.raw(`CREATE TABLE ${grants} (id BIGINT AUTO_INCREMENT PRIMARY KEY, ${columns}) ENGINE=InnoDB`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_ai AFTER INSERT ON ${table} FOR EACH ROW ${copy}`)
       await knex.raw(`CREATE TRIGGER ${table}_grants_au AFTER UPDATE ON ${table} FOR EACH ROW BEGIN IF NEW.fence <> OLD.fence THEN ${copy}; END IF; END`)
+      await knex.raw(`CREATE TRIGGER ${table}_grants_rw AFTER INSERT ON ${holders} FOR EACH ROW ${copy}`)
       break
   }
 }
@@ -193,6 +213,7 @@ export async function dropResource(knex: Knex, database: Database, table: string
   } else {
     await knex.raw(`DROP TRIGGER IF EXISTS ${table}_grants_ai`)
     await knex.raw(`DROP TRIGGER IF EXISTS ${table}_grants_au`)
+    await knex.raw(`DROP TRIGGER IF EXISTS ${table}_grants_rw`)
   }
   await knex.raw(`DROP TABLE IF EXISTS ${grantsTable(table)}`)
 }
@@ -249,14 +270,19 @@ export interface ForgerSummary {
 export type WorkerEvent =
   | { t: 'ready'; worker: string; pid: number; at: number }
   | { t: 'reclaim'; worker: string; lock: string; acquired: boolean; fence?: string; start: number; at: number }
-  /** `leaseFrom`: when the acquiring statement was sent; the row's timestamp is no earlier. */
-  | { t: 'acq'; worker: string; lock: string; fence: string; via: 'try' | 'wait'; at: number; leaseFrom: number }
+  /**
+   * `leaseFrom`: when the acquiring statement was sent; the row's timestamp is no earlier. `mode`:
+   * a read/write lock's side (kind `rw`; a multi-lock reports one line per part).
+   */
+  | { t: 'acq'; worker: string; lock: string; fence: string; via: 'try' | 'wait'; at: number; leaseFrom: number; mode?: RwMode; multi?: boolean }
   /** A renewal of the worker's lock succeeded; it was sent at `sentAt`, so the row is at least that fresh. */
   | { t: 'renew'; worker: string; sentAt: number }
   | { t: 'lost'; worker: string; lock: string; fence: string; reason: string; at: number }
   | {
       t: 'sec'; worker: string; lock: string; fence: string; start: number; end: number
       claim: Outcome; write: Outcome; read?: string
+      /** Kind `rw`: the side held. A reader does not write; it reads again at the end (`reread`), and must find what it read first. */
+      mode?: RwMode; reread?: string
       /** Whether lock.signal had aborted when the section ended. */
       aborted: boolean
       /** The longest the worker's event loop was blocked during the section. */

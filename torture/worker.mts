@@ -1,6 +1,9 @@
 // One torture worker: a process that keeps taking one of a few locks and, holding it, does an
 // unguarded read-modify-write of that lock's counter, fenced with the lock's fence. It reports
 // every step as a JSON line on stdout for the harness (main.mts), which injects the faults.
+// Of kind `rw` it takes read/write locks instead (about 70 % reads), and multi-locks over two of
+// them: a writer does the same fenced read-modify-write; a reader claims the counter with its
+// fence too, reads it, and reads it again at the end, which must find it unchanged.
 //
 // Told through its environment what to do (see WorkerConfig in shared.mts). On stdin: "stall"
 // makes its next critical section block the event loop for longer than the lock timeout;
@@ -9,11 +12,11 @@
 import { simulatedSkewMs } from './skew.mjs' // first: shifts Date.now() before anything else is loaded
 import { createInterface } from 'node:readline'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { LockLostError, LockStore, LockTimeoutError, type Lock } from '../src/index.js'
+import { LockLostError, LockStore, LockTimeoutError, type Lock, type MultiLock } from '../src/index.js'
 import { connect } from '../test/targets.mjs'
 import {
   LOCK_TIMEOUT_MS, RENEWAL_INTERVAL_MS, STALL_MS, changedRows, realNow, resourceSql, selectedRows, workerConfigFromEnv,
-  type Outcome, type WorkerEvent,
+  type Outcome, type RwMode, type WorkerEvent,
 } from './shared.mjs'
 
 const config = workerConfigFromEnv(process.env)
@@ -99,14 +102,15 @@ const unfenced = process.env.TORTURE_UNFENCED === '1'
 
 // When the row of the lock held now was last written (acquired or renewed), as a lower bound of
 // its timestamp: the harness judges a killed holder's lease by it.
-// When each acquisition's write was sent (by fence): the row is at least that fresh.
+// When each acquisition's write was sent (by lock and fence): the row is at least that fresh.
 const leaseFrom = new Map<string, number>()
+const leaseKey = (name: string, fence: bigint): string => `${name}\0${fence}`
 // Locks whose release() is under way: an acquisition of one of them before that release returns
 // is a hand-over to another task of this worker.
 const releasing = new Set<string>()
 let handOvers = 0
 store.on('acquired', (e) => {
-  leaseFrom.set(String(e.fence), realNow() - e.durationMs)
+  leaseFrom.set(leaseKey(e.name, e.fence), realNow() - e.durationMs)
   if (releasing.has(e.name)) handOvers++
 })
 store.on('renewed', (e) => emit({ t: 'renew', worker, sentAt: realNow() - e.durationMs }))
@@ -128,8 +132,8 @@ function busyWait(ms: number): void {
 async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
   const fence = Number(lock.fence) // far below 2^53; every driver binds numbers the same way
   const start = realNow()
-  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start, leaseFrom: leaseFrom.get(String(lock.fence)) ?? start })
-  leaseFrom.delete(String(lock.fence))
+  emit({ t: 'acq', worker, lock: lock.name, fence: String(lock.fence), via, at: start, leaseFrom: leaseFrom.get(leaseKey(lock.name, lock.fence)) ?? start })
+  leaseFrom.delete(leaseKey(lock.name, lock.fence))
   const onAbort = (): void => {
     const reason = lock.signal.reason instanceof LockLostError ? lock.signal.reason.reason : String(lock.signal.reason)
     emit({ t: 'lost', worker, lock: lock.name, fence: String(lock.fence), reason, at: realNow() })
@@ -190,6 +194,124 @@ async function criticalSection(lock: Lock, via: 'try' | 'wait'): Promise<void> {
   }
 }
 
+/**
+ * Kind `rw`: the critical section of a read/write lock or of a multi-lock's parts, all at once.
+ * Every part claims its counter with its own fence and reads it; then the "work" (or a stall);
+ * then a writer stores read + 1 (fenced), and a reader reads again: the lock kept writers out
+ * meanwhile, so it must find the same value, unless it lost its lease.
+ */
+async function readWriteSection(locks: readonly Lock[], via: 'try' | 'wait'): Promise<void> {
+  const start = realNow()
+  const multi = locks.length > 1
+  const parts = locks.map((lock) => ({
+    lock, mode: (lock.mode === 'write' ? 'write' : 'read') as RwMode, fence: Number(lock.fence),
+    claim: 'skipped' as Outcome, write: 'skipped' as Outcome, read: undefined as number | undefined, reread: undefined as number | undefined,
+    onAbort: () => {
+      const reason = lock.signal.reason instanceof LockLostError ? lock.signal.reason.reason : String(lock.signal.reason)
+      emit({ t: 'lost', worker, lock: lock.name, fence: String(lock.fence), reason, at: realNow() })
+    },
+  }))
+  for (const p of parts) {
+    const key = leaseKey(p.lock.name, p.lock.fence)
+    emit({ t: 'acq', worker, lock: p.lock.name, fence: String(p.lock.fence), via, at: start, leaseFrom: leaseFrom.get(key) ?? start, mode: p.mode, ...(multi ? { multi } : {}) })
+    leaseFrom.delete(key)
+    p.lock.signal.addEventListener('abort', p.onAbort)
+  }
+  const sectionStart = performance.now()
+  let stall: { ms: number; abortedOnWake: boolean; reason?: string } | undefined
+  const readValue = async (name: string): Promise<number> => {
+    const rows = selectedRows(config.database, await run(resourceSql.read(config.table), [name]))
+    const value = Number(rows[0]?.value)
+    if (!Number.isSafeInteger(value)) throw new Error(`counter ${name} has no value: ${JSON.stringify(rows)}`)
+    return value
+  }
+  try {
+    for (const p of parts) {
+      p.claim = 'error'
+      p.claim = unfenced ? 'skipped' : changedRows(config.database, await run(resourceSql.claim(config.table), [p.fence, worker, p.lock.name, p.fence])) === 1 ? 'ok' : 'refused'
+      p.read = await readValue(p.lock.name)
+    }
+    if (stallNext) {
+      stallNext = false
+      const stalledAt = performance.now()
+      busyWait(STALL_MS)
+      await sleep(25) // the overdue renewal runs first
+      const lost = parts.find((p) => p.lock.signal.aborted)
+      const reason = lost?.lock.signal.reason instanceof LockLostError ? lost.lock.signal.reason.reason : undefined
+      stall = { ms: Math.round(performance.now() - stalledAt), abortedOnWake: parts.every((p) => p.lock.signal.aborted), ...(reason ? { reason } : {}) }
+    } else {
+      await sleep(config.work === 'long' ? between(50, 400) : Math.random() < 0.1 ? between(200, 700) : between(2, 25))
+    }
+    for (const p of parts) {
+      if (p.mode === 'write') {
+        p.write = 'error'
+        p.write = changedRows(config.database, await run((unfenced ? resourceSql.unfencedWrite : resourceSql.write)(config.table),
+          [p.read! + 1, p.fence, worker, p.read!, p.lock.name, p.fence])) === 1 ? 'ok' : 'refused'
+      } else {
+        p.reread = await readValue(p.lock.name)
+      }
+    }
+  } catch (error) {
+    errors++
+    emit({ t: 'err', worker, where: `read/write section (${parts.map((p) => `${p.lock.name} ${p.mode}: claim ${p.claim}, write ${p.write}`).join('; ')})`, message: message(error), at: realNow() })
+  }
+  const end = realNow()
+  const maxLagMs = Math.round(lagSince(sectionStart))
+  for (const p of parts) {
+    sections++
+    emit({
+      t: 'sec', worker, lock: p.lock.name, fence: String(p.lock.fence), start, end, claim: p.claim, write: p.write, mode: p.mode,
+      ...(p.read === undefined ? {} : { read: String(p.read) }), ...(p.reread === undefined ? {} : { reread: String(p.reread) }),
+      aborted: p.lock.signal.aborted, maxLagMs, ...(stall ? { stall } : {}),
+    })
+    p.lock.signal.removeEventListener('abort', p.onAbort)
+  }
+}
+
+/**
+ * Kind `rw`: one acquisition, a read/write lock (70 % read) or a multi-lock over two of them
+ * (20 %), by one attempt or a short wait; a write lock while a stall is pending.
+ */
+async function readWriteTask(): Promise<void> {
+  while (!stopping) {
+    const via = Math.random() < 0.5 ? 'try' : 'wait'
+    const timeoutMs = Math.round(between(100, 600))
+    let held: { locks: readonly Lock[]; release(): Promise<void> } | null = null
+    try {
+      // A section told to stall takes one write side, so that its late write meets the fence.
+      if (!stallNext && Math.random() < 0.2) {
+        const first = pick(config.locks)
+        const second = pick(config.locks.filter((name) => name !== first))
+        const list = [first, second].map((name) => ({ name, write: Math.random() < 0.3 }))
+        const multi: MultiLock | null = via === 'try' ? await store.tryAcquireMultiLock(list) : await store.acquireMultiLock(list, { timeoutMs })
+        held = multi
+      } else {
+        const name = pick(config.locks)
+        const write = stallNext || Math.random() < 0.3
+        const lock = via === 'try' ? await store.tryAcquireReadWriteLock(name, '', { write }) : await store.acquireReadWriteLock(name, '', { write, timeoutMs })
+        held = lock ? { locks: [lock], release: () => lock.release() } : null
+      }
+    } catch (error) {
+      if (!(error instanceof LockTimeoutError)) {
+        errors++
+        emit({ t: 'err', worker, where: `acquire read/write (${via})`, message: message(error), at: realNow() })
+        await sleep(between(200, 400)) // the database is down or restarting: do not spin
+        continue
+      }
+    }
+    if (held) {
+      await readWriteSection(held.locks, via)
+      try {
+        await held.release()
+      } catch (error) {
+        errors++
+        emit({ t: 'err', worker, where: 'release read/write', message: message(error), at: realNow() })
+      }
+    }
+    await sleep(between(5, 60))
+  }
+}
+
 emit({ t: 'ready', worker, pid: process.pid, at: realNow() })
 if (simulatedSkewMs !== 0) emit({ t: 'log', worker, level: 'info', message: `Date.now() runs ${simulatedSkewMs} ms off`, at: realNow() })
 
@@ -229,7 +351,7 @@ async function task(): Promise<void> {
     await sleep(between(5, 60))
   }
 }
-await Promise.all(Array.from({ length: TASKS }, () => task()))
+await Promise.all(Array.from({ length: TASKS }, () => (config.kind === 'rw' ? readWriteTask() : task())))
 
 input.close()
 try {

@@ -1,5 +1,5 @@
-// What only SQLite does: the library version decides whether the native acquire can run, and a
-// database is known by its file.
+// What only SQLite does: the library version decides whether the native acquire can run, a
+// database is known by its file, and a transaction must never wait across an await.
 import assert from 'node:assert/strict'
 import { mkdtempSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
@@ -163,4 +163,45 @@ describe('sqlite: stores of one process on separate knex instances', () => {
       })
     })
   }
+})
+
+// better-sqlite3 waits for SQLite's write lock synchronously, blocking the whole thread. A
+// read/write acquisition's transaction left open across an await (as it was, through knex) made
+// any other write of the same process meanwhile (a plain lock, a release, the application's own
+// statement) block the thread for the busy timeout and fail with "database is locked" (here
+// within the first few calls, after 5 s each). Its transaction now runs in one go.
+describe('sqlite: read/write acquisitions among other writes of one process', () => {
+  it('never blocks the process or fails the others with "database is locked" (pool of 4 connections)', { timeout: 60_000 }, async () => {
+    const knex = connect('sqlite', { poolMax: 4 })
+    const tableName = uniqueName('wl_sqlite_rw')
+    const app = `${tableName}_app`
+    await createLockTable(knex, { tableName })
+    await knex.schema.createTable(app, (t) => { t.integer('id').primary(); t.integer('n').notNullable() })
+    await knex(app).insert({ id: 1, n: 0 })
+    const store = new LockStore(knex, { tableName })
+    const errors: string[] = []
+    const loop = async (label: string, step: (i: number) => Promise<unknown>): Promise<void> => {
+      for (let i = 0; i < 100 && errors.length === 0; i++) {
+        try {
+          await step(i)
+        } catch (error) {
+          errors.push(`${label}: ${error instanceof Error ? error.message : String(error)}`)
+        }
+      }
+    }
+    try {
+      await Promise.all([
+        loop('read/write', async (i) => { await (await store.tryAcquireReadWriteLock('report', `k${i % 3}`, { write: i % 2 === 0 }))?.release() }),
+        loop('multi-lock', async (i) => { await (await store.tryAcquireMultiLock([{ name: 'report', key: `k${i % 3}`, write: true }, { name: 'report', key: 'm', write: false }]))?.release() }),
+        loop('plain lock', async (i) => { await (await store.tryAcquireLock('plain', `k${i % 3}`))?.release() }),
+        loop('application', () => knex(app).where({ id: 1 }).increment('n', 1)),
+      ])
+      assert.deepEqual(errors, [])
+    } finally {
+      await store.close()
+      await knex.schema.dropTableIfExists(app)
+      await dropLockTable(knex, { tableName })
+      await knex.destroy()
+    }
+  })
 })
