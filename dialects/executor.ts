@@ -121,19 +121,58 @@ function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
   return { run: (statement, values) => executor.run(statement.sql, positional(statement, values), statement.kind) }
 }
 
+/** Runs one statement on a better-sqlite3 connection, prepared once per connection. */
+function runSqlite(connection: unknown, sql: string, params: readonly unknown[]): StatementResult {
+  const conn = connection as SqliteConnection & object
+  let cache = sqliteStatements.get(conn)
+  if (!cache) sqliteStatements.set(conn, (cache = new Map()))
+  let statement = cache.get(sql)
+  if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
+  if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
+  const info = statement.run(...params)
+  return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
+}
+
 function sqliteExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => {
-      const conn = connection as SqliteConnection & object
-      let cache = sqliteStatements.get(conn)
-      if (!cache) sqliteStatements.set(conn, (cache = new Map()))
-      let statement = cache.get(sql)
-      if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
-      if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
-      const info = statement.run(...params)
-      return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
-    }),
+    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => runSqlite(connection, sql, params)),
   }
+}
+
+const BEGIN: Statement = { kind: 'begin', sql: 'BEGIN', names: [] }
+const COMMIT: Statement = { kind: 'commit', sql: 'COMMIT', names: [] }
+const ROLLBACK: Statement = { kind: 'rollback', sql: 'ROLLBACK', names: [] }
+
+/**
+ * On better-sqlite3 (else `undefined`): runs `body` between BEGIN and COMMIT (ROLLBACK if it
+ * throws) on one connection of knex's pool, without yielding to the event loop from BEGIN to the
+ * end, so that no transaction of this process holds SQLite's write lock across an await. `run`
+ * runs one statement on that connection, synchronously; knex's `query` event fires for each.
+ */
+export function synchronousTransaction<T>(knex: Knex, body: (run: (statement: Statement, values: object) => StatementResult) => T): Promise<T> | undefined {
+  const client = knex.client as unknown as Client
+  if (client.driverName !== 'better-sqlite3') return undefined
+  return client.acquireConnection().then((connection) => {
+    const uid = (connection as { __knexUid?: string }).__knexUid
+    const run = (statement: Statement, values: object): StatementResult => {
+      const params = positional(statement, values)
+      client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', __knexUid: uid, workerLocksKind: statement.kind })
+      return runSqlite(connection, statement.sql, params)
+    }
+    try {
+      run(BEGIN, {})
+      try {
+        const result = body(run)
+        run(COMMIT, {})
+        return result
+      } catch (error) {
+        if ((connection as { inTransaction?: boolean }).inTransaction) run(ROLLBACK, {})
+        throw error
+      }
+    } finally {
+      void client.releaseConnection(connection)
+    }
+  })
 }
 
 function pgExecutor(client: Client): PositionalExecutor {

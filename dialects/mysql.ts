@@ -110,12 +110,14 @@ export const mysqlDialect: Dialect = {
     transaction: { isolationLevel: 'read committed' },
     // An UPDATE locks the key row and draws the fence; LAST_INSERT_ID(expr) hands the new value
     // back in the same reply. No row: made by createKey, outside the transaction.
-    async lockKey(trx, keys, part, intent) {
-      const sql = statement(trx, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `UPDATE ${quote(keys)}
+    lockKey(knex, keys, part, intent) {
+      const sql = statement(knex, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `UPDATE ${quote(keys)}
         SET fence = LAST_INSERT_ID(fence + 1)${intent === undefined ? '' : ', intent_token = IF(intent_token = :intent, NULL, intent_token)'}
         WHERE lock_name = :name AND lock_key = :key`)
-      const { affectedRows, insertId } = await executorFor(trx, mysqlDialect.rowsOf).run(sql, { intent, name: part.name, key: part.key })
-      return affectedRows === 0 ? null : BigInt(insertId)
+      return {
+        step: { statement: sql, values: { intent, name: part.name, key: part.key } },
+        fence: ({ affectedRows, insertId }) => (affectedRows === 0 ? null : BigInt(insertId)),
+      }
     },
     async createKey(knex, keys, part) {
       const sql = statement(knex, 'rw-key-create', keys, (quote) => `INSERT IGNORE INTO ${quote(keys)} (lock_name, lock_key, fence) VALUES (:name, :key, 0)`)

@@ -306,7 +306,7 @@ export const postgresDialect: Dialect = {
     // Explicit: a server whose default is REPEATABLE READ or SERIALIZABLE would fail most
     // acquisitions of a busy key with serialization errors.
     transaction: { isolationLevel: 'read committed' },
-    lockKey: (trx, keys, part, intent) => upsertKey(postgresDialect, trx, keys, part, intent),
+    lockKey: upsertKey,
     integer: (placeholder) => `CAST(${placeholder} AS BIGINT)`,
   },
 }

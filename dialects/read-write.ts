@@ -6,7 +6,7 @@
 // holders one row at a time and try once more, else roll back. Being refused is never an error.
 import type { Knex } from 'knex'
 import { toFence, type Dialect } from './dialect.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, synchronousTransaction, type Statement, type StatementResult } from './executor.js'
 import { retryingConflicts } from './acquire.js'
 
 /** One (name, key) of an acquisition, and the token its holder row will carry. */
@@ -36,33 +36,45 @@ export interface ReadWriteRequest {
   readonly intent: string | undefined
 }
 
+/** One statement of an acquisition, with its values. */
+export interface ReadWriteStep {
+  readonly statement: Statement
+  readonly values: object
+}
+
 /** What a dialect does its own way for read/write locks. */
 export interface ReadWriteSql {
-  /** The settings of an acquisition's transaction. */
+  /** The settings of an acquisition's transaction, where it is not run synchronously (see `acquireReadWrite`). */
   readonly transaction: Knex.TransactionConfig | undefined
   /**
-   * Locks the key row of `part` until the transaction ends and draws the key's next fence, also
-   * clearing `intent` if the row carries it. Resolves the fence, or `null` when the row does not
-   * exist and must first be made by `createKey`, outside the transaction.
+   * The statement that locks the key row of `part` until the transaction ends and draws the
+   * key's next fence, also clearing `intent` if the row carries it; and how to read that fence
+   * from its result: `null` when the row does not exist and must first be made by `createKey`,
+   * outside the transaction.
    */
-  lockKey(trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint | null>
+  lockKey(knex: Knex, keys: string, part: ReadWritePart, intent: string | undefined): KeyStep
   /** Makes a key row in its own autocommit statement (where `lockKey` cannot make it). */
   createKey?(knex: Knex, keys: string, part: ReadWritePart): Promise<void>
   /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
   integer(placeholder: string): string
 }
 
+/** What `ReadWriteSql.lockKey` returns: the statement, and how to read the fence from its result. */
+export interface KeyStep {
+  readonly step: ReadWriteStep
+  readonly fence: (result: StatementResult) => bigint | null
+}
+
 /**
  * `lockKey` for databases with `INSERT … ON CONFLICT DO UPDATE … RETURNING` (PostgreSQL, SQLite):
  * the upsert makes the row or locks it, and returns the fence it drew.
  */
-export async function upsertKey(dialect: Dialect, trx: Knex, keys: string, part: ReadWritePart, intent: string | undefined): Promise<bigint> {
-  const sql = statement(trx, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
+export function upsertKey(knex: Knex, keys: string, part: ReadWritePart, intent: string | undefined): KeyStep {
+  const sql = statement(knex, intent === undefined ? 'rw-key' : 'rw-key/intent', keys, (quote) => `INSERT INTO ${quote(keys)} AS a (lock_name, lock_key, fence)
     VALUES (:name, :key, 1) ON CONFLICT (lock_name, lock_key) DO UPDATE SET fence = a.fence + 1
     ${intent === undefined ? '' : ', intent_token = CASE WHEN a.intent_token = :intent THEN NULL ELSE a.intent_token END'}
     RETURNING fence`)
-  const { rows } = await executorFor(trx, dialect.rowsOf).run(sql, { name: part.name, key: part.key, intent })
-  return toFence(rows[0]?.fence)
+  return { step: { statement: sql, values: { name: part.name, key: part.key, intent } }, fence: ({ rows }) => toFence(rows[0]?.fence) }
 }
 
 // Thrown inside the transaction to roll it back: a part was refused, or a key row is missing.
@@ -74,48 +86,86 @@ class MissingKey extends Error {
 /** The clock as SQL: the database's, or the bound `:now`. */
 const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): string => (nowMs === null ? dialect.nowSql : sql.integer(':now'))
 
-/** Inserts the holder row of `part` unless a conflicting holder (live or stale) or, for a reader, a live writer's intent stands in the way. */
-async function insertHolder(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Promise<boolean> {
+/**
+ * The insert of the holder row of `part`, which writes nothing if a conflicting holder (live or
+ * stale) or, for a reader, a live writer's intent stands in the way. A reader part of an
+ * acquisition that has an intent of its own (a waiting multi-lock that also writes) passes other
+ * writers' intents: two such waits, each reading what the other writes, would otherwise keep
+ * each other out for as long as both wait, neither holding anything.
+ */
+function insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): ReadWriteStep {
   const { keys, holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
-  const text = statement(trx, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
+  const honoursIntents = !part.write && r.intent === undefined
+  const text = statement(knex, `rw-insert-${part.write ? 'write' : honoursIntents ? 'read' : 'read-past-intents'}/${clock}`, holders, (quote) => {
     const now = nowOf(dialect, sql, r.nowMs)
     return `INSERT INTO ${quote(holders)} (lock_name, lock_key, token, instance_name, write_mode, last_renewed_ts, lease_ms, fence)
       SELECT :name, :key, :token, :instance, ${sql.integer(':write')}, ${now}, ${sql.integer(':lease')}, ${sql.integer(':fence')}
       FROM ${quote(keys)} a WHERE a.lock_name = :name AND a.lock_key = :key
       AND NOT EXISTS (SELECT 1 FROM ${quote(holders)} h WHERE h.lock_name = :name AND h.lock_key = :key${part.write ? '' : ' AND h.write_mode = 1'})
-      ${part.write ? '' : `AND (a.intent_token IS NULL OR a.intent_until < ${now})`}`
+      ${honoursIntents ? `AND (a.intent_token IS NULL OR a.intent_until < ${now})` : ''}`
   })
   const values = { name: part.name, key: part.key, token: part.token, instance: r.instanceName, write: part.write ? 1 : 0, now: r.nowMs, lease: r.leaseMs, fence: String(fence) }
-  return (await executorFor(trx, dialect.rowsOf).run(text, values)).affectedRows > 0
+  return { statement: text, values }
 }
 
-/** Deletes the stale holders of `part`'s key, one row at a time; resolves how many went. */
-async function reapStale(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<number> {
+/** Deletes the stale holders of `part`'s key, one row at a time; returns how many went. */
+function* reapStale(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Generator<ReadWriteStep, number, StatementResult> {
   const { holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
   const stale = (quote: (name: string) => string): string => `${quote(holders)}.last_renewed_ts + ${quote(holders)}.lease_ms < ${nowOf(dialect, sql, r.nowMs)}`
-  const find = statement(trx, `rw-stale/${clock}`, holders, (quote) =>
+  const find = statement(knex, `rw-stale/${clock}`, holders, (quote) =>
     `SELECT token FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND ${stale(quote)}`)
-  const reap = statement(trx, `rw-reap/${clock}`, holders, (quote) =>
+  const reap = statement(knex, `rw-reap/${clock}`, holders, (quote) =>
     `DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token AND ${stale(quote)}`)
-  const executor = executorFor(trx, dialect.rowsOf)
-  const { rows } = await executor.run(find, { name: part.name, key: part.key, now: r.nowMs })
+  const { rows } = yield { statement: find, values: { name: part.name, key: part.key, now: r.nowMs } }
   let reaped = 0
   for (const row of rows) {
     const token = Buffer.isBuffer(row.token) ? row.token.toString('utf8') : String(row.token)
-    reaped += (await executor.run(reap, { name: part.name, key: part.key, token, now: r.nowMs })).affectedRows
+    reaped += (yield { statement: reap, values: { name: part.name, key: part.key, token, now: r.nowMs } }).affectedRows
   }
   return reaped
 }
 
-/** One part inside the transaction: its fence, or Refused / MissingKey thrown. */
-async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Promise<bigint> {
-  const fence = await sql.lockKey(trx, readWriteTables(r.table).keys, part, part.write ? r.intent : undefined)
-  if (fence === null) throw new MissingKey(part)
-  if (await insertHolder(trx, dialect, sql, r, part, fence)) return fence
-  if (await reapStale(trx, dialect, sql, r, part) > 0 && await insertHolder(trx, dialect, sql, r, part, fence)) return fence
-  throw new Refused()
+/**
+ * The statements of one acquisition inside its transaction, each handed the result of the one
+ * before: per part, lock its key row, insert its holder, or else reap stale holders and insert
+ * once more. Returns the parts' fences, or throws Refused / MissingKey (rolling back).
+ */
+function* takeParts(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Generator<ReadWriteStep, bigint[], StatementResult> {
+  const fences: bigint[] = []
+  for (const part of r.parts) {
+    const key = sql.lockKey(knex, readWriteTables(r.table).keys, part, part.write ? r.intent : undefined)
+    const fence = key.fence(yield key.step)
+    if (fence === null) throw new MissingKey(part)
+    const insert = insertHolder(knex, dialect, sql, r, part, fence)
+    if ((yield insert).affectedRows > 0) fences.push(fence)
+    else if ((yield* reapStale(knex, dialect, sql, r, part)) > 0 && (yield insert).affectedRows > 0) fences.push(fence)
+    else throw new Refused()
+  }
+  return fences
+}
+
+/**
+ * The acquisition's transaction. On better-sqlite3 it runs synchronously, BEGIN to COMMIT, on one
+ * connection of the pool: a transaction left open across an await holds SQLite's write lock
+ * while another connection of the same process may wait for it in its busy handler, which is
+ * synchronous: the thread blocks until the busy timeout and that statement fails. Elsewhere, a
+ * knex transaction whose statements are awaited one by one.
+ */
+function transact(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Promise<bigint[]> {
+  return synchronousTransaction(knex, (run) => {
+    const steps = takeParts(knex, dialect, sql, r)
+    let next = steps.next()
+    while (!next.done) next = steps.next(run(next.value.statement, next.value.values))
+    return next.value
+  }) ?? knex.transaction(async (trx) => {
+    const executor = executorFor(trx, dialect.rowsOf)
+    const steps = takeParts(trx, dialect, sql, r)
+    let next = steps.next()
+    while (!next.done) next = steps.next(await executor.run(next.value.statement, next.value.values))
+    return next.value
+  }, sql.transaction)
 }
 
 /**
@@ -124,11 +174,7 @@ async function takePart(trx: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadW
  * deadlock or serialization race counts as refused; other errors reject.
  */
 export async function acquireReadWrite(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest): Promise<bigint[] | null> {
-  const once = (): Promise<bigint[] | null> => knex.transaction(async (trx) => {
-    const fences: bigint[] = []
-    for (const part of r.parts) fences.push(await takePart(trx, dialect, sql, r, part))
-    return fences
-  }, sql.transaction).catch((error: unknown) => {
+  const once = (): Promise<bigint[] | null> => transact(knex, dialect, sql, r).catch((error: unknown) => {
     if (error instanceof Refused) return null
     throw error
   })

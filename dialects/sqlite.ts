@@ -75,9 +75,10 @@ export const sqliteDialect: Dialect = {
   isTransientConflict: () => false,
   readWrite: {
     // The key upsert, the transaction's first statement, takes the database's write lock at
-    // once (as BEGIN IMMEDIATE would), so no snapshot taken earlier can go stale.
+    // once (as BEGIN IMMEDIATE would), so no snapshot taken earlier can go stale. On
+    // better-sqlite3 the transaction runs synchronously (see acquireReadWrite); this is for sqlite3.
     transaction: undefined,
-    lockKey: (trx, keys, part, intent) => upsertKey(sqliteDialect, trx, keys, part, intent),
+    lockKey: upsertKey,
     integer: (placeholder) => placeholder,
   },
 }

@@ -12,8 +12,9 @@ export function schemaSuite(h: Harness): void {
     const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
     try {
       const [, applied] = await knex.migrate.latest(config)
-      assert.equal(applied.length, 2)
+      assert.equal(applied.length, 3)
       assert.equal(await h.knex.schema.hasTable(tableName), true)
+      for (const table of [`${tableName}_rw_keys`, `${tableName}_rw_holders`]) assert.equal(await h.knex.schema.hasTable(table), true, table)
       for (const column of ['fence', 'lease_ms']) assert.equal(await h.knex.schema.hasColumn(tableName, column), true, column)
       // The waiting line exists only where releases are announced to other processes.
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
@@ -21,11 +22,15 @@ export function schemaSuite(h: Harness): void {
       assert.deepEqual(again, [], 'a second run applies nothing')
       const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
       assert.ok(await store.tryAcquireLock('migrated'))
+      assert.ok(await store.tryAcquireReadWriteLock('migrated', '', { write: true }))
       await store.close()
       await knex.migrate.rollback(config, true)
       assert.equal(await h.knex.schema.hasTable(tableName), false)
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
+      for (const table of [`${tableName}_rw_keys`, `${tableName}_rw_holders`]) assert.equal(await h.knex.schema.hasTable(table), false, table)
     } finally {
+      await h.knex.schema.dropTableIfExists(`${tableName}_rw_holders`)
+      await h.knex.schema.dropTableIfExists(`${tableName}_rw_keys`)
       await h.knex.schema.dropTableIfExists(`${tableName}_waiters`)
       await h.knex.schema.dropTableIfExists(tableName)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations`)
