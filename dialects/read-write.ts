@@ -99,17 +99,23 @@ class MissingKey extends Error {
 /** The clock as SQL: the database's, or the bound `:now`. */
 const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): string => (nowMs === null ? dialect.nowSql : sql.integer(':now'))
 
-/** Inserts the holder row of `part` unless a conflicting holder (live or stale) or, for a reader, a live writer's intent stands in the way. */
+/**
+ * Inserts the holder row of `part` unless a conflicting holder (live or stale) or, for a reader,
+ * a live writer's intent stands in the way. A reader part of an acquisition that has an intent of
+ * its own (a waiting multi-lock that also writes) passes other writers' intents: two such waits,
+ * each reading what the other writes, would otherwise keep each other out for ever.
+ */
 function* insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Work<boolean> {
   const { keys, holders } = readWriteTables(r.table)
   const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
-  const text = statement(knex, `rw-insert-${part.write ? 'write' : 'read'}/${clock}`, holders, (quote) => {
+  const honoursIntents = !part.write && r.intent === undefined
+  const text = statement(knex, `rw-insert-${part.write ? 'write' : honoursIntents ? 'read' : 'read-past-intents'}/${clock}`, holders, (quote) => {
     const now = nowOf(dialect, sql, r.nowMs)
     return `INSERT INTO ${quote(holders)} (lock_name, lock_key, token, instance_name, write_mode, last_renewed_ts, lease_ms, fence)
       SELECT :name, :key, :token, :instance, ${sql.integer(':write')}, ${now}, ${sql.integer(':lease')}, ${sql.integer(':fence')}
       FROM ${quote(keys)} a WHERE a.lock_name = :name AND a.lock_key = :key
       AND NOT EXISTS (SELECT 1 FROM ${quote(holders)} h WHERE h.lock_name = :name AND h.lock_key = :key${part.write ? '' : ' AND h.write_mode = 1'})
-      ${part.write ? '' : `AND (a.intent_token IS NULL OR a.intent_until < ${now})`}`
+      ${honoursIntents ? `AND (a.intent_token IS NULL OR a.intent_until < ${now})` : ''}`
   })
   const values = { name: part.name, key: part.key, token: part.token, instance: r.instanceName, write: part.write ? 1 : 0, now: r.nowMs, lease: r.leaseMs, fence: String(fence) }
   return (yield { statement: text, values }).affectedRows > 0

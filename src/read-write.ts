@@ -9,7 +9,7 @@ import { describeLock, type HeldLock } from './held-locks.js'
 import { Lock, type LockOwner } from './lock.js'
 import { MultiLock } from './multi-lock.js'
 import type { ResolvedPart } from './read-write-options.js'
-import { announceRelease, waitForLocalRelease } from './release-bus.js'
+import { announceReleaseToAll, waitForLocalRelease } from './release-bus.js'
 import { databaseCall, readWriteKeyId, type LockRef, type ServerPlan, type StoreContext } from './store-context.js'
 import { WaitRoom, type WaitRoomOptions } from './wait-room.js'
 
@@ -26,6 +26,8 @@ export interface ReadWriteParts {
 interface PartsWait extends LockRef {
   readonly parts: readonly ResolvedPart[]
   readonly intent: string | undefined
+  /** Once the wait ended without the lock: the withdrawal of its intent, which never rejects. */
+  withdrawn?: Promise<void>
 }
 
 /** How messages name a multi-lock: its parts. */
@@ -37,6 +39,8 @@ export class ReadWriteLocks {
   readonly #room: WaitRoom<MultiLock>
   // Per wait queue, the functions that stop listening for its keys' releases.
   readonly #listening = new Map<string, Array<() => void>>()
+  // Withdrawals of intents under way, which stopAll() waits for.
+  readonly #withdrawing = new Set<Promise<void>>()
 
   constructor(ctx: StoreContext, parts: ReadWriteParts) {
     this.#ctx = ctx
@@ -48,7 +52,7 @@ export class ReadWriteLocks {
       waitingStarted: (wait) => this.#listen(wait as PartsWait),
       waitingEnded: (wait) => this.#stopListening(wait),
       ended: (wait, waitedMs, outcome) => {
-        if (outcome !== 'acquired') this.#withdraw(wait as PartsWait)
+        if (outcome !== 'acquired') (wait as PartsWait).withdrawn = this.#withdraw(wait as PartsWait)
         ctx.events.emit('waited', { name: wait.name, key: wait.key, waitedMs, outcome })
       },
     })
@@ -69,17 +73,23 @@ export class ReadWriteLocks {
       parts,
       intent: blockNewReaders && parts.some((p) => p.write) ? randomUUID() : undefined,
     }
-    return this.#room.wait(wait, timeoutMs, signal)
+    // A wait that ended without the lock settles once its intent is withdrawn, so that a reader
+    // asking right after (the caller, say) is not refused for an intent that is on its way out.
+    return this.#room.wait(wait, timeoutMs, signal).catch(async (error: unknown) => {
+      await wait.withdrawn
+      throw error
+    })
   }
 
-  /** Ends every wait with `reason`; resolves once they have ended. */
-  stopAll(reason: unknown): Promise<void> {
-    return this.#room.stopAll(reason)
+  /** Ends every wait with `reason`; resolves once they have ended and withdrawn their intents. */
+  async stopAll(reason: unknown): Promise<void> {
+    await this.#room.stopAll(reason)
+    await Promise.all(this.#withdrawing)
   }
 
   /** A holder's row of `(name, key)` is gone (released or forced out): this process's waiters for that key try again. */
   released(name: string, key: string): void {
-    announceRelease(this.#ctx.tableName, readWriteKeyId(name, key))
+    announceReleaseToAll(this.#ctx.tableName, readWriteKeyId(name, key))
   }
 
   async #attempt(parts: readonly ResolvedPart[], intent: string | undefined): Promise<MultiLock | null> {
@@ -141,15 +151,18 @@ export class ReadWriteLocks {
   }
 
   // A writer that gave up withdraws its claim at once rather than leaving readers out until it lapses.
-  #withdraw(wait: PartsWait): void {
+  #withdraw(wait: PartsWait): Promise<void> | undefined {
     const intent = wait.intent
-    if (intent === undefined) return
+    if (intent === undefined) return undefined
     const ctx = this.#ctx
     const parts = wait.parts.filter((p) => p.write)
-    const withdrawing = Promise.all(parts.map((p) => dropIntent(ctx.knex, ctx.dialect, ctx.tableName, p.name, p.key, intent))).catch((error: unknown) => {
+    const withdrawing = Promise.all(parts.map((p) => dropIntent(ctx.knex, ctx.dialect, ctx.tableName, p.name, p.key, intent))).then(() => undefined, (error: unknown) => {
       ctx.log('warn', { err: error }, `worker-locks: could not withdraw a waiting writer's claim on ${describeParts(parts)}; it lapses after ${this.#parts.intentMs} ms.`)
     })
+    this.#withdrawing.add(withdrawing)
+    void withdrawing.then(() => this.#withdrawing.delete(withdrawing))
     ctx.track(withdrawing)
+    return withdrawing
   }
 
   #listen(wait: PartsWait): void {

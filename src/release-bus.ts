@@ -37,3 +37,13 @@ export function announceRelease(table: string, lockId: string): void {
   queue.push(first)
   first.wake(lockId)
 }
+
+/**
+ * Announces the release of a read/write holder: wakes every store that waits for that key, since
+ * several of them (readers) may get in at once. Waking only the longest waiter, as for a plain
+ * lock, left the other readers asleep until their backoff ran out.
+ */
+export function announceReleaseToAll(table: string, lockId: string): void {
+  const queue = waitingStores.get(`${table}\0${lockId}`)
+  for (const store of [...(queue ?? [])]) store.wake(lockId)
+}

@@ -5,7 +5,7 @@ import { randomUUID } from 'node:crypto'
 import type { RowIdentity, ServerFacts } from '../dialects/index.js'
 import type { Acquisition } from './acquisition.js'
 import { describeLock, type HeldLock } from './held-locks.js'
-import { announceRelease } from './release-bus.js'
+import { announceReleaseToAll } from './release-bus.js'
 import { databaseCall, readWriteKeyId, type LockRef, type StoreContext } from './store-context.js'
 
 // A release hands a lock straight to a waiter of the same store at most this many times in a
@@ -63,7 +63,7 @@ export class Releasing {
   /** The row of `record` is gone: wake this process's waiters for it (and, for a plain lock, other processes' where the database can). */
   #announce(record: HeldLock): void {
     if (record.mode === 'exclusive') this.#ctx.coordination.released(record)
-    else announceRelease(this.#ctx.tableName, readWriteKeyId(record.name, record.key))
+    else announceReleaseToAll(this.#ctx.tableName, readWriteKeyId(record.name, record.key))
   }
 
   /** Releases every lock still held, and every row whose delete failed before (close()). */

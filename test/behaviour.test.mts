@@ -7,6 +7,7 @@ import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
 import { keepingSuite } from './suite/keeping.mjs'
 import { propertiesSuite } from './suite/properties.mjs'
+import { readWriteSuite } from './suite/read-write.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
 import { shutdownSuite } from './suite/shutdown.mjs'
@@ -23,6 +24,7 @@ forEachTarget('behaviour', (target) => {
   waitingSuite(h)
   inspectionSuite(h)
   keepingSuite(h)
+  readWriteSuite(h)
   propertiesSuite(h)
   badInputSuite(h)
   schemaSuite(h)
