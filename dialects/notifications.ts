@@ -5,11 +5,12 @@ import type { Knex } from 'knex'
 import type { RowIdentity } from './dialect.js'
 
 /**
- * What a listening store is told of a release: the lock `(name, key)` may be free now, and
- * `addressed` when the release picked this store as first in the waiting line. Only a hint to
- * look at the row again: it carries nothing that grants a lock, and may be forged or replayed.
+ * What a listening store is told of a release: the lock `(name, key)` may be free now (with
+ * `readWrite`, a holder of the read/write lock of that name and key left), and `addressed` when
+ * the release picked this store as first in the waiting line. Only a hint to look at the row
+ * again: it carries nothing that grants a lock, and may be forged or replayed.
  */
-export type ReleaseHeard = (name: string, key: string, addressed: boolean) => void
+export type ReleaseHeard = (name: string, key: string, addressed: boolean, readWrite: boolean) => void
 
 /** A dedicated connection listening for releases; see `ReleaseNotifications.listen`. */
 export interface ReleaseSubscription {
@@ -47,6 +48,11 @@ export interface ReleaseNotifications {
   readonly line?: WaitingLine
   /** Deletes many rows (token-guarded) and announces their release, in one statement. */
   releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
+  /**
+   * Deletes a read/write holder's row of `holders` (token-guarded) and announces it on the
+   * channel of lock table `table`, in one statement; resolves whether the row was there.
+   */
+  releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity): Promise<boolean>
   /** Announces that `(name, key)` was released by other means (a forced release). */
   notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
   /**

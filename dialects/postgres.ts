@@ -91,7 +91,7 @@ const MAX_PAYLOAD = 8_000
  * database may NOTIFY on these channels, so the payload is read defensively and only ever used
  * to wake a waiter: `[name, key, process tag]`, two strings and a string, nothing else trusted.
  */
-function readRelease(payload: string | undefined): { name: string; key: string; tag: unknown } | string {
+function readRelease(payload: string | undefined): { name: string; key: string; tag: unknown; readWrite: boolean } | string {
   if (payload === undefined || payload.length === 0) return 'an empty payload'
   if (payload.length > MAX_PAYLOAD) return `a payload of ${payload.length} characters`
   let parsed: unknown
@@ -101,9 +101,10 @@ function readRelease(payload: string | undefined): { name: string; key: string; 
     return 'a payload that is not JSON'
   }
   if (!Array.isArray(parsed)) return 'a payload that is not an array'
-  const [name, key, tag] = parsed as unknown[]
+  const [name, key, tag, kind] = parsed as unknown[]
   if (typeof name !== 'string' || typeof key !== 'string' || name.length === 0) return 'a payload without a lock name and key'
-  return { name, key, tag }
+  // A fourth element 'rw': a read/write holder left. Anything else there is read as a plain release.
+  return { name, key, tag, readWrite: kind === 'rw' }
 }
 
 /**
@@ -113,7 +114,7 @@ function readRelease(payload: string | undefined): { name: string; key: string; 
  */
 function hear(
   message: { channel: string; payload?: string }, channel: string, own: string,
-  onRelease: (name: string, key: string, addressed: boolean) => void, onIgnored: (why: string) => void,
+  onRelease: (name: string, key: string, addressed: boolean, readWrite: boolean) => void, onIgnored: (why: string) => void,
 ): void {
   if (message.channel !== channel && message.channel !== own) return
   const release = readRelease(message.payload)
@@ -124,7 +125,7 @@ function hear(
   // Releases made by this process have woken its waiters already, one store at a time; hearing
   // them again would send every waiting store to the database at once.
   if (release.tag === processTag) return
-  onRelease(release.name, release.key, message.channel === own)
+  onRelease(release.name, release.key, message.channel === own, release.readWrite)
 }
 
 /** The parts of a `pg` client the listener uses. */
@@ -248,6 +249,15 @@ export const postgresDialect: Dialect = {
          SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`,
         [table, rowsJson(rows), channelOf(table), processTag],
       )
+    },
+
+    // Every listening process hears it (no line for read/write locks: several readers may get in).
+    async releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity): Promise<boolean> {
+      const sql = statement(knex, 'release-holder-notify', holders, (quote) =>
+        `WITH released AS (DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
+         SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text, 'rw')::text) FROM released`)
+      const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })
+      return rows.length > 0
     },
 
     async notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void> {

@@ -47,19 +47,22 @@ export class LockTable {
   readonly #table: string
   readonly #renewalTimeoutMs: number
   readonly #holders: boolean
+  // For a holders' table: the lock table, whose channel announces releases where the database can.
+  readonly #lockTable: string | undefined
 
   /**
    * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
    *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
-   * @param holders the table holds read/write holders (with `write_mode`, and nobody listening
-   *   for their releases), not the lock table's rows
+   * @param holdersOf set when the table holds the read/write holders (with `write_mode`) of lock
+   *   table `holdersOf`, not a lock table's rows
    */
-  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, holders = false) {
+  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, holdersOf?: string) {
     this.#knex = knex
     this.#dialect = dialect
     this.#table = table
     this.#renewalTimeoutMs = renewalTimeoutMs
-    this.#holders = holders
+    this.#holders = holdersOf !== undefined
+    this.#lockTable = holdersOf
   }
 
   /**
@@ -113,7 +116,13 @@ export class LockTable {
    * first in line (see `Dialect.release`). Resolves whether the row was ours.
    */
   release(row: RowIdentity, line = false): Promise<boolean> {
-    if (this.#holders) return this.#retryingConflicts(() => releaseByDelete(this.#knex, this.#dialect, this.#table, row))
+    const notifications = this.#dialect.notifications
+    if (this.#lockTable !== undefined) {
+      const lockTable = this.#lockTable
+      return this.#retryingConflicts(() => notifications
+        ? notifications.releaseHolderAndNotify(this.#knex, lockTable, this.#table, row)
+        : releaseByDelete(this.#knex, this.#dialect, this.#table, row))
+    }
     return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line))
   }
 

@@ -17,7 +17,7 @@ import { WaitRoom, type WaitRoomOptions } from './wait-room.js'
 export interface ReadWriteParts {
   readonly owner: LockOwner
   readonly plan: () => ServerPlan | Promise<ServerPlan>
-  readonly room: Pick<WaitRoomOptions<MultiLock>, 'timers' | 'monotonicNow' | 'backoff' | 'slowWaitWarningMs' | 'log'>
+  readonly room: Pick<WaitRoomOptions<MultiLock>, 'timers' | 'monotonicNow' | 'backoff' | 'slowWaitWarningMs' | 'log' | 'occupied'>
   /** How long a waiting writer's intent lasts after its last attempt. */
   readonly intentMs: number
 }
@@ -39,6 +39,8 @@ export class ReadWriteLocks {
   readonly #room: WaitRoom<MultiLock>
   // Per wait queue, the functions that stop listening for its keys' releases.
   readonly #listening = new Map<string, Array<() => void>>()
+  // Per key (readWriteKeyId), the wait queues of this store that want it.
+  readonly #queuesOf = new Map<string, Set<string>>()
   // Withdrawals of intents under way, which stopAll() waits for.
   readonly #withdrawing = new Set<Promise<void>>()
 
@@ -48,7 +50,6 @@ export class ReadWriteLocks {
     this.#room = new WaitRoom<MultiLock>({
       ...parts.room,
       attempt: (wait, _alone, _first) => this.#attemptWaiting(wait as PartsWait),
-      occupied: () => undefined,
       waitingStarted: (wait) => this.#listen(wait as PartsWait),
       waitingEnded: (wait) => this.#stopListening(wait),
       ended: (wait, waitedMs, outcome) => {
@@ -165,14 +166,30 @@ export class ReadWriteLocks {
     return withdrawing
   }
 
+  /** Wakes this store's waits for the key `keyId` (a `readWriteKeyId`), as a release heard from another process does; whether any waits. */
+  wake(keyId: string): boolean {
+    const queues = this.#queuesOf.get(keyId)
+    for (const id of queues ?? []) this.#room.wake(id)
+    return queues !== undefined
+  }
+
   #listen(wait: PartsWait): void {
     const wake = { wake: () => { this.#room.wake(wait.id) } }
-    this.#listening.set(wait.id, wait.parts.map((p) => waitForLocalRelease(this.#ctx.tableName, readWriteKeyId(p.name, p.key), wake)))
+    this.#listening.set(wait.id, wait.parts.map((p) => {
+      const keyId = readWriteKeyId(p.name, p.key)
+      let queues = this.#queuesOf.get(keyId)
+      if (!queues) this.#queuesOf.set(keyId, (queues = new Set()))
+      queues.add(wait.id)
+      return waitForLocalRelease(this.#ctx.tableName, keyId, wake)
+    }))
   }
 
   #stopListening(wait: LockRef): void {
     for (const stop of this.#listening.get(wait.id) ?? []) stop()
     this.#listening.delete(wait.id)
+    for (const [keyId, queues] of this.#queuesOf) {
+      if (queues.delete(wait.id) && queues.size === 0) this.#queuesOf.delete(keyId)
+    }
   }
 }
 

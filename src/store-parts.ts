@@ -12,9 +12,12 @@ import { LockTable } from './lock-table.js'
 import { logTo, type LogLevel } from './logger.js'
 import { ReadWriteLocks } from './read-write.js'
 import { Releasing } from './releasing.js'
-import type { ServerPlan, StoreContext } from './store-context.js'
+import { readWriteKeyId, type ServerPlan, type StoreContext } from './store-context.js'
 import type { ResolvedOptions } from './validate.js'
 import { WaitRoom } from './wait-room.js'
+
+// Every read/write key id starts so (see readWriteKeyId); no plain lock id does.
+const READ_WRITE_PREFIX = readWriteKeyId('', '').slice(0, 4)
 
 /** What the parts need from the facade. */
 export interface FacadeHooks {
@@ -45,12 +48,21 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
   const events = new LockEvents((error) => log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   // A renewal slower than the interval is as good as failed; give it at least a second.
   const table = new LockTable(knex, dialect, o.tableName, Math.max(1_000, o.renewalIntervalMs))
-  const holders = new LockTable(knex, dialect, readWriteTables(o.tableName).holders, Math.max(1_000, o.renewalIntervalMs), true)
+  const holders = new LockTable(knex, dialect, readWriteTables(o.tableName).holders, Math.max(1_000, o.renewalIntervalMs), o.tableName)
   const held = new HeldLocks({ table, holders, timers, monotonicNow, nowMs, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
   let waiting!: WaitRoom
+  let readWrite!: ReadWriteLocks
   const coordination = coordinationFor({
-    knex, dialect, tableName: o.tableName, timers, monotonicNow, maxBackoffMs: o.backoff.maxDelayMs, log, wake: (id) => waiting.wake(id),
+    knex, dialect, tableName: o.tableName, timers, monotonicNow, maxBackoffMs: o.backoff.maxDelayMs, log,
+    wake: (id) => (id.startsWith(READ_WRITE_PREFIX) ? readWrite.wake(id) : waiting.wake(id)),
   })
+  // The coordination listens while either kind of wait is under way.
+  const busy = { plain: false, readWrite: false }
+  const occupied = (kind: keyof typeof busy, now: boolean): void => {
+    const before = busy.plain || busy.readWrite
+    busy[kind] = now
+    if (before !== (busy.plain || busy.readWrite)) coordination.occupied(!before)
+  }
   const ctx: StoreContext = {
     knex, dialect, table, holders, tableName: o.tableName, instanceName, lockTimeoutMs: o.lockTimeoutMs,
     held, events, coordination, nowMs, monotonicNow, log, track: hooks.track, isClosed: hooks.isClosed,
@@ -65,12 +77,12 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
       coordination.waitEnded(lock, outcome === 'acquired')
       events.emit('waited', { name: lock.name, key: lock.key, waitedMs, outcome })
     },
-    occupied: (occupied) => coordination.occupied(occupied),
+    occupied: (now) => occupied('plain', now),
     waitingStarted: (lock) => coordination.waitingStarted(lock),
     waitingEnded: (lock) => coordination.waitingEnded(lock),
   })
-  const room = { timers, monotonicNow, backoff: o.backoff, slowWaitWarningMs: o.slowWaitWarningMs, log }
+  const room = { timers, monotonicNow, backoff: o.backoff, slowWaitWarningMs: o.slowWaitWarningMs, log, occupied: (now: boolean) => occupied('readWrite', now) }
   // A waiting writer's claim outlives the pause between its attempts (at most maxDelayMs) twice over.
-  const readWrite = new ReadWriteLocks(ctx, { owner, plan: hooks.plan, room, intentMs: 2 * o.backoff.maxDelayMs + 1_000 })
+  readWrite = new ReadWriteLocks(ctx, { owner, plan: hooks.plan, room, intentMs: 2 * o.backoff.maxDelayMs + 1_000 })
   return { ctx, acquisition, releasing, waiting, readWrite }
 }

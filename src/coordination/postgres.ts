@@ -10,7 +10,7 @@ import { LinePlaces } from '../line-places.js'
 import type { LogLevel } from '../logger.js'
 import { ReleaseListener } from '../release-listener.js'
 import { announceRelease } from '../release-bus.js'
-import { lockId, type LockRef } from '../store-context.js'
+import { lockId, readWriteKeyId, type LockRef } from '../store-context.js'
 import { LocalCoordination } from './local.js'
 
 // How long the listening connection stays open after the last waiter left. Opening one costs
@@ -53,7 +53,11 @@ export class PostgresCoordination extends LocalCoordination {
     const line = o.notifications.line
     this.#line = line && new LinePlaces(o.knex, line, o.tableName, this.#waiter, this.#placeLastsMs, o.monotonicNow, o.log)
     this.#listener = new ReleaseListener(o.knex, o.notifications, o.tableName, this.#waiter,
-      (name, key, addressed) => this.#heard({ id: lockId(name, key), name, key }, addressed), o.timers, o.log)
+      (name, key, addressed, readWrite) => {
+        // A read/write holder left: wake this store's waits for that key (no line: readers may all get in).
+        if (readWrite) this.wake(readWriteKeyId(name, key))
+        else this.#heard({ id: lockId(name, key), name, key }, addressed)
+      }, o.timers, o.log)
   }
 
   override get wakesLine(): boolean {

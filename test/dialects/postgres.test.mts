@@ -151,6 +151,25 @@ forEachTarget('cross-process wake-ups', (target) => {
     await second.exited
   })
 
+  it("wakes read/write waiters with an hour's backoff when a holder in another process releases", { timeout: 30_000 }, async () => {
+    const logger = new RecordingLogger()
+    // The clock never moves: only a notification can wake these waiters.
+    const store = h.store({ ...patient(), logger })
+    const name = h.lockName('notify-rw')
+    const writer = await startWorker(h, name, { WL_READ_WRITE: 'write' })
+    const readers = [store.acquireReadWriteLock(name, '', { write: false }), store.acquireReadWriteLock(name, '', { write: false })]
+    await logger.waitFor(LISTENING, 1)
+    await writer.release()
+    const held = await Promise.all(readers)
+    assert.deepEqual(held.map((l) => l.mode), ['read', 'read'])
+    const reader = await startWorker(h, name, { WL_READ_WRITE: 'read' })
+    for (const lock of held) await lock.release()
+    const writing = store.acquireReadWriteLock(name, '', { write: true })
+    await reader.release()
+    assert.equal((await writing).mode, 'write')
+    await finish(writer, reader)
+  })
+
   it('keeps the listening connection for 10 s after the last waiter leaves, then closes it; close() closes it at once', async () => {
     const logger = new RecordingLogger()
     const clock = new ManualClock()
