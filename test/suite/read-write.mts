@@ -698,7 +698,8 @@ export function readWriteSuite(h: Harness): void {
       await assert.rejects(waiter.acquireReadWriteLock(name, 'k', { write: false, timeoutMs: 0 }), LockTimeoutError)
       await assert.rejects(waiter.acquireMultiLock([{ name, key: 'k', write: true }], { timeoutMs: 0 }), LockTimeoutError)
       assert.equal(refusals, 2, 'one attempt each')
-      assert.equal(clock.pendingTimers, timers, 'no timer left behind')
+      // On PostgreSQL the waits listened for releases: that connection lingers on one timer of the clock.
+      assert.equal(clock.pendingTimers, timers + (h.target.database === 'postgres' ? 1 : 0), 'no timer left behind but the listener\'s linger')
       const free = await waiter.acquireReadWriteLock(name, 'free', { write: true, timeoutMs: 0 })
       assert.equal(free.mode, 'write')
     })
