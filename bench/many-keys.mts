@@ -1,7 +1,8 @@
 // Throughput on many distinct locks: eight worker processes (bench/process-worker.mts with
 // WL_KEYS) loop over 1,000 keys, each section a random key taken without waiting and released
 // at once. worker-locks (tryAcquireLock + release) against the bare two-statement cycle
-// (bench/raw.mts) run by the same number of processes in the same run, in alternating turns so
+// (bench/raw.mts) run by the same number of processes in the same run, with worker-locks' own
+// statements on the bare driver ("raw") between them, in alternating turns so
 // that drift on the shared machine hits both alike. On MariaDB the server's InnoDB row-lock waits
 // during each turn are read too (global counters: other clients of the server count as well),
 // which is where the one counter row every fence is drawn from would show.
@@ -12,7 +13,7 @@ import { runBenchChildren } from './child.mjs'
 import { createBareTable } from './raw.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
-const contenders = ['bare', 'worker-locks'] as const
+const contenders = ['bare', 'raw', 'worker-locks'] as const
 type Contender = typeof contenders[number]
 
 export interface ManyKeysFigures {
@@ -33,10 +34,11 @@ interface WorkerResult { acquiredAt: number[]; refused: number; cpuMs: number }
 /** Section 7 for one database: `processes` workers on `keys` keys, `seconds` per contender in all. */
 export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Record<Contender, ManyKeysFigures>> {
   // Full mode: two turns of 5 s per contender, the order swapped in the second.
-  const turns: Contender[][] = smoke ? [['bare', 'worker-locks']] : [['bare', 'worker-locks'], ['worker-locks', 'bare']]
+  const turns: Contender[][] = smoke ? [['bare', 'raw', 'worker-locks']] : [['bare', 'raw', 'worker-locks'], ['worker-locks', 'raw', 'bare']]
   const seconds = smoke ? 1 : 5
   const knex = connect(database, { poolMax: 2 })
-  const tables: Record<Contender, string> = { bare: uniqueName('wl_bare_many'), 'worker-locks': uniqueName('wl_many') }
+  const lockTable = uniqueName('wl_many')
+  const tables: Record<Contender, string> = { bare: uniqueName('wl_bare_many'), raw: lockTable, 'worker-locks': lockTable }
   const totals = Object.fromEntries(contenders.map((c) => [c, { sections: 0, allSections: 0, ms: 0, refused: 0, cpuMs: 0, rowLockWaits: 0, rowLockMs: 0 }]))
   const rowLocks = async (): Promise<{ waits: number; ms: number }> => {
     const [rows] = await knex.raw("SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_row_lock_waits', 'Innodb_row_lock_time')") as [Array<{ Variable_name: string; Value: string }>]
@@ -45,7 +47,7 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
   }
   try {
     await createBareTable(knex, database, tables.bare)
-    await createLockTable(knex, { tableName: tables['worker-locks'] })
+    await createLockTable(knex, { tableName: lockTable })
     for (const turn of turns) {
       for (const contender of turn) {
         const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender, WL_KEYS: String(keys) }
@@ -76,10 +78,10 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
         rowLockMsPerSection: database === 'mysql' ? t.rowLockMs / all : null,
       }
     }
-    return { bare: figures('bare'), 'worker-locks': figures('worker-locks') }
+    return { bare: figures('bare'), raw: figures('raw'), 'worker-locks': figures('worker-locks') }
   } finally {
     await knex.schema.dropTableIfExists(tables.bare)
-    await dropLockTable(knex, { tableName: tables['worker-locks'] })
+    await dropLockTable(knex, { tableName: lockTable })
     await knex.destroy()
   }
 }

@@ -4,20 +4,20 @@
 // on the wall clock (comparable across processes on one machine), and the CPU time it used.
 //
 // Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou | server
-// | bare), WL_KEYS.
+// | bare | raw), WL_KEYS.
 // "server" is the floor: the database's own lock queue on a dedicated connection
 // (pg_advisory_lock, MySQL's GET_LOCK), which wakes exactly the next waiter with no client
 // round trip of its own; worker-locks' rows cannot beat it.
 // With WL_KEYS (the many-keys benchmark, bench/many-keys.mts), each section takes a random one of
-// that many keys without waiting: worker-locks' tryAcquireLock, or "bare", the bare two-statement
-// cycle of bench/raw.mts on the bare-cycle table WL_TABLE. A refused attempt is counted and the
-// loop goes on with another key.
+// that many keys without waiting: worker-locks' tryAcquireLock, "raw", worker-locks' statements on
+// the bare driver, or "bare", the bare two-statement cycle on the bare-cycle table WL_TABLE (both
+// in bench/raw.mts). A refused attempt is counted and the loop goes on with another key.
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { LockStore } from '../src/index.js'
-import { bareContender, newToken } from './raw.mjs'
+import { bareContender, newToken, rawContender } from './raw.mjs'
 import { connect, MYSQL_URL, POSTGRES_URL, type Database } from '../test/targets.mjs'
 import { waitForGo } from './child.mjs'
 
@@ -29,14 +29,14 @@ const keys = env.WL_KEYS === undefined ? undefined : Number(env.WL_KEYS)
 /** Takes the lock of `key` (waiting, unless WL_KEYS is set) and resolves with its release; null when refused. */
 let session: (key: string) => Promise<(() => Promise<void>) | null>
 let close: () => Promise<void>
-if (env.WL_CONTENDER === 'bare') {
-  const bare = await bareContender(env.WL_DATABASE as Database, table, 120_000)
+if (env.WL_CONTENDER === 'bare' || env.WL_CONTENDER === 'raw') {
+  const driver = await (env.WL_CONTENDER === 'bare' ? bareContender : rawContender)(env.WL_DATABASE as Database, table, 120_000)
   session = async (key) => {
     const t = newToken()
-    if (!(await bare.acquire('many-keys', key, t))) return null
-    return () => bare.release('many-keys', key, t)
+    if (!(await driver.acquire('many-keys', key, t))) return null
+    return () => driver.release('many-keys', key, t)
   }
-  close = () => bare.close()
+  close = () => driver.close()
 } else if (env.WL_CONTENDER === 'verrou') {
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: table, autoCreateTable: false }) } } })
   session = async () => {
