@@ -3,7 +3,7 @@
 // at once. worker-locks (tryAcquireLock + release) against the bare two-statement cycle
 // (bench/raw.mts) run by the same number of processes in the same run, with worker-locks' own
 // statements on the bare driver ("raw") between them, in alternating turns so
-// that drift on the shared machine hits both alike. On MariaDB the server's InnoDB row-lock waits
+// that drift on the shared machine hits all alike. On MariaDB the server's InnoDB row-lock waits
 // during each turn are read too (global counters: other clients of the server count as well),
 // which is where the one counter row every fence is drawn from would show.
 import { join } from 'node:path'
