@@ -1,8 +1,9 @@
 // Every benchmark for one database, in this one process; prints one JSON object. bench/main.mts
 // runs this once per database and prints the tables.
 //
-// Usage: node dist/bench/database.mjs DATABASE [--smoke] [--only=read-write]
-// (--only=read-write: section 6 alone, the JSON object then has only `database` and `readWrite`)
+// Usage: node dist/bench/database.mjs DATABASE [--smoke] [--only=SECTION]
+// (--only=uncontended: section 1 alone; --only=read-write: section 6; --only=many-keys: section 7;
+// the JSON object then has `database` and that section's figures only)
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Knex } from 'knex'
@@ -12,6 +13,7 @@ import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock } fro
 import { connect, uniqueName, type Database } from '../test/targets.mjs'
 import { acrossProcesses, type ProcessContender, type ProcessContention } from './processes.mjs'
 import { newToken, rawContender } from './raw.mjs'
+import { manyKeysSection } from './many-keys.mjs'
 import { readWriteSection } from './read-write.mjs'
 import { uncontended } from './uncontended.mjs'
 import { median, p99 } from './stats.mjs'
@@ -19,7 +21,8 @@ import { median, p99 } from './stats.mjs'
 const database = process.argv[2] as Database
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length)
-if (only !== undefined && only !== 'read-write') throw new Error(`--only takes read-write, got ${JSON.stringify(only)}`)
+const sections = ['uncontended', 'read-write', 'many-keys']
+if (only !== undefined && !sections.includes(only)) throw new Error(`--only takes ${sections.join(', ')}, got ${JSON.stringify(only)}`)
 const LOCK_TIMEOUT = 120_000
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
 
@@ -219,35 +222,54 @@ async function processes(): Promise<Record<string, ReturnType<typeof summarisePr
   return out
 }
 
-/** Every section, printed as one JSON object. */
-async function allSections(): Promise<void> {
+/** Runs `body` on a lock table of its own, dropped after. */
+async function withLockTable(body: (knex: Knex, table: string) => Promise<void>): Promise<void> {
   const knex = connect(database, { poolMax: 4 })
   const table = uniqueName('wl_bench')
   await createLockTable(knex, { tableName: table })
   try {
-    const result = {
-      database,
-      roundTripMs: await roundTrip(table),
-      uncontended: await uncontended(database, knex, table, smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500, LOCK_TIMEOUT),
-      contention: await contention(table),
-      processes: await processes(),
-      renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
-      crowd: await crowd(knex, table),
-      bytesPerLock: await memory(knex, table),
-      readWrite: await readWriteSection(database, smoke),
-    }
-    for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
-    const summarise = (s: number[]) => ({ median: median(s), p99: p99(s) })
-    console.log(JSON.stringify({
-      ...result,
-      uncontended: Object.fromEntries(Object.entries(result.uncontended).map(([k, v]) => [k, summarise(v)])),
-      contention: Object.fromEntries(Object.entries(result.contention).map(([k, v]) => [k, { perSecond: v.perSecond, ...summarise(v.handoff) }])),
-    }))
+    await body(knex, table)
   } finally {
     await dropLockTable(knex, { tableName: table })
     await knex.destroy()
   }
 }
 
+const uncontendedSamples = smoke ? 30 : database === 'sqlite' ? 5_000 : 1_500
+
+/** Every section, printed as one JSON object. */
+async function allSections(knex: Knex, table: string): Promise<void> {
+  const result = {
+    database,
+    roundTripMs: await roundTrip(table),
+    uncontended: await uncontended(database, knex, table, uncontendedSamples, LOCK_TIMEOUT),
+    contention: await contention(table),
+    processes: await processes(),
+    renewal: Object.fromEntries(await Promise.all([])) as Record<string, unknown>,
+    crowd: await crowd(knex, table),
+    bytesPerLock: await memory(knex, table),
+    readWrite: await readWriteSection(database, smoke),
+    manyKeys: await manyKeysSection(database, smoke),
+  }
+  for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
+  console.log(JSON.stringify({
+    ...result,
+    uncontended: summariseSeries(result.uncontended),
+    contention: Object.fromEntries(Object.entries(result.contention).map(([k, v]) => [k, { perSecond: v.perSecond, median: median(v.handoff), p99: p99(v.handoff) }])),
+  }))
+}
+
+/** Median and p99 of each series. */
+function summariseSeries(series: Record<string, number[]>): Record<string, { median: number; p99: number }> {
+  return Object.fromEntries(Object.entries(series).map(([k, v]) => [k, { median: median(v), p99: p99(v) }]))
+}
+
+/** Section 1 alone. */
+async function uncontendedOnly(knex: Knex, table: string): Promise<void> {
+  const series = await uncontended(database, knex, table, uncontendedSamples, LOCK_TIMEOUT)
+  console.log(JSON.stringify({ database, uncontended: summariseSeries(series) }))
+}
+
 if (only === 'read-write') console.log(JSON.stringify({ database, readWrite: await readWriteSection(database, smoke) }))
-else await allSections()
+else if (only === 'many-keys') console.log(JSON.stringify({ database, manyKeys: await manyKeysSection(database, smoke) }))
+else await withLockTable(only === 'uncontended' ? uncontendedOnly : allSections)

@@ -1,9 +1,10 @@
-// npm run bench [-- --smoke] [-- --only=read-write]: every benchmark (or only section 6), one
-// process per database, printed as markdown. Ratios within one run are the figure; absolute
+// npm run bench [-- --smoke] [-- --only=uncontended|read-write|many-keys]: every benchmark (or
+// only section 1, 6 or 7), one process per database, printed as markdown. Ratios within one run are the figure; absolute
 // times on a shared machine are noise.
 import { execFileSync } from 'node:child_process'
 import { join } from 'node:path'
 import { resolveMatrix } from '../test/targets.mjs'
+import type { ManyKeysFigures } from './many-keys.mjs'
 import type { RwFigures } from './read-write.mjs'
 
 const smoke = process.argv.includes('--smoke')
@@ -11,16 +12,18 @@ const only = process.argv.find((a) => a.startsWith('--only='))
 const script = join(import.meta.dirname, 'database.mjs')
 
 interface Summary { median: number; p99: number }
+// With --only, only `database` and that section's field.
 interface Result {
   database: string
   roundTripMs: number
-  uncontended: Record<string, Summary>
+  uncontended?: Record<string, Summary>
   contention: Record<string, Summary & { perSecond: number }>
   processes: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number | null }>
   renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
   crowd: { waiters: number; wallMs: number; cpuMs: number }
   bytesPerLock: number
-  readWrite: Record<string, { readWrite: RwFigures; plain: RwFigures }>
+  readWrite?: Record<string, { readWrite: RwFigures; plain: RwFigures }>
+  manyKeys?: Record<string, ManyKeysFigures>
 }
 
 const { targets, missing } = await resolveMatrix()
@@ -34,19 +37,40 @@ for (const database of new Set(targets.map((t) => t.database))) {
 const f = (n: number, digits = 1): string => n.toFixed(digits)
 console.log(`# worker-locks benchmarks${smoke ? ' (smoke mode: tiny samples, numbers mean nothing)' : ''}\n`)
 console.log(`Node ${process.version}, ${new Date().toISOString().slice(0, 10)}\n`)
+if (results.some((r) => r.uncontended)) printUncontended()
 if (!only) printAllButReadWrite()
-printReadWrite()
+if (results.some((r) => r.readWrite)) printReadWrite()
+if (results.some((r) => r.manyKeys)) printManyKeys()
+
+function printUncontended(): void {
+  console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
+  console.log('"bare": the minimal two-statement cycle on the bare driver (native upsert, token-guarded DELETE, no fence), the denominator of every ratio. "raw": worker-locks\' own statements on the bare driver (fences included; on PostgreSQL the release\'s wake-up of the waiting line too). Fencing\'s cost: raw − bare.\n')
+  console.log('| database | bare median | raw (same statements) median | dialect layer median | worker-locks median | verrou median | bare p99 | worker-locks p99 | verrou p99 | raw / bare | dialect layer / bare | worker-locks / bare | verrou / bare | fencing\'s cost µs | fencing\'s cost / worker-locks median |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    const u = r.uncontended ?? {}
+    const bare = u.bare, raw = u.raw, dl = u['dialect layer'], wl = u['worker-locks'], v = u.verrou
+    if (!bare || !raw || !dl || !wl || !v) continue
+    const fencing = raw.median - bare.median
+    console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
+  }
+}
+
+function printManyKeys(): void {
+  console.log('\n## 7. Many keys: 8 worker processes on 1,000 keys\n')
+  console.log('Each process loops: a random key, `tryAcquireLock` + `release` (bare: its upsert + DELETE; raw: worker-locks\' statements on the bare driver), no waiting; a refused attempt is counted and the loop goes on. Sections counted while every process ran; the two contenders alternate in turns. Row-lock waits: MariaDB\'s global `Innodb_row_lock_waits` / `Innodb_row_lock_time` during the turns (other clients of the server count too).\n')
+  console.log('| database | contender | sections / s | / bare | refused per section | workers\' CPU ms per section | InnoDB row-lock waits per 1,000 sections | row-lock ms per section |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    const bare = r.manyKeys?.bare
+    for (const [name, x] of Object.entries(r.manyKeys ?? {})) {
+      const locks = x.rowLockWaitsPer1000 === null ? '— | —' : `${f(x.rowLockWaitsPer1000)} | ${f(x.rowLockMsPerSection ?? NaN, 3)}`
+      console.log(`| ${r.database} | ${name} | ${f(x.perSecond, 0)} | ${bare ? `${f(x.perSecond / bare.perSecond, 2)}×` : '—'} | ${f(x.refusedPerSection, 4)} | ${f(x.cpuMsPerSection, 2)} | ${locks} |`)
+    }
+  }
+}
 
 function printAllButReadWrite(): void {
-  console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
-  console.log('| database | raw driver median | dialect layer median | worker-locks median | verrou median | raw p99 | worker-locks p99 | verrou p99 | dialect layer / raw | worker-locks / raw | verrou / raw |')
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
-  for (const r of results) {
-    const raw = r.uncontended.raw, dl = r.uncontended['dialect layer'], wl = r.uncontended['worker-locks'], v = r.uncontended.verrou
-    if (!raw || !dl || !wl || !v) continue
-    console.log(`| ${r.database} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(raw.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(dl.median / raw.median, 2)}× | ${f(wl.median / raw.median, 2)}× | ${f(v.median / raw.median, 2)}× |`)
-  }
-
   console.log('\n## 2. Contention: 8 workers in one process on one key\n')
   console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes |')
   console.log('| --- | --- | --- | --- | --- | --- |')
@@ -102,7 +126,7 @@ function printReadWrite(): void {
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   const samples: string[] = []
   for (const r of results) {
-    for (const [keys, { readWrite: rw, plain }] of Object.entries(r.readWrite)) {
+    for (const [keys, { readWrite: rw, plain }] of Object.entries(r.readWrite ?? {})) {
       const cut = (x: RwFigures): number => x.cutWaits.writers + x.cutWaits.readers
       console.log(`| ${r.database} | ${keys} | ${f(rw.perSecond, 0)} | ${f(plain.perSecond, 0)} | ${f(rw.perSecond / plain.perSecond, 2)} | ${f(rw.writerWait.p50, 2)} | ${f(rw.writerWait.p99, 1)} | ${f(rw.readerWait.p50, 2)} | ${f(rw.readerWait.p99, 1)} | ${f(plain.wait.p50, 2)} / ${f(plain.wait.p99, 1)} | ${rw.maxReaders} | ${f(rw.refusedPerSection, 2)} / ${f(plain.refusedPerSection, 2)} | ${f(rw.cpuMsPerSection, 2)} / ${f(plain.cpuMsPerSection, 2)} | ${rw.cutWaits.writers} + ${rw.cutWaits.readers} / ${cut(plain)} | ${rw.overlaps + plain.overlaps} / ${rw.fenceViolations + plain.fenceViolations} | ${errors(rw)} (${errors(plain)}) |`)
       samples.push(...[...rw.failureSamples, ...plain.failureSamples].map((m) => `${r.database}, ${keys} keys: ${m}`))

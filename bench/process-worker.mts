@@ -3,15 +3,21 @@
 // clock passes END, then prints one JSON line: when it acquired and when it began releasing,
 // on the wall clock (comparable across processes on one machine), and the CPU time it used.
 //
-// Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou | server).
+// Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou | server
+// | bare | raw), WL_KEYS.
 // "server" is the floor: the database's own lock queue on a dedicated connection
 // (pg_advisory_lock, MySQL's GET_LOCK), which wakes exactly the next waiter with no client
 // round trip of its own; worker-locks' rows cannot beat it.
+// With WL_KEYS (the many-keys benchmark, bench/many-keys.mts), each section takes a random one of
+// that many keys without waiting: worker-locks' tryAcquireLock, "raw", worker-locks' statements on
+// the bare driver, or "bare", the bare two-statement cycle on the bare-cycle table WL_TABLE (both
+// in bench/raw.mts). A refused attempt is counted and the loop goes on with another key.
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { LockStore } from '../src/index.js'
+import { bareContender, newToken, rawContender } from './raw.mjs'
 import { connect, MYSQL_URL, POSTGRES_URL, type Database } from '../test/targets.mjs'
 import { waitForGo } from './child.mjs'
 
@@ -19,9 +25,19 @@ const wallNow = (): number => performance.timeOrigin + performance.now()
 const env = process.env
 const knex = connect(env.WL_DATABASE as Database, { poolMax: 2 })
 const table = env.WL_TABLE ?? ''
-let session: () => Promise<() => Promise<void>>
+const keys = env.WL_KEYS === undefined ? undefined : Number(env.WL_KEYS)
+/** Takes the lock of `key` (waiting, unless WL_KEYS is set) and resolves with its release; null when refused. */
+let session: (key: string) => Promise<(() => Promise<void>) | null>
 let close: () => Promise<void>
-if (env.WL_CONTENDER === 'verrou') {
+if (env.WL_CONTENDER === 'bare' || env.WL_CONTENDER === 'raw') {
+  const driver = await (env.WL_CONTENDER === 'bare' ? bareContender : rawContender)(env.WL_DATABASE as Database, table, 120_000)
+  session = async (key) => {
+    const t = newToken()
+    if (!(await driver.acquire('many-keys', key, t))) return null
+    return () => driver.release('many-keys', key, t)
+  }
+  close = () => driver.close()
+} else if (env.WL_CONTENDER === 'verrou') {
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: table, autoCreateTable: false }) } } })
   session = async () => {
     const lock = verrou.createLock('contended', '2m')
@@ -58,19 +74,21 @@ if (env.WL_CONTENDER === 'verrou') {
 } else {
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs: 120_000, renewalIntervalMs: 30_000 })
   await store.init()
-  session = async () => {
-    const lock = await store.acquireLock('contended')
-    return () => lock.release()
+  session = async (key) => {
+    const lock = keys === undefined ? await store.acquireLock('contended', key) : await store.tryAcquireLock('many-keys', key)
+    return lock ? () => lock.release() : null
   }
   close = () => store.close()
 }
 
 const acquiredAt: number[] = []
 const releasingAt: number[] = []
+let refused = 0
 const end = await waitForGo()
 const cpuAtStart = process.cpuUsage()
 while (wallNow() < end) {
-  const release = await session()
+  const release = await session(keys === undefined ? '' : `k${Math.floor(Math.random() * keys)}`)
+  if (!release) { refused++; continue }
   acquiredAt.push(wallNow())
   releasingAt.push(wallNow())
   await release()
@@ -78,4 +96,4 @@ while (wallNow() < end) {
 const cpu = process.cpuUsage(cpuAtStart)
 await close()
 await knex.destroy()
-console.log(JSON.stringify({ acquiredAt, releasingAt, cpuMs: (cpu.user + cpu.system) / 1000 }))
+console.log(JSON.stringify({ acquiredAt, releasingAt, refused, cpuMs: (cpu.user + cpu.system) / 1000 }))

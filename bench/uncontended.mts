@@ -1,7 +1,10 @@
 // Section 1 of the benchmarks: uncontended acquire + release, contenders interleaved in short
-// batches so that drift on the shared machine hits all alike. "dialect layer" runs the statements
-// worker-locks runs, through knex's pool, without the store: the difference between it and the
-// raw driver is the cost of borrowing pooled connections.
+// batches so that drift on the shared machine hits all alike. "bare" is the floor: the minimal
+// two-statement cycle on the bare driver, on a table of its own without fences (bench/raw.mts).
+// "raw" runs worker-locks' own statements on the bare driver: raw − bare is the cost of fencing
+// (on PostgreSQL, of the waiting line's wake-up in the release too). "dialect layer" runs the
+// same statements through knex's pool, without the store: the difference between it and raw is
+// the cost of borrowing pooled connections.
 import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
 import { Verrou } from '@verrou/core'
@@ -9,13 +12,16 @@ import { knexStore } from '@verrou/core/drivers/knex'
 import { acquire, findDialect } from '../dialects/index.js'
 import { LockStore } from '../src/index.js'
 import { uniqueName, type Database } from '../test/targets.mjs'
-import { newToken, rawContender } from './raw.mjs'
+import { bareContender, createBareTable, newToken, rawContender, type RawContender } from './raw.mjs'
 
 export type Series = Record<string, number[]>
 
 /** Runs `samples` cycles of each contender on `table`; microseconds per cycle. */
 export async function uncontended(database: Database, knex: Knex, table: string, samples: number, lockTimeoutMs: number): Promise<Series> {
   const raw = await rawContender(database, table, lockTimeoutMs)
+  const bareTable = uniqueName('wl_bare')
+  await createBareTable(knex, database, bareTable)
+  const bare = await bareContender(database, bareTable, lockTimeoutMs)
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000 })
   await store.init()
   const dialect = findDialect(knex)
@@ -25,12 +31,14 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   const line = dialect.notifications?.line !== undefined
   const verrouTable = uniqueName('verrou')
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
+  const cycle = (driver: RawContender, name: string) => async (i: number): Promise<void> => {
+    const t = newToken()
+    if (!(await driver.acquire(name, `k${i % 8}`, t))) throw new Error(`${name} refused while uncontended`)
+    await driver.release(name, `k${i % 8}`, t)
+  }
   const contenders: Record<string, (i: number) => Promise<void>> = {
-    raw: async (i) => {
-      const t = newToken()
-      await raw.acquire('bench-raw', `k${i % 8}`, t)
-      await raw.release('bench-raw', `k${i % 8}`, t)
-    },
+    bare: cycle(bare, 'bench-bare'),
+    raw: cycle(raw, 'bench-raw'),
     'dialect layer': async (i) => {
       const request = { table, name: 'bench-dl', key: `k${i % 8}`, token: newToken(), instanceName: 'bench', leaseMs: lockTimeoutMs, nowMs: null }
       if (await acquire(knex, dialect, facts, 'native', request) === null) throw new Error('refused while uncontended')
@@ -65,6 +73,8 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   }
   await store.close()
   await raw.close()
+  await bare.close()
+  await knex.schema.dropTableIfExists(bareTable)
   await knex.schema.dropTableIfExists(verrouTable)
   return series
 }
