@@ -45,14 +45,15 @@ if (results.some((r) => r.manyKeys)) printManyKeys()
 function printUncontended(): void {
   console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
   console.log('"bare": the minimal two-statement cycle on the bare driver (native upsert, token-guarded DELETE, no fence), the denominator of every ratio. "raw": worker-locks\' own statements on the bare driver (fences included; on PostgreSQL the release\'s wake-up of the waiting line too). Fencing\'s cost: raw − bare.\n')
-  console.log('| database | bare median | raw (same statements) median | dialect layer median | worker-locks median | verrou median | bare p99 | worker-locks p99 | verrou p99 | raw / bare | dialect layer / bare | worker-locks / bare | verrou / bare | fencing\'s cost µs | fencing\'s cost / worker-locks median |')
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  console.log('"worker-locks" releases without waiting for the disk where the database allows it (PostgreSQL); "durable": with `durableReleases: true`.\n')
+  console.log('| database | bare median | raw (same statements) median | dialect layer median | worker-locks median | worker-locks durable median | verrou median | bare p99 | worker-locks p99 | verrou p99 | raw / bare | dialect layer / bare | worker-locks / bare | worker-locks durable / bare | verrou / bare | fencing\'s cost µs | fencing\'s cost / worker-locks median |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of results) {
     const u = r.uncontended ?? {}
-    const bare = u.bare, raw = u.raw, dl = u['dialect layer'], wl = u['worker-locks'], v = u.verrou
-    if (!bare || !raw || !dl || !wl || !v) continue
+    const bare = u.bare, raw = u.raw, dl = u['dialect layer'], wl = u['worker-locks'], wd = u['worker-locks, durable releases'], v = u.verrou
+    if (!bare || !raw || !dl || !wl || !wd || !v) continue
     const fencing = raw.median - bare.median
-    console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
+    console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(wd.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(wd.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
   }
 }
 

@@ -24,6 +24,8 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   const bare = await bareContender(database, bareTable, lockTimeoutMs)
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000 })
   await store.init()
+  // The same with releases that wait for the disk (the default does not, where it can choose).
+  const durable = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000, durableReleases: true })
   const dialect = findDialect(knex)
   if (!dialect) throw new Error('no dialect')
   const facts = await dialect.detect(knex)
@@ -46,6 +48,11 @@ export async function uncontended(database: Database, knex: Knex, table: string,
     },
     'worker-locks': async (i) => {
       const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    'worker-locks, durable releases': async (i) => {
+      const lock = await durable.tryAcquireLock('bench-wld', `k${i % 8}`)
       if (!lock) throw new Error('refused while uncontended')
       await lock.release()
     },
@@ -72,6 +79,7 @@ export async function uncontended(database: Database, knex: Knex, table: string,
     }
   }
   await store.close()
+  await durable.close()
   await raw.close()
   await bare.close()
   await knex.schema.dropTableIfExists(bareTable)

@@ -109,9 +109,10 @@ export interface Dialect {
    * same statement, delivered only once it has committed. With `line` (where `notifications.line`
    * exists) it wakes only the store of another process first in the line (never one of this
    * process, which wakes its own stores), or every process when the line is empty. Resolves
-   * whether the row was ours.
+   * whether the row was ours. With `durable` false, its commit need not wait for the disk where
+   * the database can do that for one transaction (PostgreSQL); elsewhere it is ignored.
    */
-  release(knex: Knex, table: string, row: RowIdentity, line?: boolean): Promise<boolean>
+  release(knex: Knex, table: string, row: RowIdentity, line?: boolean, durable?: boolean): Promise<boolean>
   /**
    * Runs first in the emulated path's transaction, to take locks in the same order as the native
    * statement does, so that stores using different strategies on one table cannot deadlock.

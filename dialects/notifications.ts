@@ -46,13 +46,13 @@ export interface WaitingLine {
 export interface ReleaseNotifications {
   /** The line of waiting stores, where the database keeps one. */
   readonly line?: WaitingLine
-  /** Deletes many rows (token-guarded) and announces their release, in one statement. */
-  releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void>
+  /** Deletes many rows (token-guarded) and announces their release, in one statement (`durable`: see `Dialect.release`). */
+  releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[], durable?: boolean): Promise<void>
   /**
    * Deletes a read/write holder's row of `holders` (token-guarded) and announces it on the
    * channel of lock table `table`, in one statement; resolves whether the row was there.
    */
-  releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity): Promise<boolean>
+  releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity, durable?: boolean): Promise<boolean>
   /** Announces that `(name, key)` was released by other means (a forced release). */
   notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
   /**

@@ -83,6 +83,16 @@ const fenceUnderLock = (table: string, lockIdSql: string): string =>
 const ROW_LOCK_ID = "t.lock_name || '/' || t.lock_key"
 const lockIdOf = (lock: { name: string; key: string }): string => `${lock.name}::text || '/' || ${lock.key}::text`
 
+/**
+ * Added to a release's select list unless the release must be durable: it turns
+ * `synchronous_commit` off for the statement's own transaction (`SET LOCAL`, in the same round
+ * trip), so its commit does not wait for the WAL to reach the disk. A release a crash loses only
+ * leaves the row looking held until its lease ends, which is what a crashed holder gives anyway;
+ * and a later acquisition's durable commit flushes the WAL up to it, release included.
+ */
+const asyncCommit = (durable: boolean): string => (durable ? '' : ", set_config('synchronous_commit', 'off', true)")
+const durability = (durable: boolean): string => (durable ? '' : '/async-commit')
+
 /** The most a release notification can carry: two names of 255 characters, escaped, and a tag. */
 const MAX_PAYLOAD = 8_000
 
@@ -181,7 +191,7 @@ export const postgresDialect: Dialect = {
   insertFence: { sql: (table, _quote, lock) => fenceUnderLock(table, lockIdOf(lock)), bindsLock: true },
   takeoverFenceSql: (table: string) => fenceUnderLock(table, ROW_LOCK_ID),
 
-  async release(knex: Knex, table: string, row: RowIdentity, line = false): Promise<boolean> {
+  async release(knex: Knex, table: string, row: RowIdentity, line = false, durable = true): Promise<boolean> {
     if (line && !hasLine(knex, table)) line = false
     try {
       // NOTIFY inside a statement is delivered when its transaction commits, so no listener
@@ -189,17 +199,17 @@ export const postgresDialect: Dialect = {
       // store of another process that has waited longest (this process wakes its own stores
       // itself), or everyone when nobody else is in line.
       const sql = line
-        ? statement(knex, 'release-notify-first', table, (quote) =>
+        ? statement(knex, `release-notify-first${durability(durable)}`, table, (quote) =>
           `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
            SELECT pg_notify(
              COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
                        WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> :process AND ${LIVE_PLACE}
                        ORDER BY w.since_ts, w.waiter LIMIT 1), :channel),
-             json_build_array(r.lock_name, r.lock_key, :process::text)::text)
+             json_build_array(r.lock_name, r.lock_key, :process::text)::text)${asyncCommit(durable)}
            FROM released r`)
-        : statement(knex, 'release-notify', table, (quote) =>
+        : statement(knex, `release-notify${durability(durable)}`, table, (quote) =>
           `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
-           SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text)::text) FROM released`)
+           SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text)::text)${asyncCommit(durable)} FROM released`)
       const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })
       return rows.length > 0
     } catch (error) {
@@ -207,7 +217,7 @@ export const postgresDialect: Dialect = {
       // (A missing lock table fails again below, as it should.)
       if (!line || !isUndefinedTable(error)) throw error
       lineGone(knex, table)
-      return postgresDialect.release(knex, table, row)
+      return postgresDialect.release(knex, table, row, false, durable)
     }
   },
 
@@ -241,21 +251,21 @@ export const postgresDialect: Dialect = {
       }),
     },
 
-    async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[]): Promise<void> {
+    async releaseManyAndNotify(knex: Knex, table: string, rows: readonly RowIdentity[], durable = true): Promise<void> {
       await knex.raw(
         `WITH released AS (
            DELETE FROM ?? WHERE (lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)
            RETURNING lock_name, lock_key)
-         SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text) FROM released`,
+         SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text)${asyncCommit(durable)} FROM released`,
         [table, rowsJson(rows), channelOf(table), processTag],
       )
     },
 
     // Every listening process hears it (no line for read/write locks: several readers may get in).
-    async releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity): Promise<boolean> {
-      const sql = statement(knex, 'release-holder-notify', holders, (quote) =>
+    async releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity, durable = true): Promise<boolean> {
+      const sql = statement(knex, `release-holder-notify${durability(durable)}`, holders, (quote) =>
         `WITH released AS (DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
-         SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text, 'rw')::text) FROM released`)
+         SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text, 'rw')::text)${asyncCommit(durable)} FROM released`)
       const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })
       return rows.length > 0
     },

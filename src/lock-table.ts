@@ -49,20 +49,23 @@ export class LockTable {
   readonly #holders: boolean
   // For a holders' table: the lock table, whose channel announces releases where the database can.
   readonly #lockTable: string | undefined
+  readonly #durable: boolean
 
   /**
    * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
    *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
-   * @param holdersOf set when the table holds the read/write holders (with `write_mode`) of lock
-   *   table `holdersOf`, not a lock table's rows
+   * @param options.holdersOf set when the table holds the read/write holders (with `write_mode`)
+   *   of lock table `holdersOf`, not a lock table's rows
+   * @param options.durableReleases whether releases wait for the disk (see `Dialect.release`)
    */
-  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, holdersOf?: string) {
+  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, options: { holdersOf?: string; durableReleases?: boolean } = {}) {
     this.#knex = knex
     this.#dialect = dialect
     this.#table = table
     this.#renewalTimeoutMs = renewalTimeoutMs
-    this.#holders = holdersOf !== undefined
-    this.#lockTable = holdersOf
+    this.#holders = options.holdersOf !== undefined
+    this.#lockTable = options.holdersOf
+    this.#durable = options.durableReleases ?? true
   }
 
   /**
@@ -120,10 +123,10 @@ export class LockTable {
     if (this.#lockTable !== undefined) {
       const lockTable = this.#lockTable
       return this.#retryingConflicts(() => notifications
-        ? notifications.releaseHolderAndNotify(this.#knex, lockTable, this.#table, row)
+        ? notifications.releaseHolderAndNotify(this.#knex, lockTable, this.#table, row, this.#durable)
         : releaseByDelete(this.#knex, this.#dialect, this.#table, row))
     }
-    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line))
+    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line, this.#durable))
   }
 
   /**
@@ -156,7 +159,7 @@ export class LockTable {
     const notifications = this.#holders ? undefined : this.#dialect.notifications
     for (const chunk of chunks(rows)) {
       await this.#retryingConflicts(async () => {
-        if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk)
+        if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk, this.#durable)
         else await this.#rows(chunk).delete()
       })
     }

@@ -47,8 +47,9 @@ export function assembleStore(knex: Knex, dialect: Dialect, o: ResolvedOptions, 
   const log = (level: LogLevel, details: object, message: string): void => logTo(o.logger, level, details, message)
   const events = new LockEvents((error) => log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.'))
   // A renewal slower than the interval is as good as failed; give it at least a second.
-  const table = new LockTable(knex, dialect, o.tableName, Math.max(1_000, o.renewalIntervalMs))
-  const holders = new LockTable(knex, dialect, readWriteTables(o.tableName).holders, Math.max(1_000, o.renewalIntervalMs), o.tableName)
+  const renewalTimeoutMs = Math.max(1_000, o.renewalIntervalMs)
+  const table = new LockTable(knex, dialect, o.tableName, renewalTimeoutMs, { durableReleases: o.durableReleases })
+  const holders = new LockTable(knex, dialect, readWriteTables(o.tableName).holders, renewalTimeoutMs, { holdersOf: o.tableName, durableReleases: o.durableReleases })
   const held = new HeldLocks({ table, holders, timers, monotonicNow, nowMs, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
   let waiting!: WaitRoom
   let readWrite!: ReadWriteLocks

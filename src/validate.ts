@@ -110,6 +110,15 @@ export interface LockStoreOptions {
   backoff?: BackoffOptions
   /** A waiter that has waited this long logs a warning, then again every time as long. @default 600_000 */
   slowWaitWarningMs?: number
+  /**
+   * Whether a release waits until the database has it on disk. By default it does not where the
+   * database can skip that for one transaction (PostgreSQL: `synchronous_commit` off for the
+   * release alone): a release lost in a crash only leaves the lock looking held until its lease
+   * ends, as a crashed holder's does. Acquisitions and renewals are always durable. SQLite and
+   * MySQL/MariaDB releases are as durable as the connection's settings make every commit.
+   * @default false
+   */
+  durableReleases?: boolean
 }
 
 /** Options of `acquireLock` and `withLock`. */
@@ -131,11 +140,12 @@ export interface ResolvedOptions {
   readonly logger: Logger | undefined
   readonly backoff: Backoff
   readonly slowWaitWarningMs: number
+  readonly durableReleases: boolean
 }
 
 const OPTION_NAMES: ReadonlySet<string> = new Set([
   'instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger',
-  'backoff', 'slowWaitWarningMs',
+  'backoff', 'slowWaitWarningMs', 'durableReleases',
 ])
 
 function positiveInteger(option: string, value: unknown, fallback: number, min = 1, why = ''): number {
@@ -232,7 +242,14 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     logger: loggerOption(o.logger),
     backoff: resolveBackoff(o.backoff, 'LockStore option backoff'),
     slowWaitWarningMs: positiveInteger('slowWaitWarningMs', o.slowWaitWarningMs, 600_000),
+    durableReleases: booleanOption('durableReleases', o.durableReleases, false),
   }
+}
+
+function booleanOption(option: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback
+  if (typeof value !== 'boolean') throw new TypeError(`LockStore option ${option} must be true or false, got ${describe(value)}.`)
+  return value
 }
 
 /** Checks the options of a waiting call; throws TypeError/RangeError naming the problem. */

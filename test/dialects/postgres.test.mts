@@ -170,6 +170,29 @@ forEachTarget('cross-process wake-ups', (target) => {
     await finish(writer, reader)
   })
 
+  it('releases without waiting for the disk, for the release\'s own transaction only, unless durableReleases', async () => {
+    const asyncCommit = "set_config('synchronous_commit', 'off', true)"
+    for (const durableReleases of [false, true]) {
+      const knex = h.connection({ poolMax: 1 }) // one connection: its own settings can be read after
+      const store = h.store({ durableReleases }, knex)
+      const name = h.lockName('durable')
+      const { sql } = await statementsDuring(knex, async () => {
+        await (await store.tryAcquireLock(name))!.release()
+        await (await store.tryAcquireReadWriteLock(name, '', { write: true }))!.release()
+        assert.ok(await store.tryAcquireLock(name))
+        await store.close() // releases what it holds in one statement
+      })
+      const isRelease = (text: string): boolean => /WITH released AS \(\s*DELETE/.test(text)
+      const releases = sql.filter(isRelease)
+      assert.equal(releases.length, 3, sql.join('\n'))
+      for (const text of releases) assert.equal(text.includes(asyncCommit), !durableReleases, text)
+      assert.ok(sql.filter((text) => !isRelease(text)).every((text) => !text.includes(asyncCommit)), 'acquisitions stay durable')
+      const { rows } = await knex.raw('SHOW synchronous_commit') as { rows: Array<{ synchronous_commit: string }> }
+      assert.equal(rows[0]?.synchronous_commit, 'on', 'the connection\'s own setting is untouched')
+      assert.ok(await h.store().tryAcquireLock(name), 'released')
+    }
+  })
+
   it('keeps the listening connection for 10 s after the last waiter leaves, then closes it; close() closes it at once', async () => {
     const logger = new RecordingLogger()
     const clock = new ManualClock()

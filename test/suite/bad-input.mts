@@ -42,11 +42,12 @@ const badOptions: Array<[string, object, typeof TypeError | typeof RangeError]> 
   ['instance with NUL', { instanceName: 'a\0' }, TypeError],
   ['logger not an object', { logger: 'console' }, TypeError],
   ['misspelt option', { lockTimeOutMs: 1000 }, TypeError],
+  ['durableReleases not a boolean', { durableReleases: 'yes' }, TypeError],
   ['timeout with no room for a renewal', { lockTimeoutMs: 1 }, RangeError],
 ]
 
 // null is never "use the default": each of these names the option in a TypeError.
-const nullOptions = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs']
+const nullOptions = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs', 'durableReleases']
 
 // Built once, when first needed: 50 million characters, far past any limit.
 let huge: string | undefined
