@@ -398,39 +398,30 @@ export function readWriteSuite(h: Harness): void {
       assert.equal((await w.lock).mode, 'write')
     })
 
-    it('withdraws a writer\'s intent when its wait times out: a new reader gets in at once', GUARD, async () => {
-      const clock = new ManualClock()
-      const readers = h.clockedStore(clock)
-      const writers = h.clockedStore(clock)
-      const late = h.clockedStore(clock)
-      const name = h.lockName('intent-timeout')
-      const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-      assert.ok(r1)
-      const w = await asleepWaiting(writers, clock, name, 'k', { write: true, timeoutMs: 1_000 })
-      assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null)
-      await clock.advance(1_000)
-      await assert.rejects(w.lock, LockTimeoutError)
-      // Well within the intent's lifetime: only its withdrawal lets the reader in.
-      assert.ok(await late.tryAcquireReadWriteLock(name, 'k', READ), 'the intent was withdrawn')
-      assert.equal(await intentOf(name, 'k'), null)
-    })
-
-    it('withdraws a writer\'s intent when its wait is aborted: a new reader gets in at once', GUARD, async () => {
-      const clock = new ManualClock()
-      const readers = h.clockedStore(clock)
-      const writers = h.clockedStore(clock)
-      const late = h.clockedStore(clock)
-      const name = h.lockName('intent-abort')
-      const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-      assert.ok(r1)
-      const controller = new AbortController()
-      const w = await asleepWaiting(writers, clock, name, 'k', { write: true, signal: controller.signal })
-      assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null)
-      controller.abort(new Error('gave up'))
-      await assert.rejects(w.lock, /gave up/)
-      assert.ok(await late.tryAcquireReadWriteLock(name, 'k', READ), 'the intent was withdrawn')
-      assert.equal(await intentOf(name, 'k'), null)
-    })
+    // How a writer's wait ends without the lock: the options it waits with, and how to end it.
+    const endings: Array<[string, (clock: ManualClock, controller: AbortController) => { options: object; end: () => Promise<unknown>; error: RegExp | typeof LockTimeoutError }]> = [
+      ['times out', (clock) => ({ options: { timeoutMs: 1_000 }, end: () => clock.advance(1_000), error: LockTimeoutError })],
+      ['is aborted', (_clock, controller) => ({ options: { signal: controller.signal }, end: async () => { controller.abort(new Error('gave up')) }, error: /gave up/ })],
+    ]
+    for (const [how, ending] of endings) {
+      it(`withdraws a writer's intent when its wait ${how}: a new reader gets in at once`, GUARD, async () => {
+        const clock = new ManualClock()
+        const readers = h.clockedStore(clock)
+        const writers = h.clockedStore(clock)
+        const late = h.clockedStore(clock)
+        const name = h.lockName('intent-ended')
+        const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
+        assert.ok(r1)
+        const { options, end, error } = ending(clock, new AbortController())
+        const w = await asleepWaiting(writers, clock, name, 'k', { write: true, ...options })
+        assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null)
+        await end()
+        await assert.rejects(w.lock, error)
+        // Well within the intent's lifetime: only its withdrawal lets the reader in.
+        assert.ok(await late.tryAcquireReadWriteLock(name, 'k', READ), 'the intent was withdrawn')
+        assert.equal(await intentOf(name, 'k'), null)
+      })
+    }
 
     it('lets a writer\'s intent lapse once it stops trying: readers get in after the intent\'s lifetime', GUARD, async () => {
       const writerClock = new ManualClock() // never advanced: the writer never tries again
