@@ -91,7 +91,6 @@ const lockIdOf = (lock: { name: string; key: string }): string => `${lock.name}:
  * and a later acquisition's durable commit flushes the WAL up to it, release included.
  */
 const asyncCommit = (durable: boolean): string => (durable ? '' : ", set_config('synchronous_commit', 'off', true)")
-const durability = (durable: boolean): string => (durable ? '' : '/async-commit')
 
 /** The most a release notification can carry: two names of 255 characters, escaped, and a tag. */
 const MAX_PAYLOAD = 8_000
@@ -199,7 +198,8 @@ export const postgresDialect: Dialect = {
       // store of another process that has waited longest (this process wakes its own stores
       // itself), or everyone when nobody else is in line.
       const sql = line
-        ? statement(knex, `release-notify-first${durability(durable)}`, table, (quote) =>
+        // Kinds are constants, chosen rather than built: this runs on every release.
+        ? statement(knex, durable ? 'release-notify-first' : 'release-notify-first/async-commit', table, (quote) =>
           `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
            SELECT pg_notify(
              COALESCE((SELECT '${waiterChannelOf('')}' || w.waiter FROM ${quote(lineOf(table))} w
@@ -207,7 +207,7 @@ export const postgresDialect: Dialect = {
                        ORDER BY w.since_ts, w.waiter LIMIT 1), :channel),
              json_build_array(r.lock_name, r.lock_key, :process::text)::text)${asyncCommit(durable)}
            FROM released r`)
-        : statement(knex, `release-notify${durability(durable)}`, table, (quote) =>
+        : statement(knex, durable ? 'release-notify' : 'release-notify/async-commit', table, (quote) =>
           `WITH released AS (DELETE FROM ${quote(table)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
            SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text)::text)${asyncCommit(durable)} FROM released`)
       const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })
@@ -263,7 +263,7 @@ export const postgresDialect: Dialect = {
 
     // Every listening process hears it (no line for read/write locks: several readers may get in).
     async releaseHolderAndNotify(knex: Knex, table: string, holders: string, row: RowIdentity, durable = true): Promise<boolean> {
-      const sql = statement(knex, `release-holder-notify${durability(durable)}`, holders, (quote) =>
+      const sql = statement(knex, durable ? 'release-holder-notify' : 'release-holder-notify/async-commit', holders, (quote) =>
         `WITH released AS (DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token RETURNING lock_name, lock_key)
          SELECT pg_notify(:channel, json_build_array(lock_name, lock_key, :process::text, 'rw')::text)${asyncCommit(durable)} FROM released`)
       const { rows } = await executorFor(knex, postgresDialect.rowsOf).run(sql, { ...row, process: processTag, channel: channelOf(table) })

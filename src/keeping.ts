@@ -1,6 +1,6 @@
 // Keeping a lock taken after its work is done, so that a job run on a schedule by several hosts
 // runs once per slot: `lock.release({ keepForMs })` and the `minHoldMs` of withLock/tryWithLock.
-import { type WaitOptions } from './validate.js'
+import { describe, knownOptions, type WaitOptions } from './validate.js'
 
 // The lease column and timers take at most this many milliseconds (about 24.8 days).
 const MAX_KEEP_MS = 2 ** 31 - 1
@@ -35,10 +35,6 @@ export interface TryWithLockOptions {
   minHoldMs?: number
 }
 
-function describe(value: unknown): string {
-  return typeof value === 'number' ? `the number ${String(value)}` : value === null ? 'null' : `a value of type ${typeof value}`
-}
-
 /** `value` as a number of milliseconds a lock is kept, checked; `what` names it in errors. */
 function keepMs(what: string, value: unknown): number {
   if (value === undefined) return 0
@@ -47,14 +43,9 @@ function keepMs(what: string, value: unknown): number {
   return value
 }
 
-/** The options object `options`, refusing anything but an object with only the `known` keys; `label` names one option in errors. */
+/** The options object `options` (none: `{}`), with only the `known` keys; `label` names one option in errors. */
 function optionsObject(label: string, options: unknown, known: readonly string[]): Record<string, unknown> {
-  if (options === undefined) return {}
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) throw new TypeError(`${label}s must be an object, got ${describe(options)}.`)
-  for (const name of Object.keys(options)) {
-    if (!known.includes(name)) throw new TypeError(`Unknown ${label} ${JSON.stringify(name)}; known options are ${known.join(', ')}.`)
-  }
-  return options as Record<string, unknown>
+  return options === undefined ? {} : knownOptions(options, `${label}s`, label, known)
 }
 
 /** The `keepForMs` of `lock.release(options)`, checked. */

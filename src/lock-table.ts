@@ -46,7 +46,6 @@ export class LockTable {
   readonly #dialect: Dialect
   readonly #table: string
   readonly #renewalTimeoutMs: number
-  readonly #holders: boolean
   // For a holders' table: the lock table, whose channel announces releases where the database can.
   readonly #lockTable: string | undefined
   readonly #durable: boolean
@@ -63,7 +62,6 @@ export class LockTable {
     this.#dialect = dialect
     this.#table = table
     this.#renewalTimeoutMs = renewalTimeoutMs
-    this.#holders = options.holdersOf !== undefined
     this.#lockTable = options.holdersOf
     this.#durable = options.durableReleases ?? true
   }
@@ -74,6 +72,11 @@ export class LockTable {
    */
   async checkColumns(): Promise<void> {
     await this.#knex(this.#table).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0')
+  }
+
+  /** Whether this is a read/write holders' table rather than a lock table. */
+  get #holders(): boolean {
+    return this.#lockTable !== undefined
   }
 
   #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {

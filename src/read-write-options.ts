@@ -1,5 +1,5 @@
 // The arguments of the read/write and multi-lock calls, checked before any SQL runs.
-import { resolveWaitOptions, validateLockId, type WaitOptions } from './validate.js'
+import { describe, knownOptions, resolveWaitOptions, validateLockId, type WaitOptions } from './validate.js'
 
 /** One lock of a multi-lock: `(name, key)` in read or write mode. */
 export interface MultiLockPart {
@@ -43,21 +43,14 @@ export interface ResolvedPart {
 // A multi-lock is one transaction; this bounds how long it may hold key rows.
 export const MAX_PARTS = 1_000
 
-function describe(value: unknown): string {
-  return value === null ? 'null' : Array.isArray(value) ? 'an array' : `a value of type ${typeof value}`
-}
-
 function writeOption(where: string, value: unknown): boolean {
   if (typeof value !== 'boolean') throw new TypeError(`${where} needs write: true (the write side) or false (the read side), got ${describe(value)}.`)
   return value
 }
 
+/** `value` as the options object `where` names, with only the `known` keys. */
 function objectOf(where: string, value: unknown, known: readonly string[]): Record<string, unknown> {
-  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TypeError(`${where} must be an object, got ${describe(value)}.`)
-  for (const name of Object.keys(value)) {
-    if (!known.includes(name)) throw new TypeError(`Unknown option ${JSON.stringify(name)} in ${where}; known options are ${known.join(', ')}.`)
-  }
-  return value as Record<string, unknown>
+  return knownOptions(value, where, `option of ${where}`, known)
 }
 
 /** `tryAcquireReadWriteLock`'s arguments, checked: the one part. */

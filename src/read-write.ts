@@ -187,8 +187,10 @@ export class ReadWriteLocks {
   #stopListening(wait: LockRef): void {
     for (const stop of this.#listening.get(wait.id) ?? []) stop()
     this.#listening.delete(wait.id)
-    for (const [keyId, queues] of this.#queuesOf) {
-      if (queues.delete(wait.id) && queues.size === 0) this.#queuesOf.delete(keyId)
+    for (const part of (wait as PartsWait).parts) {
+      const keyId = readWriteKeyId(part.name, part.key)
+      const queues = this.#queuesOf.get(keyId)
+      if (queues?.delete(wait.id) && queues.size === 0) this.#queuesOf.delete(keyId)
     }
   }
 }

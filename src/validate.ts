@@ -39,10 +39,24 @@ export function validateTableName(value: unknown, what: string): string {
   return value
 }
 
-function describe(value: unknown): string {
+/** A value as error messages name it, without printing what may be huge or secret. */
+export function describe(value: unknown): string {
   if (typeof value === 'string') return `a string of length ${value.length}`
   if (value === null) return 'null'
+  if (Array.isArray(value)) return 'an array'
   return typeof value === 'number' ? `the number ${String(value)}` : `a value of type ${typeof value}`
+}
+
+/**
+ * `value` as an options object with only the `known` keys: a TypeError names `what` when it is
+ * not an object, and the first unknown key as an `option` otherwise.
+ */
+export function knownOptions(value: unknown, what: string, option: string, known: readonly string[]): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw new TypeError(`${what} must be an object, got ${describe(value)}.`)
+  for (const name of Object.keys(value)) {
+    if (!known.includes(name)) throw new TypeError(`Unknown ${option} ${JSON.stringify(name)}; known options are ${known.join(', ')}.`)
+  }
+  return value as Record<string, unknown>
 }
 
 /** Why `value` is not an acceptable name string, or `undefined` when it is. */

@@ -65,6 +65,21 @@ export function readWriteSuite(h: Harness): void {
    * refusal, such as claiming its intent, has finished). The wait is boxed so that awaiting this
    * does not await it.
    */
+  /**
+   * Three stores on one ManualClock (the writers' on `writerClock` if given) and a reader of
+   * `(name, 'k')` holding it: the start of every writer-priority scenario.
+   */
+  async function readerHolds(label: string, writerClock?: ManualClock) {
+    const clock = new ManualClock()
+    const readers = h.clockedStore(clock)
+    const writers = h.clockedStore(writerClock ?? clock)
+    const late = h.clockedStore(clock)
+    const name = h.lockName(label)
+    const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
+    assert.ok(r1)
+    return { clock, readers, writers, late, name, r1 }
+  }
+
   async function asleepWaiting(store: LockStore, clock: ManualClock, name: string, key: string, options: Parameters<LockStore['acquireReadWriteLock']>[2]): Promise<{ lock: Promise<Lock>; refusals: () => number }> {
     let refusals = 0
     store.on('refused', (e) => { if (e.name === name && e.key === key) refusals++ })
@@ -358,13 +373,7 @@ export function readWriteSuite(h: Harness): void {
 
   describe('read/write locks: a waiting writer keeps new readers out', () => {
     it('refuses new readers while a writer waits, and gives the writer the lock when the last reader leaves', GUARD, async () => {
-      const clock = new ManualClock()
-      const readers = h.clockedStore(clock)
-      const writers = h.clockedStore(clock)
-      const late = h.clockedStore(clock)
-      const name = h.lockName('priority')
-      const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-      assert.ok(r1)
+      const { clock, readers, writers, late, name, r1 } = await readerHolds('priority')
       const w = await asleepWaiting(writers, clock, name, 'k', WRITE)
       assert.notEqual(await intentOf(name, 'k'), null, 'the writer left its intent on the key')
       assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null, 'a new reader from another store is refused')
@@ -382,13 +391,7 @@ export function readWriteSuite(h: Harness): void {
     })
 
     it('lets new readers in while a writer waits with blockNewReaders: false', GUARD, async () => {
-      const clock = new ManualClock()
-      const readers = h.clockedStore(clock)
-      const writers = h.clockedStore(clock)
-      const late = h.clockedStore(clock)
-      const name = h.lockName('no-priority')
-      const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-      assert.ok(r1)
+      const { clock, writers, late, name, r1 } = await readerHolds('no-priority')
       const w = await asleepWaiting(writers, clock, name, 'k', { write: true, blockNewReaders: false })
       assert.equal(await intentOf(name, 'k'), null, 'no intent was written')
       const r2 = await late.tryAcquireReadWriteLock(name, 'k', READ)
@@ -405,13 +408,7 @@ export function readWriteSuite(h: Harness): void {
     ]
     for (const [how, ending] of endings) {
       it(`withdraws a writer's intent when its wait ${how}: a new reader gets in at once`, GUARD, async () => {
-        const clock = new ManualClock()
-        const readers = h.clockedStore(clock)
-        const writers = h.clockedStore(clock)
-        const late = h.clockedStore(clock)
-        const name = h.lockName('intent-ended')
-        const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-        assert.ok(r1)
+        const { clock, writers, late, name } = await readerHolds('intent-ended')
         const { options, end, error } = ending(clock, new AbortController())
         const w = await asleepWaiting(writers, clock, name, 'k', { write: true, ...options })
         assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null)
@@ -425,13 +422,7 @@ export function readWriteSuite(h: Harness): void {
 
     it('lets a writer\'s intent lapse once it stops trying: readers get in after the intent\'s lifetime', GUARD, async () => {
       const writerClock = new ManualClock() // never advanced: the writer never tries again
-      const clock = new ManualClock()
-      const readers = h.clockedStore(clock)
-      const writers = h.clockedStore(writerClock)
-      const late = h.clockedStore(clock)
-      const name = h.lockName('intent-lapse')
-      const r1 = await readers.tryAcquireReadWriteLock(name, 'k', READ)
-      assert.ok(r1)
+      const { clock, writers, late, name } = await readerHolds('intent-lapse', writerClock)
       const w = await asleepWaiting(writers, writerClock, name, 'k', WRITE)
       await clock.advance(INTENT)
       assert.equal(await late.tryAcquireReadWriteLock(name, 'k', READ), null, 'at the end of its lifetime the intent still stands')
