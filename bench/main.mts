@@ -1,14 +1,18 @@
-// npm run bench [-- --smoke] [-- --only=uncontended|read-write|many-keys]: every benchmark (or
-// only section 1, 6 or 7), one process per database, printed as markdown. Ratios within one run are the figure; absolute
+// npm run bench [-- --smoke] [-- --only=uncontended|read-write|many-keys] [-- --before=DIR]: every
+// benchmark (or only section 1, 6 or 7), one process per database, printed as markdown; with
+// --before, an earlier version's built checkout runs as one more contender in sections 1 and 7. Ratios within one run are the figure; absolute
 // times on a shared machine are noise.
 import { execFileSync } from 'node:child_process'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { resolveMatrix } from '../test/targets.mjs'
 import type { ManyKeysFigures } from './many-keys.mjs'
 import type { RwFigures } from './read-write.mjs'
 
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))
+// --before=DIR: an earlier version's checkout, built, measured as "worker-locks before" in sections 1 and 7.
+const beforeDir = process.argv.find((a) => a.startsWith('--before='))?.slice('--before='.length)
+if (beforeDir) process.env.WL_BENCH_BEFORE = resolve(beforeDir)
 const script = join(import.meta.dirname, 'database.mjs')
 
 interface Summary { median: number; p99: number }
@@ -54,6 +58,15 @@ function printUncontended(): void {
     if (!bare || !raw || !dl || !wl || !wd || !v) continue
     const fencing = raw.median - bare.median
     console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(wd.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(wd.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
+  }
+  if (!results.some((r) => r.uncontended?.['worker-locks before'])) return
+  console.log(`\nBefore and after, same run ("before": the build in ${process.env.WL_BENCH_BEFORE}, on a table its own createLockTable made):\n`)
+  console.log('| database | bare median | worker-locks before median | worker-locks median | before / bare | **after / bare** |')
+  console.log('| --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    const u = r.uncontended ?? {}
+    const bare = u.bare, wl = u['worker-locks'], before = u['worker-locks before']
+    if (bare && wl && before) console.log(`| ${r.database} | ${f(bare.median)} | ${f(before.median)} | ${f(wl.median)} | ${f(before.median / bare.median, 2)}× | **${f(wl.median / bare.median, 2)}×** |`)
   }
 }
 

@@ -11,10 +11,13 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
 import { runBenchChildren } from './child.mjs'
 import { createBareTable } from './raw.mjs'
+import { beforeBuild } from './uncontended.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
-const contenders = ['bare', 'raw', 'worker-locks'] as const
+const contenders = ['bare', 'raw', 'worker-locks', 'worker-locks before'] as const
 type Contender = typeof contenders[number]
+/** An earlier build's worker (see `beforeBuild`), run as its 'worker-locks' contender. */
+const beforeDir = process.env.WL_BENCH_BEFORE
 
 export interface ManyKeysFigures {
   /** Sections per second, counted while every process was running. */
@@ -34,11 +37,13 @@ interface WorkerResult { acquiredAt: number[]; refused: number; cpuMs: number }
 /** Section 7 for one database: `processes` workers on `keys` keys, `seconds` per contender in all. */
 export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Record<Contender, ManyKeysFigures>> {
   // Full mode: two turns of 5 s per contender, the order swapped in the second.
-  const turns: Contender[][] = smoke ? [['bare', 'raw', 'worker-locks']] : [['bare', 'raw', 'worker-locks'], ['worker-locks', 'raw', 'bare']]
+  const order: Contender[] = beforeDir ? ['bare', 'raw', 'worker-locks', 'worker-locks before'] : ['bare', 'raw', 'worker-locks']
+  const turns: Contender[][] = smoke ? [order] : [order, [...order].reverse()]
   const seconds = smoke ? 1 : 5
   const knex = connect(database, { poolMax: 2 })
   const lockTable = uniqueName('wl_many')
-  const tables: Record<Contender, string> = { bare: uniqueName('wl_bare_many'), raw: lockTable, 'worker-locks': lockTable }
+  const tables: Record<Contender, string> = { bare: uniqueName('wl_bare_many'), raw: lockTable, 'worker-locks': lockTable, 'worker-locks before': uniqueName('wl_before_many') }
+  const old = await beforeBuild()
   const totals = Object.fromEntries(contenders.map((c) => [c, { sections: 0, allSections: 0, ms: 0, refused: 0, cpuMs: 0, rowLockWaits: 0, rowLockMs: 0 }]))
   const rowLocks = async (): Promise<{ waits: number; ms: number }> => {
     const [rows] = await knex.raw("SHOW GLOBAL STATUS WHERE Variable_name IN ('Innodb_row_lock_waits', 'Innodb_row_lock_time')") as [Array<{ Variable_name: string; Value: string }>]
@@ -48,13 +53,15 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
   try {
     await createBareTable(knex, database, tables.bare)
     await createLockTable(knex, { tableName: lockTable })
+    await old?.createLockTable(knex, { tableName: tables['worker-locks before'] })
     for (const turn of turns) {
       for (const contender of turn) {
-        const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender, WL_KEYS: String(keys) }
-        const before = database === 'mysql' ? await rowLocks() : undefined
-        const { finished } = await runBenchChildren<WorkerResult>(processes, [script], env, seconds)
+        const before = contender === 'worker-locks before'
+        const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender, WL_KEYS: String(keys) }
+        const locksBefore = database === 'mysql' ? await rowLocks() : undefined
+        const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? join(beforeDir ?? '', 'dist', 'bench', 'process-worker.mjs') : script], env, seconds)
         const results = await finished
-        const after = database === 'mysql' ? await rowLocks() : undefined
+        const locksAfter = database === 'mysql' ? await rowLocks() : undefined
         // The window in which every process was running: from the latest first section to the earliest last one.
         const startAt = Math.max(...results.map((r) => r.acquiredAt[0] ?? Infinity))
         const endAt = Math.min(...results.map((r) => r.acquiredAt.at(-1) ?? -Infinity))
@@ -65,7 +72,7 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
         total.ms += endAt - startAt
         total.refused += results.reduce((n, r) => n + r.refused, 0)
         total.cpuMs += results.reduce((n, r) => n + r.cpuMs, 0)
-        if (before && after) { total.rowLockWaits += after.waits - before.waits; total.rowLockMs += after.ms - before.ms }
+        if (locksBefore && locksAfter) { total.rowLockWaits += locksAfter.waits - locksBefore.waits; total.rowLockMs += locksAfter.ms - locksBefore.ms }
       }
     }
     const figures = (c: Contender): ManyKeysFigures => {
@@ -78,10 +85,11 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
         rowLockMsPerSection: database === 'mysql' ? t.rowLockMs / all : null,
       }
     }
-    return { bare: figures('bare'), raw: figures('raw'), 'worker-locks': figures('worker-locks') }
+    return Object.fromEntries(order.map((c) => [c, figures(c)])) as Record<Contender, ManyKeysFigures>
   } finally {
     await knex.schema.dropTableIfExists(tables.bare)
     await dropLockTable(knex, { tableName: lockTable })
+    await old?.dropLockTable(knex, { tableName: tables['worker-locks before'] })
     await knex.destroy()
   }
 }

@@ -5,7 +5,9 @@
 // (on PostgreSQL, of the waiting line's wake-up in the release too). "dialect layer" runs the
 // same statements through knex's pool, without the store: the difference between it and raw is
 // the cost of borrowing pooled connections.
+import { join } from 'node:path'
 import { performance } from 'node:perf_hooks'
+import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
@@ -62,6 +64,8 @@ export async function uncontended(database: Database, knex: Knex, table: string,
       await lock.release()
     },
   }
+  const before = await beforeContender(knex, lockTimeoutMs)
+  if (before) contenders['worker-locks before'] = before.run
   const series: Series = Object.fromEntries(Object.keys(contenders).map((name) => [name, []]))
   for (const run of Object.values(contenders)) for (let i = 0; i < 20; i++) await run(i) // warm up
   // Contenders take turns in short batches: often enough that drift on this shared machine hits
@@ -78,6 +82,7 @@ export async function uncontended(database: Database, knex: Knex, table: string,
       }
     }
   }
+  await before?.close()
   await store.close()
   await durable.close()
   await raw.close()
@@ -85,4 +90,33 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   await knex.schema.dropTableIfExists(bareTable)
   await knex.schema.dropTableIfExists(verrouTable)
   return series
+}
+
+/**
+ * The build in `WL_BENCH_BEFORE` (`npm run bench -- --before=DIR`, DIR a checkout of an earlier
+ * version with `dist/` built), so that a change is measured against what it changes in the same
+ * run: that build's LockStore on a table its own createLockTable made (its schema, its statements).
+ */
+export async function beforeBuild(): Promise<typeof import('../src/index.js') | undefined> {
+  const dir = process.env.WL_BENCH_BEFORE
+  return dir ? await import(pathToFileURL(join(dir, 'dist', 'src', 'index.js')).href) as typeof import('../src/index.js') : undefined
+}
+
+async function beforeContender(knex: Knex, lockTimeoutMs: number): Promise<{ run: (i: number) => Promise<void>; close: () => Promise<void> } | undefined> {
+  const old = await beforeBuild()
+  if (!old) return undefined
+  const tableName = uniqueName('wl_before')
+  await old.createLockTable(knex, { tableName })
+  const store = new old.LockStore(knex, { tableName, lockTimeoutMs, renewalIntervalMs: 30_000 })
+  return {
+    async run(i) {
+      const lock = await store.tryAcquireLock('bench-before', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    async close() {
+      await store.close()
+      await old.dropLockTable(knex, { tableName })
+    },
+  }
 }

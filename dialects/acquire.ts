@@ -34,6 +34,6 @@ export function acquire(
   knex: Knex, dialect: Dialect, facts: ServerFacts, strategy: Strategy, request: AcquireRequest,
 ): Promise<bigint | null> {
   return retryingConflicts(dialect, CONFLICT_ATTEMPTS, () => strategy === 'native'
-    ? dialect.acquireNative(knex, request)
+    ? dialect.acquireNative(knex, request, facts)
     : acquireEmulated(knex, dialect, facts, request), () => null)
 }

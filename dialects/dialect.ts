@@ -67,8 +67,13 @@ export interface ServerFacts {
   readonly native: boolean
   /** Why native is not possible; empty when it is. */
   readonly reason: string
-  /** Whether `INSERT … RETURNING` works, so the emulated insert can hand back the fence. */
+  /** Whether `INSERT … RETURNING` and `UPDATE … RETURNING` work, so writes can hand back the fence. */
   readonly returning: boolean
+  /**
+   * Whether `INSERT … RETURNING` works, upserts included, even where `UPDATE … RETURNING` does
+   * not (MariaDB): the acquire then hands back its fence without a statement more.
+   */
+  readonly insertReturning: boolean
   /** Why worker-locks cannot run on this server or session at all; empty when it can. */
   readonly unsupported: string
 }
@@ -89,7 +94,7 @@ export interface Dialect {
    * Runs the one-statement acquire. Resolves the new fence when this request's row was written
    * (inserted, or taken over from a stale row or from the same instance), `null` when refused.
    */
-  acquireNative(knex: Knex, request: AcquireRequest): Promise<bigint | null>
+  acquireNative(knex: Knex, request: AcquireRequest, facts: ServerFacts): Promise<bigint | null>
   /**
    * What an INSERT of a new row writes into `fence`, or `undefined` where a trigger fills the
    * column. Every fence, of an insert or a takeover, is drawn only while this acquisition
@@ -100,8 +105,8 @@ export interface Dialect {
   readonly insertFence: FenceSql | undefined
   /**
    * The SQL expression an UPDATE that gives an existing row to a new holder writes into `fence`,
-   * or `undefined` where a trigger does it. It may refer to the row's own columns as `t.lock_name`
-   * and `t.lock_key`: the statements alias the lock table `t`.
+   * or `undefined` where a trigger does it. It may refer to the row's own columns as `t.lock_name`,
+   * `t.lock_key` and `t.fence`: the statements alias the lock table `t`.
    */
   takeoverFenceSql(table: string, quote: (name: string) => string): string | undefined
   /**

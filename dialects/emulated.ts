@@ -24,10 +24,10 @@ export async function acquireEmulated(knex: Knex, dialect: Dialect, facts: Serve
       const fence = dialect.insertFence
       const result: unknown = await db.raw(
         `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms${fence ? ', fence' : ''})
-         VALUES (?, ?, ?, ?, ?, ?${fence ? `, ${fence.sql(r.table, (name) => db.raw('??', [name]).toQuery(), { name: '?', key: '?' })}` : ''})${facts.returning ? ' RETURNING fence' : ''}`,
+         VALUES (?, ?, ?, ?, ?, ?${fence ? `, ${fence.sql(r.table, (name) => db.raw('??', [name]).toQuery(), { name: '?', key: '?' })}` : ''})${facts.insertReturning ? ' RETURNING fence' : ''}`,
         [r.table, r.name, r.key, r.instanceName, r.token, now, r.leaseMs, ...fenceParams(fence, r.name, r.key)],
       ).options({ workerLocksKind: 'emulated-insert' })
-      if (!facts.returning) return selectFence(db, r.table, r)
+      if (!facts.insertReturning) return selectFence(db, r.table, r)
       const row = dialect.rowsOf(result)[0]
       return row === undefined ? null : toFence(row.fence)
     })

@@ -71,9 +71,14 @@ function pgStatement(sql: string): { name: string; text: string } {
   return statement
 }
 
+/** Fires knex's `query` event for a statement run on `connection`, so that query logging sees it. */
+function emitQuery(client: Client, connection: unknown, sql: string, params: readonly unknown[], kind: string): void {
+  client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
+}
+
 function withConnection<T>(client: Client, sql: string, params: readonly unknown[], kind: string, run: (connection: unknown) => Promise<T> | T): Promise<T> {
   return borrow(client, (connection) => {
-    client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
+    emitQuery(client, connection, sql, params, kind)
     return run(connection)
   })
 }
@@ -148,16 +153,50 @@ function runOnSqlite(conn: SqliteConnection & object, sql: string, params: reado
  */
 export function withSqliteConnection<T>(knex: Knex, work: (run: (statement: Statement, values: object) => StatementResult) => T): Promise<T> {
   const client = knex.client as unknown as Client
-  return borrow(client, (connection) => work((statement, values) => {
+  return onSqliteConnection(client, (connection) => work((statement, values) => {
     const params = positional(statement, values)
-    client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: statement.kind })
-    return runOnSqlite(connection as SqliteConnection & object, statement.sql, params)
+    emitQuery(client, connection, statement.sql, params, statement.kind)
+    return runOnSqlite(connection, statement.sql, params)
   }))
+}
+
+/**
+ * A connection of knex's pool that nobody has checked out, if the pool is knex's own (tarn) and
+ * has one. Reading tarn's free list is reading its internals: any other shape gives `undefined`.
+ */
+function idleConnection(client: Client): (SqliteConnection & object) | undefined {
+  const free = (client as { pool?: { free?: unknown } }).pool?.free
+  if (!Array.isArray(free) || free.length === 0) return undefined
+  const resource = (free[free.length - 1] as { resource?: unknown } | undefined)?.resource
+  return typeof resource === 'object' && resource !== null && typeof (resource as { prepare?: unknown }).prepare === 'function'
+    ? resource as SqliteConnection & object
+    : undefined
+}
+
+/**
+ * Runs synchronous `work` on a better-sqlite3 connection of knex's pool. Nothing else of this
+ * process can use a connection while synchronous work runs on it, so a connection that sits idle
+ * in the pool is used in place, without checking it out and back in: on a busy machine the
+ * checkout, not the statement, was the larger part of the library's own cost per lock (see
+ * bench/RESULTS.md, issue 18). When every connection is checked out (a transaction of the
+ * application holds the only one, say), the work waits for one through the pool.
+ */
+function onSqliteConnection<T>(client: Client, work: (connection: SqliteConnection & object) => T): Promise<T> {
+  const idle = idleConnection(client)
+  if (idle === undefined) return borrow(client, (connection) => work(connection as SqliteConnection & object))
+  try {
+    return Promise.resolve(work(idle))
+  } catch (error) {
+    return Promise.reject(error)
+  }
 }
 
 function sqliteExecutor(client: Client): PositionalExecutor {
   return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => runOnSqlite(connection as SqliteConnection & object, sql, params)),
+    run: (sql, params, kind) => onSqliteConnection(client, (connection) => {
+      emitQuery(client, connection, sql, params, kind)
+      return runOnSqlite(connection, sql, params)
+    }),
   }
 }
 

@@ -1,13 +1,17 @@
 import type { Knex } from 'knex'
 import { executorFor, statement } from './executor.js'
-import { errorCode, fenceOf, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, fenceOf, releaseByDelete, rowsJson, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
 // inserted or took over reports 0. Unlike affectedRows this does not depend on the connection's
 // CLIENT_FOUND_ROWS flag (mysql2 sets it by default, and then "refused" and "inserted" both
-// report 1), and unlike RETURNING it is plain MySQL that MariaDB runs the same way.
+// report 1). It is how MySQL, which has no RETURNING, tells a refusal; MariaDB's upsert returns
+// the fence, or NULL when the row kept another token.
 const REFUSED_MARKER = 1
+
+// The statement cache's names for the four variants of the acquire.
+const ODKU_KINDS = ['odku/local-clock', 'odku/local-clock/returning', 'odku/database-clock', 'odku/database-clock/returning'] as const
 
 function errno(error: unknown): unknown {
   return typeof error === 'object' && error !== null ? (error as { errno?: unknown }).errno : undefined
@@ -43,28 +47,35 @@ export const mysqlDialect: Dialect = {
     const sqlMode = String(rows[0]?.sql_mode ?? '')
     const unsupported = mysqlVersionProblem(version)
       || (/NO_BACKSLASH_ESCAPES/i.test(sqlMode) ? 'the session runs with sql_mode NO_BACKSLASH_ESCAPES, under which mysql2 cannot quote values safely' : '')
-    // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version;
-    // RETURNING exists on MariaDB only, and is not used.
-    return { server, native: true, reason: '', returning: false, unsupported }
+    // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
+    // INSERT … RETURNING exists on MariaDB only (10.5+), UPDATE … RETURNING nowhere.
+    return { server, native: true, reason: '', returning: false, insertReturning: /mariadb/i.test(version), unsupported }
   },
 
-  async acquireNative(knex: Knex, r: AcquireRequest): Promise<bigint | null> {
+  async acquireNative(knex: Knex, r: AcquireRequest, facts: ServerFacts): Promise<bigint | null> {
     const databaseClock = r.nowMs === null
     const now = databaseClock ? mysqlDialect.nowSql : ':now'
+    const returning = facts.insertReturning
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
     // Staleness is judged by the lease the existing row carries (read before it is assigned).
-    const sql = statement(knex, databaseClock ? 'odku/database-clock' : 'odku/local-clock', r.table, (quote) =>
+    // MariaDB's RETURNING reports the row as the statement left it, triggers' fence included.
+    const sql = statement(knex, ODKU_KINDS[(databaseClock ? 2 : 0) + (returning ? 1 : 0)] ?? '', r.table, (quote) =>
       `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (:name, :key, :instance, :token, ${now}, :lease)
        ON DUPLICATE KEY UPDATE
          token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = :instance, :token, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
          instance_name = IF(token = :token, :instance, instance_name),
          last_renewed_ts = IF(token = :token, ${now}, last_renewed_ts),
-         lease_ms = IF(token = :token, :lease, lease_ms)`)
+         lease_ms = IF(token = :token, :lease, lease_ms)${returning ? '\n       RETURNING IF(token = :token, fence, NULL) AS fence' : ''}`)
     const values = { name: r.name, key: r.key, instance: r.instanceName, token: r.token, lease: r.leaseMs, now: r.nowMs }
-    if ((await executorFor(knex, mysqlDialect.rowsOf).run(sql, values)).insertId === REFUSED_MARKER) return null
-    // Without RETURNING the fence the trigger wrote takes one more statement, paid only on success.
+    const result = await executorFor(knex, mysqlDialect.rowsOf).run(sql, values)
+    if (returning) {
+      const fence = result.rows[0]?.fence
+      return fence === null || fence === undefined ? null : toFence(fence)
+    }
+    if (result.insertId === REFUSED_MARKER) return null
+    // Without RETURNING (MySQL) the fence the trigger wrote takes one more statement, paid only on success.
     return fenceOf(knex, mysqlDialect, r.table, r)
   },
 

@@ -14,9 +14,12 @@ export function sqliteSupportsNative(version: string): boolean {
   return major > MIN_NATIVE_VERSION[0] || (major === MIN_NATIVE_VERSION[0] && minor >= MIN_NATIVE_VERSION[1])
 }
 
-function maxFencePlusOne(table: string, quote: (name: string) => string): string {
-  return `(SELECT MAX(m) + 1 FROM (SELECT MAX(fence) AS m FROM ${quote(table)} UNION ALL SELECT high_water FROM ${quote(`${table}_fence`)}))`
-}
+/**
+ * The highest fence of any deleted row: the first migration's trigger raises it on every delete
+ * (a release, an operator's DELETE, the emulated path's removal of a stale row).
+ */
+const highWater = (table: string, quote: (name: string) => string): string =>
+  `(SELECT high_water FROM ${quote(`${table}_fence`)} WHERE id = 1)`
 
 /** SQLite through `better-sqlite3` (or `sqlite3`). */
 export const sqliteDialect: Dialect = {
@@ -35,19 +38,21 @@ export const sqliteDialect: Dialect = {
       native,
       reason: native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
       returning: native,
+      insertReturning: native,
       unsupported: '',
     }
   },
 
   acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, sqliteDialect, request),
 
-  // A statement that writes holds SQLite's write lock from its first step, so reading the
-  // highest fence inside the INSERT cannot race another writer. Deleted rows' fences are kept
-  // by a trigger in `<table>_fence` (see the first migration), so deleting a row cannot lower it.
-  insertFence: { sql: (table, quote) => maxFencePlusOne(table, quote), bindsLock: false },
+  // Fences need only grow per lock. A lock without a row was last held by a row since deleted,
+  // whose fence the high water is at least. A statement that writes holds SQLite's write lock
+  // from its first step, so the read cannot race another writer.
+  insertFence: { sql: (table, quote) => `(${highWater(table, quote)} + 1)`, bindsLock: false },
 
-  // Computed under the write lock too; the row's own fence is among those it exceeds.
-  takeoverFenceSql: (table: string, quote: (name: string) => string) => maxFencePlusOne(table, quote),
+  // A takeover or hand-over exceeds the row's own fence, which exceeds every earlier fence of the
+  // lock, and the high water too, for a row someone wrote by hand with a lower fence.
+  takeoverFenceSql: (table: string, quote: (name: string) => string) => `(MAX(t.fence, ${highWater(table, quote)}) + 1)`,
 
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
 

@@ -4,56 +4,73 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import type { Knex } from 'knex'
-import type { AcquireRequest } from '../../dialects/index.js'
+import type { AcquireRequest, ServerFacts } from '../../dialects/index.js'
 import { mysqlDialect, mysqlVersionProblem } from '../../dialects/mysql.js'
 import { LockTable } from '../../src/lock-table.js'
 import { LockStore, UnsupportedDatabaseError, createLockTable, dropLockTable } from '../../src/index.js'
 import { forEachDatabase } from '../matrix.mjs'
 import { connect, uniqueName } from '../targets.mjs'
 
-// The flag matters to the native path only, which this calls directly.
+// The flag matters to the native path only, which this calls directly. Both forms of the acquire
+// run on MariaDB: with RETURNING (MariaDB's) and with LAST_INSERT_ID and a SELECT (MySQL's).
 forEachDatabase('CLIENT_FOUND_ROWS', () => {
   for (const flags of [['FOUND_ROWS'], ['-FOUND_ROWS']]) {
-    describe(`mysql2 flags ${flags.join(',')}`, () => {
-      const tableName = uniqueName('wl_flags')
-      let knex: Knex
-      before(async () => {
-        knex = connect('mysql', { mysqlFlags: flags, poolMax: 1 }) // one connection: session state carries over
-        await createLockTable(knex, { tableName })
-      })
-      after(async () => {
-        await dropLockTable(knex, { tableName })
-        await knex.destroy()
-      })
-      const request = (instanceName: string, token: string, nowMs: number): AcquireRequest =>
-        ({ table: tableName, name: 'n', key: 'k', instanceName, token, leaseMs: 100, nowMs })
-      const holder = async () => String((await knex(tableName).first('token'))?.token)
+    for (const insertReturning of [true, false]) {
+      describe(`mysql2 flags ${flags.join(',')}, ${insertReturning ? 'RETURNING' : 'without RETURNING (as on MySQL)'}`, () => {
+        const tableName = uniqueName('wl_flags')
+        let knex: Knex
+        let facts: ServerFacts
+        before(async () => {
+          knex = connect('mysql', { mysqlFlags: flags, poolMax: 1 }) // one connection: session state carries over
+          await createLockTable(knex, { tableName })
+          facts = { ...(await mysqlDialect.detect(knex)), insertReturning }
+        })
+        after(async () => {
+          await dropLockTable(knex, { tableName })
+          await knex.destroy()
+        })
+        const request = (instanceName: string, token: string, nowMs: number): AcquireRequest =>
+          ({ table: tableName, name: 'n', key: 'k', instanceName, token, leaseMs: 100, nowMs })
+        const row = async () => {
+          const found = await knex(tableName).first('token', 'fence')
+          return { token: String(found?.token), fence: BigInt(found?.fence ?? -1) }
+        }
 
-      it('tells inserted, refused, taken over and reclaimed apart on one connection', async () => {
-        const acquired = async (r: AcquireRequest) => (await mysqlDialect.acquireNative(knex, r)) !== null
-        assert.equal(await acquired(request('A', 'tA', 1000)), true, 'free: inserted')
-        assert.equal(await acquired(request('B', 'tB', 1050)), false, 'held: refused')
-        assert.equal(await acquired(request('B', 'tB2', 1100)), false, 'at the timeout: refused')
-        assert.equal(await holder(), 'tA')
-        assert.equal(await acquired(request('B', 'tB3', 1101)), true, 'stale: taken over')
-        assert.equal(await holder(), 'tB3')
-        assert.equal(await acquired(request('B', 'tB4', 1102)), true, 'same instance: reclaimed')
-        const row = await knex(tableName).first('instance_name', 'token', 'last_renewed_ts')
-        assert.deepEqual([String(row.instance_name), String(row.token), Number(row.last_renewed_ts)], ['B', 'tB4', 1102])
-        assert.equal(await acquired(request('C', 'tC', 1103)), false, 'refused again')
-        await knex(tableName).delete()
-        assert.equal(await acquired(request('C', 'tC2', 1104)), true, 'a refusal does not leak into the next insert')
-      })
+        it('tells inserted, refused, taken over and reclaimed apart on one connection, with the fence written', async () => {
+          const acquired = async (r: AcquireRequest) => {
+            const fence = await mysqlDialect.acquireNative(knex, r, facts)
+            if (fence !== null) assert.deepEqual(await row(), { token: r.token, fence }, 'the fence handed back is the row\'s')
+            return fence !== null
+          }
+          assert.equal(await acquired(request('A', 'tA', 1000)), true, 'free: inserted')
+          const first = await row()
+          assert.equal(await acquired(request('B', 'tB', 1050)), false, 'held: refused')
+          assert.equal(await acquired(request('B', 'tB2', 1100)), false, 'at the timeout: refused')
+          assert.deepEqual(await row(), first, 'a refusal changes neither token nor fence')
+          assert.equal(await acquired(request('B', 'tB3', 1101)), true, 'stale: taken over')
+          const takenOver = await row()
+          assert.equal(takenOver.token, 'tB3')
+          assert.ok(takenOver.fence > first.fence)
+          assert.equal(await acquired(request('B', 'tB4', 1102)), true, 'same instance: reclaimed')
+          const reclaimed = await knex(tableName).first('instance_name', 'token', 'last_renewed_ts', 'fence')
+          assert.deepEqual([String(reclaimed.instance_name), String(reclaimed.token), Number(reclaimed.last_renewed_ts)], ['B', 'tB4', 1102])
+          assert.ok(BigInt(reclaimed.fence) > takenOver.fence)
+          assert.equal(await acquired(request('C', 'tC', 1103)), false, 'refused again')
+          await knex(tableName).delete()
+          assert.equal(await acquired(request('C', 'tC2', 1104)), true, 'a refusal does not leak into the next insert')
+          assert.ok((await row()).fence > BigInt(reclaimed.fence), 'the fence grows past a deleted row\'s')
+        })
 
-      it('keeps a lock renewed twice in the same millisecond', async () => {
-        await knex(tableName).delete()
-        assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000)), null)
-        const table = new LockTable(knex, mysqlDialect, tableName, 5_000)
-        const row = { name: 'n', key: 'k', token: 'tA' }
-        assert.deepEqual(await table.renewMany([row], 5000), new Set(['tA']))
-        assert.deepEqual(await table.renewMany([row, { ...row, token: 'other' }], 5000), new Set(['tA']))
+        it('keeps a lock renewed twice in the same millisecond', async () => {
+          await knex(tableName).delete()
+          assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000), facts), null)
+          const table = new LockTable(knex, mysqlDialect, tableName, 5_000)
+          const held = { name: 'n', key: 'k', token: 'tA' }
+          assert.deepEqual(await table.renewMany([held], 5000), new Set(['tA']))
+          assert.deepEqual(await table.renewMany([held, { ...held, token: 'other' }], 5000), new Set(['tA']))
+        })
       })
-    })
+    }
   }
 }, 'mysql')
 

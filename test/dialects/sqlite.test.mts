@@ -205,3 +205,40 @@ describe('sqlite: read/write acquisitions among other writes of one process', ()
     }
   })
 })
+
+// better-sqlite3 statements run synchronously, so the library runs them on an idle pooled
+// connection in place; a connection an application's transaction has checked out is never idle.
+describe('sqlite: statements on the pool an application shares', () => {
+  it('waits for a connection an open transaction holds instead of writing inside that transaction', async () => {
+    const knex = connect('sqlite', { poolMax: 1 })
+    const tableName = uniqueName('wl_sqlite_pool')
+    await createLockTable(knex, { tableName })
+    const store = new LockStore(knex, { tableName })
+    try {
+      await store.init()
+      let taking: Promise<Lock | null> | undefined
+      let settledInside = false
+      await knex.transaction(async (trx) => {
+        taking = store.tryAcquireLock('shared-pool')
+        void taking.then(() => { settledInside = true })
+        // Other work of the transaction; the acquire cannot have run, the only connection being this one.
+        for (let i = 0; i < 5; i++) await trx.raw('SELECT 1')
+        assert.equal(settledInside, false, 'the acquire waited for the connection')
+        assert.equal(await trx(tableName).count({ n: '*' }).first().then((r) => Number(r?.n)), 0)
+        throw new Error('roll back')
+      }).catch((error: unknown) => assert.match(String(error), /roll back/))
+      const lock = await taking
+      assert.ok(lock, 'the acquire ran once the transaction gave the connection back')
+      // Had it run inside the transaction, the rollback would have taken its row away.
+      const row = await knex(tableName).where({ lock_name: 'shared-pool' }).first('token')
+      assert.equal(String(row?.token), lock.token)
+      const { kinds } = await statementsDuring(knex, () => lock.release())
+      assert.deepEqual(kinds, ['release'], 'the query event fires for a statement run in place')
+      assert.equal(await knex(tableName).where({ lock_name: 'shared-pool' }).first(), undefined)
+    } finally {
+      await store.close()
+      await dropLockTable(knex, { tableName })
+      await knex.destroy()
+    }
+  })
+})

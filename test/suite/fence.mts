@@ -102,9 +102,10 @@ export function fenceSuite(h: Harness): void {
       assert.equal(await store.tryAcquireLock('live'), null, 'a lock held before the upgrade is still held')
       const taken = await store.tryAcquireLock('stale')
       assert.ok(taken)
-      for (const row of rows) assert.ok(taken.fence > BigInt(row.fence))
-      const fresh = await store.tryAcquireLock('new')
-      assert.ok(fresh && fresh.fence > taken.fence)
+      assert.ok(taken.fence > BigInt(rows[1]!.fence), 'a takeover exceeds the fence of the row it takes')
+      await taken.release()
+      const again = await store.tryAcquireLock('stale')
+      assert.ok(again && again.fence > taken.fence, 'and the next acquisition exceeds the takeover')
       await store.close()
 
       await knex.migrate.rollback(config, true)
@@ -116,6 +117,28 @@ export function fenceSuite(h: Harness): void {
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations`)
       await h.knex.schema.dropTableIfExists(`${tableName}_migrations_lock`)
     }
+  })
+
+  it('draws above every earlier fence of a lock even when its row was deleted, or rewritten by hand with a lower fence', async () => {
+    const store = h.store({ lockTimeoutMs: 1_000 })
+    const name = h.lockName()
+    const fences: bigint[] = []
+    for (let i = 0; i < 3; i++) {
+      const lock = await store.tryAcquireLock(name)
+      assert.ok(lock)
+      fences.push(lock.fence)
+      await lock.release() // the row is deleted: only what the schema keeps can raise the next draw
+    }
+    // Many other locks come and go meanwhile; their fences must not matter to this lock's order.
+    const others = await Promise.all(Array.from({ length: 20 }, (_, i) => store.tryAcquireLock(`${name}-other`, String(i))))
+    for (const other of others) await other?.release()
+    // An operator writes a stale row by hand with the column's lowest value.
+    await h.knex(h.tableName).insert({ lock_name: name, lock_key: '', instance_name: 'by-hand', token: 'by-hand', last_renewed_ts: 0, lease_ms: 1, fence: 0 })
+    const taken = await store.tryAcquireLock(name)
+    assert.ok(taken)
+    fences.push(taken.fence)
+    for (let i = 1; i < fences.length; i++) assert.ok(fences[i]! > fences[i - 1]!, `fence ${i}: ${fences.join(' < ')}`)
+    await store.close()
   })
 
   it('grows fences in the order the lock was granted while six stores on their own connections hammer two locks', async () => {

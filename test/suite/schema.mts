@@ -12,7 +12,7 @@ export function schemaSuite(h: Harness): void {
     const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
     try {
       const [, applied] = await knex.migrate.latest(config)
-      assert.equal(applied.length, 3)
+      assert.equal(applied.length, 4)
       assert.equal(await h.knex.schema.hasTable(tableName), true)
       for (const table of ['rw_keys', 'rw_holders']) assert.equal(await h.knex.schema.hasTable(`${tableName}_${table}`), true, table)
       for (const column of ['fence', 'lease_ms']) assert.equal(await h.knex.schema.hasColumn(tableName, column), true, column)
