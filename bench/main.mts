@@ -72,7 +72,7 @@ function printUncontended(): void {
 
 function printManyKeys(): void {
   console.log('\n## 7. Many keys: 8 worker processes on 1,000 keys\n')
-  console.log('Each process loops: a random key, `tryAcquireLock` + `release` (bare: its upsert + DELETE; raw: worker-locks\' statements on the bare driver), no waiting; a refused attempt is counted and the loop goes on. Sections counted while every process ran; the two contenders alternate in turns. Row-lock waits: MariaDB\'s global `Innodb_row_lock_waits` / `Innodb_row_lock_time` during the turns (other clients of the server count too).\n')
+  console.log('Each process loops: a random key, `tryAcquireLock` + `release` (bare: its upsert + DELETE; raw: worker-locks\' statements on the bare driver), no waiting; a refused attempt is counted and the loop goes on. Sections counted while every process ran; the contenders take turns, in reverse order the second time. Row-lock waits: MariaDB\'s global `Innodb_row_lock_waits` / `Innodb_row_lock_time` during the turns (other clients of the server count too).\n')
   console.log('| database | contender | sections / s | / bare | refused per section | workers\' CPU ms per section | InnoDB row-lock waits per 1,000 sections | row-lock ms per section |')
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of results) {

@@ -11,13 +11,12 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
 import { runBenchChildren } from './child.mjs'
 import { createBareTable } from './raw.mjs'
-import { beforeBuild } from './uncontended.mjs'
+import { beforeBuild, beforeDir, beforeWorker } from './before.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
 const contenders = ['bare', 'raw', 'worker-locks', 'worker-locks before'] as const
 type Contender = typeof contenders[number]
-/** An earlier build's worker (see `beforeBuild`), run as its 'worker-locks' contender. */
-const beforeDir = process.env.WL_BENCH_BEFORE
+
 
 export interface ManyKeysFigures {
   /** Sections per second, counted while every process was running. */
@@ -35,7 +34,7 @@ export interface ManyKeysFigures {
 interface WorkerResult { acquiredAt: number[]; refused: number; cpuMs: number }
 
 /** Section 7 for one database: `processes` workers on `keys` keys, `seconds` per contender in all. */
-export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Record<Contender, ManyKeysFigures>> {
+export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Partial<Record<Contender, ManyKeysFigures>>> {
   // Full mode: two turns of 5 s per contender, the order swapped in the second.
   const order: Contender[] = beforeDir ? ['bare', 'raw', 'worker-locks', 'worker-locks before'] : ['bare', 'raw', 'worker-locks']
   const turns: Contender[][] = smoke ? [order] : [order, [...order].reverse()]
@@ -59,7 +58,7 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
         const before = contender === 'worker-locks before'
         const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender, WL_KEYS: String(keys) }
         const locksBefore = database === 'mysql' ? await rowLocks() : undefined
-        const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? join(beforeDir ?? '', 'dist', 'bench', 'process-worker.mjs') : script], env, seconds)
+        const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? beforeWorker() : script], env, seconds)
         const results = await finished
         const locksAfter = database === 'mysql' ? await rowLocks() : undefined
         // The window in which every process was running: from the latest first section to the earliest last one.
@@ -85,7 +84,7 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
         rowLockMsPerSection: database === 'mysql' ? t.rowLockMs / all : null,
       }
     }
-    return Object.fromEntries(order.map((c) => [c, figures(c)])) as Record<Contender, ManyKeysFigures>
+    return Object.fromEntries(order.map((c) => [c, figures(c)]))
   } finally {
     await knex.schema.dropTableIfExists(tables.bare)
     await dropLockTable(knex, { tableName: lockTable })

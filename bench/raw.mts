@@ -60,7 +60,7 @@ async function openPostgres(): Promise<pg.Client> {
 /**
  * A mysql2 connection through its callback API (the promise wrapper costs a few per cent more per
  * statement). A statement InnoDB picks as a deadlock's victim (1213: under 8 processes on 1,000
- * keys, a DELETE's next-key locks meet other keys' inserts) runs again, as worker-locks does.
+ * keys, a DELETE's next-key locks meet other keys' inserts) runs again, up to 5 times in all.
  */
 function openMysql(): { execute(sql: string, values: unknown[]): Promise<unknown>; close(): Promise<void> } {
   const connection = mysql.createConnection(MYSQL_URL)
@@ -117,13 +117,19 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
     }
   }
   const connection = openMysql()
-  // MariaDB's upsert returns the fence the triggers wrote (the mysql dialect's form there).
-  const acquire = `${mysqlUpsert(table)} RETURNING IF(token = ?, fence, NULL) AS fence`
+  // The mysql dialect's two forms: MariaDB's upsert returns the fence the triggers wrote; MySQL's
+  // marks a refusal through LAST_INSERT_ID, and a win reads the fence in a second statement.
+  const [{ version }] = await connection.execute('SELECT VERSION() AS version', []) as [{ version: string }]
+  const returning = /mariadb/i.test(version)
+  const upsert = returning ? `${mysqlUpsert(table)} RETURNING IF(token = ?, fence, NULL) AS fence` : mysqlUpsert(table)
+  const fence = `SELECT fence FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
   const release = `DELETE FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
   return {
     async acquire(n, k, t) {
-      const rows = await connection.execute(acquire, [...mysqlUpsertValues(n, k, instance, t, lockTimeoutMs), t]) as Array<{ fence: unknown }>
-      return rows[0]?.fence ?? null
+      const values = mysqlUpsertValues(n, k, instance, t, lockTimeoutMs)
+      if (returning) return ((await connection.execute(upsert, [...values, t])) as Array<{ fence: unknown }>)[0]?.fence ?? null
+      const header = await connection.execute(upsert, values) as { insertId: number }
+      return header.insertId === REFUSED ? null : connection.execute(fence, [n, k, t])
     },
     release: async (n, k, t) => { await connection.execute(release, [n, k, t]) },
     close: () => connection.close(),

@@ -4,10 +4,8 @@
 // "raw" runs worker-locks' own statements on the bare driver: raw − bare is the cost of fencing
 // (on PostgreSQL, of the waiting line's wake-up in the release too). "dialect layer" runs the
 // same statements through knex's pool, without the store: the difference between it and raw is
-// the cost of borrowing pooled connections.
-import { join } from 'node:path'
+// the cost of taking pooled connections (on SQLite, of finding an idle one).
 import { performance } from 'node:perf_hooks'
-import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
@@ -15,6 +13,7 @@ import { acquire, findDialect } from '../dialects/index.js'
 import { LockStore } from '../src/index.js'
 import { uniqueName, type Database } from '../test/targets.mjs'
 import { bareContender, createBareTable, newToken, rawContender, type RawContender } from './raw.mjs'
+import { beforeBuild } from './before.mjs'
 
 export type Series = Record<string, number[]>
 
@@ -90,16 +89,6 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   await knex.schema.dropTableIfExists(bareTable)
   await knex.schema.dropTableIfExists(verrouTable)
   return series
-}
-
-/**
- * The build in `WL_BENCH_BEFORE` (`npm run bench -- --before=DIR`, DIR a checkout of an earlier
- * version with `dist/` built), so that a change is measured against what it changes in the same
- * run: that build's LockStore on a table its own createLockTable made (its schema, its statements).
- */
-export async function beforeBuild(): Promise<typeof import('../src/index.js') | undefined> {
-  const dir = process.env.WL_BENCH_BEFORE
-  return dir ? await import(pathToFileURL(join(dir, 'dist', 'src', 'index.js')).href) as typeof import('../src/index.js') : undefined
 }
 
 async function beforeContender(knex: Knex, lockTimeoutMs: number): Promise<{ run: (i: number) => Promise<void>; close: () => Promise<void> } | undefined> {

@@ -67,13 +67,13 @@ export interface ServerFacts {
   readonly native: boolean
   /** Why native is not possible; empty when it is. */
   readonly reason: string
-  /** Whether `INSERT … RETURNING` and `UPDATE … RETURNING` work, so writes can hand back the fence. */
-  readonly returning: boolean
   /**
-   * Whether `INSERT … RETURNING` works, upserts included, even where `UPDATE … RETURNING` does
-   * not (MariaDB): the acquire then hands back its fence without a statement more.
+   * Whether `INSERT … RETURNING` works, upserts included: the acquire then hands back its fence
+   * without a statement more. MariaDB has it, MySQL does not.
    */
   readonly insertReturning: boolean
+  /** Whether `UPDATE … RETURNING` works too (not on MariaDB), so the hand-over hands back its fence. */
+  readonly updateReturning: boolean
   /** Why worker-locks cannot run on this server or session at all; empty when it can. */
   readonly unsupported: string
 }
@@ -91,8 +91,9 @@ export interface Dialect {
   /** Asks the server what it supports. */
   detect(knex: Knex): Promise<ServerFacts>
   /**
-   * Runs the one-statement acquire. Resolves the new fence when this request's row was written
-   * (inserted, or taken over from a stale row or from the same instance), `null` when refused.
+   * Runs the native acquire: one statement (on MySQL, which has no `RETURNING`, one more to read
+   * the fence of a win; `facts` says which). Resolves the new fence when this request's row was
+   * written (inserted, or taken over from a stale row or from the same instance), `null` when refused.
    */
   acquireNative(knex: Knex, request: AcquireRequest, facts: ServerFacts): Promise<bigint | null>
   /**

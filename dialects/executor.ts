@@ -22,9 +22,10 @@ export interface Statement {
 /**
  * Runs one SQL statement whose identifiers are already quoted and whose values are all named
  * placeholders, given as one object. The hot path (acquire, release) goes through this rather than knex's builder:
- * on the drivers worker-locks knows, it borrows a connection from knex's pool and runs a
- * prepared statement that the connection keeps, which costs a fraction of building and
- * compiling a query each time. knex's `query` event still fires, so query logging sees it.
+ * on the drivers worker-locks knows, it runs a prepared statement that the connection keeps, on a
+ * connection of knex's pool (borrowed for that statement; on better-sqlite3, an idle one used in
+ * place), which costs a fraction of building and compiling a query each time. knex's `query`
+ * event still fires, so query logging sees it.
  */
 export interface Executor {
   run(statement: Statement, values: object): Promise<StatementResult>
@@ -161,16 +162,21 @@ export function withSqliteConnection<T>(knex: Knex, work: (run: (statement: Stat
 }
 
 /**
- * A connection of knex's pool that nobody has checked out, if the pool is knex's own (tarn) and
- * has one. Reading tarn's free list is reading its internals: any other shape gives `undefined`.
+ * A connection of knex's pool that nobody has checked out, if the pool is knex's own (tarn), is
+ * not being destroyed, and has one that is open and outside any transaction. Reading tarn's free
+ * list is reading its internals: any other shape gives `undefined`. The connection's idle time
+ * starts again, as a checkout would restart it, so that the pool does not close a connection in
+ * constant use as idle.
  */
 function idleConnection(client: Client): (SqliteConnection & object) | undefined {
-  const free = (client as { pool?: { free?: unknown } }).pool?.free
-  if (!Array.isArray(free) || free.length === 0) return undefined
-  const resource = (free[free.length - 1] as { resource?: unknown } | undefined)?.resource
-  return typeof resource === 'object' && resource !== null && typeof (resource as { prepare?: unknown }).prepare === 'function'
-    ? resource as SqliteConnection & object
-    : undefined
+  const pool = (client as { pool?: { free?: unknown; destroyed?: unknown } }).pool
+  const free = pool?.free
+  if (pool?.destroyed === true || !Array.isArray(free) || free.length === 0) return undefined
+  const entry = free[free.length - 1] as { resource?: unknown; timestamp?: unknown } | undefined
+  const connection = entry?.resource as (Partial<SqliteConnection> & { open?: unknown; inTransaction?: unknown }) | undefined
+  if (typeof connection?.prepare !== 'function' || connection.open !== true || connection.inTransaction !== false) return undefined
+  if (typeof entry?.timestamp === 'number') entry.timestamp = Date.now()
+  return connection as SqliteConnection & object
 }
 
 /**
@@ -235,6 +241,16 @@ function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
       }
     },
   }
+}
+
+/**
+ * The kinds of a statement's four variants, by the clock it writes (`local-clock`: a bound value,
+ * `database-clock`: the database's) and by whether it ends in `RETURNING`: the names are built
+ * once, and the hot path picks one without building a string.
+ */
+export function variantKinds(kind: string): (databaseClock: boolean, returning: boolean) => string {
+  const [local, localReturning, database, databaseReturning] = ['local-clock', 'local-clock/returning', 'database-clock', 'database-clock/returning'].map((variant) => `${kind}/${variant}`) as [string, string, string, string]
+  return (databaseClock, returning) => (databaseClock ? (returning ? databaseReturning : database) : (returning ? localReturning : local))
 }
 
 // dialect → kind → table → statement. Nested rather than one joined key, so a lookup on the hot

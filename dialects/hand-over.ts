@@ -1,6 +1,6 @@
 import type { Knex } from 'knex'
 import { fenceOf, toFence, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, variantKinds } from './executor.js'
 
 /** Passing a held row from one acquisition of a store to the next acquisition of the same store. */
 export interface HandOverRequest {
@@ -13,8 +13,7 @@ export interface HandOverRequest {
   readonly nowMs: number | null
 }
 
-// The statement cache's names for the four variants of the text.
-const HAND_OVER_KINDS = ['hand-over/local-clock', 'hand-over/local-clock/returning', 'hand-over/database-clock', 'hand-over/database-clock/returning'] as const
+const handOverKind = variantKinds('hand-over')
 
 /**
  * Gives our row to a new acquisition of the same store in one statement, instead of deleting it
@@ -25,15 +24,15 @@ const HAND_OVER_KINDS = ['hand-over/local-clock', 'hand-over/local-clock/returni
  */
 export async function handOver(knex: Knex, dialect: Dialect, facts: ServerFacts, r: HandOverRequest): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
-  const kind = HAND_OVER_KINDS[(databaseClock ? 2 : 0) + (facts.returning ? 1 : 0)] ?? ''
-  const sql = statement(knex, kind, r.table, (quote) => {
+  const returning = facts.updateReturning
+  const sql = statement(knex, handOverKind(databaseClock, returning), r.table, (quote) => {
     const fence = dialect.takeoverFenceSql(r.table, quote)
     return `UPDATE ${quote(r.table)} AS t SET token = :newToken, last_renewed_ts = ${databaseClock ? dialect.nowSql : ':now'}${fence === undefined ? '' : `, fence = ${fence}`}
-     WHERE lock_name = :name AND lock_key = :key AND token = :token${facts.returning ? ' RETURNING fence' : ''}`
+     WHERE lock_name = :name AND lock_key = :key AND token = :token${returning ? ' RETURNING fence' : ''}`
   })
   const { row } = r
   const result = await executorFor(knex, dialect.rowsOf).run(sql, { ...row, newToken: r.token, now: r.nowMs })
-  if (facts.returning) {
+  if (returning) {
     const written = result.rows[0]
     return written === undefined ? null : toFence(written.fence)
   }

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, variantKinds } from './executor.js'
 import { errorCode, fenceOf, releaseByDelete, rowsJson, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
@@ -10,8 +10,7 @@ import { errorCode, fenceOf, releaseByDelete, rowsJson, toFence, type AcquireReq
 // the fence, or NULL when the row kept another token.
 const REFUSED_MARKER = 1
 
-// The statement cache's names for the four variants of the acquire.
-const ODKU_KINDS = ['odku/local-clock', 'odku/local-clock/returning', 'odku/database-clock', 'odku/database-clock/returning'] as const
+const acquireKind = variantKinds('odku')
 
 function errno(error: unknown): unknown {
   return typeof error === 'object' && error !== null ? (error as { errno?: unknown }).errno : undefined
@@ -49,7 +48,7 @@ export const mysqlDialect: Dialect = {
       || (/NO_BACKSLASH_ESCAPES/i.test(sqlMode) ? 'the session runs with sql_mode NO_BACKSLASH_ESCAPES, under which mysql2 cannot quote values safely' : '')
     // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
     // INSERT … RETURNING exists on MariaDB only (10.5+), UPDATE … RETURNING nowhere.
-    return { server, native: true, reason: '', returning: false, insertReturning: /mariadb/i.test(version), unsupported }
+    return { server, native: true, reason: '', insertReturning: /mariadb/i.test(version), updateReturning: false, unsupported }
   },
 
   async acquireNative(knex: Knex, r: AcquireRequest, facts: ServerFacts): Promise<bigint | null> {
@@ -61,7 +60,7 @@ export const mysqlDialect: Dialect = {
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
     // Staleness is judged by the lease the existing row carries (read before it is assigned).
     // MariaDB's RETURNING reports the row as the statement left it, triggers' fence included.
-    const sql = statement(knex, ODKU_KINDS[(databaseClock ? 2 : 0) + (returning ? 1 : 0)] ?? '', r.table, (quote) =>
+    const sql = statement(knex, acquireKind(databaseClock, returning), r.table, (quote) =>
       `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (:name, :key, :instance, :token, ${now}, :lease)
        ON DUPLICATE KEY UPDATE
          token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = :instance, :token, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),

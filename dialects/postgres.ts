@@ -157,7 +157,7 @@ export const postgresDialect: Dialect = {
     const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
     const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string }
     const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
-    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, insertReturning: true, unsupported: '' }
+    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', insertReturning: true, updateReturning: true, unsupported: '' }
   },
 
   acquireNative: (knex: Knex, request: AcquireRequest) => {

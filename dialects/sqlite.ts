@@ -37,8 +37,8 @@ export const sqliteDialect: Dialect = {
       server: `SQLite ${version}`,
       native,
       reason: native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
-      returning: native,
       insertReturning: native,
+      updateReturning: native,
       unsupported: '',
     }
   },
@@ -51,7 +51,10 @@ export const sqliteDialect: Dialect = {
   insertFence: { sql: (table, quote) => `(${highWater(table, quote)} + 1)`, bindsLock: false },
 
   // A takeover or hand-over exceeds the row's own fence, which exceeds every earlier fence of the
-  // lock, and the high water too, for a row someone wrote by hand with a lower fence.
+  // lock, and the high water too, for a row inserted by hand with a lower fence after the lock's
+  // row was deleted. (Rows must leave the table by DELETE: REPLACE, which fires no delete
+  // trigger, or lowering a live row's fence by hand voids the guarantee, as it always did for
+  // the highest row.)
   takeoverFenceSql: (table: string, quote: (name: string) => string) => `(MAX(t.fence, ${highWater(table, quote)}) + 1)`,
 
   release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),

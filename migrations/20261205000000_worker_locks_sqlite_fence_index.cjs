@@ -6,10 +6,10 @@
 // Up to version 0.1 a SQLite acquire drew its fence as MAX(fence) of the whole table (read
 // through this index) or the high water of deleted rows, plus one. Fences need only grow per
 // lock, so it now reads the high water alone (a takeover: the row's own fence too), and the index
-// is written on every acquire and release for nothing: dropping it made the acquire and release
-// of a lock about a tenth cheaper under load. Stores of older versions still running against the
-// table stay correct without it (their MAX(fence) scans the table instead), only slower, so
-// upgrade them before or soon after migrating.
+// is written on every acquire and release for nothing: without it, 8 processes on 1,000 keys took
+// and released about a sixth more locks per second (bench/RESULTS.md, issue 18). Stores of older
+// versions still running against the table stay correct without it (their MAX(fence) scans the
+// table instead), only slower, so upgrade them before or soon after migrating.
 
 const DEFAULT_TABLE = 'worker_locks'
 const IDENTIFIER = /^[A-Za-z_][A-Za-z0-9_]*$/
@@ -32,7 +32,7 @@ async function upTable(knex, tableName) {
 }
 
 async function downTable(knex, tableName) {
-  if (!isSqlite(knex) || !(await knex.schema.hasTable(tableName))) return
+  if (!isSqlite(knex) || !(await knex.schema.hasColumn(tableName, 'fence'))) return
   await knex.raw('CREATE INDEX IF NOT EXISTS ?? ON ?? (fence)', [indexOf(tableName), tableName])
 }
 

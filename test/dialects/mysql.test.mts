@@ -12,7 +12,8 @@ import { forEachDatabase } from '../matrix.mjs'
 import { connect, uniqueName } from '../targets.mjs'
 
 // The flag matters to the native path only, which this calls directly. Both forms of the acquire
-// run on MariaDB: with RETURNING (MariaDB's) and with LAST_INSERT_ID and a SELECT (MySQL's).
+// run on MariaDB: with RETURNING (MariaDB's) and with LAST_INSERT_ID and a SELECT (MySQL's); on
+// MySQL, which has no RETURNING, the first form is skipped.
 forEachDatabase('CLIENT_FOUND_ROWS', () => {
   for (const flags of [['FOUND_ROWS'], ['-FOUND_ROWS']]) {
     for (const insertReturning of [true, false]) {
@@ -20,10 +21,13 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
         const tableName = uniqueName('wl_flags')
         let knex: Knex
         let facts: ServerFacts
+        let unavailable = false
         before(async () => {
           knex = connect('mysql', { mysqlFlags: flags, poolMax: 1 }) // one connection: session state carries over
           await createLockTable(knex, { tableName })
-          facts = { ...(await mysqlDialect.detect(knex)), insertReturning }
+          const server = await mysqlDialect.detect(knex)
+          unavailable = insertReturning && !server.insertReturning
+          facts = { ...server, insertReturning }
         })
         after(async () => {
           await dropLockTable(knex, { tableName })
@@ -36,7 +40,8 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
           return { token: String(found?.token), fence: BigInt(found?.fence ?? -1) }
         }
 
-        it('tells inserted, refused, taken over and reclaimed apart on one connection, with the fence written', async () => {
+        it('tells inserted, refused, taken over and reclaimed apart on one connection, with the fence written', async (t) => {
+          if (unavailable) return t.skip('this server has no INSERT … RETURNING')
           const acquired = async (r: AcquireRequest) => {
             const fence = await mysqlDialect.acquireNative(knex, r, facts)
             if (fence !== null) assert.deepEqual(await row(), { token: r.token, fence }, 'the fence handed back is the row\'s')
@@ -61,7 +66,8 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
           assert.ok((await row()).fence > BigInt(reclaimed.fence), 'the fence grows past a deleted row\'s')
         })
 
-        it('keeps a lock renewed twice in the same millisecond', async () => {
+        it('keeps a lock renewed twice in the same millisecond', async (t) => {
+          if (unavailable) return t.skip('this server has no INSERT … RETURNING')
           await knex(tableName).delete()
           assert.notEqual(await mysqlDialect.acquireNative(knex, request('A', 'tA', 5000), facts), null)
           const table = new LockTable(knex, mysqlDialect, tableName, 5_000)

@@ -220,7 +220,7 @@ describe('sqlite: statements on the pool an application shares', () => {
       let settledInside = false
       await knex.transaction(async (trx) => {
         taking = store.tryAcquireLock('shared-pool')
-        void taking.then(() => { settledInside = true })
+        taking.then(() => { settledInside = true }, () => undefined) // a rejection is seen where `taking` is awaited
         // Other work of the transaction; the acquire cannot have run, the only connection being this one.
         for (let i = 0; i < 5; i++) await trx.raw('SELECT 1')
         assert.equal(settledInside, false, 'the acquire waited for the connection')
@@ -235,6 +235,16 @@ describe('sqlite: statements on the pool an application shares', () => {
       const { kinds } = await statementsDuring(knex, () => lock.release())
       assert.deepEqual(kinds, ['release'], 'the query event fires for a statement run in place')
       assert.equal(await knex(tableName).where({ lock_name: 'shared-pool' }).first(), undefined)
+
+      // With the connection idle, an acquire and a release check nothing out of the pool.
+      const checkout = knex.client.acquireConnection.bind(knex.client)
+      let checkouts = 0
+      knex.client.acquireConnection = () => { checkouts++; return checkout() }
+      const again = await store.tryAcquireLock('shared-pool')
+      await again?.release()
+      knex.client.acquireConnection = checkout
+      assert.ok(again)
+      assert.equal(checkouts, 0)
     } finally {
       await store.close()
       await dropLockTable(knex, { tableName })

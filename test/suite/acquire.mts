@@ -2,6 +2,7 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { Lock, LockDatabaseError, LockStore, LockTableError, ManualClock } from '../../src/index.js'
+import { findDialect } from '../../dialects/index.js'
 import { isAcquire, statementsDuring, type Harness } from '../harness.mjs'
 
 export function acquireSuite(h: Harness): void {
@@ -81,16 +82,17 @@ export function acquireSuite(h: Harness): void {
     }
   })
 
-  it('takes a free lock in one statement (native) and releases it in one, fence handed back by the write itself', async () => {
+  it('takes a free lock in one statement (native; MySQL, without RETURNING, reads the fence in a second) and releases it in one', async () => {
     const store = h.store()
     await store.init()
+    const { insertReturning } = await findDialect(h.knex)!.detect(h.knex)
     const name = h.lockName()
     const taking = await statementsDuring(h.knex, () => store.tryAcquireLock(name))
     const lock = taking.result
     assert.ok(lock)
-    // No statement reads the fence back. (The emulated path's transaction adds BEGIN and COMMIT, of kind "other".)
+    // The emulated path's transaction adds BEGIN and COMMIT, of kind "other".
     if (h.target.strategy === 'native') {
-      assert.equal(taking.kinds.length, 1, taking.kinds.join(', '))
+      assert.equal(taking.kinds.length, insertReturning ? 1 : 2, taking.kinds.join(', '))
       assert.ok(isAcquire(taking.kinds[0] ?? ''), taking.kinds[0])
     } else {
       assert.deepEqual(taking.kinds.filter((kind) => kind !== 'other'), ['emulated-delete', 'emulated-insert'])
@@ -98,7 +100,7 @@ export function acquireSuite(h: Harness): void {
     const row = await h.knex(h.tableName).where({ lock_name: name, lock_key: '' }).first('fence')
     assert.equal(lock.fence, BigInt(row.fence))
     const releasing = await statementsDuring(h.knex, () => lock.release())
-    assert.deepEqual(releasing.kinds.length, 1, releasing.kinds.join(', '))
+    assert.equal(releasing.kinds.length, 1, releasing.kinds.join(', '))
   })
 
   it('refuses a lock the same store holds while its row is valid, asking the database once', async () => {
