@@ -17,7 +17,6 @@ const script = join(import.meta.dirname, 'process-worker.mjs')
 const contenders = ['bare', 'raw', 'worker-locks', 'worker-locks before'] as const
 type Contender = typeof contenders[number]
 
-
 export interface ManyKeysFigures {
   /** Sections per second, counted while every process was running. */
   perSecond: number
@@ -36,7 +35,7 @@ interface WorkerResult { acquiredAt: number[]; refused: number; cpuMs: number }
 /** Section 7 for one database: `processes` workers on `keys` keys, `seconds` per contender in all. */
 export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Partial<Record<Contender, ManyKeysFigures>>> {
   // Full mode: two turns of 5 s per contender, the order swapped in the second.
-  const order: Contender[] = beforeDir ? ['bare', 'raw', 'worker-locks', 'worker-locks before'] : ['bare', 'raw', 'worker-locks']
+  const order = contenders.filter((c) => beforeDir || c !== 'worker-locks before')
   const turns: Contender[][] = smoke ? [order] : [order, [...order].reverse()]
   const seconds = smoke ? 1 : 5
   const knex = connect(database, { poolMax: 2 })

@@ -244,11 +244,14 @@ function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<s
 }
 
 /**
- * The kinds of a statement's four variants, by the clock it writes (`local-clock`: a bound value,
+ * The kind of one of a statement's four variants, by the clock it writes (`local-clock`: a bound value,
  * `database-clock`: the database's) and by whether it ends in `RETURNING`: the names are built
  * once, and the hot path picks one without building a string.
  */
-export function variantKinds(kind: string): (databaseClock: boolean, returning: boolean) => string {
+export type VariantKinds = (databaseClock: boolean, returning: boolean) => string
+
+/** See {@link VariantKinds}. */
+export function variantKinds(kind: string): VariantKinds {
   const [local, localReturning, database, databaseReturning] = ['local-clock', 'local-clock/returning', 'database-clock', 'database-clock/returning'].map((variant) => `${kind}/${variant}`) as [string, string, string, string]
   return (databaseClock, returning) => (databaseClock ? (returning ? databaseReturning : database) : (returning ? localReturning : local))
 }

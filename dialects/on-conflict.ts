@@ -1,6 +1,8 @@
 import type { Knex } from 'knex'
 import { toFence, type AcquireRequest, type Dialect } from './dialect.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, variantKinds, type VariantKinds } from './executor.js'
+
+const onConflictKind = variantKinds('on-conflict')
 
 /**
  * The native acquire shared by PostgreSQL and SQLite, which spell upsert the same way. The WHERE
@@ -9,21 +11,21 @@ import { executorFor, statement } from './executor.js'
  * round trip. The fences are the dialect's (`Dialect.insertFence`, `Dialect.takeoverFenceSql`).
  */
 export function acquireOnConflict(knex: Knex, dialect: Dialect, r: AcquireRequest): Promise<bigint | null> {
-  return runOnConflict(knex, dialect, r, 'on-conflict', (upsert) => upsert, {})
+  return runOnConflict(knex, dialect, r, onConflictKind, (upsert) => upsert, {})
 }
 
 /**
  * `acquireOnConflict` with the upsert wrapped: `wrap` turns the upsert's text into the
  * statement's (which must still yield the `fence` column, one row when our row was written), and
- * `extra` are the values of the placeholders it adds. `kind` names the wrapping. The upsert's own
+ * `extra` are the values of the placeholders it adds. `kind` names the wrapping (see `variantKinds`). The upsert's own
  * placeholders are :name, :key, :instance, :token, :now, :lease.
  */
 export async function runOnConflict(
-  knex: Knex, dialect: Dialect, r: AcquireRequest, kind: string, wrap: (upsert: string, quote: (name: string) => string) => string,
+  knex: Knex, dialect: Dialect, r: AcquireRequest, kind: VariantKinds, wrap: (upsert: string, quote: (name: string) => string) => string,
   extra: Readonly<Record<string, unknown>>,
 ): Promise<bigint | null> {
   const databaseClock = r.nowMs === null
-  const sql = statement(knex, `${kind}/${databaseClock ? 'database-clock' : 'local-clock'}`, r.table, (quote) => {
+  const sql = statement(knex, kind(databaseClock, false), r.table, (quote) => {
     const t = quote(r.table)
     const fence = dialect.insertFence?.sql(r.table, quote, { name: ':name', key: ':key' })
     return wrap(`INSERT INTO ${t} AS t (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms${fence ? ', fence' : ''})

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
 import { upsertKey, upsertedFence } from './read-write.js'
-import { executorFor, statement } from './executor.js'
+import { executorFor, statement, variantKinds } from './executor.js'
 import { acquireOnConflict, runOnConflict } from './on-conflict.js'
 import {
   errorCode, rowsJson,
@@ -15,6 +15,9 @@ const NOW_SQL = '(floor(extract(epoch from clock_timestamp()) * 1000))::bigint'
 
 // INSERT … ON CONFLICT arrived in PostgreSQL 9.5.
 const MIN_NATIVE_VERSION_NUM = 90500
+
+// The statement kinds of a waiter's acquire, which keeps its place in the line (see acquireNative).
+const onConflictLineKind = variantKinds('on-conflict-line')
 
 // Marks the releases this process announces (a pid could repeat on another host).
 const processTag = randomUUID()
@@ -166,7 +169,7 @@ export const postgresDialect: Dialect = {
     // A waiter's attempt keeps its store's place in the line in the same statement: refused, it
     // joins (or renews its place); won, it leaves if asked, and clears places that no longer
     // count. Data-modifying CTEs all run, whether or not the final SELECT reads them.
-    return runOnConflict(knex, postgresDialect, request, 'on-conflict-line', (upsert, quote) => {
+    return runOnConflict(knex, postgresDialect, request, onConflictLineKind, (upsert, quote) => {
       const w = quote(lineOf(request.table))
       return `WITH attempt AS (${upsert}),
        joined AS (INSERT INTO ${w} AS w (lock_name, lock_key, waiter, process_tag, since_ts, expires_ts)

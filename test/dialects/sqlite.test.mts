@@ -240,9 +240,13 @@ describe('sqlite: statements on the pool an application shares', () => {
       const checkout = knex.client.acquireConnection.bind(knex.client)
       let checkouts = 0
       knex.client.acquireConnection = () => { checkouts++; return checkout() }
-      const again = await store.tryAcquireLock('shared-pool')
-      await again?.release()
-      knex.client.acquireConnection = checkout
+      let again: Lock | null
+      try {
+        again = await store.tryAcquireLock('shared-pool')
+        await again?.release()
+      } finally {
+        knex.client.acquireConnection = checkout
+      }
       assert.ok(again)
       assert.equal(checkouts, 0)
     } finally {
