@@ -34,6 +34,8 @@ export interface ConnectionTweaks {
   poolMax?: number
   /** A statement each new PostgreSQL or MySQL connection runs first (session settings). */
   sessionSql?: string
+  /** PostgreSQL only: connect to this URL instead of POSTGRES_URL (a connection pooler's, say). */
+  postgresUrl?: string
 }
 
 type Callback = (error: Error | null, connection: unknown) => void
@@ -68,7 +70,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
     case 'postgres':
       return knexFactory({
         client: 'pg',
-        connection: { connectionString: POSTGRES_URL, connectionTimeoutMillis: 3000 },
+        connection: { connectionString: tweaks.postgresUrl ?? POSTGRES_URL, connectionTimeoutMillis: 3000 },
         pool: { ...pool, ...runOnConnect(tweaks.sessionSql) },
       })
     case 'mysql': {

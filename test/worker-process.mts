@@ -21,6 +21,9 @@ export interface WorkerProcess extends ChildWorker {
   release(): Promise<void>
 }
 
+/** What a fixture needs of its test: the database and strategy, and the lock table (a {@link Harness} has them). */
+export type FixtureContext = Pick<Harness, 'target' | 'tableName'>
+
 const running = new Set<ChildProcess>()
 
 /**
@@ -33,7 +36,7 @@ export function killChildren(): void {
 }
 
 /** Starts test/fixtures/`fixture` and resolves once it has printed "ready". */
-async function startChild(h: Harness, fixture: string, extraEnv: Record<string, string>): Promise<ChildWorker> {
+async function startChild(h: FixtureContext, fixture: string, extraEnv: Record<string, string>): Promise<ChildWorker> {
   const child = spawn(process.execPath, [join(import.meta.dirname, 'fixtures', fixture)], {
     env: {
       ...process.env, WL_DATABASE: h.target.database, WL_STRATEGY: h.target.strategy,
@@ -59,7 +62,7 @@ async function startChild(h: Harness, fixture: string, extraEnv: Record<string, 
 }
 
 /** Starts a worker (test/fixtures/hold-lock) holding `lockName` in the harness's table; resolves once it holds it. */
-export async function startWorker(h: Harness, lockName: string, extraEnv: Record<string, string> = {}): Promise<WorkerProcess> {
+export async function startWorker(h: FixtureContext, lockName: string, extraEnv: Record<string, string> = {}): Promise<WorkerProcess> {
   const worker = await startChild(h, 'hold-lock.mjs', { WL_LOCK: lockName, ...extraEnv })
   return {
     ...worker,
@@ -71,7 +74,7 @@ export async function startWorker(h: Harness, lockName: string, extraEnv: Record
 }
 
 /** Starts test/fixtures/waiter: a worker whose waits only a release notification can end. */
-export async function startWaiter(h: Harness, extraEnv: Record<string, string> = {}): Promise<ChildWorker & { send(command: string): void }> {
+export async function startWaiter(h: FixtureContext, extraEnv: Record<string, string> = {}): Promise<ChildWorker & { send(command: string): void }> {
   const worker = await startChild(h, 'waiter.mjs', extraEnv)
   return { ...worker, send: (command) => worker.child.stdin?.write(`${command}\n`) }
 }
