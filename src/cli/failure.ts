@@ -1,32 +1,37 @@
-// Turning errors into the one line the CLI prints for people.
+// The one-line messages the CLI prints for people: errors, and text from the database made safe.
 import { LockDatabaseError, LockError, LockTableError } from '../index.js'
 import { UsageError } from './args.js'
-import { DatabaseUrlError } from './database.js'
-import { printable, quoted } from './printable.js'
 
-/** What `run` and the other commands tell people to do about a missing or unmigrated table. */
+/** Prints `message` as one line of ours on stderr. */
+export const say = (message: string): void => { console.error(`worker-locks: ${message}`) }
+
+/** What the commands tell people to do about a missing or unmigrated table. */
 export const MIGRATE_HINT = '(run "worker-locks migrate" first)'
 
+// C0 and C1 controls, DEL, and the two Unicode line separators some terminals and editors obey.
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g
+const NAMED: Readonly<Record<string, string>> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' }
+
+/**
+ * `text` with every control character escaped (`\n`, `\x1b`, `\u2028`): names, keys and holders
+ * come from the database, where anyone may have put anything, and must not start a new line or
+ * send the terminal an escape sequence.
+ */
+export function printable(text: string): string {
+  return text.replace(CONTROL, (c) => {
+    const code = c.charCodeAt(0)
+    return NAMED[c] ?? (code <= 0xff ? `\\x${code.toString(16).padStart(2, '0')}` : `\\u${code.toString(16)}`)
+  })
+}
+
+/** `JSON.stringify(text)`, with the control characters JSON leaves alone escaped too. */
+export function quoted(text: string): string {
+  return printable(JSON.stringify(text))
+}
+
 // Errors that mean the server was not there to ask, rather than that it refused the statement.
-const CONNECTION_CODES: ReadonlySet<string> = new Set([
-  'ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH',
-  'EPIPE', 'PROTOCOL_CONNECTION_LOST', '57P01', '57P02', '57P03',
-])
-
-/** The errors `error` wraps, itself first, following `cause` and the members of an AggregateError. */
-function* chain(error: unknown, depth = 0): Generator<unknown> {
-  if (depth > 8) return
-  yield error
-  if (error instanceof AggregateError) for (const member of error.errors) yield* chain(member, depth + 1)
-  if (error instanceof Error && error.cause !== undefined) yield* chain(error.cause, depth + 1)
-}
-
-/** The innermost error `error` wraps: usually the driver's, which says what really happened. */
-function rootCause(error: unknown): unknown {
-  let current = error
-  for (let depth = 0; current instanceof Error && current.cause !== undefined && depth < 8; depth++) current = current.cause
-  return current
-}
+const CONNECTION_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT',
+  'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'PROTOCOL_CONNECTION_LOST', '57P01', '57P02', '57P03'])
 
 /** The first line of `error`'s message, without the SQL statement knex puts in front of the driver's reason. */
 function firstLine(error: unknown): string {
@@ -40,67 +45,52 @@ function firstLine(error: unknown): string {
   return printable(statement ? `${statement[1]}${statement[2]}` : message)
 }
 
-/** The driver's reason for `error`, in one line: what people need to see of a wrapped error. */
+/** The reason of the innermost error `error` wraps (usually the driver's), in one line. */
 export function reasonOf(error: unknown): string {
-  return firstLine(rootCause(error))
+  let root = error
+  for (let depth = 0; root instanceof Error && root.cause !== undefined && depth < 8; depth++) root = root.cause
+  return firstLine(root)
 }
 
-/** Whether `error` says the database could not be reached at all. */
-export function isConnectionFailure(error: unknown): boolean {
-  for (const e of chain(error)) {
-    if (!(e instanceof Error)) continue
-    const code = (e as NodeJS.ErrnoException).code
-    if (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08'))) return true
-    if (e.name === 'KnexTimeoutError') return true
-  }
-  return false
+/** Whether `error`, or an error it wraps (its cause, an AggregateError's members), says the database was not there to ask. */
+function isConnectionFailure(error: unknown, depth = 0): boolean {
+  if (!(error instanceof Error) || depth > 8) return false
+  const code = (error as NodeJS.ErrnoException).code
+  if (error.name === 'KnexTimeoutError' || (typeof code === 'string' && (CONNECTION_CODES.has(code) || code.startsWith('08')))) return true
+  return [...(error instanceof AggregateError ? error.errors : []), error.cause].some((e) => isConnectionFailure(e, depth + 1))
 }
 
-/**
- * One line on a failed database statement: "could not reach the database DB" when it was not
- * there, with the driver's reason in brackets. `seconds`: how long it was tried; `database`:
- * how to name the database (its URL, password masked).
- */
+/** A failed statement in `database`, tried for `seconds` if given: unreachable, or failed, with the driver's reason. */
 export function databaseTrouble(error: unknown, seconds: number | undefined, database: string): string {
   const reason = reasonOf(error)
   if (isConnectionFailure(error)) return `could not reach the database ${database}${seconds === undefined ? '' : ` within ${seconds} s`} (${reason})`
   return `the database ${database} failed${seconds === undefined ? '' : ` for ${seconds} s`} (${reason})`
 }
 
-/** One line on a missing or unmigrated lock table in `database`, without the hint. */
+/** A missing or unmigrated lock table in `database`, without the hint. */
 export function tableTrouble(error: LockTableError, database: string): string {
   return `the lock table ${quoted(error.tableName)} in ${database} is missing or not migrated (${reasonOf(error)})`
 }
 
-// knex's error when it cannot load a driver: "Knex: run\n$ npm install PACKAGE --save\nREASON".
-const DRIVER_NOT_LOADED = /^Knex: run\n\$ npm install (\S+) --save\n(.*)/s
-
-/**
- * One complete line for knex's error on a driver it could not load: which package to install
- * when it is not installed, else the package and why it did not load. Undefined for other errors.
- */
+/** knex's error on a driver it could not load: which package to install, or why it did not load; else undefined. */
 export function driverTrouble(error: unknown): string | undefined {
-  if (!(error instanceof Error)) return undefined
-  const match = DRIVER_NOT_LOADED.exec(error.message)
+  // knex's form: "Knex: run\n$ npm install PACKAGE --save\nREASON".
+  const match = error instanceof Error ? /^Knex: run\n\$ npm install (\S+) --save\n(.*)/s.exec(error.message) : null
   if (!match) return undefined
-  const [, pkg = '', reason = ''] = match
-  const escaped = pkg.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')
-  if (new RegExp(`Cannot find (module|package) '${escaped}'`).test(reason)) return `the ${printable(pkg)} package is not installed; npm install ${printable(pkg)}`
-  return `the ${printable(pkg)} package could not be loaded (${printable(reason.split('\n')[0] ?? '')})`
+  const pkg = printable(match[1] ?? '')
+  const reason = match[2] ?? ''
+  if (/Cannot find (?:module|package) '([^']*)'/.exec(reason)?.[1] === match[1]) return `the ${pkg} package is not installed; npm install ${pkg}`
+  return `the ${pkg} package could not be loaded (${printable(reason.split('\n')[0] ?? '')})`
 }
 
-/**
- * One line for people, never a stack trace. `database`, when given, names the database the
- * failure happened in (usage errors and driver trouble do not need it).
- */
+/** One line for people, never a stack trace; `database` names the database the failure happened in. */
 export function describeFailure(error: unknown, database?: string): string {
-  if (error instanceof UsageError || error instanceof DatabaseUrlError) return printable(error.message)
+  if (error instanceof UsageError) return printable(error.message)
   const driver = driverTrouble(error)
   if (driver !== undefined) return driver
   if (error instanceof LockTableError) return `${tableTrouble(error, database ?? 'the database')} ${MIGRATE_HINT}`
   if (database !== undefined && isConnectionFailure(error)) return databaseTrouble(error, undefined, database)
-  const message = firstLine(error).replace(/^worker-locks /, '')
   // Invalid names and the like are not the database's business; its failures name it.
   const where = database === undefined || (error instanceof LockError && !(error instanceof LockDatabaseError)) ? '' : `${database}: `
-  return `${where}${message}`
+  return `${where}${firstLine(error).replace(/^worker-locks /, '')}`
 }
