@@ -2,7 +2,7 @@
 // runs this once per database and prints the tables.
 //
 // Usage: node dist/bench/database.mjs DATABASE [--smoke] [--only=SECTION]
-// (--only=uncontended: section 1 alone; --only=read-write: section 6; --only=many-keys: section 7;
+// (--only=uncontended: section 1 alone; --only=contention: sections 2 and 2b; --only=read-write: section 6; --only=many-keys: section 7;
 // the JSON object then has `database` and that section's figures only)
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -16,12 +16,13 @@ import { newToken, rawContender } from './raw.mjs'
 import { manyKeysSection } from './many-keys.mjs'
 import { readWriteSection } from './read-write.mjs'
 import { uncontended } from './uncontended.mjs'
+import { beforeDir } from './before.mjs'
 import { median, p99 } from './stats.mjs'
 
 const database = process.argv[2] as Database
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length)
-const sections = ['uncontended', 'read-write', 'many-keys']
+const sections = ['uncontended', 'contention', 'read-write', 'many-keys']
 if (only !== undefined && !sections.includes(only)) throw new Error(`--only takes ${sections.join(', ')}, got ${JSON.stringify(only)}`)
 const LOCK_TIMEOUT = 120_000
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
@@ -215,8 +216,9 @@ function summariseProcesses(result: ProcessContention) {
 /** 2b: every contender across processes; the database's own lock queue where it has one. */
 async function processes(): Promise<Record<string, ReturnType<typeof summariseProcesses>>> {
   const seconds = smoke ? 1 : 5
-  const contenders: ProcessContender[] = database === 'sqlite' ? ['worker-locks', 'verrou']
-    : database === 'postgres' ? ['worker-locks', 'worker-locks, no line', 'verrou', 'server'] : ['worker-locks', 'verrou', 'server']
+  const contenders: ProcessContender[] = [
+    'worker-locks', ...(beforeDir ? ['worker-locks before' as const] : []), 'verrou', ...(database === 'sqlite' ? [] : ['server' as const]),
+  ]
   const out: Record<string, ReturnType<typeof summariseProcesses>> = {}
   for (const c of contenders) out[c === 'server' ? 'server lock queue' : c] = summariseProcesses(await acrossProcesses(database, c, seconds))
   return out
@@ -270,6 +272,15 @@ async function uncontendedOnly(knex: Knex, table: string): Promise<void> {
   console.log(JSON.stringify({ database, uncontended: summariseSeries(series) }))
 }
 
+/** Sections 2 and 2b alone. */
+async function contentionOnly(_knex: Knex, table: string): Promise<void> {
+  const inProcess = await contention(table)
+  console.log(JSON.stringify({
+    database, roundTripMs: await roundTrip(table), processes: await processes(),
+    contention: Object.fromEntries(Object.entries(inProcess).map(([k, v]) => [k, { perSecond: v.perSecond, median: median(v.handoff), p99: p99(v.handoff) }])),
+  }))
+}
+
 if (only === 'read-write') console.log(JSON.stringify({ database, readWrite: await readWriteSection(database, smoke) }))
 else if (only === 'many-keys') console.log(JSON.stringify({ database, manyKeys: await manyKeysSection(database, smoke) }))
-else await withLockTable(only === 'uncontended' ? uncontendedOnly : allSections)
+else await withLockTable(only === 'uncontended' ? uncontendedOnly : only === 'contention' ? contentionOnly : allSections)

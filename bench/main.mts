@@ -1,7 +1,8 @@
-// npm run bench [-- --smoke] [-- --only=uncontended|read-write|many-keys] [-- --before=DIR]: every
-// benchmark (or only section 1, 6 or 7), one process per database, printed as markdown; with
-// --before, an earlier version's built checkout runs as one more contender in sections 1 and 7. Ratios within one run are the figure; absolute
-// times on a shared machine are noise.
+// npm run bench [-- --smoke] [-- --only=uncontended|contention|read-write|many-keys] [-- --before=DIR]:
+// every benchmark (or only section 1, 2 and 2b, 6 or 7), one process per database, printed as
+// markdown; with --before, an earlier version's built checkout runs as one more contender in
+// sections 1, 2b and 7. Ratios within one run are the figure; absolute times on a shared machine
+// are noise.
 import { execFileSync } from 'node:child_process'
 import { join, resolve } from 'node:path'
 import { resolveMatrix } from '../test/targets.mjs'
@@ -10,7 +11,7 @@ import type { RwFigures } from './read-write.mjs'
 
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))
-// --before=DIR: an earlier version's checkout, built, measured as "worker-locks before" in sections 1 and 7.
+// --before=DIR: an earlier version's checkout, built, measured as "worker-locks before" in sections 1, 2b and 7.
 const beforeDir = process.argv.find((a) => a.startsWith('--before='))?.slice('--before='.length)
 if (beforeDir) process.env.WL_BENCH_BEFORE = resolve(beforeDir)
 const script = join(import.meta.dirname, 'database.mjs')
@@ -21,11 +22,11 @@ interface Result {
   database: string
   roundTripMs: number
   uncontended?: Record<string, Summary>
-  contention: Record<string, Summary & { perSecond: number }>
-  processes: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number | null }>
-  renewal: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
-  crowd: { waiters: number; wallMs: number; cpuMs: number }
-  bytesPerLock: number
+  contention?: Record<string, Summary & { perSecond: number }>
+  processes?: Record<string, Summary & { perSecond: number; toOther: number; sameProcess: number; cpuMsPerSection: number; roundTripMs: number | null }>
+  renewal?: Record<string, { statements: number; batchedMs: number; perLockMs: number }>
+  crowd?: { waiters: number; wallMs: number; cpuMs: number }
+  bytesPerLock?: number
   readWrite?: Record<string, { readWrite: RwFigures; plain: RwFigures }>
   manyKeys?: Record<string, ManyKeysFigures>
 }
@@ -42,22 +43,23 @@ const f = (n: number, digits = 1): string => n.toFixed(digits)
 console.log(`# worker-locks benchmarks${smoke ? ' (smoke mode: tiny samples, numbers mean nothing)' : ''}\n`)
 console.log(`Node ${process.version}, ${new Date().toISOString().slice(0, 10)}\n`)
 if (results.some((r) => r.uncontended)) printUncontended()
-if (!only) printAllButReadWrite()
+if (results.some((r) => r.processes)) printContention()
+if (!only) printRest()
 if (results.some((r) => r.readWrite)) printReadWrite()
 if (results.some((r) => r.manyKeys)) printManyKeys()
 
 function printUncontended(): void {
   console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
-  console.log('"bare": the minimal two-statement cycle on the bare driver (native upsert, token-guarded DELETE, no fence), the denominator of every ratio. "raw": worker-locks\' own statements on the bare driver (fences included; on PostgreSQL the release\'s wake-up of the waiting line too). Fencing\'s cost: raw − bare.\n')
-  console.log('"worker-locks" releases without waiting for the disk where the database allows it (PostgreSQL); "durable": with `durableReleases: true`.\n')
-  console.log('| database | bare median | raw (same statements) median | dialect layer median | worker-locks median | worker-locks durable median | verrou median | bare p99 | worker-locks p99 | verrou p99 | raw / bare | dialect layer / bare | worker-locks / bare | worker-locks durable / bare | verrou / bare | fencing\'s cost µs | fencing\'s cost / worker-locks median |')
-  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  console.log('"bare": the minimal two-statement cycle on the bare driver (native upsert, token-guarded DELETE, no fence; prepared statements), the denominator of every ratio. "raw": worker-locks\' own statements on the bare driver (fences included; on PostgreSQL the release\'s NOTIFY too). Fencing\'s cost: raw − bare.\n')
+  console.log('"worker-locks" releases without waiting for the disk where the database allows it (PostgreSQL); "durable": with `durableReleases: true`; "prepared": with `preparedStatements: true` (PostgreSQL: named statements; the same statements elsewhere).\n')
+  console.log('| database | bare median | raw (same statements) median | dialect layer median | worker-locks median | worker-locks durable median | worker-locks prepared median | verrou median | bare p99 | worker-locks p99 | verrou p99 | raw / bare | dialect layer / bare | worker-locks / bare | worker-locks durable / bare | worker-locks prepared / bare | verrou / bare | fencing\'s cost µs | fencing\'s cost / worker-locks median |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of results) {
     const u = r.uncontended ?? {}
-    const bare = u.bare, raw = u.raw, dl = u['dialect layer'], wl = u['worker-locks'], wd = u['worker-locks, durable releases'], v = u.verrou
-    if (!bare || !raw || !dl || !wl || !wd || !v) continue
+    const bare = u.bare, raw = u.raw, dl = u['dialect layer'], wl = u['worker-locks'], wd = u['worker-locks, durable releases'], wp = u['worker-locks, prepared statements'], v = u.verrou
+    if (!bare || !raw || !dl || !wl || !wd || !wp || !v) continue
     const fencing = raw.median - bare.median
-    console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(wd.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(wd.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
+    console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(wd.median)} | ${f(wp.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(wd.median / bare.median, 2)}× | ${f(wp.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
   }
   if (!results.some((r) => r.uncontended?.['worker-locks before'])) return
   console.log(`\nBefore and after, same run ("before": the build in ${process.env.WL_BENCH_BEFORE}, on a table its own createLockTable made):\n`)
@@ -84,12 +86,12 @@ function printManyKeys(): void {
   }
 }
 
-function printAllButReadWrite(): void {
+function printContention(): void {
   console.log('\n## 2. Contention: 8 workers in one process on one key\n')
   console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | p50 in raw writes |')
   console.log('| --- | --- | --- | --- | --- | --- |')
   for (const r of results) {
-    for (const [name, c] of Object.entries(r.contention)) {
+    for (const [name, c] of Object.entries(r.contention ?? {})) {
       console.log(`| ${r.database} | ${name} | ${f(c.perSecond, 0)} | ${f(c.median, 2)} | ${f(c.p99, 2)} | ${f(c.median / r.roundTripMs)} |`)
     }
   }
@@ -99,7 +101,7 @@ function printAllButReadWrite(): void {
   console.log('| database | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | taken back by the releasing process | to another process p50 ms | round trip under this load ms | to another process p50 in round trips | workers\' CPU ms per section |')
   console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
   for (const r of results) {
-    for (const [name, c] of Object.entries(r.processes)) {
+    for (const [name, c] of Object.entries(r.processes ?? {})) {
       // NaN (SQLite: no round trips) arrives as null through JSON.
       const rt = c.roundTripMs ?? NaN
       const trips = Number.isNaN(rt) ? '—' : f(rt, 2)
@@ -108,11 +110,14 @@ function printAllButReadWrite(): void {
     }
   }
 
+}
+
+function printRest(): void {
   console.log('\n## 3. One renewal tick\n')
   console.log('| database | held locks | statements | batched ms | per-lock statements ms | per-lock / batched |')
   console.log('| --- | --- | --- | --- | --- | --- |')
   for (const r of results) {
-    for (const [n, x] of Object.entries(r.renewal)) {
+    for (const [n, x] of Object.entries(r.renewal ?? {})) {
       console.log(`| ${r.database} | ${n} | ${x.statements} | ${f(x.batchedMs, 2)} | ${f(x.perLockMs, 2)} | ${f(x.perLockMs / x.batchedMs)}× |`)
     }
   }
@@ -120,12 +125,12 @@ function printAllButReadWrite(): void {
   console.log('\n## 4. Waiters on one key, served one after another\n')
   console.log('| database | waiters | wall ms | CPU ms |')
   console.log('| --- | --- | --- | --- |')
-  for (const r of results) console.log(`| ${r.database} | ${r.crowd.waiters} | ${f(r.crowd.wallMs)} | ${f(r.crowd.cpuMs)} |`)
+  for (const r of results) if (r.crowd) console.log(`| ${r.database} | ${r.crowd.waiters} | ${f(r.crowd.wallMs)} | ${f(r.crowd.cpuMs)} |`)
 
   console.log('\n## 5. Memory per held lock\n')
   console.log('| database | bytes of heap per held lock |')
   console.log('| --- | --- |')
-  for (const r of results) console.log(`| ${r.database} | ${f(r.bytesPerLock, 0)} |`)
+  for (const r of results) if (r.bytesPerLock !== undefined) console.log(`| ${r.database} | ${f(r.bytesPerLock, 0)} |`)
   console.log(`\nA raw write (one committed acquiring statement) takes ${results.map((r) => `${f(r.roundTripMs, 3)} ms on ${r.database}`).join(', ')}.`)
 }
 

@@ -9,6 +9,7 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
+import { beforeBuild, beforeWorker } from './before.mjs'
 import { runBenchChildren } from './child.mjs'
 import { median } from './stats.mjs'
 
@@ -64,10 +65,10 @@ async function probeRoundTrips(database: Database, stop: Promise<unknown>): Prom
 
 /**
  * `server`: the database's own lock queue (PostgreSQL and MySQL only), the floor.
- * `worker-locks, no line`: worker-locks on a table without the waiting line (PostgreSQL: every
- * waiting process hears every release and tries).
+ * `worker-locks before`: the earlier build of `--before` (bench/before.mts), on a table its own
+ * createLockTable made.
  */
-export type ProcessContender = 'worker-locks' | 'worker-locks, no line' | 'verrou' | 'server'
+export type ProcessContender = 'worker-locks' | 'worker-locks before' | 'verrou' | 'server'
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
@@ -80,11 +81,14 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
       // Let verrou create its own table once, before the workers start.
       const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: table }) } } })
       await verrou.createLock('setup', '1s').acquireImmediately()
-    } else if (contender.startsWith('worker-locks')) {
+    } else if (contender === 'worker-locks') {
       await createLockTable(knex, { tableName: table })
-      if (contender === 'worker-locks, no line') await knex.schema.dropTableIfExists(`${table}_waiters`)
+    } else if (contender === 'worker-locks before') {
+      await (await beforeBuild())?.createLockTable(knex, { tableName: table })
     }
-    const { finished } = await runBenchChildren<WorkerResult>(processes, [script], { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: contender }, seconds)
+    const before = contender === 'worker-locks before'
+    const env = { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender }
+    const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? beforeWorker() : script], env, seconds)
     const [results, roundTripMs] = await Promise.all([finished, probeRoundTrips(database, finished.catch(() => undefined))])
     const holds = results.flatMap((r, worker) => r.acquiredAt.map((at, i) => ({ worker, acquiredAt: at, releasingAt: r.releasingAt[i] ?? NaN })))
       .sort((a, b) => a.acquiredAt - b.acquiredAt)
@@ -101,7 +105,8 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
     return { perSecond: holds.length / seconds, handoff, toOther, sameProcess: same / Math.max(1, handoff.length), cpuMsPerSection: cpuMs / Math.max(1, holds.length), roundTripMs }
   } finally {
     if (contender === 'verrou') await knex.schema.dropTableIfExists(table)
-    else if (contender.startsWith('worker-locks')) await dropLockTable(knex, { tableName: table })
+    else if (contender === 'worker-locks') await dropLockTable(knex, { tableName: table })
+    else if (contender === 'worker-locks before') await (await beforeBuild())?.dropLockTable(knex, { tableName: table })
     await knex.destroy()
   }
 }

@@ -1,6 +1,6 @@
 // The driver-level contenders, prepared statements on the bare driver with no library in between:
 // - `rawContender`: the same statements worker-locks runs to acquire and release, fences (and on
-//   PostgreSQL the waiting line's wake-up) included;
+//   PostgreSQL the release's NOTIFY) included;
 // - `bareContender`: the minimal cycle a user could write by hand (Synapse's native upsert and
 //   a token-guarded DELETE) on a table of its own without a fence column, counter, trigger or
 //   sequence (`createBareTable`). It is the floor section 1's ratios are taken against.
@@ -101,15 +101,9 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
     const acquire = `INSERT INTO "${table}" AS t (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms, fence)
        VALUES ($1, $2, $3, $4, ${POSTGRES_NOW}, $5, ${fence("$6::text || '/' || $7::text")})
        ON CONFLICT (lock_name, lock_key) DO UPDATE ${takeover(`, fence = ${fence("t.lock_name || '/' || t.lock_key")}`, 'fence')}`
-    // The release wakes whoever of another process is first in the waiting line, or notifies
-    // everyone (as worker-locks does; the advisory-lock check of each place is left out).
+    // The release tells every listening process (as worker-locks does), without waiting for the disk.
     const release = `WITH released AS (DELETE FROM "${table}" WHERE lock_name = $1 AND lock_key = $2 AND token = $3 RETURNING lock_name, lock_key)
-       SELECT pg_notify(
-         COALESCE((SELECT 'wl_waiter_' || w.waiter FROM "${table}_waiters" w
-                   WHERE w.lock_name = r.lock_name AND w.lock_key = r.lock_key AND w.process_tag <> $4 AND w.expires_ts > ${POSTGRES_NOW}
-                   ORDER BY w.since_ts, w.waiter LIMIT 1), $5),
-         json_build_array(r.lock_name, r.lock_key, $4::text)::text)
-       FROM released r`
+       SELECT pg_notify($5, json_build_array(lock_name, lock_key, $4::text)::text), set_config('synchronous_commit', 'off', true) FROM released`
     return {
       acquire: async (n, k, t) => (await client.query({ name: 'raw_acquire', text: acquire, values: [n, k, instance, t, lockTimeoutMs, n, k] })).rows[0],
       release: async (n, k, t) => { await client.query({ name: 'raw_release', text: release, values: [n, k, t, 'raw', `${table}_released`] }) },
@@ -117,18 +111,14 @@ export async function rawContender(database: DatabaseName, table: string, lockTi
     }
   }
   const connection = openMysql()
-  // The mysql dialect's two forms: MariaDB's upsert returns the fence the triggers wrote; MySQL's
-  // marks a refusal through LAST_INSERT_ID, and a win reads the fence in a second statement.
-  const [{ version }] = await connection.execute('SELECT VERSION() AS version', []) as [{ version: string }]
-  const returning = /mariadb/i.test(version)
-  const upsert = returning ? `${mysqlUpsert(table)} RETURNING IF(token = ?, fence, NULL) AS fence` : mysqlUpsert(table)
+  // As the mysql dialect does: the upsert marks a refusal through LAST_INSERT_ID, and a win reads
+  // the fence the triggers wrote in a second statement (no RETURNING, see dialects/mysql.ts).
+  const upsert = mysqlUpsert(table)
   const fence = `SELECT fence FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
   const release = `DELETE FROM \`${table}\` WHERE lock_name = ? AND lock_key = ? AND token = ?`
   return {
     async acquire(n, k, t) {
-      const values = mysqlUpsertValues(n, k, instance, t, lockTimeoutMs)
-      if (returning) return ((await connection.execute(upsert, [...values, t])) as Array<{ fence: unknown }>)[0]?.fence ?? null
-      const header = await connection.execute(upsert, values) as { insertId: number }
+      const header = await connection.execute(upsert, mysqlUpsertValues(n, k, instance, t, lockTimeoutMs)) as { insertId: number }
       return header.insertId === REFUSED ? null : connection.execute(fence, [n, k, t])
     },
     release: async (n, k, t) => { await connection.execute(release, [n, k, t]) },

@@ -1,8 +1,6 @@
-// How contention across processes scales with the number of processes waiting for one lock.
-// On PostgreSQL a release wakes the store of another process first in the waiting line, which
-// then acquires; "no line" runs on a table without the line, where every waiting process hears
-// every release and tries once, so on a machine with few cores the hand-off slows as processes
-// are added.
+// How contention across processes scales with the number of processes waiting for one lock. On
+// PostgreSQL every waiting process hears every release and tries once, so on a machine with few
+// cores the hand-off slows as processes are added.
 //
 // Run: npm run build && node dist/bench/scaling.mjs [DATABASE] [SECONDS]
 import { acrossProcesses, type ProcessContender } from './processes.mjs'
@@ -11,7 +9,7 @@ import type { Database } from '../test/targets.mjs'
 
 const database = (process.argv[2] ?? 'postgres') as Database
 const seconds = Number(process.argv[3] ?? 3)
-const contenders: ProcessContender[] = database === 'postgres' ? ['worker-locks', 'worker-locks, no line'] : ['worker-locks']
+const contenders: ProcessContender[] = ['worker-locks']
 console.log(`Processes taking one lock in turn on ${database} (Node ${process.version}, ${seconds} s each)\n`)
 console.log('| processes | contender | critical sections / s | hand-off p50 ms | hand-off p99 ms | taken back by the releasing process | to another process p50 ms | round trip under this load ms | workers\' CPU ms per section |')
 console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')

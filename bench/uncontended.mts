@@ -2,14 +2,14 @@
 // batches so that drift on the shared machine hits all alike. "bare" is the floor: the minimal
 // two-statement cycle on the bare driver, on a table of its own without fences (bench/raw.mts).
 // "raw" runs worker-locks' own statements on the bare driver: raw − bare is the cost of fencing
-// (on PostgreSQL, of the waiting line's wake-up in the release too). "dialect layer" runs the
+// (on PostgreSQL, of the release's NOTIFY too). "dialect layer" runs the
 // same statements through knex's pool, without the store: the difference between it and raw is
-// the cost of taking pooled connections (on SQLite, of finding an idle one).
+// the cost of taking pooled connections.
 import { performance } from 'node:perf_hooks'
 import type { Knex } from 'knex'
 import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
-import { acquire, findDialect } from '../dialects/index.js'
+import { acquire, database as runner, findDialect } from '../dialects/index.js'
 import { LockStore } from '../src/index.js'
 import { uniqueName, type Database } from '../test/targets.mjs'
 import { bareContender, createBareTable, newToken, rawContender, type RawContender } from './raw.mjs'
@@ -30,8 +30,9 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   const dialect = findDialect(knex)
   if (!dialect) throw new Error('no dialect')
   const facts = await dialect.detect(knex)
-  // Releases as the store does: on PostgreSQL, waking whoever is first in the waiting line.
-  const line = dialect.notifications?.line !== undefined
+  const db = runner(knex, dialect.rowsOf, { preparedStatements: false })
+  // The same as the default, with named prepared statements (PostgreSQL; the same statements elsewhere).
+  const prepared = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000, preparedStatements: true })
   const verrouTable = uniqueName('verrou')
   const verrou = new Verrou({ default: 'db', stores: { db: { driver: knexStore({ connection: knex, tableName: verrouTable }) } } })
   const cycle = (driver: RawContender, name: string) => async (i: number): Promise<void> => {
@@ -44,8 +45,13 @@ export async function uncontended(database: Database, knex: Knex, table: string,
     raw: cycle(raw, 'bench-raw'),
     'dialect layer': async (i) => {
       const request = { table, name: 'bench-dl', key: `k${i % 8}`, token: newToken(), instanceName: 'bench', leaseMs: lockTimeoutMs, nowMs: null }
-      if (await acquire(knex, dialect, facts, 'native', request) === null) throw new Error('refused while uncontended')
-      await dialect.release(knex, table, request, line)
+      if (await acquire(db, dialect, facts, 'native', request) === null) throw new Error('refused while uncontended')
+      await dialect.release(db, table, request, false)
+    },
+    'worker-locks, prepared statements': async (i) => {
+      const lock = await prepared.tryAcquireLock('bench-wlp', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
     },
     'worker-locks': async (i) => {
       const lock = await store.tryAcquireLock('bench-wl', `k${i % 8}`)
@@ -84,6 +90,7 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   await before?.close()
   await store.close()
   await durable.close()
+  await prepared.close()
   await raw.close()
   await bare.close()
   await knex.schema.dropTableIfExists(bareTable)

@@ -1,3 +1,8 @@
+// How the library's statements run: on a connection borrowed from knex's pool through the
+// client's own acquireConnection/releaseConnection, with the driver's plain query call, so that
+// no knex query is compiled on the hot path. It assumes nothing of the pool's insides and keeps
+// no state on the server: PostgreSQL statements are unnamed unless the store opts in to named
+// ones (see `DatabaseOptions.preparedStatements`). knex's `query` event still fires for each.
 import { createHash } from 'node:crypto'
 import type { Knex } from 'knex'
 
@@ -8,36 +13,40 @@ export interface StatementResult {
   readonly insertId: number
 }
 
-/**
- * A statement built once per table (see {@link statement}): its text with `?` placeholders, and
- * the names of the values they bind, in order.
- */
+/** A statement built once per table (see {@link statement}): `?` placeholders and the names of their values. */
 export interface Statement {
-  /** What the statement does (e.g. `release`, `hand-over/local-clock`): also on knex's `query` event, as `workerLocksKind`. */
+  /** What the statement does (`release`, `on-conflict/database-clock`, …): knex's `query` event carries it as `workerLocksKind`. */
   readonly kind: string
   readonly sql: string
   readonly names: readonly string[]
 }
 
-/**
- * Runs one SQL statement whose identifiers are already quoted and whose values are all named
- * placeholders, given as one object. The hot path (acquire, release) goes through this rather than knex's builder:
- * on the drivers worker-locks knows, it runs a prepared statement that the connection keeps, on a
- * connection of knex's pool (borrowed for that statement; on better-sqlite3, an idle one used in
- * place), which costs a fraction of building and compiling a query each time. knex's `query`
- * event still fires, so query logging sees it.
- */
-export interface Executor {
+/** A knex instance (or transaction) and how the library runs its statements on it. */
+export interface Db {
+  readonly knex: Knex
   run(statement: Statement, values: object): Promise<StatementResult>
+  /**
+   * Whether statements run on the calling thread (better-sqlite3): a loop of awaited calls then
+   * never lets the event loop turn unless the caller makes it.
+   */
+  readonly onCallingThread: boolean
+  /** Runs `work` in a knex transaction, with a Db on it. */
+  transaction<T>(config: Knex.TransactionConfig | undefined, work: (db: Db) => Promise<T>): Promise<T>
+  /**
+   * Runs `work` on one connection without returning to the event loop between its statements,
+   * where the driver runs statements on the calling thread (better-sqlite3); `undefined` elsewhere.
+   */
+  readonly inPlace?: <T>(work: (run: (statement: Statement, values: object) => StatementResult) => T) => Promise<T>
 }
 
-/** The values of `statement`'s placeholders, in order; a name without a value is a bug here, not the caller's. */
-function positional(statement: Statement, values: object): unknown[] {
-  return statement.names.map((name) => {
-    const value = (values as Record<string, unknown>)[name]
-    if (value === undefined) throw new TypeError(`worker-locks: no value for :${name} in ${statement.sql}`)
-    return value
-  })
+export interface DatabaseOptions {
+  /**
+   * PostgreSQL: run statements as named prepared statements, which each server connection plans
+   * once. Assumes every statement reaches the server session that prepared it: true on a direct
+   * connection or a session pooler, false behind a transaction pooler without prepared-statement
+   * support (PgBouncer before 1.21, or with `max_prepared_statements = 0`).
+   */
+  readonly preparedStatements: boolean
 }
 
 interface Client {
@@ -50,234 +59,117 @@ interface Client {
 interface SqliteConnection {
   prepare(sql: string): { reader: boolean; all(...params: unknown[]): Record<string, unknown>[]; run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint } }
 }
-interface PgConnection {
-  query(query: { name: string; text: string; values: unknown[] }): Promise<{ rows: Record<string, unknown>[]; rowCount: number | null }>
-}
-interface MysqlConnection {
-  execute(sql: string, values: unknown[], callback: (error: Error | null, result: unknown) => void): void
+
+/** The values of `statement`'s placeholders, in order; a missing one is a bug here, not the caller's. */
+function positional(statement: Statement, values: object): unknown[] {
+  return statement.names.map((name) => {
+    const value = (values as Record<string, unknown>)[name]
+    if (value === undefined) throw new TypeError(`worker-locks: no value for :${name} in ${statement.sql}`)
+    return value
+  })
 }
 
-// Prepared statements live as long as their connection; keyed weakly so a dropped connection takes its cache along.
-const sqliteStatements = new WeakMap<object, Map<string, ReturnType<SqliteConnection['prepare']>>>()
-const pgNames = new Map<string, { name: string; text: string }>()
-
-function pgStatement(sql: string): { name: string; text: string } {
-  let statement = pgNames.get(sql)
-  if (!statement) {
-    let n = 0
-    const text = sql.replace(/\?/g, () => `$${++n}`)
-    statement = { name: `wl_${createHash('sha1').update(text).digest('hex').slice(0, 20)}`, text }
-    pgNames.set(sql, statement)
+/** Runs `run` on a connection of knex's pool (a transaction's own, for a transaction), given back once it settles. */
+async function borrow<T>(client: Client, statement: Statement, params: readonly unknown[], run: (connection: unknown) => Promise<T> | T): Promise<T> {
+  const connection = await client.acquireConnection()
+  try {
+    client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: statement.kind })
+    return await run(connection)
+  } finally {
+    await client.releaseConnection(connection)
   }
-  return statement
 }
 
-/** Fires knex's `query` event for a statement run on `connection`, so that query logging sees it. */
-function emitQuery(client: Client, connection: unknown, sql: string, params: readonly unknown[], kind: string): void {
-  client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
-}
+// A connection's prepared statements, dropped with the connection.
+const sqliteStatements = new WeakMap<object, Map<string, ReturnType<SqliteConnection['prepare']>>>()
 
-function withConnection<T>(client: Client, sql: string, params: readonly unknown[], kind: string, run: (connection: unknown) => Promise<T> | T): Promise<T> {
-  return borrow(client, (connection) => {
-    emitQuery(client, connection, sql, params, kind)
-    return run(connection)
-  })
-}
-
-/** Runs `run` with a connection of knex's pool, given back once it has settled. */
-function borrow<T>(client: Client, run: (connection: unknown) => Promise<T> | T): Promise<T> {
-  // Chained rather than async/await: this runs twice per lock, and every hop costs.
-  return client.acquireConnection().then((connection) => {
-    // Synchronous in knex (the promise it returns is already settled): no need to wait for it.
-    const giveBack = (): void => { void client.releaseConnection(connection) }
-    try {
-      const result = run(connection)
-      // A thenable, not only a native Promise: pg can be given another Promise implementation.
-      if (typeof (result as { then?: unknown } | undefined)?.then !== 'function') {
-        giveBack()
-        return result
-      }
-      return Promise.resolve(result).then((value) => {
-        giveBack()
-        return value
-      }, (error: unknown) => {
-        giveBack()
-        throw error
-      })
-    } catch (error) {
-      giveBack()
-      throw error
-    }
-  })
-}
-
-const executors = new WeakMap<object, Executor>()
-
-/** The fastest executor for this knex instance's driver, or one that goes through `knex.raw`. */
-export function executorFor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
-  let executor = executors.get(knex)
-  if (!executor) executors.set(knex, (executor = makeExecutor(knex, rowsOf)))
-  return executor
-}
-
-/** Runs a statement's text with its values in order. */
-interface PositionalExecutor {
-  run(sql: string, params: readonly unknown[], kind: string): Promise<StatementResult>
-}
-
-function makeExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): Executor {
-  const client = knex.client as unknown as Client
-  const executor = client.driverName === 'better-sqlite3' ? sqliteExecutor(client)
-    : client.driverName === 'pg' ? pgExecutor(client)
-      : client.driverName === 'mysql2' ? mysqlExecutor(client)
-        : knexExecutor(knex, rowsOf)
-  return { run: (statement, values) => executor.run(statement.sql, positional(statement, values), statement.kind) }
-}
-
-/** Runs one statement on a better-sqlite3 connection at once, through the connection's prepared-statement cache. */
-function runOnSqlite(conn: SqliteConnection & object, sql: string, params: readonly unknown[]): StatementResult {
-  let cache = sqliteStatements.get(conn)
-  if (!cache) sqliteStatements.set(conn, (cache = new Map()))
-  let statement = cache.get(sql)
-  if (!statement) cache.set(sql, (statement = conn.prepare(sql)))
-  if (statement.reader) return { rows: statement.all(...params), affectedRows: 0, insertId: 0 }
-  const info = statement.run(...params)
+function runOnSqlite(connection: SqliteConnection & object, sql: string, params: readonly unknown[]): StatementResult {
+  let cache = sqliteStatements.get(connection)
+  if (!cache) sqliteStatements.set(connection, (cache = new Map()))
+  let prepared = cache.get(sql)
+  if (!prepared) cache.set(sql, (prepared = connection.prepare(sql)))
+  if (prepared.reader) return { rows: prepared.all(...params), affectedRows: 0, insertId: 0 }
+  const info = prepared.run(...params)
   return { rows: [], affectedRows: info.changes, insertId: Number(info.lastInsertRowid) }
 }
 
-/**
- * Runs `work` on one better-sqlite3 connection of knex's pool, synchronously: `run` executes a
- * statement at once (knex's `query` event still fires). Nothing else of this process can run
- * between its statements, which is what a transaction needs on SQLite: another connection of the
- * same process that waited for the write lock meanwhile would block the thread in its busy
- * handler, and the transaction holding the lock could never finish.
- */
-export function withSqliteConnection<T>(knex: Knex, work: (run: (statement: Statement, values: object) => StatementResult) => T): Promise<T> {
+const pgNames = new Map<string, string>()
+const pgName = (sql: string): string => {
+  let name = pgNames.get(sql)
+  if (name === undefined) pgNames.set(sql, (name = `wl_${createHash('sha1').update(sql).digest('hex').slice(0, 20)}`))
+  return name
+}
+const pgText = (sql: string): string => {
+  let n = 0
+  return sql.replace(/\?/g, () => `$${++n}`)
+}
+
+type Run = (statement: Statement, params: unknown[]) => Promise<StatementResult>
+
+/** How one driver runs a statement whose values are in order; knex.raw for a driver not known here. */
+function runner(knex: Knex, client: Client, rowsOf: (result: unknown) => readonly Record<string, unknown>[], options: DatabaseOptions): Run {
+  switch (client.driverName) {
+    case 'better-sqlite3':
+      return (statement, params) => borrow(client, statement, params, (connection) => runOnSqlite(connection as SqliteConnection & object, statement.sql, params))
+    case 'pg':
+      return (statement, params) => {
+        const query = { text: pgText(statement.sql), values: params, ...(options.preparedStatements ? { name: pgName(statement.sql) } : {}) }
+        return borrow(client, statement, params, async (connection) => {
+          const result = await (connection as { query(q: typeof query): Promise<{ rows: Record<string, unknown>[]; rowCount: number | null }> }).query(query)
+          return { rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }
+        })
+      }
+    case 'mysql2':
+      return (statement, params) => borrow(client, statement, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
+        (connection as { query(sql: string, values: unknown[], callback: (error: Error | null, result: unknown) => void): void })
+          .query(statement.sql, params, (error, result) => {
+            if (error) return reject(error)
+            if (Array.isArray(result)) return resolve({ rows: result as Record<string, unknown>[], affectedRows: 0, insertId: 0 })
+            const header = result as { affectedRows: number; insertId: number }
+            resolve({ rows: [], affectedRows: header.affectedRows, insertId: Number(header.insertId) })
+          })
+      }))
+    default:
+      return async (statement, params) => {
+        const result: unknown = await knex.raw(statement.sql, params as Knex.RawBinding[]).options({ workerLocksKind: statement.kind })
+        const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
+        return {
+          rows: rowsOf(result),
+          affectedRows: Number(header?.affectedRows ?? header?.rowCount ?? header?.changes ?? 0),
+          insertId: Number(header?.insertId ?? 0),
+        }
+      }
+  }
+}
+
+/** How the library runs statements on `knex` (a knex instance or a transaction). */
+export function database(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[], options: DatabaseOptions): Db {
   const client = knex.client as unknown as Client
-  return onSqliteConnection(client, (connection) => work((statement, values) => {
-    const params = positional(statement, values)
-    emitQuery(client, connection, statement.sql, params, statement.kind)
-    return runOnSqlite(connection, statement.sql, params)
-  }))
-}
-
-/**
- * A connection of knex's pool that nobody has checked out, if the pool is knex's own (tarn), is
- * not being destroyed, and has one that is open and outside any transaction. Reading tarn's free
- * list is reading its internals: any other shape gives `undefined`. The connection's idle time
- * starts again, as a checkout would restart it, so that the pool does not close a connection in
- * constant use as idle.
- */
-function idleConnection(client: Client): (SqliteConnection & object) | undefined {
-  const pool = (client as { pool?: { free?: unknown; destroyed?: unknown } }).pool
-  const free = pool?.free
-  if (pool?.destroyed === true || !Array.isArray(free) || free.length === 0) return undefined
-  const entry = free[free.length - 1] as { resource?: unknown; timestamp?: unknown } | undefined
-  const connection = entry?.resource as (Partial<SqliteConnection> & { open?: unknown; inTransaction?: unknown }) | undefined
-  if (typeof connection?.prepare !== 'function' || connection.open !== true || connection.inTransaction !== false) return undefined
-  if (typeof entry?.timestamp === 'number') entry.timestamp = Date.now()
-  return connection as SqliteConnection & object
-}
-
-/**
- * Runs synchronous `work` on a better-sqlite3 connection of knex's pool. Nothing else of this
- * process can use a connection while synchronous work runs on it, so a connection that sits idle
- * in the pool is used in place, without checking it out and back in: on a busy machine the
- * checkout, not the statement, was the larger part of the library's own cost per lock (see
- * bench/RESULTS.md, issue 18). When every connection is checked out (a transaction of the
- * application holds the only one, say), the work waits for one through the pool.
- */
-function onSqliteConnection<T>(client: Client, work: (connection: SqliteConnection & object) => T): Promise<T> {
-  const idle = idleConnection(client)
-  if (idle === undefined) return borrow(client, (connection) => work(connection as SqliteConnection & object))
-  try {
-    return Promise.resolve(work(idle))
-  } catch (error) {
-    return Promise.reject(error)
-  }
-}
-
-function sqliteExecutor(client: Client): PositionalExecutor {
+  const run = runner(knex, client, rowsOf, options)
+  const sqlite = client.driverName === 'better-sqlite3'
   return {
-    run: (sql, params, kind) => onSqliteConnection(client, (connection) => {
-      emitQuery(client, connection, sql, params, kind)
-      return runOnSqlite(connection, sql, params)
-    }),
-  }
-}
-
-function pgExecutor(client: Client): PositionalExecutor {
-  return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) =>
-      (connection as PgConnection).query({ ...pgStatement(sql), values: params as unknown[] })
-        .then((result) => ({ rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }))),
-  }
-}
-
-function mysqlExecutor(client: Client): PositionalExecutor {
-  return {
-    run: (sql, params, kind) => withConnection(client, sql, params, kind, (connection) => new Promise<StatementResult>((resolve, reject) => {
-      // execute() prepares the statement once per connection and binds values on the server.
-      (connection as MysqlConnection).execute(sql, [...params], (error, result) => {
-        if (error) return reject(error)
-        if (Array.isArray(result)) return resolve({ rows: result as Record<string, unknown>[], affectedRows: 0, insertId: 0 })
-        const header = result as { affectedRows: number; insertId: number }
-        resolve({ rows: [], affectedRows: header.affectedRows, insertId: Number(header.insertId) })
-      })
+    knex,
+    onCallingThread: sqlite,
+    run: (statement, values) => run(statement, positional(statement, values)),
+    transaction: (config, work) => knex.transaction((trx) => work(database(trx, rowsOf, options)), config),
+    inPlace: !sqlite ? undefined : (work) => borrow(client, { kind: 'in-place', sql: '', names: [] }, [], (connection) => work((statement, values) => {
+      const params = positional(statement, values)
+      client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', workerLocksKind: statement.kind })
+      return runOnSqlite(connection as SqliteConnection & object, statement.sql, params)
     })),
   }
 }
 
-// Any other driver: through knex.raw, slower but the same answers.
-function knexExecutor(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[]): PositionalExecutor {
-  return {
-    async run(sql, params, kind) {
-      const result: unknown = await knex.raw(sql, [...params] as Knex.RawBinding[]).options({ workerLocksKind: kind })
-      const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
-      return {
-        rows: rowsOf(result),
-        affectedRows: Number(header?.affectedRows ?? header?.rowCount ?? header?.changes ?? 0),
-        insertId: Number(header?.insertId ?? 0),
-      }
-    },
-  }
-}
-
-/**
- * The kind of one of a statement's four variants, by the clock it writes (`local-clock`: a bound value,
- * `database-clock`: the database's) and by whether it ends in `RETURNING`: the names are built
- * once, and the hot path picks one without building a string.
- */
-export type VariantKinds = (databaseClock: boolean, returning: boolean) => string
-
-/** See {@link VariantKinds}. */
-export function variantKinds(kind: string): VariantKinds {
-  const [local, localReturning, database, databaseReturning] = ['local-clock', 'local-clock/returning', 'database-clock', 'database-clock/returning'].map((variant) => `${kind}/${variant}`) as [string, string, string, string]
-  return (databaseClock, returning) => (databaseClock ? (returning ? databaseReturning : database) : (returning ? localReturning : local))
-}
-
-// dialect → kind → table → statement. Nested rather than one joined key, so a lookup on the hot
-// path builds no string: the kinds are constants and the table name is the store's own string.
+// dialect → kind → table → statement: a lookup on the hot path builds no string.
 const statements = new Map<string, Map<string, Map<string, Statement>>>()
 
 // `:name`, but not the second colon of a PostgreSQL cast (`x::text`).
 const PLACEHOLDER = /(?<!:):([A-Za-z_][A-Za-z0-9_]*)/g
 
-/** `text` with its `:name` placeholders turned into `?`, and the names in order. */
-function compile(kind: string, text: string): Statement {
-  const names: string[] = []
-  const sql = text.replace(PLACEHOLDER, (_, name: string) => {
-    names.push(name)
-    return '?'
-  })
-  return { kind, sql, names }
-}
-
 /**
- * The statement `kind` for `table`, built once per database family and then reused, so the hot
- * path builds no SQL. `build` writes values as named placeholders (`:name`), mapped to positions
- * once, here. `kind` must name everything else the text depends on (a constant per variant).
- * `quote` quotes an identifier the way knex does for this database.
+ * The statement `kind` for `table`, built once per database family and reused. `build` writes
+ * values as named placeholders (`:name`) and quotes identifiers with `quote`, as knex does;
+ * `kind` must name everything else the text depends on.
  */
 export function statement(knex: Knex, kind: string, table: string, build: (quote: (name: string) => string) => string): Statement {
   const dialect = (knex.client as { dialect?: string }).dialect ?? ''
@@ -286,6 +178,16 @@ export function statement(knex: Knex, kind: string, table: string, build: (quote
   let tables = kinds.get(kind)
   if (!tables) kinds.set(kind, (tables = new Map()))
   let built = tables.get(table)
-  if (built === undefined) tables.set(table, (built = compile(kind, build((name) => knex.raw('??', [name]).toQuery()))))
+  if (built === undefined) {
+    const names: string[] = []
+    const sql = build((name) => knex.raw('??', [name]).toQuery()).replace(PLACEHOLDER, (_, name: string) => {
+      names.push(name)
+      return '?'
+    })
+    tables.set(table, (built = { kind, sql, names }))
+  }
   return built
 }
+
+/** The kind of a statement by the clock it writes: a bound value (`local-clock`) or the database's. */
+export const clockKind = (kind: string, nowMs: number | null): string => `${kind}/${nowMs === null ? 'database-clock' : 'local-clock'}`

@@ -4,11 +4,10 @@ import { mysqlDialect } from './mysql.js'
 import { postgresDialect } from './postgres.js'
 import { sqliteDialect } from './sqlite.js'
 
-export type { AcquireRequest, FenceSql, LineRequest, Dialect, DialectName, RowIdentity, ServerFacts } from './dialect.js'
-export type { ReleaseHeard, ReleaseNotifications, ReleaseSubscription, WaitingLine } from './notifications.js'
-export { acquire, retryingConflicts, type Strategy } from './acquire.js'
-export { handOver, type HandOverRequest } from './hand-over.js'
-export { nowBinding, releaseByDelete } from './dialect.js'
+export type { AcquireRequest, Dialect, DialectName, Heard, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts, Strategy } from './dialect.js'
+export { nowBinding } from './dialect.js'
+export { acquire, releaseByDelete, retryingConflicts } from './acquire.js'
+export { database, type Db, type DatabaseOptions } from './executor.js'
 export { acquireReadWrite, claimIntent, dropIntent, readWriteTables, type ReadWritePart, type ReadWriteRequest, type ReadWriteSql } from './read-write.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',

@@ -1,16 +1,14 @@
 import type { Knex } from 'knex'
-import { executorFor, statement, variantKinds } from './executor.js'
-import { errorCode, fenceOf, releaseByDelete, rowsJson, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { clockKind, statement } from './executor.js'
+import { fenceOf, releaseByDelete } from './acquire.js'
+import { errorCode, rowsJson, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
 // inserted or took over reports 0. Unlike affectedRows this does not depend on the connection's
 // CLIENT_FOUND_ROWS flag (mysql2 sets it by default, and then "refused" and "inserted" both
-// report 1). It is how MySQL, which has no RETURNING, tells a refusal; MariaDB's upsert returns
-// the fence, or NULL when the row kept another token.
+// report 1).
 const REFUSED_MARKER = 1
-
-const acquireKind = variantKinds('odku')
 
 function errno(error: unknown): unknown {
   return typeof error === 'object' && error !== null ? (error as { errno?: unknown }).errno : undefined
@@ -47,35 +45,27 @@ export const mysqlDialect: Dialect = {
     const unsupported = mysqlVersionProblem(version)
       || (/NO_BACKSLASH_ESCAPES/i.test(sqlMode) ? 'the session runs with sql_mode NO_BACKSLASH_ESCAPES, under which mysql2 cannot quote values safely' : '')
     // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
-    // INSERT … RETURNING exists on MariaDB only (10.5+), UPDATE … RETURNING nowhere.
-    return { server, native: true, reason: '', insertReturning: /mariadb/i.test(version), updateReturning: false, unsupported }
+    // MariaDB's INSERT … RETURNING is not used: on Galera the server drops the reply to one that
+    // loses a certification conflict, and the caller would wait for ever. It saves one round trip.
+    return { server, native: true, reason: '', returning: false, unsupported }
   },
 
-  async acquireNative(knex: Knex, r: AcquireRequest, facts: ServerFacts): Promise<bigint | null> {
-    const databaseClock = r.nowMs === null
-    const now = databaseClock ? mysqlDialect.nowSql : ':now'
-    const returning = facts.insertReturning
+  async acquireNative(db, r) {
+    const now = r.nowMs === null ? mysqlDialect.nowSql : ':now'
     // MySQL assigns left to right and later assignments see earlier ones, so the token is
     // decided first and the other columns follow only if the token became ours. Any other order
     // compares against half-updated values and corrupts the row. The fence is set by triggers.
     // Staleness is judged by the lease the existing row carries (read before it is assigned).
-    // MariaDB's RETURNING reports the row as the statement left it, triggers' fence included.
-    const sql = statement(knex, acquireKind(databaseClock, returning), r.table, (quote) =>
+    const sql = statement(db.knex, clockKind('odku', r.nowMs), r.table, (quote) =>
       `INSERT INTO ${quote(r.table)} (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms) VALUES (:name, :key, :instance, :token, ${now}, :lease)
        ON DUPLICATE KEY UPDATE
          token = IF(last_renewed_ts + lease_ms < ${now} OR instance_name = :instance, :token, IF(LAST_INSERT_ID(${REFUSED_MARKER}), token, token)),
          instance_name = IF(token = :token, :instance, instance_name),
          last_renewed_ts = IF(token = :token, ${now}, last_renewed_ts),
-         lease_ms = IF(token = :token, :lease, lease_ms)${returning ? '\n       RETURNING IF(token = :token, fence, NULL) AS fence' : ''}`)
-    const values = { name: r.name, key: r.key, instance: r.instanceName, token: r.token, lease: r.leaseMs, now: r.nowMs }
-    const result = await executorFor(knex, mysqlDialect.rowsOf).run(sql, values)
-    if (returning) {
-      const fence = result.rows[0]?.fence
-      return fence === null || fence === undefined ? null : toFence(fence)
-    }
-    if (result.insertId === REFUSED_MARKER) return null
-    // Without RETURNING (MySQL) the fence the trigger wrote takes one more statement, paid only on success.
-    return fenceOf(knex, mysqlDialect, r.table, r)
+         lease_ms = IF(token = :token, :lease, lease_ms)`)
+    const result = await db.run(sql, { name: r.name, key: r.key, instance: r.instanceName, token: r.token, lease: r.leaseMs, now: r.nowMs })
+    // The fence the trigger wrote takes one more statement, paid only on success.
+    return result.insertId === REFUSED_MARKER ? null : fenceOf(db, r.table, r)
   },
 
   // Triggers fill the column (see the first migration), on insert and whenever the token
@@ -83,7 +73,7 @@ export const mysqlDialect: Dialect = {
   insertFence: undefined,
   takeoverFenceSql: () => undefined,
 
-  release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, mysqlDialect, table, row),
+  release: (db, table, row) => releaseByDelete(db, table, row),
 
   // The native upsert's BEFORE INSERT trigger locks the counter row before the lock row; the
   // emulated DELETE would lock the lock row first. Take the counter first here too.

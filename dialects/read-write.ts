@@ -6,7 +6,7 @@
 // holders one row at a time and try once more, else roll back. Being refused is never an error.
 import type { Knex } from 'knex'
 import { toFence, type Dialect } from './dialect.js'
-import { executorFor, statement, type Statement, type StatementResult } from './executor.js'
+import { clockKind, statement, type Db, type Statement, type StatementResult } from './executor.js'
 import { retryingConflicts } from './acquire.js'
 
 /** One (name, key) of an acquisition, and the token its holder row will carry. */
@@ -61,9 +61,9 @@ export interface ReadWriteSql {
   integer(placeholder: string): string
   /**
    * Runs `work` in one transaction, committing what it returns and rolling back what it throws.
-   * @default knex.transaction with `transaction`, each statement awaited
+   * @default a knex transaction with `transaction`, each statement awaited
    */
-  transact?<T>(knex: Knex, work: () => Work<T>): Promise<T>
+  transact?<T>(db: Db, work: () => Work<T>): Promise<T>
   /** The settings of the default transaction. */
   readonly transaction?: Knex.TransactionConfig
 }
@@ -80,14 +80,13 @@ export function upsertKey(knex: Knex, keys: string, withIntent: boolean): Statem
 export const upsertedFence = (result: StatementResult): bigint => toFence(result.rows[0]?.fence)
 
 /** Runs `work` in a knex transaction, awaiting each statement (PostgreSQL, MySQL). */
-async function transactAsync<T>(knex: Knex, dialect: Dialect, config: Knex.TransactionConfig | undefined, work: () => Work<T>): Promise<T> {
-  return knex.transaction(async (trx) => {
-    const executor = executorFor(trx, dialect.rowsOf)
+function transactAsync<T>(db: Db, config: Knex.TransactionConfig | undefined, work: () => Work<T>): Promise<T> {
+  return db.transaction(config, async (trx) => {
     const steps = work()
     let next = steps.next()
-    while (!next.done) next = steps.next(await executor.run(next.value.statement, next.value.values))
+    while (!next.done) next = steps.next(await trx.run(next.value.statement, next.value.values))
     return next.value
-  }, config)
+  })
 }
 
 // Thrown inside the transaction to roll it back: a part was refused, or a key row is missing.
@@ -107,9 +106,8 @@ const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): strin
  */
 function* insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart, fence: bigint): Work<boolean> {
   const { keys, holders } = readWriteTables(r.table)
-  const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
   const honoursIntents = !part.write && r.intent === undefined
-  const text = statement(knex, `rw-insert-${part.write ? 'write' : honoursIntents ? 'read' : 'read-past-intents'}/${clock}`, holders, (quote) => {
+  const text = statement(knex, clockKind(`rw-insert-${part.write ? 'write' : honoursIntents ? 'read' : 'read-past-intents'}`, r.nowMs), holders, (quote) => {
     const now = nowOf(dialect, sql, r.nowMs)
     return `INSERT INTO ${quote(holders)} (lock_name, lock_key, token, instance_name, write_mode, last_renewed_ts, lease_ms, fence)
       SELECT :name, :key, :token, :instance, ${sql.integer(':write')}, ${now}, ${sql.integer(':lease')}, ${sql.integer(':fence')}
@@ -124,11 +122,10 @@ function* insertHolder(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadW
 /** Deletes the stale holders of `part`'s key, one row at a time; returns how many went. */
 function* reapStale(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteRequest, part: ReadWritePart): Work<number> {
   const { holders } = readWriteTables(r.table)
-  const clock = r.nowMs === null ? 'database-clock' : 'local-clock'
   const stale = (quote: (name: string) => string): string => `${quote(holders)}.last_renewed_ts + ${quote(holders)}.lease_ms < ${nowOf(dialect, sql, r.nowMs)}`
-  const find = statement(knex, `rw-stale/${clock}`, holders, (quote) =>
+  const find = statement(knex, clockKind('rw-stale', r.nowMs), holders, (quote) =>
     `SELECT token FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND ${stale(quote)}`)
-  const reap = statement(knex, `rw-reap/${clock}`, holders, (quote) =>
+  const reap = statement(knex, clockKind('rw-reap', r.nowMs), holders, (quote) =>
     `DELETE FROM ${quote(holders)} WHERE lock_name = :name AND lock_key = :key AND token = :token AND ${stale(quote)}`)
   const { rows } = yield { statement: find, values: { name: part.name, key: part.key, now: r.nowMs } }
   let reaped = 0
@@ -160,10 +157,10 @@ function* takeAll(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteR
  * `null` when any part is held in a conflicting mode (or, for a reader, a writer waits). A lost
  * deadlock or serialization race counts as refused; other errors reject.
  */
-export async function acquireReadWrite(knex: Knex, dialect: Dialect, r: ReadWriteRequest): Promise<bigint[] | null> {
+export async function acquireReadWrite(db: Db, dialect: Dialect, r: ReadWriteRequest): Promise<bigint[] | null> {
   const sql = dialect.readWrite
-  const work = (): Work<bigint[]> => takeAll(knex, dialect, sql, r)
-  const once = (): Promise<bigint[] | null> => (sql.transact ? sql.transact(knex, work) : transactAsync(knex, dialect, sql.transaction, work))
+  const work = (): Work<bigint[]> => takeAll(db.knex, dialect, sql, r)
+  const once = (): Promise<bigint[] | null> => (sql.transact ? sql.transact(db, work) : transactAsync(db, sql.transaction, work))
     .catch((error: unknown) => {
       if (error instanceof Refused) return null
       throw error
@@ -172,7 +169,7 @@ export async function acquireReadWrite(knex: Knex, dialect: Dialect, r: ReadWrit
   // made inside a transaction that may roll back, they caused insert-intention deadlocks.
   const withKeys = (created: number): Promise<bigint[] | null> => once().catch(async (error: unknown) => {
     if (!(error instanceof MissingKey) || !sql.createKey || created >= r.parts.length) throw error
-    await executorFor(knex, dialect.rowsOf).run(sql.createKey(knex, readWriteTables(r.table).keys), { name: error.part.name, key: error.part.key })
+    await db.run(sql.createKey(db.knex, readWriteTables(r.table).keys), { name: error.part.name, key: error.part.key })
     return withKeys(created + 1)
   })
   return retryingConflicts(dialect, 3, () => withKeys(0), () => null)
@@ -183,21 +180,21 @@ export async function acquireReadWrite(knex: Knex, dialect: Dialect, r: ReadWrit
  * another live intent is there first: while it lasts, new readers are refused. Resolves whether
  * the intent is this writer's.
  */
-export async function claimIntent(knex: Knex, dialect: Dialect, table: string, name: string, key: string, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
+export async function claimIntent(db: Db, dialect: Dialect, table: string, name: string, key: string, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
   const { keys } = readWriteTables(table)
   const sql = dialect.readWrite
-  const text = statement(knex, `rw-intent/${nowMs === null ? 'database-clock' : 'local-clock'}`, keys, (quote) => {
+  const text = statement(db.knex, clockKind('rw-intent', nowMs), keys, (quote) => {
     const now = nowOf(dialect, sql, nowMs)
     return `UPDATE ${quote(keys)} SET intent_token = :intent, intent_until = ${now} + ${sql.integer(':forMs')}
       WHERE lock_name = :name AND lock_key = :key AND (intent_token IS NULL OR intent_token = :intent OR intent_until < ${now})`
   })
-  return (await executorFor(knex, dialect.rowsOf).run(text, { intent, forMs, name, key, now: nowMs })).affectedRows > 0
+  return (await db.run(text, { intent, forMs, name, key, now: nowMs })).affectedRows > 0
 }
 
 /** Withdraws the writer `intent` from `(name, key)`, if it is still there. */
-export async function dropIntent(knex: Knex, dialect: Dialect, table: string, name: string, key: string, intent: string): Promise<void> {
+export async function dropIntent(db: Db, table: string, name: string, key: string, intent: string): Promise<void> {
   const { keys } = readWriteTables(table)
-  const text = statement(knex, 'rw-intent-drop', keys, (quote) =>
+  const text = statement(db.knex, 'rw-intent-drop', keys, (quote) =>
     `UPDATE ${quote(keys)} SET intent_token = NULL, intent_until = NULL WHERE lock_name = :name AND lock_key = :key AND intent_token = :intent`)
-  await executorFor(knex, dialect.rowsOf).run(text, { name, key, intent })
+  await db.run(text, { name, key, intent })
 }

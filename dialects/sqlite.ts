@@ -1,8 +1,8 @@
 import type { Knex } from 'knex'
 import { upsertKey, upsertedFence } from './read-write.js'
-import { statement, withSqliteConnection } from './executor.js'
-import { acquireOnConflict } from './on-conflict.js'
-import { errorCode, releaseByDelete, rowsJson, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { statement } from './executor.js'
+import { acquireOnConflict, releaseByDelete } from './acquire.js'
+import { errorCode, rowsJson, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
 
 // Upsert needs 3.24; telling whether our row was written, and its fence, in the same statement
 // needs RETURNING (3.35).
@@ -33,31 +33,23 @@ export const sqliteDialect: Dialect = {
     const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))
     const version = String(rows[0]?.version ?? '0')
     const native = sqliteSupportsNative(version)
-    return {
-      server: `SQLite ${version}`,
-      native,
-      reason: native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`,
-      insertReturning: native,
-      updateReturning: native,
-      unsupported: '',
-    }
+    const reason = native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`
+    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '' }
   },
 
-  acquireNative: (knex: Knex, request: AcquireRequest) => acquireOnConflict(knex, sqliteDialect, request),
+  acquireNative: (db, request) => acquireOnConflict(db, sqliteDialect, request),
 
   // Fences need only grow per lock. A lock without a row was last held by a row since deleted,
   // whose fence the high water is at least. A statement that writes holds SQLite's write lock
   // from its first step, so the read cannot race another writer.
   insertFence: { sql: (table, quote) => `(${highWater(table, quote)} + 1)`, bindsLock: false },
 
-  // A takeover or hand-over exceeds the row's own fence, which exceeds every earlier fence of the
-  // lock, and the high water too, for a row inserted by hand with a lower fence after the lock's
-  // row was deleted. (Rows must leave the table by DELETE: REPLACE, which fires no delete
-  // trigger, or lowering a live row's fence by hand voids the guarantee, as it always did for
-  // the highest row.)
+  // A takeover exceeds the row's own fence, which exceeds every earlier fence of the lock, and
+  // the high water too, for a row inserted by hand with a lower fence after the lock's row was
+  // deleted. (Rows must leave the table by DELETE: REPLACE fires no delete trigger.)
   takeoverFenceSql: (table: string, quote: (name: string) => string) => `(MAX(t.fence, ${highWater(table, quote)}) + 1)`,
 
-  release: (knex: Knex, table: string, row: RowIdentity) => releaseByDelete(knex, sqliteDialect, table, row),
+  release: (db, table, row) => releaseByDelete(db, table, row),
 
   // json_extract rather than ->>, which needs SQLite 3.38. SQLite looks each element up by key.
   restrictToRows: (query: Knex.QueryBuilder, _table: string, rows: readonly RowIdentity[]) =>
@@ -68,39 +60,40 @@ export const sqliteDialect: Dialect = {
 
   rowsOf: (result) => result as Record<string, unknown>[],
 
-  // No transaction. better-sqlite3 runs statements synchronously, busy handler included: a
-  // transaction left open across an await on one pooled connection while another connection of
-  // the same process waits for the write lock blocks the whole thread until the busy timeout, and
-  // both fail with SQLITE_BUSY. Two autocommit statements never hold the lock across an await.
+  // No transaction: better-sqlite3 waits for the write lock on the calling thread, so a
+  // transaction held open across an await, while another connection of the process waits for
+  // that lock, would block the whole thread. Two autocommit statements never hold it across one.
   emulatedTransaction: null,
 
   isMissingSchema: (error) => error instanceof Error && /no such table|no such column|has no column named/i.test(error.message),
-
-  isUniqueViolation: (error) => {
-    const code = errorCode(error)
-    return code === 'SQLITE_CONSTRAINT_PRIMARYKEY' || code === 'SQLITE_CONSTRAINT_UNIQUE'
-  },
+  isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_PRIMARYKEY' || errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
+
   readWrite: {
     lockKey: upsertKey,
     fenceOf: upsertedFence,
     integer: (placeholder) => placeholder,
-    // All at once on one connection: see withSqliteConnection. BEGIN IMMEDIATE takes the write
-    // lock first (waiting, with the connection's busy timeout, for other processes).
-    transact: (knex, work) => withSqliteConnection(knex, (run) => {
-      run(statement(knex, 'rw-begin', '', () => 'BEGIN IMMEDIATE'), {})
-      try {
-        const steps = work()
-        let next = steps.next()
-        while (!next.done) next = steps.next(run(next.value.statement, next.value.values))
-        run(statement(knex, 'rw-commit', '', () => 'COMMIT'), {})
-        return next.value
-      } catch (error) {
-        // A failed statement may already have ended the transaction: the original error is what counts.
-        try { run(statement(knex, 'rw-rollback', '', () => 'ROLLBACK'), {}) } catch { /* see above */ }
-        throw error
-      }
-    }),
+    // All on one connection without returning to the event loop (see emulatedTransaction), as
+    // the driver allows: BEGIN IMMEDIATE takes the write lock first, waiting for other processes
+    // with the connection's busy timeout.
+    transact: (db, work) => {
+      if (!db.inPlace) throw new TypeError('worker-locks: read/write locks on SQLite need the better-sqlite3 driver')
+      const { knex } = db
+      return db.inPlace((run) => {
+        run(statement(knex, 'rw-begin', '', () => 'BEGIN IMMEDIATE'), {})
+        try {
+          const steps = work()
+          let next = steps.next()
+          while (!next.done) next = steps.next(run(next.value.statement, next.value.values))
+          run(statement(knex, 'rw-commit', '', () => 'COMMIT'), {})
+          return next.value
+        } catch (error) {
+          // A failed statement may already have ended the transaction: the original error counts.
+          try { run(statement(knex, 'rw-rollback', '', () => 'ROLLBACK'), {}) } catch { /* see above */ }
+          throw error
+        }
+      })
+    },
   },
 }

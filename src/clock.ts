@@ -1,5 +1,10 @@
+import { performance } from 'node:perf_hooks'
+
 /** An opaque handle returned by {@link Clock.setTimeout}. */
 export type TimerHandle = unknown
+
+/** The longest delay a Node.js timer can wait (about 24.8 days): every millisecond option stops here. */
+export const MAX_TIMER_MS = 2 ** 31 - 1
 
 /**
  * A source of time and timers. A store given a Clock takes `now` from it (instead of the
@@ -111,4 +116,18 @@ export class ManualClock implements Clock {
     }
     return next
   }
+}
+
+/** The three uses of time in a store: the `now` it writes, its timers, and a clock that never jumps for deadlines. */
+export interface StoreClocks {
+  /** The time to write, in ms since the epoch, or `null` for the database's clock. */
+  readonly nowMs: () => number | null
+  readonly timers: Clock
+  readonly monotonicNow: () => number
+}
+
+/** The clocks of a store with the `clock` option `option` (a test Clock is trusted never to jump). */
+export function storeClocks(option: 'database' | 'local' | Clock): StoreClocks {
+  if (typeof option === 'object') return { nowMs: () => option.now(), timers: option, monotonicNow: () => option.now() }
+  return { nowMs: option === 'local' ? () => Date.now() : () => null, timers: systemClock, monotonicNow: () => performance.now() }
 }

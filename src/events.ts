@@ -2,13 +2,9 @@ import type { LockLossReason } from './errors.js'
 
 /** What each event of a store carries. Durations are in milliseconds. */
 export interface LockEventMap {
-  /**
-   * A lock was acquired (by `tryAcquireLock`, or by a waiter, also when the release of a lock by
-   * the same store handed it over: then after that lock's `released`). `durationMs`: the
-   * acquiring statement.
-   */
+  /** A lock was acquired (by a try or a wait). `durationMs`: the acquiring statement. */
   acquired: { name: string; key: string; fence: bigint; durationMs: number }
-  /** An attempt found the lock held (`durationMs` 0: a waiter's first attempt found it held by its own store, without asking the database). */
+  /** An attempt found the lock held. `durationMs`: the statement that found it so. */
   refused: { name: string; key: string; durationMs: number }
   /** A lock this store held was released (`heldMs` since it was acquired). */
   released: { name: string; key: string; heldMs: number }

@@ -1,34 +1,16 @@
-import type { Clock, TimerHandle } from './clock.js'
+import type { StoreClocks, TimerHandle } from './clock.js'
 import type { LockLossReason } from './errors.js'
 import type { LockEvents } from './events.js'
-import { lossError, type Lock, type LockState } from './lock.js'
+import { lossError, type HeldLock, type Lock } from './lock.js'
 import type { LockTable } from './lock-table.js'
-import type { LogLevel } from './logger.js'
-
-/** The store's bookkeeping for a lock it holds; holds the Lock only weakly so a dropped one can be collected. */
-export interface HeldLock extends LockState {
-  readonly ref: WeakRef<Lock>
-  releasing: Promise<void> | undefined
-  /** Monotonic time at which the last write that succeeded (acquire or renewal) was sent. */
-  renewedAt: number
-  /** Monotonic time at which the lock was acquired. */
-  readonly acquiredAt: number
-  /** How many hand-overs in a row (releases straight to a waiter of the same store) led to this lock. */
-  readonly handOvers: number
-}
+import type { Log, LogLevel } from './logger.js'
 
 export interface HeldLocksOptions {
   readonly table: LockTable
-  /** The read/write holders' table, renewed in the same tick. */
-  readonly holders: LockTable
-  readonly timers: Clock
-  /** A clock that never jumps (performance.now, or the store's Clock), for deadlines. */
-  readonly monotonicNow: () => number
-  /** The `now` to write, or `null` for the database clock. */
-  readonly nowMs: () => number | null
+  readonly clocks: StoreClocks
   readonly lockTimeoutMs: number
   readonly renewalIntervalMs: number
-  readonly log: (level: LogLevel, details: object, message: string) => void
+  readonly log: Log
   readonly events: LockEvents
 }
 
@@ -65,7 +47,7 @@ export class HeldLocks {
   /** Whether a live lock with this id is held (a collected one is reported as leaked first). */
   holds(id: string): boolean {
     const record = this.#byId.get(id)
-    if (record && record.ref.deref() === undefined) this.#leaked(record)
+    if (record && record.ref?.deref() === undefined) this.#leaked(record)
     return this.#byId.has(id)
   }
 
@@ -93,7 +75,7 @@ export class HeldLocks {
     if (controller) controller.abort(lossError(record, record.loss))
     if (logLevel) this.#o.log(logLevel, { lockName: record.name, lockKey: record.key, reason }, message())
     if (reason !== 'released' && this.#o.events.has('lost')) {
-      this.#o.events.emit('lost', { name: record.name, key: record.key, reason, heldMs: this.#o.monotonicNow() - record.acquiredAt })
+      this.#o.events.emit('lost', { name: record.name, key: record.key, reason, heldMs: this.#o.clocks.monotonicNow() - record.acquiredAt })
     }
   }
 
@@ -106,7 +88,7 @@ export class HeldLocks {
 
   #clearTimer(): void {
     if (this.#timer === undefined) return
-    this.#o.timers.clearTimeout(this.#timer)
+    this.#o.clocks.timers.clearTimeout(this.#timer)
     this.#timer = undefined
   }
 
@@ -117,8 +99,8 @@ export class HeldLocks {
     const base = this.#failing ? Math.max(1, Math.floor(interval / 4)) : interval
     let deadline = Infinity
     for (const record of this.#byId.values()) deadline = Math.min(deadline, record.renewedAt + this.#o.lockTimeoutMs)
-    const delay = Math.max(0, Math.min(base, deadline - this.#o.monotonicNow()))
-    this.#timer = this.#o.timers.setTimeout(() => this.#tick(), delay)
+    const delay = Math.max(0, Math.min(base, deadline - this.#o.clocks.monotonicNow()))
+    this.#timer = this.#o.clocks.timers.setTimeout(() => this.#tick(), delay)
   }
 
   // Returns the renewal's promise so that a ManualClock can wait for it; never rejects. A tick
@@ -139,7 +121,7 @@ export class HeldLocks {
   }
 
   #expireOverdue(): void {
-    const now = this.#o.monotonicNow()
+    const now = this.#o.clocks.monotonicNow()
     for (const record of this.records()) {
       if (record.state === 'held' && now - record.renewedAt >= this.#o.lockTimeoutMs) {
         const last = this.#lastError instanceof Error ? ` (last error: ${this.#lastError.message})` : ''
@@ -152,15 +134,15 @@ export class HeldLocks {
 
   async #renewAll(): Promise<void> {
     const records = this.records().filter((record) => {
-      if (record.ref.deref() !== undefined) return record.state === 'held'
+      if (record.ref?.deref() !== undefined) return record.state === 'held'
       this.#leaked(record)
       return false
     })
     if (records.length === 0) return
-    const sentAt = this.#o.monotonicNow()
+    const sentAt = this.#o.clocks.monotonicNow()
     let ours: Set<string>
     try {
-      ours = await this.#renewEach(records)
+      ours = await this.#o.table.renew(records, this.#o.clocks.nowMs())
     } catch (error) {
       this.#failing = true
       this.#lastError = error
@@ -171,21 +153,11 @@ export class HeldLocks {
     }
     this.#failing = false
     this.#lastError = undefined
-    if (ours.size > 0) this.#o.events.emit('renewed', { count: ours.size, durationMs: this.#o.monotonicNow() - sentAt })
+    if (ours.size > 0) this.#o.events.emit('renewed', { count: ours.size, durationMs: this.#o.clocks.monotonicNow() - sentAt })
     for (const record of records) {
       if (ours.has(record.token)) record.renewedAt = Math.max(record.renewedAt, sentAt)
       else this.end(record, 'taken-over', () => `worker-locks: lock ${describeLock(record.name, record.key)} was lost: its row was deleted or taken over by another worker.`)
     }
-  }
-
-  // One statement (per 10,000 rows) for the plain locks, one for the read/write holders.
-  async #renewEach(records: readonly HeldLock[]): Promise<Set<string>> {
-    const plain = records.filter((record) => record.mode === 'exclusive')
-    const readWrite = records.filter((record) => record.mode !== 'exclusive')
-    const nowMs = this.#o.nowMs()
-    const ours = plain.length > 0 ? await this.#o.table.renewMany(plain, nowMs) : new Set<string>()
-    if (readWrite.length > 0) for (const token of await this.#o.holders.renewMany(readWrite, nowMs)) ours.add(token)
-    return ours
   }
 
   #leaked(record: HeldLock): void {

@@ -1,37 +1,27 @@
-// The public facade: validation, the closed and in-flight bookkeeping, the server plan and
-// events. An attempt lives in acquisition.ts, releasing in releasing.ts, waiting in
-// wait-room.ts, and how waiters hear of releases in coordination/.
-import { randomBytes } from 'node:crypto'
+// The public facade and the store's own state (closed, in flight, being acquired). It owns its
+// parts as a tree, each knowing only what is below it: the table (every statement), the held
+// locks (renewal), the waits, and the wake-ups the waits listen to. A try is one method here:
+// validate, ask the table, make the Lock, hand it to the held locks.
+import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Knex } from 'knex'
 import { findDialect, knexDialectName, supportedKnexClients, type DialectName, type Strategy } from '../dialects/index.js'
-import type { Acquisition, WaiterAttempt } from './acquisition.js'
+import { storeClocks, type StoreClocks } from './clock.js'
 import { LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
-import type { LockEventListener, LockEventName } from './events.js'
-import { describeLock, type HeldLock } from './held-locks.js'
-import type { Lock } from './lock.js'
-import type { MultiLock } from './multi-lock.js'
-import type { ReadWriteLocks } from './read-write.js'
+import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
+import { describeLock, HeldLocks } from './held-locks.js'
+import { Lock, type HeldLock, type LockMode, type LockOwner } from './lock.js'
+import { LockTable, type ListedRow } from './lock-table.js'
+import { logTo, type Log } from './logger.js'
+import { MultiLock } from './multi-lock.js'
 import {
-  resolveMultiWait, resolveParts, resolveReadWrite, resolveReadWriteWait,
-  type MultiLockPart, type MultiLockWaitOptions, type ReadWriteOptions, type ReadWriteWaitOptions, type ResolvedPart,
-} from './read-write-options.js'
-import type { ListedRow } from './lock-table.js'
-import type { Releasing } from './releasing.js'
-import { askServer } from './server-plan.js'
-import { assembleStore } from './store-parts.js'
-import { resolveTryWithLockOptions, splitWithLockOptions, type TryWithLockOptions, type WithLockOptions } from './keeping.js'
-import { keyThenFunction, keyThenOptions, runHolding, type Holding, type LockedFunction } from './with-lock.js'
-import { databaseCall, lockId, type ServerPlan, type StoreContext } from './store-context.js'
-import {
-  resolveOptions, resolveWaitOptions, validateLockFilter, validateLockId,
-  type LockFilter, type LockStoreOptions, type ResolvedOptions, type WaitOptions,
+  optionsObject, resolveMultiWait, resolveOptions, resolveParts, resolveReadWrite, resolveWait, validateLockFilter, validateLockId,
+  type LockFilter, type LockStoreOptions, type MultiLockPart, type MultiLockWaitOptions, type Part, type ReadWriteOptions,
+  type ReadWriteWaitOptions, type ResolvedOptions, type Wait, type WaitOptions,
 } from './validate.js'
-import type { WaitRoom } from './wait-room.js'
-
-function isKnex(value: unknown): value is Knex {
-  return typeof value === 'function' && typeof (value as { client?: unknown }).client === 'object'
-}
+import { Waits } from './waits.js'
+import { lockId, readWriteId, Wakeups } from './wakeups.js'
+import { keyThenOptions, lockedCall, runHolding, type LockedFunction, type TryWithLockOptions, type WithLockOptions } from './with-lock.js'
 
 /** One row of the lock table, as {@link LockStore.listLocks} reports it. */
 export interface LockInfo extends ListedRow {
@@ -43,6 +33,19 @@ export interface LockInfo extends ListedRow {
 
 /** The outcome of {@link LockStore.tryWithLock}: whether the lock was free, and if so what the callback returned. */
 export type TryWithLockResult<T> = { readonly acquired: true; readonly value: T } | { readonly acquired: false }
+
+/** A row just written, before it becomes a Lock. */
+type Won = Pick<HeldLock, 'id' | 'mode' | 'name' | 'key' | 'token' | 'fence'>
+
+/** The id a release of `record` wakes waits by: the lock's, or its read/write key's. */
+const wakeIdOf = (record: Pick<HeldLock, 'mode' | 'name' | 'key'>): string =>
+  (record.mode === 'exclusive' ? lockId : readWriteId)(record.name, record.key)
+
+/** How messages name a multi-lock: its parts. */
+const describeParts = (parts: readonly Part[]): string => parts.map((p) => `${describeLock(p.name, p.key)} (${p.write ? 'write' : 'read'})`).join(', ')
+
+const byNameAndKey = (a: { name: string; key: string }, b: { name: string; key: string }): number =>
+  (a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : 0)
 
 /**
  * Acquires and holds named locks in one database table, shared by every worker that uses the
@@ -67,15 +70,20 @@ export class LockStore {
   /** How often held locks are renewed, in milliseconds. */
   readonly renewalIntervalMs: number
 
-  readonly #options: ResolvedOptions
-  readonly #ctx: StoreContext
-  readonly #acquisition: Acquisition
-  readonly #releasing: Releasing
-  readonly #waiting: WaitRoom
-  readonly #readWrite: ReadWriteLocks
+  readonly #o: ResolvedOptions
+  readonly #clocks: StoreClocks
+  readonly #log: Log
+  readonly #events: LockEvents
+  readonly #table: LockTable
+  readonly #held: HeldLocks
+  readonly #wakeups: Wakeups
+  readonly #waits: Waits
+  readonly #owner: LockOwner = { release: (record, keepForMs) => this.#release(record, keepForMs), isStillValid: (record) => this.#isStillValid(record) }
+  // Plain locks this store is acquiring now: another attempt for one is refused without SQL.
+  readonly #acquiring = new Set<string>()
   readonly #inflight = new Set<Promise<unknown>>()
-  #plan: ServerPlan | undefined
-  #planning: Promise<ServerPlan> | undefined
+  // Released by the caller, but the delete failed: close() tries these rows again.
+  readonly #undeleted = new Set<HeldLock>()
   #closing: Promise<void> | undefined
   #closed = false
 
@@ -86,38 +94,32 @@ export class LockStore {
    * @throws TypeError or RangeError for a bad option, naming it
    */
   constructor(knex: Knex, options?: LockStoreOptions) {
-    if (!isKnex(knex)) {
+    if (typeof knex !== 'function' || typeof (knex as { client?: unknown }).client !== 'object') {
       throw new TypeError('LockStore needs a knex instance as its first argument, e.g. new LockStore(knex({ client: "pg", connection })).')
     }
     const dialect = findDialect(knex)
     if (!dialect) {
-      throw new UnsupportedDatabaseError(
-        `worker-locks does not support the knex client ${JSON.stringify(knexDialectName(knex) ?? 'unknown')}; use one of ${supportedKnexClients.join(', ')}.`,
-      )
+      throw new UnsupportedDatabaseError(`worker-locks does not support the knex client ${JSON.stringify(knexDialectName(knex) ?? 'unknown')}; use one of ${supportedKnexClients.join(', ')}.`)
     }
-    const o = (this.#options = resolveOptions(options))
+    const o = (this.#o = resolveOptions(options))
     this.dialect = dialect.name
     this.instanceName = o.instanceName ?? `${hostname()}:${process.pid}:${randomBytes(6).toString('hex')}`
     this.tableName = o.tableName
     this.lockTimeoutMs = o.lockTimeoutMs
     this.renewalIntervalMs = o.renewalIntervalMs
-    const parts = assembleStore(knex, dialect, o, this.instanceName, {
-      plan: () => this.#plan ?? this.#askServer(),
-      planned: () => this.#plan,
-      track: (work) => this.#track(work),
-      isClosed: () => this.#closed,
-      isStillValid: (record) => this.#isStillValid(record),
-    })
-    this.#ctx = parts.ctx
-    this.#acquisition = parts.acquisition
-    this.#releasing = parts.releasing
-    this.#waiting = parts.waiting
-    this.#readWrite = parts.readWrite
+    const clocks = (this.#clocks = storeClocks(o.clock))
+    const log = (this.#log = (level, details, message) => logTo(o.logger, level, details, message))
+    const events = (this.#events = new LockEvents((error) => log('error', { err: error }, 'worker-locks: an event listener threw; the lock work went on.')))
+    // A renewal slower than the interval is as good as failed; give it at least a second.
+    const table = (this.#table = new LockTable(knex, dialect, { ...o, renewalTimeoutMs: Math.max(1_000, o.renewalIntervalMs) }))
+    this.#held = new HeldLocks({ table, clocks, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
+    const wakeups = (this.#wakeups = new Wakeups(knex, o.tableName, dialect.notifications, clocks.timers, log))
+    this.#waits = new Waits({ clocks, backoff: o.backoff, slowWaitWarningMs: o.slowWaitWarningMs, log, events, wakeups })
   }
 
   /** The acquire statement in use: `undefined` until the first acquire or `init()` has asked the server. */
   get strategy(): Strategy | undefined {
-    return this.#plan?.strategy
+    return this.#table.strategy
   }
 
   /**
@@ -129,7 +131,7 @@ export class LockStore {
    * @throws LockDatabaseError when the database cannot be asked
    */
   async init(): Promise<void> {
-    await this.#askServer()
+    await this.#table.plan()
   }
 
   /**
@@ -138,7 +140,6 @@ export class LockStore {
    * (being acquired at the same moment, or held and still valid). A lock this store holds is
    * checked first (one statement): if it is no longer valid (its row was deleted, taken over, or
    * its lease ran out), that `Lock` is marked lost (its signal aborts) and the attempt goes on.
-   * Both strategies and all databases give the same answer.
    * @param name what is locked, 1 to 255 characters
    * @param key which one of it, 0 to 255 characters @default ''
    * @throws InvalidLockNameError for a bad name or key, before any SQL runs
@@ -146,23 +147,72 @@ export class LockStore {
    * @throws LockTableError when the table is missing or not migrated
    * @throws LockDatabaseError when the database fails for a reason other than contention
    */
-  tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
-    return this.#attempt(name, key, undefined)
-  }
-
-  async #attempt(name: string, key: string, waiter: WaiterAttempt | undefined): Promise<Lock | null> {
+  async tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
-    return this.#acquisition.attempt({ id: lockId(name, key), name, key }, waiter)
+    const id = lockId(name, key)
+    if (this.#acquiring.has(id)) return null
+    this.#acquiring.add(id)
+    try {
+      return await this.#track(this.#tryPlain(id, name, key))
+    } finally {
+      this.#acquiring.delete(id)
+    }
+  }
+
+  async #tryPlain(id: string, name: string, key: string): Promise<Lock | null> {
+    const held = this.#held.get(id)
+    if (held) {
+      const sentAt = this.#clocks.monotonicNow()
+      const status = await this.#table.status(held, this.#clocks.nowMs())
+      if (status === 'valid' && held.state === 'held') return this.#refused(name, key, sentAt)
+      this.#held.end(held, status === 'stale' ? 'expired' : 'taken-over', () => status === 'stale'
+        ? `worker-locks: lock ${describeLock(name, key)} was lost: its lease ran out before a renewal, so another worker may hold it now.`
+        : `worker-locks: lock ${describeLock(name, key)} was lost: its row was deleted or taken over by another worker.`)
+    }
+    const token = randomUUID()
+    const sentAt = this.#clocks.monotonicNow()
+    const fence = await this.#table.acquire({ name, key }, token, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs())
+    if (fence === null) return this.#refused(name, key, sentAt)
+    return (await this.#won(sentAt, [{ id, mode: 'exclusive', name, key, token, fence }]))?.[0] ?? null
+  }
+
+  #refused(name: string, key: string, sentAt: number): null {
+    this.#events.emit('refused', { name, key, durationMs: this.#clocks.monotonicNow() - sentAt })
+    return null
   }
 
   /**
-   * Waits until this store holds the lock `(name, key)` and resolves it. Waiters in one store
-   * are served first come, first served. Between attempts it backs off (see the `backoff`
-   * option); a release in this process, or on PostgreSQL in any process, wakes the next waiter
-   * at once. A release by this same store hands the lock straight to its next waiter (up to 8
-   * times in a row). `timeoutMs: 0` tries exactly once. While the database cannot be reached the
-   * wait keeps trying, with backoff, until `timeoutMs`. A pending wait keeps the process alive.
+   * Takes on the rows just written by a statement sent at `sentAt`, unless it came too late to
+   * trust (the rows may already look stale to others) or the store is closing: then deletes them.
+   */
+  async #won(sentAt: number, rows: readonly Won[]): Promise<Lock[] | null> {
+    const durationMs = this.#clocks.monotonicNow() - sentAt
+    const records = rows.map((row): HeldLock => ({
+      ...row, ref: undefined, controller: undefined, state: 'held', loss: undefined, releasing: undefined, renewedAt: sentAt, acquiredAt: sentAt,
+    }))
+    if (durationMs >= this.lockTimeoutMs || this.#closed) {
+      const what = records.map((r) => describeLock(r.name, r.key)).join(', ')
+      await this.#table.releaseMany(records).then(() => { for (const record of records) this.#wakeups.released(wakeIdOf(record)) }, (error: unknown) =>
+        this.#log('warn', { err: error }, `worker-locks: could not release ${what} just won; it expires after ${this.lockTimeoutMs} ms.`))
+      if (this.#closed) throw new LockStoreClosedError()
+      this.#log('warn', {}, `worker-locks: acquiring ${what} took longer than lockTimeoutMs; it was given up.`)
+      return null
+    }
+    return records.map((record) => {
+      const lock = new Lock(this.#owner, record)
+      this.#held.add(record, lock)
+      this.#events.emit('acquired', { name: record.name, key: record.key, fence: record.fence, durationMs })
+      return lock
+    })
+  }
+
+  /**
+   * Waits until this store holds the lock `(name, key)` and resolves it. Waits of one store for
+   * one lock are served first come, first served. Between attempts it backs off (see the
+   * `backoff` option); a release in this process, or on PostgreSQL in any process, wakes the
+   * next waiter at once. `timeoutMs: 0` tries exactly once. While the database cannot be reached
+   * the wait keeps trying, with backoff, until `timeoutMs`. A pending wait keeps the process alive.
    * @throws LockTimeoutError after `timeoutMs`, holding nothing; its `cause` is the database
    *   error when the last attempt failed
    * @throws the signal's reason when `signal` aborts, holding nothing
@@ -175,47 +225,46 @@ export class LockStore {
   async acquireLock(name: string, keyOrOptions?: string | WaitOptions, options?: WaitOptions): Promise<Lock> {
     const [key, waitOptions] = keyThenOptions(keyOrOptions, options)
     validateLockId(name, key)
-    const { timeoutMs, signal } = resolveWaitOptions(waitOptions)
+    return this.#wait(name, key as string, resolveWait(optionsObject(waitOptions, 'wait', ['timeoutMs', 'signal']), 'wait'))
+  }
+
+  #wait(name: string, key: string, wait: Wait): Promise<Lock> {
+    validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
-    signal?.throwIfAborted()
-    return this.#waiting.wait({ id: lockId(name, key as string), name, key: key as string }, timeoutMs, signal)
+    wait.signal?.throwIfAborted()
+    const id = lockId(name, key)
+    return this.#waits.wait({ id, wakeIds: [id], name, key, ...wait, attempt: () => this.tryAcquireLock(name, key) })
   }
 
   /**
    * Waits for the lock (as {@link acquireLock}), runs `fn` with it, releases it whatever `fn`
    * does, and returns what `fn` returned. `fn` should watch `lock.signal`. If only the release
    * fails, the result is still returned and the failure is logged: the lock then expires. With
-   * `minHoldMs`, a quick `fn` leaves the lock taken until that long after it was called (see
-   * {@link WithLockOptions}).
+   * `minHoldMs`, a quick `fn` leaves the lock taken until that long after it was called.
    */
   withLock<T>(name: string, fn: LockedFunction<T>, options?: WithLockOptions): Promise<T>
   withLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: WithLockOptions): Promise<T>
   async withLock<T>(name: string, ...args: unknown[]): Promise<T> {
-    const { key, fn, rest } = keyThenFunction<T>('withLock', args)
-    const { wait, minHoldMs } = splitWithLockOptions(rest)
-    const lock = await this.acquireLock(name, key as string, wait as WaitOptions | undefined)
-    return runHolding(lock, fn, this.#holding(minHoldMs))
+    const { key, fn, wait, minHoldMs } = lockedCall<T>('withLock', args)
+    validateLockId(name, key)
+    return this.#holding(await this.#wait(name, key as string, wait), fn, minHoldMs)
   }
 
   /**
    * Runs `fn` under the lock if it is free right now, without waiting: resolves
    * `{ acquired: true, value }` with `fn`'s result, or `{ acquired: false }` if someone else holds
-   * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does, keeping
-   * the lock for `minHoldMs` as it does.
+   * the lock, so "busy, skipped" needs no exception. Releases as {@link withLock} does.
    */
   tryWithLock<T>(name: string, fn: LockedFunction<T>, options?: TryWithLockOptions): Promise<TryWithLockResult<T>>
   tryWithLock<T>(name: string, key: string, fn: LockedFunction<T>, options?: TryWithLockOptions): Promise<TryWithLockResult<T>>
   async tryWithLock<T>(name: string, ...args: unknown[]): Promise<TryWithLockResult<T>> {
-    const { key, fn, rest } = keyThenFunction<T>('tryWithLock', args)
-    const minHoldMs = resolveTryWithLockOptions(rest)
+    const { key, fn, minHoldMs } = lockedCall<T>('tryWithLock', args)
     const lock = await this.tryAcquireLock(name, key as string)
-    if (!lock) return { acquired: false }
-    return { acquired: true, value: await runHolding(lock, fn, this.#holding(minHoldMs)) }
+    return lock ? { acquired: true, value: await this.#holding(lock, fn, minHoldMs) } : { acquired: false }
   }
 
-  /** How `runHolding` releases for this store: its log, its lease, and its clock for `minHoldMs`. */
-  #holding(minHoldMs: number): Holding {
-    return { log: this.#ctx.log, lockTimeoutMs: this.lockTimeoutMs, minHoldMs, now: this.#ctx.monotonicNow }
+  #holding<T>(lock: Lock, fn: LockedFunction<T>, minHoldMs: number): Promise<T> {
+    return runHolding(lock, fn, minHoldMs, this.#clocks.monotonicNow, this.#log, this.lockTimeoutMs)
   }
 
   /**
@@ -225,12 +274,12 @@ export class LockStore {
    * @throws TypeError for an unknown event name or a listener that is not a function
    */
   on<E extends LockEventName>(event: E, listener: LockEventListener<E>): () => void {
-    return this.#ctx.events.on(event, listener)
+    return this.#events.on(event, listener)
   }
 
   /** Removes a listener added with {@link on}. */
   off<E extends LockEventName>(event: E, listener: LockEventListener<E>): void {
-    this.#ctx.events.off(event, listener)
+    this.#events.off(event, listener)
   }
 
   /**
@@ -242,31 +291,25 @@ export class LockStore {
    * @throws InvalidLockNameError for a bad filter value, before any SQL runs
    */
   async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
-    const checked = validateLockFilter(filter)
-    const { table, holders } = this.#ctx
-    const rows = await databaseCall(this.#ctx, 'list locks', async () => [...await table.list(checked, this.#ctx.nowMs()), ...await holders.list(checked, this.#ctx.nowMs())])
+    const rows = await this.#table.list(validateLockFilter(filter), this.#clocks.nowMs())
     const counts = new Map<string, number>()
     for (const row of rows) if (row.mode !== 'exclusive') counts.set(lockId(row.name, row.key), (counts.get(lockId(row.name, row.key)) ?? 0) + 1)
     return rows
       .map((row) => ({ ...row, stale: row.ageMs > row.leaseMs, holders: row.mode === 'exclusive' ? 1 : counts.get(lockId(row.name, row.key)) ?? 1 }))
-      // By name and key, then in the order granted.
-      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.key < b.key ? -1 : a.key > b.key ? 1 : Number(a.fence - b.fence)))
+      .sort((a, b) => byNameAndKey(a, b) || Number(a.fence - b.fence))
   }
 
   /**
    * Deletes the lock `(name, key)` whoever holds it, for operators: the plain lock and every
    * holder of the read/write lock of that name and key. Resolves whether a row was removed. The
-   * holders find out at their next renewal, through `lock.signal`; waiters are woken as for a
-   * release.
+   * holders find out at their next renewal, through `lock.signal`; waiters are woken as for a release.
    * @throws InvalidLockNameError for a bad name or key, before any SQL runs
    */
   async forceRelease(name: string, key = ''): Promise<boolean> {
     validateLockId(name, key)
-    const { table, holders } = this.#ctx
-    const [plain, readWrite] = await databaseCall(this.#ctx, () => `force-release lock ${describeLock(name, key)}`,
-      async () => [await table.forceRelease(name, key), await holders.forceRelease(name, key)])
-    if (plain) this.#ctx.coordination.released({ id: lockId(name, key), name, key })
-    if (readWrite) this.#readWrite.released(name, key)
+    const { plain, readWrite } = await this.#table.forceRelease(name, key)
+    if (plain) this.#wakeups.released(lockId(name, key))
+    if (readWrite) this.#wakeups.released(readWriteId(name, key))
     return plain || readWrite
   }
 
@@ -284,23 +327,20 @@ export class LockStore {
    * @throws LockTableError when the table lacks the read/write migration
    */
   async tryAcquireReadWriteLock(name: string, key: string, options: ReadWriteOptions): Promise<Lock | null> {
-    const part = resolveReadWrite(name, key, options)
-    return (await this.#readWriteAttempt([part]))?.locks[0] ?? null
+    const { part } = resolveReadWrite(name, key, options, false)
+    return (await this.#tryReadWrite([part], undefined))?.locks[0] ?? null
   }
 
   /**
    * Waits until this store holds the read/write lock `(name, key)` in the mode asked for, as
-   * {@link acquireLock} waits (timeout, signal, backoff, wake-ups in this process). A waiting
-   * writer keeps new readers out until it is in (unless `blockNewReaders: false`), so a stream
-   * of readers cannot starve it; its claim lapses soon after it stops trying.
+   * {@link acquireLock} waits. A waiting writer keeps new readers out until it is in (unless
+   * `blockNewReaders: false`), so a stream of readers cannot starve it; its claim lapses soon
+   * after it stops trying.
    * @throws as {@link acquireLock} does; TypeError without a boolean `write`
    */
   async acquireReadWriteLock(name: string, key: string, options: ReadWriteWaitOptions): Promise<Lock> {
-    const { part, blockNewReaders, wait } = resolveReadWriteWait(name, key, options)
-    if (this.#closed) throw new LockStoreClosedError()
-    wait.signal?.throwIfAborted()
-    const multi = await this.#readWrite.wait([part], blockNewReaders, wait.timeoutMs, wait.signal)
-    return multi.locks[0]!
+    const { part, wait, blockNewReaders } = resolveReadWrite(name, key, options, true)
+    return (await this.#waitReadWrite([part], wait, blockNewReaders)).locks[0] as Lock
   }
 
   /**
@@ -310,8 +350,7 @@ export class LockStore {
    */
   async withReadWriteLock<T>(name: string, key: string, options: ReadWriteWaitOptions, fn: LockedFunction<T>): Promise<T> {
     if (typeof fn !== 'function') throw new TypeError('withReadWriteLock needs a function to run under the lock: (name, key, { write }, fn).')
-    const lock = await this.acquireReadWriteLock(name, key, options)
-    return runHolding(lock, fn, this.#holding(0))
+    return this.#holding(await this.acquireReadWriteLock(name, key, options), fn, 0)
   }
 
   /**
@@ -323,23 +362,61 @@ export class LockStore {
    * @throws InvalidLockNameError, TypeError or RangeError for a bad list (empty, over 1,000 entries, an entry without a boolean `write`), before any SQL runs
    */
   async tryAcquireMultiLock(parts: readonly MultiLockPart[]): Promise<MultiLock | null> {
-    return this.#readWriteAttempt(resolveParts(parts))
+    return this.#tryReadWrite(resolveParts(parts), undefined)
   }
 
   /** Waits until every listed lock can be taken at once (see {@link tryAcquireMultiLock} and {@link acquireReadWriteLock}). */
   async acquireMultiLock(parts: readonly MultiLockPart[], options?: MultiLockWaitOptions): Promise<MultiLock> {
     const resolved = resolveParts(parts)
-    const { blockNewReaders, wait } = resolveMultiWait(options)
-    if (this.#closed) throw new LockStoreClosedError()
-    wait.signal?.throwIfAborted()
-    return this.#readWrite.wait(resolved, blockNewReaders, wait.timeoutMs, wait.signal)
+    const { wait, blockNewReaders } = resolveMultiWait(options)
+    return this.#waitReadWrite(resolved, wait, blockNewReaders)
   }
 
-  #readWriteAttempt(parts: readonly ResolvedPart[]): Promise<MultiLock | null> {
-    if (this.#closed) return Promise.reject(new LockStoreClosedError())
-    const attempt = this.#readWrite.attempt(parts)
-    this.#track(attempt)
-    return attempt
+  /** One attempt at every part, all or none (`intent`: a waiting writer's, which its own attempt clears). */
+  async #tryReadWrite(parts: readonly Part[], intent: string | undefined): Promise<MultiLock | null> {
+    if (this.#closed) throw new LockStoreClosedError()
+    return this.#track((async () => {
+      // Every acquirer locks key rows in one (sorted) order, so multi-locks cannot deadlock.
+      const sorted = [...parts].sort(byNameAndKey).map((p) => ({ ...p, token: randomUUID() }))
+      const sentAt = this.#clocks.monotonicNow()
+      const fences = await this.#table.acquireReadWrite(sorted, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs(), intent, describeParts(parts))
+      const first = parts[0] as Part
+      if (fences === null) return this.#refused(first.name, first.key, sentAt)
+      const locks = await this.#won(sentAt, sorted.map((p, i): Won => ({
+        id: `${readWriteId(p.name, p.key)}\0${p.token}`, mode: (p.write ? 'write' : 'read') as LockMode, name: p.name, key: p.key, token: p.token, fence: fences[i] as bigint,
+      })))
+      if (!locks) return null
+      const byLock = new Map(locks.map((lock) => [lockId(lock.name, lock.key), lock]))
+      return new MultiLock(parts.map((p) => byLock.get(lockId(p.name, p.key)) as Lock))
+    })())
+  }
+
+  #waitReadWrite(parts: readonly Part[], wait: Wait, blockNewReaders: boolean): Promise<MultiLock> {
+    if (this.#closed) throw new LockStoreClosedError()
+    wait.signal?.throwIfAborted()
+    const writes = parts.filter((p) => p.write)
+    const intent = blockNewReaders && writes.length > 0 ? randomUUID() : undefined
+    // A waiting writer's claim outlives the pause between its attempts (at most maxDelayMs) twice over.
+    const intentMs = 2 * this.#o.backoff.maxDelayMs + 1_000
+    const ids = parts.map((p) => readWriteId(p.name, p.key))
+    return this.#track(this.#waits.wait({
+      id: [...ids].sort().join('\0\0'), wakeIds: ids, ...wait,
+      name: parts.length === 1 ? (parts[0] as Part).name : describeParts(parts), key: parts.length === 1 ? (parts[0] as Part).key : '',
+      attempt: async () => {
+        const won = await this.#tryReadWrite(parts, intent)
+        // A waiting writer that is refused claims its keys, so that new readers stay out until it is in.
+        if (!won && intent) for (const part of writes) await this.#table.claimIntent(part, intent, intentMs, this.#clocks.nowMs())
+        return won
+      },
+    }).catch(async (error: unknown) => {
+      // A writer that gives up withdraws its claim before its wait settles: a reader asking right
+      // after (the caller, say) is not refused for a claim on its way out.
+      if (intent) {
+        await Promise.all(writes.map((p) => this.#table.dropIntent(p, intent))).catch((failure: unknown) =>
+          this.#log('warn', { err: failure }, `worker-locks: could not withdraw a waiting writer's claim on ${describeParts(writes)}; it lapses after ${intentMs} ms.`))
+      }
+      throw error
+    }))
   }
 
   /**
@@ -358,37 +435,68 @@ export class LockStore {
   }
 
   async #close(): Promise<void> {
-    const waitsEnded = Promise.all([this.#waiting.stopAll(new LockStoreClosedError()), this.#readWrite.stopAll(new LockStoreClosedError())])
-    await this.#ctx.held.stop()
+    const waitsEnded = this.#waits.stopAll(new LockStoreClosedError())
+    await this.#held.stop()
+    await waitsEnded
     await Promise.allSettled([...this.#inflight])
-    await waitsEnded // every place in the waiting line is being left
-    await this.#ctx.coordination.close()
-    await this.#releasing.releaseAll()
+    await this.#wakeups.close()
+    const records = [...this.#held.records(), ...this.#undeleted]
+    for (const record of records) {
+      this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released: its store was closed.`)
+      this.#undeleted.add(record)
+    }
+    if (records.length === 0) return
+    await this.#table.releaseMany(records)
+    for (const record of records) {
+      this.#undeleted.delete(record)
+      this.#wakeups.released(wakeIdOf(record))
+      this.#emitReleased(record)
+    }
   }
 
-  #askServer(): Promise<ServerPlan> {
-    this.#planning ??= askServer(this.#ctx.knex, this.#ctx.dialect, this.#ctx.table, this.tableName, this.#options.strategy).then((plan) => {
-      this.#plan = plan
-      this.#ctx.coordination.planned(plan.strategy)
-      return plan
-    }, (error: unknown) => {
-      this.#planning = undefined // a later call asks again
+  /** `lock.release()`: resolves once this lock's token no longer holds the row. With `keepForMs`, the row stays, taken by no one, that much longer. */
+  #release(record: HeldLock, keepForMs: number): Promise<void> {
+    if (record.releasing) return record.releasing
+    if (keepForMs > 0 && record.mode !== 'exclusive') {
+      return Promise.reject(new TypeError('Lock#release option keepForMs is for plain locks; a read/write lock cannot be kept after its release.'))
+    }
+    // A lock already lost was counted when it was lost: its release only deletes a row that may
+    // still carry its token, and reports nothing more.
+    const held = record.state === 'held'
+    this.#held.end(record, 'released', () => `worker-locks: lock ${describeLock(record.name, record.key)} was released.`)
+    // A kept row stays, no longer ours, until keepForMs from now: nobody is woken, since nobody can
+    // take it before then. If keeping fails, the row keeps our token and lease, so it stays taken
+    // at least as long: close() must not delete it as it does rows whose delete failed.
+    const releasing = keepForMs > 0
+      ? this.#table.keep(record, randomUUID(), keepForMs, this.#clocks.nowMs()).then(() => { if (held) this.#emitReleased(record) })
+      : this.#table.release(record).then((released) => {
+        this.#undeleted.delete(record)
+        if (held) this.#emitReleased(record)
+        if (released) this.#wakeups.released(wakeIdOf(record))
+      }, (error: unknown) => {
+        this.#undeleted.add(record)
+        throw error
+      })
+    record.releasing = releasing.catch((error: unknown) => {
+      record.releasing = undefined // a later release() tries again
       throw error
     })
-    return this.#planning
+    return this.#track(record.releasing)
+  }
+
+  #emitReleased(record: HeldLock): void {
+    this.#events.emit('released', { name: record.name, key: record.key, heldMs: this.#clocks.monotonicNow() - record.acquiredAt })
   }
 
   async #isStillValid(record: HeldLock): Promise<boolean> {
-    if (record.state !== 'held') return false
-    const table = record.mode === 'exclusive' ? this.#ctx.table : this.#ctx.holders
-    const status = await databaseCall(this.#ctx, () => `check lock ${describeLock(record.name, record.key)}`,
-      () => table.status(record, this.#ctx.nowMs()))
-    return status === 'valid'
+    return record.state === 'held' && await this.#table.status(record, this.#clocks.nowMs()) === 'valid'
   }
 
-  #track(work: Promise<unknown>): void {
+  /** Keeps `work` for `close()` to wait for. */
+  #track<T>(work: Promise<T>): Promise<T> {
     const settled = work.then(() => undefined, () => undefined)
     this.#inflight.add(settled)
     void settled.then(() => this.#inflight.delete(settled))
+    return work
   }
 }

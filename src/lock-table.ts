@@ -1,18 +1,32 @@
+// The lock table of one store, one method per statement: each runs the dialect's SQL (or, where
+// databases spell it alike, knex's builder) and turns a failure into a LockError that says what
+// could not be done. The server is asked once what it can run (the plan).
+import { setImmediate as turn } from 'node:timers/promises'
 import type { Knex } from 'knex'
-import type { LockMode } from './lock.js'
 import {
-  handOver, nowBinding, releaseByDelete, retryingConflicts, type Dialect, type RowIdentity, type ServerFacts,
+  acquire, acquireReadWrite, claimIntent, database, dropIntent, nowBinding, readWriteTables, releaseByDelete, retryingConflicts,
+  type Db, type Dialect, type ReadWritePart, type RowIdentity, type ServerFacts, type Strategy,
 } from '../dialects/index.js'
+import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError } from './errors.js'
+import { describeLock } from './held-locks.js'
+import type { HeldLock, LockMode } from './lock.js'
+import type { LockFilter, StrategyOption } from './validate.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
 // so bind-parameter limits do not apply; this only bounds the size of one statement.
 const ROWS_PER_STATEMENT = 10_000
 
+/** What the server can do and which acquire statement the store uses: asked once per store. */
+export interface Plan {
+  readonly strategy: Strategy
+  readonly facts: ServerFacts
+}
+
 /** A row of the lock table as listed, before the store judges its staleness. */
 export interface ListedRow {
   readonly name: string
   readonly key: string
-  /** The instance name of the store that holds (or last held) it. */
+  /** The instance name of the store that holds (or last held) it; `''` for a lock kept after its release. */
   readonly instanceName: string
   readonly fence: bigint
   /** When its holder last wrote it. */
@@ -21,12 +35,21 @@ export interface ListedRow {
   readonly ageMs: number
   /** The lease its holder wrote: once `ageMs` exceeds it, any worker may take the lock over. */
   readonly leaseMs: number
-  /** `exclusive` for the lock table's rows; `read` or `write` for read/write holders. */
+  /** `exclusive` for a plain lock; `read` or `write` for a read/write holder. */
   readonly mode: LockMode
 }
 
-/** What the database says of a lock a store holds: `valid`, `stale` (still our token, lease run out), or `gone` (deleted or taken over). */
+/** What the database says of a lock a store holds: `valid`, `stale` (still our token, lease run out), or `gone`. */
 export type RowStatus = 'valid' | 'stale' | 'gone'
+
+export interface LockTableOptions {
+  readonly tableName: string
+  readonly strategy: StrategyOption
+  readonly durableReleases: boolean
+  readonly preparedStatements: boolean
+  /** How long a renewal statement may run: one that hangs must fail, or it would hold up every later renewal. */
+  readonly renewalTimeoutMs: number
+}
 
 // MySQL hands binary string columns back as Buffers of UTF-8.
 const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
@@ -37,174 +60,213 @@ function chunks<T>(items: readonly T[]): T[][] {
   return out
 }
 
-/**
- * The statements that read the same on every database (renew, release, validity check),
- * written once with knex's builder. Acquisition is the dialect's.
- */
 export class LockTable {
+  readonly name: string
   readonly #knex: Knex
   readonly #dialect: Dialect
-  readonly #table: string
-  readonly #renewalTimeoutMs: number
-  // For a holders' table: the lock table, whose channel announces releases where the database can.
-  readonly #lockTable: string | undefined
-  readonly #durable: boolean
+  readonly #db: Db
+  readonly #o: LockTableOptions
+  readonly #holders: string
+  #plan: Plan | undefined
+  #planning: Promise<Plan> | undefined
 
-  /**
-   * @param renewalTimeoutMs how long a renewal statement may run: one that hangs (a dead
-   *   connection, a row locked by someone else) must fail, or it would hold up every later renewal
-   * @param options.holdersOf set when the table holds the read/write holders (with `write_mode`)
-   *   of lock table `holdersOf`, not a lock table's rows
-   * @param options.durableReleases whether releases wait for the disk (see `Dialect.release`)
-   */
-  constructor(knex: Knex, dialect: Dialect, table: string, renewalTimeoutMs: number, options: { holdersOf?: string; durableReleases?: boolean } = {}) {
+  constructor(knex: Knex, dialect: Dialect, options: LockTableOptions) {
+    this.name = options.tableName
     this.#knex = knex
     this.#dialect = dialect
-    this.#table = table
-    this.#renewalTimeoutMs = renewalTimeoutMs
-    this.#lockTable = options.holdersOf
-    this.#durable = options.durableReleases ?? true
+    this.#o = options
+    this.#db = database(knex, dialect.rowsOf, options)
+    this.#holders = readWriteTables(this.name).holders
+  }
+
+  /** The acquire statement in use, once the server has been asked. */
+  get strategy(): Strategy | undefined {
+    return this.#plan?.strategy
   }
 
   /**
-   * Resolves if the table has every column the shipped migrations add; rejects with the driver's
-   * error otherwise (`Dialect.isMissingSchema` tells a missing table or column from a failure).
+   * Asks the server, once (again after a failure), what it can run and whether the table has
+   * every migrated column: a missing table is said here, once, before any lock work.
    */
-  async checkColumns(): Promise<void> {
-    await this.#knex(this.#table).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0')
-  }
-
-  /** Whether this is a read/write holders' table rather than a lock table. */
-  get #holders(): boolean {
-    return this.#lockTable !== undefined
-  }
-
-  #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {
-    return query.timeout(this.#renewalTimeoutMs, { cancel: this.#dialect.cancelsQueries })
-  }
-
-  #now(nowMs: number | null): Knex.Raw | number {
-    return nowBinding(this.#knex, this.#dialect, nowMs)
-  }
-
-  #row(row: RowIdentity): Knex.QueryBuilder {
-    return this.#knex(this.#table).where({ lock_name: row.name, lock_key: row.key, token: row.token })
-  }
-
-  #rows(rows: readonly RowIdentity[]): Knex.QueryBuilder {
-    return this.#dialect.restrictToRows(this.#knex(this.#table), this.#table, rows)
-  }
-
-  /**
-   * Refreshes the timestamp of every row that still carries its token, in one statement per
-   * 10,000 rows (plus one when some are gone). Resolves the tokens that are still ours.
-   */
-  async renewMany(rows: readonly RowIdentity[], nowMs: number | null): Promise<Set<string>> {
-    const ours = new Set<string>()
-    for (const chunk of chunks(rows)) {
-      const updated = Number(await this.#limited(this.#rows(chunk).update({ last_renewed_ts: this.#now(nowMs) })))
-      if (updated === chunk.length) {
-        for (const row of chunk) ours.add(row.token)
-        continue
+  plan(): Promise<Plan> {
+    if (this.#plan) return Promise.resolve(this.#plan)
+    this.#planning ??= this.#call(() => 'look at the database and its lock table', async () => {
+      const facts = await this.#dialect.detect(this.#knex)
+      if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
+      const option = this.#o.strategy
+      if (option === 'native' && !facts.native) {
+        throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)
       }
-      // Some rows are gone or taken over; ask which remain. (MySQL without CLIENT_FOUND_ROWS
-      // also lands here when a renewal falls in the same millisecond as the last write, since it
-      // counts changed rows only.)
-      const present = await this.#limited(this.#rows(chunk).select(`${this.#table}.token`))
-      for (const found of present as Array<{ token: unknown }>) ours.add(String(found.token))
-    }
-    return ours
+      await this.#knex(this.name).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0')
+      return (this.#plan = { strategy: option !== 'emulated' && facts.native ? 'native' : 'emulated', facts })
+    }).finally(() => { this.#planning = undefined })
+    return this.#planning
   }
 
-  /**
-   * Deletes the row if it still carries this token, and where the database can, tells waiting
-   * processes in the same statement: with `line` (the table has a waiting line), only the one
-   * first in line (see `Dialect.release`). Resolves whether the row was ours.
-   */
-  release(row: RowIdentity, line = false): Promise<boolean> {
+  /** One attempt at `(name, key)` with `token`: the new fence if the row is now ours, else `null`. */
+  acquire(lock: { readonly name: string; readonly key: string }, token: string, instanceName: string, leaseMs: number, nowMs: number | null): Promise<bigint | null> {
+    return this.#call(() => `acquire lock ${describeLock(lock.name, lock.key)}`, async () => {
+      const { strategy, facts } = this.#plan ?? await this.plan()
+      return acquire(this.#db, this.#dialect, facts, strategy, { table: this.name, name: lock.name, key: lock.key, token, instanceName, leaseMs, nowMs })
+    })
+  }
+
+  /** One attempt at every part (sorted, distinct) at once: their fences, or `null` if any is held in a conflicting mode. */
+  acquireReadWrite(parts: readonly ReadWritePart[], instanceName: string, leaseMs: number, nowMs: number | null, intent: string | undefined, what: string): Promise<bigint[] | null> {
+    return this.#call(() => `acquire ${what}`, async () => {
+      await this.plan()
+      return acquireReadWrite(this.#db, this.#dialect, { table: this.name, parts, instanceName, nowMs, leaseMs, intent })
+    })
+  }
+
+  /** Marks that the writer `intent` waits for `(name, key)`, for `forMs`, unless another live intent is there. */
+  claimIntent(part: { readonly name: string; readonly key: string }, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
+    return this.#call(() => `mark that a writer waits for ${describeLock(part.name, part.key)}`,
+      () => claimIntent(this.#db, this.#dialect, this.name, part.name, part.key, intent, forMs, nowMs))
+  }
+
+  /** Withdraws the writer `intent` from `(name, key)`, if it is still there. */
+  dropIntent(part: { readonly name: string; readonly key: string }, intent: string): Promise<void> {
+    return this.#call(() => `withdraw a waiting writer from ${describeLock(part.name, part.key)}`, () => dropIntent(this.#db, this.name, part.name, part.key, intent))
+  }
+
+  /** Deletes the row of `record` if it still carries its token, telling other processes where the database can; whether it was ours. */
+  release(record: HeldLock): Promise<boolean> {
     const notifications = this.#dialect.notifications
-    if (this.#lockTable !== undefined) {
-      const lockTable = this.#lockTable
-      return this.#retryingConflicts(() => notifications
-        ? notifications.releaseHolderAndNotify(this.#knex, lockTable, this.#table, row, this.#durable)
-        : releaseByDelete(this.#knex, this.#dialect, this.#table, row))
-    }
-    return this.#retryingConflicts(() => this.#dialect.release(this.#knex, this.#table, row, line, this.#durable))
+    const durable = this.#o.durableReleases
+    return this.#call(() => `release lock ${describeLock(record.name, record.key)}`, () => this.#retrying(() => {
+      if (record.mode === 'exclusive') return this.#dialect.release(this.#db, this.name, record, durable)
+      return notifications ? notifications.releaseHolderAndNotify(this.#db, this.name, this.#holders, record, durable) : releaseByDelete(this.#db, this.#holders, record)
+    }))
   }
 
-  /**
-   * Gives the row to `token`, a new acquisition of the same store, if it still carries the
-   * releasing token: a fresh timestamp and a new fence in one statement. Resolves the new fence,
-   * or `null` when the row is no longer ours.
-   */
-  handOver(row: RowIdentity, token: string, facts: ServerFacts, nowMs: number | null): Promise<bigint | null> {
-    return this.#retryingConflicts(() => handOver(this.#knex, this.#dialect, facts, { table: this.#table, row, token, nowMs }))
-  }
-
-  /**
-   * Leaves the row taken by no one for `keepForMs` from `now`, if it still carries this token: a
-   * new token, an empty instance name (no store has one, so none may take the row as its own),
-   * and a lease of `keepForMs`. Resolves whether the row was ours.
-   */
-  async keep(row: RowIdentity, token: string, keepForMs: number, nowMs: number | null): Promise<boolean> {
-    const kept = { token, instance_name: '', last_renewed_ts: this.#now(nowMs), lease_ms: keepForMs }
-    return Number(await this.#retryingConflicts(() => this.#row(row).update(kept))) > 0
-  }
-
-  // InnoDB may pick a release (or a hand-over) as the victim of a deadlock with acquirers of the same row (1213).
-  // Both are guarded by our token, so trying again is safe, and they must not fail for that.
-  #retryingConflicts<T>(run: () => Promise<T>): Promise<T> {
-    return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
-  }
-
-  /** Deletes every row that still carries its token (telling waiting processes, where the database can), in one statement per 10,000 rows. */
-  async releaseMany(rows: readonly RowIdentity[]): Promise<void> {
-    const notifications = this.#holders ? undefined : this.#dialect.notifications
-    for (const chunk of chunks(rows)) {
-      await this.#retryingConflicts(async () => {
-        if (notifications) await notifications.releaseManyAndNotify(this.#knex, this.#table, chunk, this.#durable)
-        else await this.#rows(chunk).delete()
-      })
-    }
-  }
-
-  /** Deletes the row (read/write: every holder's row) of `(name, key)` whatever its token, telling waiting processes where the database can. */
-  async forceRelease(name: string, key: string): Promise<boolean> {
-    const removed = Number(await this.#retryingConflicts(() => this.#knex(this.#table).where({ lock_name: name, lock_key: key }).delete())) > 0
-    if (removed && !this.#holders) await this.#dialect.notifications?.notifyReleased(this.#knex, this.#table, name, key)
-    return removed
-  }
-
-  /** The rows matching `filter`, sorted by name and key, with their age by `now`. */
-  async list(filter: { name?: string; key?: string; instanceName?: string }, nowMs: number | null): Promise<ListedRow[]> {
-    const where: Record<string, string> = {}
-    if (filter.name !== undefined) where.lock_name = filter.name
-    if (filter.key !== undefined) where.lock_key = filter.key
-    if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
-    const rows = (await this.#knex(this.#table).where(where)
-      .select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence', this.#knex.raw('? AS now_ms', [this.#now(nowMs)]),
-        ...(this.#holders ? ['write_mode'] : []))
-      .orderBy([{ column: 'lock_name' }, { column: 'lock_key' }])) as Array<Record<string, unknown>>
-    return rows.map((row) => {
-      const renewed = Number(row.last_renewed_ts)
-      return {
-        name: text(row.lock_name),
-        key: text(row.lock_key),
-        instanceName: text(row.instance_name),
-        fence: BigInt(String(row.fence)),
-        lastRenewedAt: new Date(renewed),
-        ageMs: Number(row.now_ms) - renewed,
-        leaseMs: Number(row.lease_ms),
-        mode: !this.#holders ? 'exclusive' : Number(row.write_mode) === 1 ? 'write' : 'read',
+  /** Deletes every row that still carries its token, in one statement per kind and 10,000 rows (`close()`). */
+  releaseMany(records: readonly HeldLock[]): Promise<void> {
+    const notifications = this.#dialect.notifications
+    return this.#call(() => `release ${records.length} lock(s) while closing`, async () => {
+      for (const [table, rows] of this.#byTable(records)) {
+        for (const chunk of chunks(rows)) {
+          await this.#retrying(async () => {
+            if (notifications && table === this.name) await notifications.releaseManyAndNotify(this.#db, table, chunk, this.#o.durableReleases)
+            else await this.#rows(table, chunk).delete()
+          })
+        }
       }
     })
   }
 
-  /** Whether the row still carries this token, and if so whether its lease has run out by `now`. */
-  async status(row: RowIdentity, nowMs: number | null): Promise<RowStatus> {
-    const found = await this.#row(row)
-      .first(this.#knex.raw('CASE WHEN last_renewed_ts + lease_ms >= ? THEN 1 ELSE 0 END AS live', [this.#now(nowMs)])) as { live: unknown } | undefined
-    if (found === undefined) return 'gone'
-    return Number(found.live) === 1 ? 'valid' : 'stale'
+  /**
+   * Leaves the row taken by no one for `keepForMs` from now, if it still carries its token: a new
+   * token, an empty instance name (no store has one, so none may take the row as its own), and a
+   * lease of `keepForMs`. Whether the row was ours.
+   */
+  keep(record: HeldLock, token: string, keepForMs: number, nowMs: number | null): Promise<boolean> {
+    const kept = { token, instance_name: '', last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs), lease_ms: keepForMs }
+    return this.#call(() => `keep lock ${describeLock(record.name, record.key)} for ${keepForMs} ms after its release`,
+      async () => Number(await this.#retrying(() => this.#row(record).update(kept))) > 0)
+  }
+
+  /** Refreshes the timestamp of every row that still carries its token; resolves the tokens still ours. */
+  renew(records: readonly HeldLock[], nowMs: number | null): Promise<Set<string>> {
+    return this.#call(() => `renew ${records.length} lock(s)`, async () => {
+      const ours = new Set<string>()
+      for (const [table, rows] of this.#byTable(records)) {
+        for (const chunk of chunks(rows)) {
+          const updated = Number(await this.#limited(this.#rows(table, chunk).update({ last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs) })))
+          if (updated === chunk.length) {
+            for (const row of chunk) ours.add(row.token)
+            continue
+          }
+          // Some rows are gone or taken over: ask which remain. (MySQL without CLIENT_FOUND_ROWS
+          // lands here too when a renewal falls in the millisecond of the last write.)
+          for (const found of await this.#limited(this.#rows(table, chunk).select(`${table}.token`)) as Array<{ token: unknown }>) ours.add(text(found.token))
+        }
+      }
+      return ours
+    })
+  }
+
+  /** Whether `record`'s row still carries its token, and if so whether its lease has run out by `now`. */
+  status(record: HeldLock, nowMs: number | null): Promise<RowStatus> {
+    return this.#call(() => `check lock ${describeLock(record.name, record.key)}`, async () => {
+      const found = await this.#row(record)
+        .first(this.#knex.raw('CASE WHEN last_renewed_ts + lease_ms >= ? THEN 1 ELSE 0 END AS live', [nowBinding(this.#knex, this.#dialect, nowMs)])) as { live: unknown } | undefined
+      return found === undefined ? 'gone' : Number(found.live) === 1 ? 'valid' : 'stale'
+    })
+  }
+
+  /** The plain locks and read/write holders matching `filter`, with their age by `now`. */
+  list(filter: LockFilter, nowMs: number | null): Promise<ListedRow[]> {
+    return this.#call(() => 'list locks', async () => {
+      const where: Record<string, string> = {}
+      if (filter.name !== undefined) where.lock_name = filter.name
+      if (filter.key !== undefined) where.lock_key = filter.key
+      if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
+      const listed: ListedRow[] = []
+      for (const table of [this.name, this.#holders]) {
+        const rows = await this.#knex(table).where(where).select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence',
+          this.#knex.raw('? AS now_ms', [nowBinding(this.#knex, this.#dialect, nowMs)]), ...(table === this.name ? [] : ['write_mode'])) as Array<Record<string, unknown>>
+        for (const row of rows) {
+          const renewed = Number(row.last_renewed_ts)
+          listed.push({
+            name: text(row.lock_name), key: text(row.lock_key), instanceName: text(row.instance_name), fence: BigInt(String(row.fence)),
+            lastRenewedAt: new Date(renewed), ageMs: Number(row.now_ms) - renewed, leaseMs: Number(row.lease_ms),
+            mode: table === this.name ? 'exclusive' : Number(row.write_mode) === 1 ? 'write' : 'read',
+          })
+        }
+      }
+      return listed
+    })
+  }
+
+  /** Deletes the plain lock and every read/write holder of `(name, key)`, whoever holds them, telling other processes where the database can. */
+  forceRelease(name: string, key: string): Promise<{ plain: boolean; readWrite: boolean }> {
+    return this.#call(() => `force-release lock ${describeLock(name, key)}`, async () => {
+      const removed = async (table: string): Promise<boolean> => Number(await this.#retrying(() => this.#knex(table).where({ lock_name: name, lock_key: key }).delete())) > 0
+      const plain = await removed(this.name)
+      const readWrite = await removed(this.#holders)
+      if (plain) await this.#dialect.notifications?.notifyReleased(this.#knex, this.name, name, key)
+      return { plain, readWrite }
+    })
+  }
+
+  /**
+   * Runs one call on the table, after letting the event loop turn where the driver runs
+   * statements on this thread; a failure becomes a LockTableError when the table (or a migrated
+   * column) is missing, else a LockDatabaseError saying what could not be done.
+   */
+  async #call<T>(what: () => string, run: () => Promise<T>): Promise<T> {
+    if (this.#db.onCallingThread) await turn()
+    try {
+      return await run()
+    } catch (error) {
+      if (error instanceof LockError) throw error
+      if (this.#dialect.isMissingSchema(error)) throw new LockTableError(this.name, error)
+      throw new LockDatabaseError(`worker-locks could not ${what()} in table ${JSON.stringify(this.name)}`, error)
+    }
+  }
+
+  // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213).
+  // Every such statement is guarded by our token, so trying again is safe.
+  #retrying<T>(run: () => Promise<T>): Promise<T> {
+    return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
+  }
+
+  #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {
+    return query.timeout(this.#o.renewalTimeoutMs, { cancel: this.#dialect.cancelsQueries })
+  }
+
+  #row(record: HeldLock): Knex.QueryBuilder {
+    return this.#knex(record.mode === 'exclusive' ? this.name : this.#holders).where({ lock_name: record.name, lock_key: record.key, token: record.token })
+  }
+
+  #rows(table: string, rows: readonly RowIdentity[]): Knex.QueryBuilder {
+    return this.#dialect.restrictToRows(this.#knex(table), table, rows)
+  }
+
+  /** `records` by the table their rows are in. */
+  #byTable(records: readonly HeldLock[]): Array<[string, HeldLock[]]> {
+    const tables: Array<[string, HeldLock[]]> = [[this.name, records.filter((r) => r.mode === 'exclusive')], [this.#holders, records.filter((r) => r.mode !== 'exclusive')]]
+    return tables.filter(([, rows]) => rows.length > 0)
   }
 }

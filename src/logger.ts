@@ -13,6 +13,9 @@ export interface Logger {
 /** The levels worker-locks logs at. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error'
 
+/** How the parts of a store log: to its logger, if it has one. */
+export type Log = (level: LogLevel, details: object, message: string) => void
+
 /** Calls a logger without letting a faulty one break the caller (a renewal must go on). */
 export function logTo(logger: Logger | undefined, level: LogLevel, details: object, message: string): void {
   const method = logger?.[level]

@@ -3,7 +3,7 @@ import { readdir } from 'node:fs/promises'
 import { extname, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
-import { DEFAULT_TABLE_NAME, validateTableName } from './validate.js'
+import { DEFAULT_TABLE_NAME, optionsObject, validateTableName } from './validate.js'
 
 /**
  * The absolute path of the shipped knex migrations (`.cjs` files). Point the knex CLI at it,
@@ -35,18 +35,9 @@ export interface LockTableOptions {
   tableName?: string
 }
 
-/** Checks the options of `createLockTable`/`dropLockTable` (named by `fn`) and returns the table. */
+/** The table the options of `createLockTable`/`dropLockTable` (`fn`) name, checked before any SQL. */
 function tableNameOption(options: unknown, fn: string): string {
-  if (options === undefined) return DEFAULT_TABLE_NAME
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new TypeError(`${fn} options must be an object such as { tableName: 'worker_locks' }, got ${options === null ? 'null' : typeof options}.`)
-  }
-  for (const name of Object.keys(options)) {
-    if (name !== 'tableName') throw new TypeError(`Unknown ${fn} option ${JSON.stringify(name)}; the only option is tableName.`)
-  }
-  const { tableName } = options as LockTableOptions
-  // Only a missing tableName means the default: a null that slipped through must not make
-  // dropLockTable drop the default table.
+  const { tableName } = optionsObject(options, fn, ['tableName'])
   return tableName === undefined ? DEFAULT_TABLE_NAME : validateTableName(tableName, `${fn} option tableName`)
 }
 
@@ -126,26 +117,15 @@ export function workerLocksMigrationSource(options?: WorkerLocksMigrationSourceO
   }
 }
 
-function sourceOptionRecord(options: unknown): WorkerLocksMigrationSourceOptions {
-  if (options === undefined) return {}
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new TypeError(`workerLocksMigrationSource options must be an object such as { directory: './migrations' }, got ${options === null ? 'null' : typeof options}.`)
-  }
-  for (const name of Object.keys(options)) {
-    if (name !== 'directory' && name !== 'loadExtensions') throw new TypeError(`Unknown workerLocksMigrationSource option ${JSON.stringify(name)}; the options are directory and loadExtensions.`)
-  }
-  return options as WorkerLocksMigrationSourceOptions
-}
-
 /** Checks the options of {@link workerLocksMigrationSource}; throws a TypeError naming the problem. */
 function sourceOptions(options: unknown): { directories: readonly string[]; ownExtensions: readonly string[] | undefined } {
-  const { directory, loadExtensions } = sourceOptionRecord(options)
-  const directories: readonly unknown[] = directory === undefined ? [] : typeof directory === 'string' ? [directory] : directory
-  const stringsOnly = (values: unknown): boolean => Array.isArray(values) && values.every((v) => typeof v === 'string')
+  const { directory, loadExtensions } = optionsObject(options, 'workerLocksMigrationSource', ['directory', 'loadExtensions'])
+  const directories: unknown = directory === undefined ? [] : typeof directory === 'string' ? [directory] : directory
+  const stringsOnly = (values: unknown): values is string[] => Array.isArray(values) && values.every((v) => typeof v === 'string')
   if (!stringsOnly(directories) || (loadExtensions !== undefined && !stringsOnly(loadExtensions))) {
     throw new TypeError('workerLocksMigrationSource: directory must be a string or an array of strings, loadExtensions an array of strings such as [\'.ts\'].')
   }
-  return { directories: directories as string[], ownExtensions: loadExtensions }
+  return { directories, ownExtensions: loadExtensions as string[] | undefined }
 }
 
 // Your own files load as knex loads them: `.mjs` (and ESM that require refuses) through import(),

@@ -1,5 +1,6 @@
 import { constants } from 'node:os'
 import type { LockStore } from './lock-store.js'
+import { describe, optionsObject, wholeMs } from './validate.js'
 
 /** Options of {@link releaseOnSignals}. */
 export interface ReleaseOnSignalsOptions {
@@ -41,29 +42,16 @@ function onSignal(signal: NodeJS.Signals): void {
 // Node cannot install a handler for these: the kernel never delivers them to the process.
 const UNCATCHABLE: ReadonlySet<string> = new Set(['SIGKILL', 'SIGSTOP'])
 
-const OPTION_NAMES: ReadonlySet<string> = new Set(['signals', 'timeoutMs'])
-
 /** Checks the arguments of {@link releaseOnSignals}; throws TypeError/RangeError naming the problem. */
 function resolveArguments(store: unknown, options: unknown): { signals: NodeJS.Signals[]; timeoutMs: number } {
   // Anything that closes like a store is accepted, so an application can wrap one.
   if (typeof store !== 'object' || store === null || typeof (store as { close?: unknown }).close !== 'function') {
-    throw new TypeError(`releaseOnSignals needs a LockStore as its first argument, got ${store === null ? 'null' : typeof store}.`)
+    throw new TypeError(`releaseOnSignals needs a LockStore as its first argument, got ${describe(store)}.`)
   }
-  if (options === undefined) options = {}
-  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
-    throw new TypeError(`releaseOnSignals options must be an object, got ${options === null ? 'null' : typeof options}.`)
-  }
-  const o = options as Record<string, unknown>
-  for (const name of Object.keys(o)) {
-    if (!OPTION_NAMES.has(name)) throw new TypeError(`Unknown releaseOnSignals option ${JSON.stringify(name)}; known options are signals, timeoutMs.`)
-  }
-  return { signals: signalsOption(o.signals), timeoutMs: timeoutOption(o.timeoutMs) }
-}
-
-function signalsOption(value: unknown): NodeJS.Signals[] {
-  const signals = value === undefined ? ['SIGINT', 'SIGTERM'] : value
+  const o = optionsObject(options, 'releaseOnSignals', ['signals', 'timeoutMs'])
+  const signals = o.signals ?? ['SIGINT', 'SIGTERM']
   if (!Array.isArray(signals) || signals.length === 0) {
-    throw new TypeError(`releaseOnSignals option signals must be a non-empty array of signal names such as 'SIGTERM', got ${JSON.stringify(signals)}.`)
+    throw new TypeError(`releaseOnSignals option signals must be a non-empty array of signal names such as 'SIGTERM', got ${describe(signals)}.`)
   }
   for (const signal of signals as unknown[]) {
     if (typeof signal !== 'string' || !Object.hasOwn(constants.signals, signal)) {
@@ -72,18 +60,7 @@ function signalsOption(value: unknown): NodeJS.Signals[] {
     if (UNCATCHABLE.has(signal)) throw new TypeError(`releaseOnSignals option signals: ${signal} cannot be caught, so it cannot trigger a clean shutdown.`)
   }
   // A copy: the caller may change its array after registering.
-  return [...signals] as NodeJS.Signals[]
-}
-
-function timeoutOption(value: unknown): number {
-  const timeoutMs = value === undefined ? 5_000 : value
-  if (typeof timeoutMs !== 'number' || !Number.isInteger(timeoutMs)) {
-    throw new TypeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds, got ${timeoutMs === null ? 'null' : String(timeoutMs)}.`)
-  }
-  if (timeoutMs < 0 || timeoutMs > 2 ** 31 - 1) {
-    throw new RangeError(`releaseOnSignals option timeoutMs must be a whole number of milliseconds from 0 to ${2 ** 31 - 1}, got ${timeoutMs}.`)
-  }
-  return timeoutMs
+  return { signals: [...signals] as NodeJS.Signals[], timeoutMs: wholeMs('releaseOnSignals option timeoutMs', o.timeoutMs, 5_000) }
 }
 
 /**

@@ -1,7 +1,8 @@
 // The backoff schedule on its own: no database, no clock.
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
-import { backoffDelay, DEFAULT_BACKOFF, resolveBackoff } from '../src/backoff.js'
+import { backoffDelay, DEFAULT_BACKOFF } from '../src/backoff.js'
+import { resolveBackoff } from '../src/validate.js'
 
 describe('backoff', () => {
   it('doubles from 100 ms to the 5 s cap with the defaults, jitter aside', () => {
@@ -22,12 +23,12 @@ describe('backoff', () => {
   })
 
   it('validates its options', () => {
-    assert.deepEqual(resolveBackoff(undefined, 'b'), DEFAULT_BACKOFF)
-    assert.deepEqual(resolveBackoff({ maxDelayMs: 1_000 }, 'b'), { ...DEFAULT_BACKOFF, maxDelayMs: 1_000 })
-    assert.throws(() => resolveBackoff({ initialDelayMs: 0 }, 'b'), RangeError)
-    assert.throws(() => resolveBackoff({ initialDelayMs: 500, maxDelayMs: 100 }, 'b'), RangeError)
-    assert.throws(() => resolveBackoff({ jitter: 2 }, 'b'), RangeError)
-    assert.throws(() => resolveBackoff({ multiplier: '2' }, 'b'), TypeError)
-    assert.throws(() => resolveBackoff({ initalDelayMs: 5 }, 'b'), TypeError)
+    assert.deepEqual(resolveBackoff(undefined), DEFAULT_BACKOFF)
+    assert.deepEqual(resolveBackoff({ maxDelayMs: 1_000 }), { ...DEFAULT_BACKOFF, maxDelayMs: 1_000 })
+    assert.throws(() => resolveBackoff({ initialDelayMs: 0 }), RangeError)
+    assert.throws(() => resolveBackoff({ initialDelayMs: 500, maxDelayMs: 100 }), RangeError)
+    assert.throws(() => resolveBackoff({ jitter: 2 }), RangeError)
+    assert.throws(() => resolveBackoff({ multiplier: '2' }), TypeError)
+    assert.throws(() => resolveBackoff({ initalDelayMs: 5 }), TypeError)
   })
 })

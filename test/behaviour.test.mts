@@ -3,6 +3,7 @@ import { Harness } from './harness.mjs'
 import { forEachTarget } from './matrix.mjs'
 import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
+import { eventLoopSuite } from './suite/event-loop.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
 import { keepingSuite } from './suite/keeping.mjs'
@@ -27,5 +28,6 @@ forEachTarget('behaviour', (target) => {
   readWriteSuite(h)
   propertiesSuite(h)
   badInputSuite(h)
+  eventLoopSuite(h)
   schemaSuite(h)
 })

@@ -108,12 +108,9 @@ export function kindOf(query: object): string {
   return typeof kind === 'string' ? kind : 'other'
 }
 
-/** Statement kinds that take a lock, release one, or hand one over within a store. */
+/** Statement kinds that take a lock or release one. */
 export const isAcquire = (kind: string): boolean => /^(on-conflict|odku|emulated-)/.test(kind)
 export const isRelease = (kind: string): boolean => kind.startsWith('release')
-export const isHandOver = (kind: string): boolean => kind.startsWith('hand-over')
-/** A statement of PostgreSQL's waiting line of its own (the background joins and leaves). */
-export const isLineStatement = (kind: string): boolean => kind.startsWith('line-')
 
 /**
  * The SQL text and the kind (see {@link kindOf}) of every statement `knex` runs while `fn` runs

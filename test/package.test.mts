@@ -312,7 +312,7 @@ describe('package', () => {
         "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock, type BackoffOptions } from 'worker-locks'\n" +
         'declare const knex: Knex, instanceName: string, tableName: string, lockTimeoutMs: number, renewalIntervalMs: number\n' +
         "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n" +
-        'declare const backoff: BackoffOptions, slowWaitWarningMs: number, durableReleases: boolean\n'
+        'declare const backoff: BackoffOptions, slowWaitWarningMs: number, durableReleases: boolean, preparedStatements: boolean\n'
       const file = `readme-line-${line}.mts`
       // The prelude shares the block's first line, so that tsc's line k is the block's line k.
       writeFileSync(join(dir, file), `${prelude.replaceAll('\n', '; ')}${code}\nexport {}\n`)

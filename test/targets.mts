@@ -36,6 +36,12 @@ export interface ConnectionTweaks {
   sessionSql?: string
   /** PostgreSQL only: connect to this URL instead of POSTGRES_URL (a connection pooler's, say). */
   postgresUrl?: string
+  /**
+   * PostgreSQL only: the pool's connections swallow a listener's probe (its NOTIFY is not sent),
+   * as a transaction pooler makes it miss the listening session. The listener's own connection,
+   * outside the pool, is untouched.
+   */
+  swallowProbes?: boolean
 }
 
 type Callback = (error: Error | null, connection: unknown) => void
@@ -44,6 +50,20 @@ function runOnConnect(sql: string | undefined) {
   return {
     afterCreate(conn: { query(sql: string, cb: (error: Error | null) => void): void }, done: Callback) {
       conn.query(sql, (error) => done(error, conn))
+    },
+  }
+}
+
+function swallowingProbes() {
+  return {
+    afterCreate(conn: { query: (config: unknown, ...rest: unknown[]) => unknown }, done: Callback) {
+      const query = conn.query.bind(conn)
+      conn.query = (config: unknown, ...rest: unknown[]) => {
+        const values = (config as { values?: unknown[] } | null)?.values
+        const probe = values?.some((value) => typeof value === 'string' && value.startsWith('wl_probe_'))
+        return query(probe ? { text: 'SELECT 1', values: [] } : config, ...rest)
+      }
+      done(null, conn)
     },
   }
 }
@@ -71,7 +91,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
       return knexFactory({
         client: 'pg',
         connection: { connectionString: tweaks.postgresUrl ?? POSTGRES_URL, connectionTimeoutMillis: 3000 },
-        pool: { ...pool, ...runOnConnect(tweaks.sessionSql) },
+        pool: { ...pool, ...(tweaks.swallowProbes ? swallowingProbes() : runOnConnect(tweaks.sessionSql)) },
       })
     case 'mysql': {
       const url = new URL(MYSQL_URL)

@@ -72,14 +72,14 @@ describe('releaseOnSignals arguments', () => {
       ['null options', () => releaseOnSignals(store, null as never), TypeError, /options must be an object/],
       ['string options', () => releaseOnSignals(store, 'SIGTERM' as never), TypeError, /options must be an object/],
       ['unknown option', () => releaseOnSignals(store, { signal: ['SIGTERM'] } as never), TypeError, /Unknown releaseOnSignals option "signal"/],
-      ['null signals', () => releaseOnSignals(store, { signals: null } as never), TypeError, /signals must be a non-empty array/],
+      ['null signals', () => releaseOnSignals(store, { signals: null } as never), TypeError, /option signals must not be null/],
       ['no signals', () => releaseOnSignals(store, { signals: [] }), TypeError, /signals must be a non-empty array/],
       ['made-up signal', () => releaseOnSignals(store, { signals: ['SIGTERM', 'SIGFOO' as NodeJS.Signals] }), TypeError, /"SIGFOO" is not a signal/],
       ['lower case', () => releaseOnSignals(store, { signals: ['sigterm' as NodeJS.Signals] }), TypeError, /"sigterm" is not a signal/],
       ['SIGKILL', () => releaseOnSignals(store, { signals: ['SIGUSR2', 'SIGKILL'] }), TypeError, /SIGKILL cannot be caught/],
       ['SIGSTOP', () => releaseOnSignals(store, { signals: ['SIGINT', 'SIGSTOP'] }), TypeError, /SIGSTOP cannot be caught/],
-      ['null timeout', () => releaseOnSignals(store, { timeoutMs: null } as never), TypeError, /timeoutMs must be a whole number/],
-      ['negative timeout', () => releaseOnSignals(store, { timeoutMs: -1 }), RangeError, /timeoutMs must be a whole number of milliseconds from 0/],
+      ['null timeout', () => releaseOnSignals(store, { timeoutMs: null } as never), TypeError, /option timeoutMs must not be null/],
+      ['negative timeout', () => releaseOnSignals(store, { timeoutMs: -1 }), RangeError, /timeoutMs must be between 0 and 2147483647 milliseconds/],
     ]
     for (const [label, call, type, message] of cases) {
       assert.throws(call, (error: Error) => error instanceof type && message.test(error.message), label)
@@ -99,7 +99,7 @@ describe('releaseOnSignals arguments', () => {
 describe('createLockTable and dropLockTable options', () => {
   it('refuses null, unknown and non-object options before any SQL, leaving the default table alone', async () => {
     for (const [name, fn] of [['createLockTable', createLockTable], ['dropLockTable', dropLockTable]] as const) {
-      await rejectsWithoutSql(() => fn(knex, { tableName: null } as never), { name: 'TypeError', message: new RegExp(`${name} option tableName must be`) }, `${name} null tableName`)
+      await rejectsWithoutSql(() => fn(knex, { tableName: null } as never), { name: 'TypeError', message: new RegExp(`${name} option tableName must not be null`) }, `${name} null tableName`)
       await rejectsWithoutSql(() => fn(knex, { table: 'locks' } as never), { name: 'TypeError', message: new RegExp(`Unknown ${name} option "table"`) }, `${name} unknown option`)
       for (const options of [null, 'worker_locks', ['worker_locks'], 5]) {
         await rejectsWithoutSql(() => fn(knex, options as never), { name: 'TypeError', message: new RegExp(`${name} options must be an object`) }, `${name} ${JSON.stringify(options)}`)

@@ -120,7 +120,7 @@ const conflicting = (a: { mode?: 'read' | 'write' }, b: { mode?: 'read' | 'write
 
 /**
  * One grant of a lock as the database recorded it: a trigger on the lock table journals every row
- * inserted, and every row whose fence changed (a takeover, a hand-over within a store), in the
+ * inserted, and every row whose fence changed (a takeover), in the
  * same statement. `id` is drawn while the granting statement holds what serialises the grants of
  * that lock (the advisory lock on PostgreSQL, the fence counter's row lock on MySQL/MariaDB,
  * SQLite's write lock), so it is the order in which the lock was granted.

@@ -1,10 +1,10 @@
 // The forger: a process that, during a PostgreSQL pair of the torture run, keeps sending
 // notifications that no release sent, on every channel worker-locks' stores listen on:
-// `<table>_released` and each waiting store's own `wl_waiter_<16 hex>` (found in the waiting line
-// `<table>_waiters` and among the advisory locks the workers' sessions hold). Its payloads:
+// `<table>_released` and each listening connection's own probe channel `wl_probe_<32 hex>` (found
+// in the LISTEN those connections last sent, as pg_stat_activity shows it). Its payloads:
 // malformed ones (not JSON, wrong shapes, empty, ~7,900 characters), forged hand-overs
 // `[name, key, 'forger', 'forged-token', '999999999', now]` for the run's locks, and replays of
-// real release payloads it heard by listening on the same channels. Any session may NOTIFY, so the
+// real release payloads it heard by listening on the table's channel. Any session may NOTIFY, so the
 // library must treat all of this as, at most, a hint to ask the lock row again: nobody may get a
 // lock, let alone fence 999999999, from a notification.
 //
@@ -19,15 +19,14 @@ import { FORGED_FENCE, forgerConfigFromEnv, realNow, type ForgerSummary } from '
 
 const config = forgerConfigFromEnv(process.env)
 const released = `${config.table}_released`
-const WAITER = /^[0-9a-f]{16}$/
 const LISTENER_PREFIX = `${config.table}_w` // application_name of every worker slot's sessions (servers.mts)
-/** At most this many waiter channels per round, so that a round stays one small statement. */
+/** At most this many probe channels per round, so that a round stays one small statement. */
 const MAX_CHANNELS = 16
 const MAX_CAPTURED = 64
 
 const summary: ForgerSummary = {
-  t: 'forger', sent: 0, malformed: 0, forged: 0, replayed: 0, onReleased: 0, onWaiterChannels: 0,
-  waiterChannels: 0, captured: 0, rounds: 0, errors: 0, reconnects: 0,
+  t: 'forger', sent: 0, malformed: 0, forged: 0, replayed: 0, onReleased: 0, onOwnChannels: 0,
+  ownChannels: 0, captured: 0, rounds: 0, errors: 0, reconnects: 0,
 }
 const reached = new Set<string>()
 const captured: string[] = []
@@ -80,7 +79,6 @@ function nextPayload(): { kind: Kind; payload: string } {
 
 let client: pg.Client | undefined
 let ownPid: number | undefined
-const listening = new Set<string>()
 
 function note(error: unknown): void {
   summary.errors++
@@ -106,9 +104,7 @@ async function open(): Promise<pg.Client> {
   await c.connect()
   try {
     ownPid = Number((await c.query('SELECT pg_backend_pid() AS pid')).rows[0]?.pid)
-    listening.clear()
     await c.query(`LISTEN ${pg.escapeIdentifier(released)}`)
-    listening.add(released)
   } catch (error) {
     await c.end().catch(() => undefined)
     throw error
@@ -116,30 +112,16 @@ async function open(): Promise<pg.Client> {
   return c
 }
 
-/** The own channels of the stores waiting or listening now. */
-async function waiterChannels(c: pg.Client): Promise<string[]> {
-  const fromLocks = `SELECT lpad(to_hex(l.classid::bigint), 8, '0') || lpad(to_hex(l.objid::bigint), 8, '0') AS waiter
-    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted AND left(a.application_name, length($1)) = $1`
-  let rows: Array<{ waiter: string }>
-  try {
-    rows = (await c.query(`SELECT DISTINCT waiter FROM ${pg.escapeIdentifier(`${config.table}_waiters`)} UNION ${fromLocks}`, [LISTENER_PREFIX])).rows
-  } catch (error) {
-    if ((error as { code?: string }).code !== '42P01') throw error
-    rows = (await c.query(fromLocks, [LISTENER_PREFIX])).rows // no waiting line
-  }
-  return rows.map((r) => String(r.waiter)).filter((w) => WAITER.test(w)).map((w) => `wl_waiter_${w}`)
+/** The probe channels of the connections listening now. */
+async function ownChannels(c: pg.Client): Promise<string[]> {
+  const { rows } = await c.query(`SELECT DISTINCT substring(query from 'LISTEN "(wl_probe_[0-9a-f]{32})"') AS channel
+    FROM pg_stat_activity WHERE left(application_name, length($1)) = $1 AND strpos(query, 'LISTEN "wl_probe_') > 0`, [LISTENER_PREFIX]) as { rows: Array<{ channel: string | null }> }
+  return rows.flatMap((r) => (r.channel ? [r.channel] : []))
 }
 
 async function round(c: pg.Client): Promise<void> {
-  let channels = await waiterChannels(c)
+  let channels = await ownChannels(c)
   if (channels.length > MAX_CHANNELS) channels = channels.sort(() => Math.random() - 0.5).slice(0, MAX_CHANNELS)
-  // Listen on them too: releases addressed to the first in line are real payloads to replay.
-  for (const channel of channels) {
-    if (listening.has(channel)) continue
-    await c.query(`LISTEN ${pg.escapeIdentifier(channel)}`)
-    listening.add(channel)
-  }
   const notes = [released, ...channels].map((channel) => ({ channel, ...nextPayload() }))
   const sql = `SELECT ${notes.map((_, i) => `pg_notify($${2 * i + 1}, $${2 * i + 2})`).join(', ')}`
   await c.query(sql, notes.flatMap((n) => [n.channel, n.payload]))
@@ -147,7 +129,7 @@ async function round(c: pg.Client): Promise<void> {
   summary.sent += notes.length
   for (const n of notes) summary[n.kind]++
   summary.onReleased++
-  summary.onWaiterChannels += channels.length
+  summary.onOwnChannels += channels.length
   for (const channel of channels) reached.add(channel)
 }
 
@@ -171,5 +153,5 @@ while (!stopping && realNow() < config.until) {
 
 input.close()
 await client?.end().catch(() => undefined)
-summary.waiterChannels = reached.size
+summary.ownChannels = reached.size
 process.stdout.write(`${JSON.stringify(summary)}\n`)

@@ -319,7 +319,7 @@ class Run {
     else {
       if (f.forged === 0) problems.push('the forger sent no forged hand-over')
       if (f.malformed === 0) problems.push('the forger sent no malformed payload')
-      this.note(`stopped the forger: ${f.sent} notifications sent, to ${f.waiterChannels} waiter channel(s) and ${this.table}_released`)
+      this.note(`stopped the forger: ${f.sent} notifications sent, to ${f.ownChannels} probe channel(s) and ${this.table}_released`)
     }
     return problems
   }
@@ -689,7 +689,7 @@ async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants:
       `failed ${count(run.sections, (s) => s.write === 'error')}, cut short by SIGKILL ${count(run.sections, (s) => s.killed)}; ` +
       `claims refused ${count(run.sections, (s) => s.claim === 'refused')}`,
     `acquisitions ${run.acquisitions.length} by ${new Set(run.acquisitions.map((a) => a.worker)).size} workers ` +
-      `(${run.procs.reduce((n, p) => n + (p.summary?.handOvers ?? 0), 0)} handed over by a release to another task of the same worker); lost locks ${[...run.lossReasons].map(([r, n]) => `${r} ${n}`).join(', ') || 'none'}; ` +
+      `(${run.procs.reduce((n, p) => n + (p.summary?.handOvers ?? 0), 0)} taken by another task of the same worker as it was released); lost locks ${[...run.lossReasons].map(([r, n]) => `${r} ${n}`).join(', ') || 'none'}; ` +
       `library warnings ${run.warnings}, worker-side errors ${run.workerErrors.length}`,
   ]
   const kinds = new Map<string, number>()
@@ -758,7 +758,7 @@ async function tortureOne(database: Database, strategy: StrategyName, kind: Work
           : `${forged}; no worker held fence ${FORGED_FENCE}, every one of ${run.acquisitions.length} acquisitions was a grant the database recorded for that worker`))
       if (f) {
         stats.push(`forger: ${f.sent} notifications forged in ${f.rounds} rounds (malformed ${f.malformed}, forged hand-overs with fence ${FORGED_FENCE} ${f.forged}, ` +
-          `replays ${f.replayed} of ${f.captured} real payloads heard), ${f.onReleased} on ${run.table}_released and ${f.onWaiterChannels} on ${f.waiterChannels} waiter channel(s); ` +
+          `replays ${f.replayed} of ${f.captured} real payloads heard), ${f.onReleased} on ${run.table}_released and ${f.onOwnChannels} on ${f.ownChannels} probe channel(s); ` +
           `failed statements ${f.errors}, reconnects ${f.reconnects}${f.lastError ? ` (last: ${f.lastError.slice(0, 80)})` : ''}; ` +
           `the workers' stores ignored ${run.procs.reduce((n, p) => n + (p.summary?.ignoredNotifications ?? 0), 0)} malformed notifications (SIGKILLed workers not counted)`)
       }

@@ -164,7 +164,7 @@ export async function createResource(knex: Knex, database: Database, table: stri
 /**
  * The grant journal: triggers on the lock table (created by createLockTable before) record, in
  * `<table>_grants` and in the same statement, every row inserted and every row whose fence
- * changed (a takeover, a hand-over within a store): the lock, its fence and the instance it went
+ * changed (a takeover): the lock, its fence and the instance it went
  * to. The journal's id is drawn while the granting statement holds what serialises the grants of
  * one lock (PostgreSQL: the lock's advisory lock, held to commit; MySQL/MariaDB: the fence
  * counter's row lock; SQLite: the write lock), so it is the order of grants. Renewals do not
@@ -252,12 +252,12 @@ export interface ForgerSummary {
   forged: number
   /** Real release payloads it heard, sent again. */
   replayed: number
-  /** Sent on `<table>_released` / on waiters' own channels. */
+  /** Sent on `<table>_released` / on listening connections' own probe channels. */
   onReleased: number
-  onWaiterChannels: number
-  /** Distinct `wl_waiter_<hex>` channels it found (waiting line, advisory locks of the workers' sessions) and sent to. */
-  waiterChannels: number
-  /** Real release payloads it heard on the channels it listened on. */
+  onOwnChannels: number
+  /** Distinct `wl_probe_<hex>` channels it found (in the LISTEN of the workers' listening connections) and sent to. */
+  ownChannels: number
+  /** Real release payloads it heard on the table's channel. */
   captured: number
   rounds: number
   /** Statements that failed (a server restart) and the connections it had to open again. */

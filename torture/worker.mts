@@ -106,7 +106,7 @@ const unfenced = process.env.TORTURE_UNFENCED === '1'
 const leaseFrom = new Map<string, number>()
 const leaseKey = (name: string, fence: bigint): string => `${name}\0${fence}`
 // Locks whose release() is under way: an acquisition of one of them before that release returns
-// is a hand-over to another task of this worker.
+// went to another task of this worker, woken by the release.
 const releasing = new Set<string>()
 let handOvers = 0
 store.on('acquired', (e) => {
@@ -331,7 +331,7 @@ await Promise.all(config.reclaim.map(async (name) => {
 }))
 
 // Tasks of one process share its store, as the jobs of a service do; two of them after the same
-// lock exercise the hand-over from a release to a waiter of the same store.
+// lock exercise a release that wakes a waiter of the same store.
 async function task(): Promise<void> {
   while (!stopping) {
     const name = pick(config.locks)

@@ -206,8 +206,9 @@ describe('sqlite: read/write acquisitions among other writes of one process', ()
   })
 })
 
-// better-sqlite3 statements run synchronously, so the library runs them on an idle pooled
-// connection in place; a connection an application's transaction has checked out is never idle.
+// better-sqlite3 statements run synchronously, on a connection checked out of knex's pool through
+// the client's own acquireConnection (nothing of the pool's insides is read or changed); a
+// connection an application's transaction has checked out is never used.
 describe('sqlite: statements on the pool an application shares', () => {
   it('waits for a connection an open transaction holds instead of writing inside that transaction', async () => {
     const knex = connect('sqlite', { poolMax: 1 })
@@ -233,10 +234,10 @@ describe('sqlite: statements on the pool an application shares', () => {
       const row = await knex(tableName).where({ lock_name: 'shared-pool' }).first('token')
       assert.equal(String(row?.token), lock.token)
       const { kinds } = await statementsDuring(knex, () => lock.release())
-      assert.deepEqual(kinds, ['release'], 'the query event fires for a statement run in place')
+      assert.deepEqual(kinds, ['release'], 'the query event fires')
       assert.equal(await knex(tableName).where({ lock_name: 'shared-pool' }).first(), undefined)
 
-      // With the connection idle, an acquire and a release check nothing out of the pool.
+      // Even with the connection idle, every statement checks one out of the pool.
       const checkout = knex.client.acquireConnection.bind(knex.client)
       let checkouts = 0
       knex.client.acquireConnection = () => { checkouts++; return checkout() }
@@ -248,7 +249,45 @@ describe('sqlite: statements on the pool an application shares', () => {
         knex.client.acquireConnection = checkout
       }
       assert.ok(again)
-      assert.equal(checkouts, 0)
+      assert.equal(checkouts, 2, 'one checkout for the acquire, one for the release')
+    } finally {
+      await store.close()
+      await dropLockTable(knex, { tableName })
+      await knex.destroy()
+    }
+  })
+})
+
+// A loop that never yields to the event loop keeps every Lock it made alive (WeakRefs keep their
+// targets until the job ends): the heap, measured during such a loop, must stay flat.
+describe('sqlite: memory over many cycles', () => {
+  it('keeps the heap flat during a loop of 100,000 acquire and release cycles', { timeout: 300_000 }, async () => {
+    const gc = (globalThis as { gc?: () => void }).gc
+    assert.ok(gc, 'run the tests with node --expose-gc')
+    const knex = connect('sqlite', { poolMax: 2 })
+    const tableName = uniqueName('wl_sqlite_heap')
+    await createLockTable(knex, { tableName })
+    const store = new LockStore(knex, { tableName })
+    const cycle = async (i: number): Promise<void> => {
+      const lock = await store.tryAcquireLock('heap', `k${i % 16}`)
+      assert.ok(lock)
+      await lock.release()
+    }
+    try {
+      for (let i = 0; i < 10_000; i++) await cycle(i) // warm: statements prepared, code compiled
+      await new Promise((resolve) => setImmediate(resolve))
+      gc()
+      const before = process.memoryUsage().heapUsed
+      let grown = 0
+      for (let i = 0; i < 100_000; i++) {
+        await cycle(i)
+        // Collected without leaving the loop: what the loop's own job keeps alive stays.
+        if (i % 10_000 === 9_999) {
+          gc()
+          grown = Math.max(grown, process.memoryUsage().heapUsed - before)
+        }
+      }
+      assert.ok(grown < 4 * 1024 * 1024, `the heap grew by ${(grown / 1024 / 1024).toFixed(1)} MB`)
     } finally {
       await store.close()
       await dropLockTable(knex, { tableName })

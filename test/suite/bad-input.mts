@@ -91,7 +91,7 @@ export function badInputSuite(h: Harness): void {
     for (const option of nullOptions) {
       assert.throws(() => new LockStore(h.knex, { [option]: null } as never), { name: 'TypeError', message: new RegExp(`option ${option} must not be null`) }, option)
     }
-    assert.throws(() => new LockStore(h.knex, { backoff: { maxDelayMs: null } } as never), { name: 'TypeError', message: /backoff\.maxDelayMs must not be null/ })
+    assert.throws(() => new LockStore(h.knex, { backoff: { maxDelayMs: null } } as never), { name: 'TypeError', message: /backoff option maxDelayMs must not be null/ })
   })
 
   it('blames lockTimeoutMs, not the renewal interval it implies, for a timeout too short for a renewal', () => {

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidLockNameError, LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
-import { isAcquire, isHandOver, isLineStatement, isRelease, kindOf, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
+import { isAcquire, isRelease, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
 
@@ -29,46 +29,6 @@ async function heldInOneStore(h: Harness, others = 0): Promise<{ clock: ManualCl
   const held = await store.tryAcquireLock(name)
   assert.ok(held)
   return { clock, store, others: more, name, held }
-}
-
-/**
- * A trigger that makes the database reject any UPDATE changing a row's token in the harness's
- * table (renewals, which keep the token, still work). Each database spells it its own way.
- */
-function refuseTokenChanges(h: Harness): { install(): Promise<void>; remove(): Promise<void> } {
-  const table = h.tableName
-  const name = `${table}_refuse`
-  switch (h.target.database) {
-    case 'postgres':
-      return {
-        async install() {
-          await h.knex.raw(`CREATE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'token changes refused'; END $$`, [name])
-          await h.knex.raw('CREATE TRIGGER ?? BEFORE UPDATE ON ?? FOR EACH ROW WHEN (NEW.token <> OLD.token) EXECUTE FUNCTION ??()', [name, table, name])
-        },
-        async remove() {
-          await h.knex.raw('DROP TRIGGER IF EXISTS ?? ON ??', [name, table])
-          await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [name])
-        },
-      }
-    case 'mysql':
-      return {
-        install: async () => {
-          await h.knex.raw(`CREATE TRIGGER ?? BEFORE UPDATE ON ?? FOR EACH ROW BEGIN
-            IF NEW.token <> OLD.token THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'token changes refused'; END IF; END`, [name, table])
-        },
-        remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
-      }
-    case 'sqlite':
-      return {
-        install: async () => {
-          await h.knex.raw(`CREATE TRIGGER ?? BEFORE UPDATE OF token ON ?? FOR EACH ROW WHEN NEW.token <> OLD.token
-            BEGIN SELECT RAISE(ABORT, 'token changes refused'); END`, [name, table])
-        },
-        remove: async () => { await h.knex.raw('DROP TRIGGER IF EXISTS ??', [name]) },
-      }
-    default:
-      throw new Error(`refuseTokenChanges has no trigger for ${String(h.target.database)}: add one with the new database`)
-  }
 }
 
 /**
@@ -100,10 +60,8 @@ async function asleepWaiting(store: LockStore, name: string, signal?: AbortSigna
 const asleep = (): Promise<void> => new Promise((resolve) => setImmediate(resolve))
 
 
-/** The SQL text of every statement on the lock table run on the harness's connection while `fn` runs. */
-// Without PostgreSQL's background joins and leaves of the waiting line.
-const statements = <T,>(h: Harness, fn: () => Promise<T>): Promise<{ result: T; kinds: string[] }> =>
-  statementsDuring(h.knex, fn, (kind) => !isLineStatement(kind))
+/** The kinds of the statements run on the harness's connection while `fn` runs. */
+const statements = <T,>(h: Harness, fn: () => Promise<T>): Promise<{ result: T; kinds: string[] }> => statementsDuring(h.knex, fn)
 
 export function waitingSuite(h: Harness): void {
   describe('wake-ups', () => {
@@ -125,114 +83,45 @@ export function waitingSuite(h: Harness): void {
     })
   })
 
-  describe('hand-over within a store', () => {
-    it(`hands a released lock straight to an asleep waiter of the same store: one UPDATE, a larger fence, then on to other stores`, async () => {
+  describe('releases within a store', () => {
+    it('wakes every waiter of the process when a lock is released: a delete, then their own attempts; one wins, the next release goes to the other', async () => {
       const { holder, waiters, others: [other], name, held } = await heldForWaiters(h, 1)
       assert.ok(other)
       const waiting = await asleepWaiting(waiters, name)
       const elsewhere = await asleepWaiting(other, name)
       const events: string[] = []
       holder.on('released', (e) => events.push(`released ${e.name}`))
-      waiters.on('acquired', (e) => events.push(`acquired ${e.name}`))
-      waiters.on('refused', (e) => events.push(`refused ${e.name}`))
-      const { result: lock, kinds } = await statements(h, async () => {
+      for (const store of [waiters, other]) store.on('acquired', (e) => events.push(`acquired ${e.name}`))
+      const both = [waiting.lock, elsewhere.lock].map((lock, i) => lock.then((l) => ({ l, i })))
+      const { result: { l: first, i }, kinds } = await statements(h, async () => {
         await held.release()
-        return waiting.lock
+        return Promise.race(both)
       })
-      assert.deepEqual(kinds.filter((k) => isAcquire(k) || isRelease(k)), [], 'the row was neither deleted nor inserted')
-      assert.equal(kinds.filter(isHandOver).length, 1)
-      assert.deepEqual(events, [`released ${name}`, `acquired ${name}`], 'the waiter made no attempt of its own')
-      assert.ok(lock.fence > held.fence)
-      const row = await h.row(name)
-      assert.equal(row?.token, lock.token)
-      assert.equal(row.instance_name, waiters.instanceName, 'the row is its store\'s')
-      assert.equal(await lock.isStillValid(), true)
+      const steps = kinds.filter((k) => isAcquire(k) || isRelease(k)).map((k) => (isRelease(k) ? 'release' : 'acquire'))
+      assert.deepEqual([...new Set(steps)], ['release', 'acquire'], steps.join(', '))
+      assert.deepEqual(events, [`released ${name}`, `acquired ${name}`])
+      assert.ok(first.fence > held.fence)
+      assert.equal((await h.row(name))?.token, first.token)
       assert.equal(await held.isStillValid(), false)
-      // No waiter of its own is left: the lock goes on to the other store's waiter.
-      await lock.release()
-      const next = await elsewhere.lock
-      assert.ok(next.fence > lock.fence)
-      assert.equal((await h.row(name))?.instance_name, other.instanceName)
+      await first.release()
+      const { l: second } = await (both[1 - i] as Promise<{ l: Lock }>)
+      assert.ok(second.fence > first.fence)
+      assert.equal((await h.row(name))?.token, second.token)
     })
 
-    it(`releases a lock handed to a waiter of the same store whose wait ended meanwhile, leaving it free`, async () => {
-      const { waiters, name, held } = await heldForWaiters(h)
-      const controller = new AbortController()
-      const waiting = await asleepWaiting(waiters, name, controller.signal)
-      const outcome = waiting.lock.then(() => 'acquired', (error: unknown) => error)
-      const { kinds } = await statements(h, async () => {
-        const releasing = held.release() // starts the hand-over
-        controller.abort(new Error('gave up'))
-        await releasing
-        return outcome
-      })
-      assert.equal(kinds.filter(isHandOver).length, 1, 'the lock was handed over')
-      assert.equal(((await outcome) as Error).message, 'gave up')
-      assert.equal(await h.row(name), undefined, 'the handed-over lock was released, not left held')
-      assert.ok(await waiters.tryAcquireLock(name))
-    })
-
-    it(`answers tryAcquireLock with null while a lock is being handed to a waiter of the same store, and close() waits for the hand-over`, async () => {
-      const { waiters, name, held } = await heldForWaiters(h)
-      const waiting = await asleepWaiting(waiters, name)
-      const releasing = held.release() // starts the hand-over
-      assert.equal(await waiters.tryAcquireLock(name), null, 'the lock is on its way to the waiter')
-      await releasing
-      assert.ok((await waiting.lock).fence > held.fence)
-
-      // Closing while a hand-over is under way: the waiter is told the store closed, and the row
-      // handed to it is deleted before close() resolves.
-      const second = await heldForWaiters(h)
-      const waiting2 = await asleepWaiting(second.waiters, second.name)
-      const outcome2 = waiting2.lock.then((l) => l, (error: unknown) => error)
-      const releasing2 = second.held.release()
-      await second.waiters.close()
-      assert.equal(await h.row(second.name), undefined, 'close() waited for the handed-over row to be deleted')
-      await releasing2
-      assert.ok(await outcome2 instanceof LockStoreClosedError)
-      assert.equal(await h.row(second.name), undefined)
-    })
-
-    it(`falls back to deleting the row when a hand-over to the same store fails, and the waiter takes the lock itself`, async () => {
-      const { waiters, name, held } = await heldForWaiters(h)
-      const waiting = await asleepWaiting(waiters, name)
-      // Make the database refuse any change of a row's token for a moment: the hand-over fails.
-      const trigger = refuseTokenChanges(h)
-      await trigger.install()
-      try {
-        const { kinds } = await statements(h, async () => {
-          await held.release()
-          return waiting.lock
-        })
-        assert.equal(kinds.filter(isHandOver).length, 1, 'a hand-over was tried')
-        assert.ok(kinds.some(isRelease), 'then the row was deleted')
-      } finally {
-        await trigger.remove()
-      }
-      const lock = await waiting.lock
-      assert.ok(lock.fence > held.fence)
-      assert.equal((await h.row(name))?.token, lock.token)
-      assert.equal(await held.isStillValid(), false)
-    })
-
-    it('finds a lock of its own store that was taken over meanwhile lost at its next attempt, and waits for the new holder', async () => {
-      const { clock, store, others: [thief], name, held } = await heldInOneStore(h, 1)
+    it('finds a lock of its own store that was taken over meanwhile lost at its first attempt, and waits for the new holder', async () => {
+      const { store, others: [thief], name, held } = await heldInOneStore(h, 1)
       assert.ok(thief)
       // The row goes stale behind its holder's back (as if renewals had failed) and is taken over.
       await h.knex(h.tableName).where({ lock_name: name }).update({ last_renewed_ts: 0 })
       const stolen = await thief.tryAcquireLock(name)
       assert.ok(stolen)
-      let acquired: Lock | undefined
       const { lock: waiting } = await asleepWaiting(store, name)
-      void waiting.then((lock) => { acquired = lock })
-      assert.equal(held.lost, false, 'the first attempt sent nothing: the store\'s own release would hand the lock over')
-      const refusedAgain = new Promise<void>((resolve) => { const stop = store.on('refused', () => { stop(); resolve() }) })
-      await clock.advance(1_000) // the next attempt, at the backoff's pace, checks the row
-      await refusedAgain
       assert.equal(held.lost, true, 'the waiter\'s check of the row found the old lock lost')
       assert.equal((held.signal.reason as { reason?: string }).reason, 'taken-over')
-      const { kinds } = await statements(h, () => held.release())
-      assert.equal(kinds.filter(isHandOver).length, 0, 'a lost lock is not handed over')
+      let acquired: Lock | undefined
+      void waiting.then((lock) => { acquired = lock })
+      await held.release()
       assert.equal(acquired, undefined)
       assert.equal((await h.row(name))?.token, stolen.token, 'the thief still holds it')
       await stolen.release()
@@ -355,7 +244,7 @@ export function waitingSuite(h: Harness): void {
         for (let round = 0; round < 15; round++) {
           const name = names[random() < 0.5 ? 0 : 1] ?? ''
           const controller = new AbortController()
-          // Some waits give up at a random moment: while asleep, while a lock is handed to them…
+          // Some waits give up at a random moment: while asleep, while their attempt runs…
           if (random() < 0.25) {
             const ticks = Math.floor(random() * 4)
             void (async () => {
@@ -392,11 +281,10 @@ export function waitingSuite(h: Harness): void {
           await clock.advance(500)
         }
       })()
-      const { kinds } = await statements(h, () => Promise.all(Array.from({ length: 8 }, (_, t) => task(t))))
+      await Promise.all(Array.from({ length: 8 }, (_, t) => task(t)))
       running = false
       await time
       assert.deepEqual(problems, [])
-      assert.ok(kinds.some(isHandOver), 'some locks were handed over')
       assert.equal(acquired + gaveUp, 8 * 15)
       assert.ok(acquired > 60, `only ${acquired} acquisitions`)
       for (const name of names) assert.equal(await h.row(name), undefined, 'nothing is left held')
@@ -433,7 +321,7 @@ export function waitingSuite(h: Harness): void {
       assert.ok(held)
       const statementTimes: number[] = []
       // Attempts only: on PostgreSQL the waiter also keeps its place in the waiting line.
-      knex.on('query', (query: { sql: string }) => { if (!isLineStatement(kindOf(query))) statementTimes.push(clock.now()) })
+      knex.on('query', () => { statementTimes.push(clock.now()) })
       // The clock must not move before the first attempt has been refused, or its first sleep
       // would start late and look like a gap over the cap.
       await waiter.init()
