@@ -16,7 +16,7 @@ import { newToken, rawContender } from './raw.mjs'
 import { manyKeysSection } from './many-keys.mjs'
 import { readWriteSection } from './read-write.mjs'
 import { uncontended } from './uncontended.mjs'
-import { beforeDir } from './before.mjs'
+import { beforeBuild, beforeDir } from './before.mjs'
 import { median, p99 } from './stats.mjs'
 
 const database = process.argv[2] as Database
@@ -126,6 +126,19 @@ async function contention(table: string): Promise<Record<string, { perSecond: nu
       return () => lock.release()
     })
     await store.close()
+    // The same with the earlier build of --before, on a table its own createLockTable made.
+    const old = await beforeBuild()
+    if (old) {
+      const oldTable = uniqueName('wl_before_c')
+      await old.createLockTable(knex, { tableName: oldTable })
+      const oldStore = new old.LockStore(knex, { tableName: oldTable, lockTimeoutMs: LOCK_TIMEOUT, renewalIntervalMs: 30_000 })
+      results['worker-locks before, one store'] = await eightTasks(seconds, async () => {
+        const lock = await oldStore.acquireLock('contended-one-store')
+        return () => lock.release()
+      })
+      await oldStore.close()
+      await old.dropLockTable(knex, { tableName: oldTable })
+    }
     await knex.destroy()
   }
   // verrou: its retrying acquire, eight lock instances on one key.
@@ -217,7 +230,7 @@ function summariseProcesses(result: ProcessContention) {
 async function processes(): Promise<Record<string, ReturnType<typeof summariseProcesses>>> {
   const seconds = smoke ? 1 : 5
   const contenders: ProcessContender[] = [
-    'worker-locks', ...(beforeDir ? ['worker-locks before' as const] : []), 'verrou', ...(database === 'sqlite' ? [] : ['server' as const]),
+    'worker-locks', ...(beforeDir() ? ['worker-locks before' as const] : []), 'verrou', ...(database === 'sqlite' ? [] : ['server' as const]),
   ]
   const out: Record<string, ReturnType<typeof summariseProcesses>> = {}
   for (const c of contenders) out[c === 'server' ? 'server lock queue' : c] = summariseProcesses(await acrossProcesses(database, c, seconds))

@@ -12,8 +12,8 @@ import type { RwFigures } from './read-write.mjs'
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))
 // --before=DIR: an earlier version's checkout, built, measured as "worker-locks before" in sections 1, 2b and 7.
-const beforeDir = process.argv.find((a) => a.startsWith('--before='))?.slice('--before='.length)
-if (beforeDir) process.env.WL_BENCH_BEFORE = resolve(beforeDir)
+const beforeArg = process.argv.find((a) => a.startsWith('--before='))?.slice('--before='.length)
+if (beforeArg) process.env.WL_BENCH_BEFORE = resolve(beforeArg)
 const script = join(import.meta.dirname, 'database.mjs')
 
 interface Summary { median: number; p99: number }

@@ -11,7 +11,7 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
 import { runBenchChildren } from './child.mjs'
 import { createBareTable } from './raw.mjs'
-import { beforeBuild, beforeDir, beforeWorker } from './before.mjs'
+import { beforeBuild, beforeDir, beforeLibrary } from './before.mjs'
 
 const script = join(import.meta.dirname, 'process-worker.mjs')
 const contenders = ['bare', 'raw', 'worker-locks', 'worker-locks before'] as const
@@ -35,7 +35,7 @@ interface WorkerResult { acquiredAt: number[]; refused: number; cpuMs: number }
 /** Section 7 for one database: `processes` workers on `keys` keys, `seconds` per contender in all. */
 export async function manyKeysSection(database: Database, smoke: boolean, processes = 8, keys = 1000): Promise<Partial<Record<Contender, ManyKeysFigures>>> {
   // Full mode: two turns of 5 s per contender, the order swapped in the second.
-  const order = contenders.filter((c) => beforeDir || c !== 'worker-locks before')
+  const order = contenders.filter((c) => beforeDir() || c !== 'worker-locks before')
   const turns: Contender[][] = smoke ? [order] : [order, [...order].reverse()]
   const seconds = smoke ? 1 : 5
   const knex = connect(database, { poolMax: 2 })
@@ -55,9 +55,9 @@ export async function manyKeysSection(database: Database, smoke: boolean, proces
     for (const turn of turns) {
       for (const contender of turn) {
         const before = contender === 'worker-locks before'
-        const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender, WL_KEYS: String(keys) }
+        const env = { WL_DATABASE: database, WL_TABLE: tables[contender], WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender, WL_KEYS: String(keys), ...(before ? { WL_LIBRARY: beforeLibrary() } : {}) }
         const locksBefore = database === 'mysql' ? await rowLocks() : undefined
-        const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? beforeWorker() : script], env, seconds)
+        const { finished } = await runBenchChildren<WorkerResult>(processes, [script], env, seconds)
         const results = await finished
         const locksAfter = database === 'mysql' ? await rowLocks() : undefined
         // The window in which every process was running: from the latest first section to the earliest last one.

@@ -4,7 +4,8 @@
 // on the wall clock (comparable across processes on one machine), and the CPU time it used.
 //
 // Environment: WL_DATABASE, WL_TABLE, WL_SQLITE_FILE, WL_CONTENDER (worker-locks | verrou | server
-// | bare | raw), WL_KEYS.
+// | bare | raw), WL_KEYS, WL_WORK_MS (how long each section holds the lock: a timer awaited, as a
+// job's I/O; default 0), WL_LIBRARY (another build's dist/src/index.js to take LockStore from).
 // "server" is the floor: the database's own lock queue on a dedicated connection
 // (pg_advisory_lock, MySQL's GET_LOCK), which wakes exactly the next waiter with no client
 // round trip of its own; worker-locks' rows cannot beat it.
@@ -16,7 +17,8 @@ import { Verrou } from '@verrou/core'
 import { knexStore } from '@verrou/core/drivers/knex'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
-import { LockStore } from '../src/index.js'
+import { pathToFileURL } from 'node:url'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { bareContender, newToken, rawContender } from './raw.mjs'
 import { connect, MYSQL_URL, POSTGRES_URL, type Database } from '../test/targets.mjs'
 import { waitForGo } from './child.mjs'
@@ -26,6 +28,7 @@ const env = process.env
 const knex = connect(env.WL_DATABASE as Database, { poolMax: 2 })
 const table = env.WL_TABLE ?? ''
 const keys = env.WL_KEYS === undefined ? undefined : Number(env.WL_KEYS)
+const workMs = Number(env.WL_WORK_MS ?? 0)
 /** Takes the lock of `key` (waiting, unless WL_KEYS is set) and resolves with its release; null when refused. */
 let session: (key: string) => Promise<(() => Promise<void>) | null>
 let close: () => Promise<void>
@@ -72,6 +75,7 @@ if (env.WL_CONTENDER === 'bare' || env.WL_CONTENDER === 'raw') {
   }
   close = () => connection.end()
 } else {
+  const { LockStore } = await import(env.WL_LIBRARY ? pathToFileURL(env.WL_LIBRARY).href : '../src/index.js') as typeof import('../src/index.js')
   const store = new LockStore(knex, { tableName: table, lockTimeoutMs: 120_000, renewalIntervalMs: 30_000 })
   await store.init()
   session = async (key) => {
@@ -90,6 +94,7 @@ while (wallNow() < end) {
   const release = await session(keys === undefined ? '' : `k${Math.floor(Math.random() * keys)}`)
   if (!release) { refused++; continue }
   acquiredAt.push(wallNow())
+  if (workMs > 0) await sleep(workMs)
   releasingAt.push(wallNow())
   await release()
 }

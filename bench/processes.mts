@@ -9,7 +9,7 @@ import { createLockTable, dropLockTable } from '../src/index.js'
 import mysql from 'mysql2/promise'
 import pg from 'pg'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
-import { beforeBuild, beforeWorker } from './before.mjs'
+import { beforeBuild, beforeLibrary } from './before.mjs'
 import { runBenchChildren } from './child.mjs'
 import { median } from './stats.mjs'
 
@@ -65,15 +65,19 @@ async function probeRoundTrips(database: Database, stop: Promise<unknown>): Prom
 
 /**
  * `server`: the database's own lock queue (PostgreSQL and MySQL only), the floor.
- * `worker-locks before`: the earlier build of `--before` (bench/before.mts), on a table its own
- * createLockTable made.
+ * `worker-locks before`: the library of the earlier build of `--before` (bench/before.mts) in the
+ * same worker, on a table its own createLockTable made; `… before, no line`: the same on a table
+ * without PostgreSQL's waiting line, which that build does without.
  */
-export type ProcessContender = 'worker-locks' | 'worker-locks before' | 'verrou' | 'server'
+export type ProcessContender = 'worker-locks' | 'worker-locks before' | 'worker-locks before, no line' | 'verrou' | 'server'
 
 interface WorkerResult { acquiredAt: number[]; releasingAt: number[]; cpuMs: number }
 
-/** Eight processes of `contender` on one key for `seconds`: critical sections per second and hand-off times (ms). */
-export async function acrossProcesses(database: Database, contender: ProcessContender, seconds: number, processes = 8): Promise<ProcessContention> {
+/**
+ * Eight processes of `contender` on one key for `seconds`, each holding the lock `workMs` (an
+ * await of a timer, as a job's I/O): critical sections per second and hand-off times (ms).
+ */
+export async function acrossProcesses(database: Database, contender: ProcessContender, seconds: number, processes = 8, workMs = 0): Promise<ProcessContention> {
   const knex = connect(database, { poolMax: 2 })
   const table = uniqueName(contender === 'verrou' ? 'verrou_x' : 'wl_x')
   try {
@@ -83,12 +87,16 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
       await verrou.createLock('setup', '1s').acquireImmediately()
     } else if (contender === 'worker-locks') {
       await createLockTable(knex, { tableName: table })
-    } else if (contender === 'worker-locks before') {
+    } else if (contender.startsWith('worker-locks before')) {
       await (await beforeBuild())?.createLockTable(knex, { tableName: table })
+      if (contender.endsWith('no line')) await knex.schema.dropTableIfExists(`${table}_waiters`)
     }
-    const before = contender === 'worker-locks before'
-    const env = { WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender }
-    const { finished } = await runBenchChildren<WorkerResult>(processes, [before ? beforeWorker() : script], env, seconds)
+    const before = contender.startsWith('worker-locks before')
+    const env = {
+      WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_CONTENDER: before ? 'worker-locks' : contender, WL_WORK_MS: String(workMs),
+      ...(before ? { WL_LIBRARY: beforeLibrary() } : {}),
+    }
+    const { finished } = await runBenchChildren<WorkerResult>(processes, [script], env, seconds)
     const [results, roundTripMs] = await Promise.all([finished, probeRoundTrips(database, finished.catch(() => undefined))])
     const holds = results.flatMap((r, worker) => r.acquiredAt.map((at, i) => ({ worker, acquiredAt: at, releasingAt: r.releasingAt[i] ?? NaN })))
       .sort((a, b) => a.acquiredAt - b.acquiredAt)
@@ -106,7 +114,7 @@ export async function acrossProcesses(database: Database, contender: ProcessCont
   } finally {
     if (contender === 'verrou') await knex.schema.dropTableIfExists(table)
     else if (contender === 'worker-locks') await dropLockTable(knex, { tableName: table })
-    else if (contender === 'worker-locks before') await (await beforeBuild())?.dropLockTable(knex, { tableName: table })
+    else if (contender.startsWith('worker-locks before')) await (await beforeBuild())?.dropLockTable(knex, { tableName: table })
     await knex.destroy()
   }
 }
