@@ -1,7 +1,7 @@
 // The statements that take and free a lock where databases spell them alike: the native upsert of
 // PostgreSQL and SQLite, the emulated path of every database, and the token-guarded delete.
 import { clockKind, statement, type Db } from './executor.js'
-import { nowBinding, returnedFence, toFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts, type Strategy } from './dialect.js'
+import { nowBinding, returnedFence, type AcquireRequest, type Dialect, type RowIdentity, type ServerFacts, type Strategy } from './dialect.js'
 
 // A loser of a deadlock or serialization failure retries at once: the winner has committed by
 // then, so the retry sees its row and is refused cleanly (or takes a lock freed meanwhile).
@@ -59,24 +59,22 @@ export async function acquireOnConflict(db: Db, dialect: Dialect, r: AcquireRequ
  */
 export async function acquireEmulated(db: Db, dialect: Dialect, facts: ServerFacts, r: AcquireRequest): Promise<bigint | null> {
   const config = dialect.emulatedTransaction
-  const run = async ({ knex }: Db): Promise<bigint | null> => {
+  const run = async (on: Db): Promise<bigint | null> => {
+    const { knex } = on
     const now = nowBinding(knex, dialect, r.nowMs)
-    await dialect.emulatedPrelude?.(knex, r.table, r.name, r.key)
-    await knex.raw(
-      // `ts + lease < now` rather than `ts < now - lease`: PostgreSQL cannot type `$1 - $2`.
-      'DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND (last_renewed_ts + lease_ms < ? OR instance_name = ?)',
-      [r.table, r.name, r.key, now, r.instanceName],
-    ).options({ workerLocksKind: 'emulated-delete' })
+    await dialect.emulatedPrelude?.(on, r.table, r.name, r.key)
+    // `ts + lease < now` rather than `ts < now - lease`: PostgreSQL cannot type `$1 - $2`.
+    await on.query(knex.raw('DELETE FROM ?? WHERE lock_name = ? AND lock_key = ? AND (last_renewed_ts + lease_ms < ? OR instance_name = ?)',
+      [r.table, r.name, r.key, now, r.instanceName]), 'emulated-delete')
     const fence = dialect.insertFence
-    const result: unknown = await knex.raw(
+    const inserted = await on.query(knex.raw(
       `INSERT INTO ?? (lock_name, lock_key, instance_name, token, last_renewed_ts, lease_ms${fence ? ', fence' : ''})
        VALUES (?, ?, ?, ?, ?, ?${fence ? `, ${fence.sql(r.table, (name) => knex.raw('??', [name]).toQuery(), { name: '?', key: '?' })}` : ''})${facts.returning ? ' RETURNING fence' : ''}`,
       [r.table, r.name, r.key, r.instanceName, r.token, now, r.leaseMs, ...(fence?.bindsLock ? [r.name, r.key] : [])],
-    ).options({ workerLocksKind: 'emulated-insert' })
-    if (facts.returning) return returnedFence({ rows: dialect.rowsOf(result), affectedRows: 0, insertId: 0 })
+    ), 'emulated-insert')
+    if (facts.returning) return returnedFence(inserted)
     // Inside the transaction, where there is one: another connection could not see the row yet.
-    const found = await knex(r.table).where({ lock_name: r.name, lock_key: r.key, token: r.token }).first('fence') as { fence: unknown } | undefined
-    return found === undefined ? null : toFence(found.fence)
+    return returnedFence(await on.query(knex(r.table).where({ lock_name: r.name, lock_key: r.key, token: r.token }).first('fence'), 'fence'))
   }
   try {
     return await (config === null ? run(db) : db.transaction(config, run))

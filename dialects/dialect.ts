@@ -60,8 +60,6 @@ export interface Dialect {
   readonly name: DialectName
   /** An SQL expression for the database clock as whole milliseconds since the epoch. */
   readonly nowSql: string
-  /** Whether knex can cancel a running statement here (`.timeout(ms, { cancel: true })`). */
-  readonly cancelsQueries: boolean
   /** Asks the server what it supports. */
   detect(knex: Knex): Promise<ServerFacts>
   /** The native acquire: the new fence when our row was written (inserted, or taken over from a stale row or our own instance), `null` when refused. */
@@ -82,7 +80,7 @@ export interface Dialect {
    */
   release(db: Db, table: string, row: RowIdentity, durable: boolean): Promise<boolean>
   /** Runs first in the emulated transaction, taking locks in the order the native statement takes them, so stores of both strategies cannot deadlock. */
-  emulatedPrelude?(knex: Knex, table: string, name: string, key: string): Promise<void>
+  emulatedPrelude?(db: Db, table: string, name: string, key: string): Promise<void>
   /** Settings of the emulated path's transaction, or `null` for two autocommit statements (both are correct: the primary key decides). */
   readonly emulatedTransaction: Knex.TransactionConfig | null
   /** Restricts a query on the lock table to `rows`, passed as one bound parameter however many there are. */
@@ -126,7 +124,7 @@ export interface ReleaseNotifications {
   /** Deletes a read/write holder's row of `holders` (token-guarded) and announces it on lock table `table`'s channel; whether the row was there. */
   releaseHolderAndNotify(db: Db, table: string, holders: string, row: RowIdentity, durable: boolean): Promise<boolean>
   /** Announces that `(name, key)` was freed by other means (a forced release). */
-  notifyReleased(knex: Knex, table: string, name: string, key: string): Promise<void>
+  notifyReleased(db: Db, table: string, name: string, key: string): Promise<void>
   /**
    * Opens a connection listening for `table`'s releases: `heard` for each notification (never
    * throws from one), `closed` once if it fails or ends. `undefined`, having sent no LISTEN, when

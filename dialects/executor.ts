@@ -5,6 +5,7 @@
 // ones (see `DatabaseOptions.preparedStatements`). knex's `query` event still fires for each.
 import { createHash } from 'node:crypto'
 import type { Knex } from 'knex'
+import { bounded, sqliteBusyMs, type Bound } from './bounds.js'
 
 /** What one statement did, whatever the driver. */
 export interface StatementResult {
@@ -24,7 +25,12 @@ export interface Statement {
 /** A knex instance (or transaction) and how the library runs its statements on it. */
 export interface Db {
   readonly knex: Knex
+  /** Runs a statement within this Db's bound and the store's `statementTimeoutMs` (see bounds.ts). */
   run(statement: Statement, values: object): Promise<StatementResult>
+  /** Runs a query built with knex's builder the same way; `kind` as a Statement's. */
+  query(query: Knex.QueryBuilder | Knex.Raw, kind: string): Promise<StatementResult>
+  /** The same database, its statements (transactions included) within `bound`. */
+  within(bound: Bound): Db
   /**
    * Whether statements run on the calling thread (better-sqlite3): a loop of awaited calls then
    * never lets the event loop turn unless the caller makes it.
@@ -47,17 +53,22 @@ export interface DatabaseOptions {
    * support (PgBouncer before 1.21, or with `max_prepared_statements = 0`).
    */
   readonly preparedStatements: boolean
+  /** The longest any statement may take, waiting for a pooled connection included (see bounds.ts). */
+  readonly statementTimeoutMs: number
 }
 
 interface Client {
   driverName?: string
   acquireConnection(): Promise<unknown>
   releaseConnection(connection: unknown): Promise<void>
+  acquireRawConnection(): Promise<unknown>
+  destroyRawConnection(connection: unknown): Promise<void>
   emit(event: 'query', data: object): void
 }
 
 interface SqliteConnection {
   prepare(sql: string): { reader: boolean; all(...params: unknown[]): Record<string, unknown>[]; run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint } }
+  pragma(source: string, options?: { simple: boolean }): unknown
 }
 
 /** The values of `statement`'s placeholders, in order; a missing one is a bug here, not the caller's. */
@@ -69,19 +80,27 @@ function positional(statement: Statement, values: object): unknown[] {
   })
 }
 
-/** Runs `run` on a connection of knex's pool (a transaction's own, for a transaction), given back once it settles. */
-async function borrow<T>(client: Client, statement: Statement, params: readonly unknown[], run: (connection: unknown) => Promise<T> | T): Promise<T> {
-  const connection = await client.acquireConnection()
-  try {
-    client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: statement.kind })
-    return await run(connection)
-  } finally {
-    await client.releaseConnection(connection)
-  }
-}
+const emitQuery = (client: Client, connection: unknown, sql: string, params: readonly unknown[], kind: string): void =>
+  client.emit('query', { sql, bindings: params, method: 'raw', __knexUid: (connection as { __knexUid?: string }).__knexUid, workerLocksKind: kind })
 
 // A connection's prepared statements, dropped with the connection.
 const sqliteStatements = new WeakMap<object, Map<string, ReturnType<SqliteConnection['prepare']>>>()
+
+// The busy timeout each connection had when first used, which a bounded statement lowers for itself alone.
+const sqliteBusy = new WeakMap<object, number>()
+
+/** Runs `work` with the connection's busy timeout at most `ms`: another writer is waited for on this thread. */
+function withBusyCap<T>(connection: SqliteConnection & object, ms: number, work: () => T): T {
+  let own = sqliteBusy.get(connection)
+  if (own === undefined) sqliteBusy.set(connection, (own = Number(connection.pragma('busy_timeout', { simple: true }))))
+  if (ms >= own) return work()
+  connection.pragma(`busy_timeout = ${Math.floor(ms)}`)
+  try {
+    return work()
+  } finally {
+    connection.pragma(`busy_timeout = ${own}`)
+  }
+}
 
 function runOnSqlite(connection: SqliteConnection & object, sql: string, params: readonly unknown[]): StatementResult {
   let cache = sqliteStatements.get(connection)
@@ -104,34 +123,33 @@ const pgText = (sql: string): string => {
   return sql.replace(/\?/g, () => `$${++n}`)
 }
 
-type Run = (statement: Statement, params: unknown[]) => Promise<StatementResult>
+/** How one driver runs a statement on a connection it was given; knex.raw for a driver not known here. */
+type Run = (connection: unknown, sql: string, params: unknown[], bound: Bound | undefined) => Promise<StatementResult> | StatementResult
 
-/** How one driver runs a statement whose values are in order; knex.raw for a driver not known here. */
 function runner(knex: Knex, client: Client, rowsOf: (result: unknown) => readonly Record<string, unknown>[], options: DatabaseOptions): Run {
   switch (client.driverName) {
     case 'better-sqlite3':
-      return (statement, params) => borrow(client, statement, params, (connection) => runOnSqlite(connection as SqliteConnection & object, statement.sql, params))
+      return (connection, sql, params, bound) => withBusyCap(connection as SqliteConnection & object, sqliteBusyMs(options.statementTimeoutMs, bound),
+        () => runOnSqlite(connection as SqliteConnection & object, sql, params))
     case 'pg':
-      return (statement, params) => {
-        const query = { text: pgText(statement.sql), values: params, ...(options.preparedStatements ? { name: pgName(statement.sql) } : {}) }
-        return borrow(client, statement, params, async (connection) => {
-          const result = await (connection as { query(q: typeof query): Promise<{ rows: Record<string, unknown>[]; rowCount: number | null }> }).query(query)
-          return { rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }
-        })
+      return async (connection, sql, params) => {
+        const query = { text: pgText(sql), values: params, ...(options.preparedStatements ? { name: pgName(sql) } : {}) }
+        const result = await (connection as { query(q: typeof query): Promise<{ rows: Record<string, unknown>[]; rowCount: number | null }> }).query(query)
+        return { rows: result.rows, affectedRows: result.rowCount ?? 0, insertId: 0 }
       }
     case 'mysql2':
-      return (statement, params) => borrow(client, statement, params, (connection) => new Promise<StatementResult>((resolve, reject) => {
+      return (connection, sql, params) => new Promise<StatementResult>((resolve, reject) => {
         (connection as { query(sql: string, values: unknown[], callback: (error: Error | null, result: unknown) => void): void })
-          .query(statement.sql, params, (error, result) => {
+          .query(sql, params, (error, result) => {
             if (error) return reject(error)
             if (Array.isArray(result)) return resolve({ rows: result as Record<string, unknown>[], affectedRows: 0, insertId: 0 })
             const header = result as { affectedRows: number; insertId: number }
             resolve({ rows: [], affectedRows: header.affectedRows, insertId: Number(header.insertId) })
           })
-      }))
+      })
     default:
-      return async (statement, params) => {
-        const result: unknown = await knex.raw(statement.sql, params as Knex.RawBinding[]).options({ workerLocksKind: statement.kind })
+      return async (connection, sql, params) => {
+        const result: unknown = await knex.raw(sql, params as Knex.RawBinding[]).connection(connection)
         const header = (Array.isArray(result) ? result[0] : result) as { affectedRows?: number; insertId?: number; rowCount?: number; changes?: number }
         return {
           rows: rowsOf(result),
@@ -142,21 +160,34 @@ function runner(knex: Knex, client: Client, rowsOf: (result: unknown) => readonl
   }
 }
 
-/** How the library runs statements on `knex` (a knex instance or a transaction). */
-export function database(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[], options: DatabaseOptions): Db {
+/** How the library runs statements on `knex` (a knex instance or a transaction), each within `bound`. */
+export function database(knex: Knex, rowsOf: (result: unknown) => readonly Record<string, unknown>[], options: DatabaseOptions, bound?: Bound): Db {
   const client = knex.client as unknown as Client
   const run = runner(knex, client, rowsOf, options)
   const sqlite = client.driverName === 'better-sqlite3'
+  const execute = (kind: string, sql: string, params: unknown[]): Promise<StatementResult> =>
+    bounded(client, options.statementTimeoutMs, bound, (connection) => {
+      emitQuery(client, connection, sql, params, kind)
+      return run(connection, sql, params, bound)
+    })
   return {
     knex,
     onCallingThread: sqlite,
-    run: (statement, values) => run(statement, positional(statement, values)),
-    transaction: (config, work) => knex.transaction((trx) => work(database(trx, rowsOf, options)), config),
-    inPlace: !sqlite ? undefined : (work) => borrow(client, { kind: 'in-place', sql: '', names: [] }, [], (connection) => work((statement, values) => {
-      const params = positional(statement, values)
-      client.emit('query', { sql: statement.sql, bindings: params, method: 'raw', workerLocksKind: statement.kind })
-      return runOnSqlite(connection as SqliteConnection & object, statement.sql, params)
-    })),
+    run: (statement, values) => execute(statement.kind, statement.sql, positional(statement, values)),
+    query: (query, kind) => {
+      const { sql, bindings } = query.toSQL()
+      return execute(kind, sql, [...bindings])
+    },
+    within: (next) => database(knex, rowsOf, options, next),
+    transaction: (config, work) => knex.transaction((trx) => work(database(trx, rowsOf, options, bound)), config),
+    inPlace: !sqlite ? undefined : (work) => bounded(client, options.statementTimeoutMs, bound, (connection) => {
+      const c = connection as SqliteConnection & object
+      return withBusyCap(c, sqliteBusyMs(options.statementTimeoutMs, bound), () => work((statement, values) => {
+        const params = positional(statement, values)
+        emitQuery(client, connection, statement.sql, params, statement.kind)
+        return runOnSqlite(c, statement.sql, params)
+      }))
+    }),
   }
 }
 

@@ -33,7 +33,6 @@ export const mysqlDialect: Dialect = {
   // UNIX_TIMESTAMP(NOW(3)) converts local time back to UTC and is off by an hour around a DST
   // change; the difference of two UTC datetimes is plain calendar arithmetic.
   nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
-  cancelsQueries: true,
 
   async detect(knex: Knex): Promise<ServerFacts> {
     const rows = mysqlDialect.rowsOf(await knex.raw('SELECT VERSION() AS version, @@SESSION.sql_mode AS sql_mode'))
@@ -64,8 +63,10 @@ export const mysqlDialect: Dialect = {
          last_renewed_ts = IF(token = :token, ${now}, last_renewed_ts),
          lease_ms = IF(token = :token, :lease, lease_ms)`)
     const result = await db.run(sql, { name: r.name, key: r.key, instance: r.instanceName, token: r.token, lease: r.leaseMs, now: r.nowMs })
-    // The fence the trigger wrote takes one more statement, paid only on success.
-    return result.insertId === REFUSED_MARKER ? null : fenceOf(db, r.table, r)
+    // The fence the trigger wrote takes one more statement, paid only on success. The row is ours
+    // from here on: that read is not cut short with the attempt (whoever stopped waiting releases
+    // what it won), or the row would stay taken with nobody knowing its token.
+    return result.insertId === REFUSED_MARKER ? null : fenceOf(db.within({}), r.table, r)
   },
 
   // Triggers fill the column (see the first migration), on insert and whenever the token
@@ -77,8 +78,8 @@ export const mysqlDialect: Dialect = {
 
   // The native upsert's BEFORE INSERT trigger locks the counter row before the lock row; the
   // emulated DELETE would lock the lock row first. Take the counter first here too.
-  async emulatedPrelude(knex: Knex, table: string): Promise<void> {
-    await knex.raw('SELECT value FROM ?? WHERE id = 1 FOR UPDATE', [`${table}_fence`])
+  async emulatedPrelude(db, table) {
+    await db.query(db.knex.raw('SELECT value FROM ?? WHERE id = 1 FOR UPDATE', [`${table}_fence`]), 'emulated-prelude')
   },
 
   // A join, not `(a, b, c) IN (subquery)`: MariaDB runs that subquery once per row of the table

@@ -76,7 +76,6 @@ interface ListeningClient {
 export const postgresDialect: Dialect = {
   name: 'postgres',
   nowSql: NOW_SQL,
-  cancelsQueries: true,
 
   async detect(knex: Knex): Promise<ServerFacts> {
     const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
@@ -104,8 +103,8 @@ export const postgresDialect: Dialect = {
 
   // An acquisition of the other strategy takes the lock's advisory lock before any row lock
   // (forming its row); the emulated DELETE would lock the row first. Take it first here too.
-  async emulatedPrelude(knex: Knex, table: string, name: string, key: string): Promise<void> {
-    await knex.raw(`SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${lockIdOf({ name: '?', key: '?' })}))`, [name, key])
+  async emulatedPrelude(db, table, name, key) {
+    await db.query(db.knex.raw(`SELECT pg_advisory_xact_lock(hashtext('${table}'), hashtext(${lockIdOf({ name: '?', key: '?' })}))`, [name, key]), 'emulated-prelude')
   },
 
   // The planner turns the row-value IN into one index lookup per element.
@@ -114,13 +113,13 @@ export const postgresDialect: Dialect = {
 
   notifications: {
     async releaseManyAndNotify(db, table, rows, durable) {
-      await db.knex.raw(
+      await db.query(db.knex.raw(
         `WITH released AS (
            DELETE FROM ?? WHERE (lock_name, lock_key, token) IN (SELECT e->>0, e->>1, e->>2 FROM jsonb_array_elements(?::jsonb) AS e)
            RETURNING lock_name, lock_key)
          SELECT pg_notify(?, json_build_array(lock_name, lock_key, ?::text)::text)${asyncCommit(durable)} FROM released`,
         [table, rowsJson(rows), channelOf(table), processTag],
-      )
+      ), 'release-many-notify')
     },
 
     async releaseHolderAndNotify(db, table, holders, row, durable) {
@@ -130,8 +129,8 @@ export const postgresDialect: Dialect = {
       return (await db.run(sql, { ...row, process: processTag, channel: channelOf(table) })).rows.length > 0
     },
 
-    async notifyReleased(knex, table, name, key) {
-      await knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key, processTag])])
+    async notifyReleased(db, table, name, key) {
+      await db.query(db.knex.raw('SELECT pg_notify(?, ?)', [channelOf(table), JSON.stringify([name, key, processTag])]), 'notify')
     },
 
     async subscribe(knex, table, heard, closed) {

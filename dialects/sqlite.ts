@@ -27,7 +27,6 @@ export const sqliteDialect: Dialect = {
   // julianday() arithmetic loses milliseconds to floating point; whole seconds plus the
   // millisecond digits of %f is exact. 'now' is fixed for the whole statement.
   nowSql: "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))",
-  cancelsQueries: false,
 
   async detect(knex: Knex): Promise<ServerFacts> {
     const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))

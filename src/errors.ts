@@ -78,9 +78,11 @@ export class LockLostError extends LockError {
 }
 
 /**
- * `acquireLock` or `withLock` waited `timeoutMs` without getting the lock. Nothing is held. When
- * the last attempt failed because the database could not be asked (unreachable, say), that
- * `LockDatabaseError` is `cause`, and the message says so; a lock that was simply busy has none.
+ * A wait (`acquireLock`, `withLock`, the read/write and multi-lock waits) ran out of `timeoutMs`
+ * without the lock. Nothing is held. `cause`, when there is one, says what held the last attempt
+ * up: a `LockDatabaseError` (the database could not be asked, a statement blocked by another
+ * session and cancelled, no free connection in the pool), or an error saying an attempt was still
+ * under way; a lock that was simply busy has none. The message says so too.
  */
 export class LockTimeoutError extends LockError {
   /** The lock's name. */
@@ -90,10 +92,12 @@ export class LockTimeoutError extends LockError {
   /** How long the caller asked to wait, in milliseconds. */
   readonly timeoutMs: number
 
-  constructor(lockName: string, lockKey: string, timeoutMs: number, options?: { cause?: unknown }) {
+  /** @param options.what how the message names what was waited for @default `lock "name" (key "key")` */
+  constructor(lockName: string, lockKey: string, timeoutMs: number, options?: { cause?: unknown; what?: string }) {
     const cause = options?.cause
     const failed = cause === undefined ? '' : `; the last attempt failed: ${cause instanceof Error ? cause.message : String(cause)}`
-    super('LOCK_TIMEOUT', `Timed out after ${timeoutMs} ms waiting for lock ${JSON.stringify(lockName)} (key ${JSON.stringify(lockKey)})${failed}.`, options)
+    const what = options?.what ?? `lock ${JSON.stringify(lockName)} (key ${JSON.stringify(lockKey)})`
+    super('LOCK_TIMEOUT', `Timed out after ${timeoutMs} ms waiting for ${what}${failed}.`, cause === undefined ? undefined : { cause })
     this.lockName = lockName
     this.lockKey = lockKey
     this.timeoutMs = timeoutMs

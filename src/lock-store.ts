@@ -5,7 +5,7 @@
 import { randomBytes, randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { Knex } from 'knex'
-import { findDialect, knexDialectName, supportedKnexClients, type DialectName, type Strategy } from '../dialects/index.js'
+import { findDialect, knexDialectName, supportedKnexClients, type Bound, type DialectName, type Strategy } from '../dialects/index.js'
 import { storeClocks, type StoreClocks } from './clock.js'
 import { LockStoreClosedError, UnsupportedDatabaseError } from './errors.js'
 import { LockEvents, type LockEventListener, type LockEventName } from './events.js'
@@ -147,24 +147,29 @@ export class LockStore {
    * @throws LockTableError when the table is missing or not migrated
    * @throws LockDatabaseError when the database fails for a reason other than contention
    */
-  async tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
+  tryAcquireLock(name: string, key = ''): Promise<Lock | null> {
+    return this.#try(name, key, undefined)
+  }
+
+  /** One attempt, within `bound` when a wait makes it (its deadline, and a signal that ends with it). */
+  async #try(name: string, key: string, bound: Bound | undefined): Promise<Lock | null> {
     validateLockId(name, key)
     if (this.#closed) throw new LockStoreClosedError()
     const id = lockId(name, key)
     if (this.#acquiring.has(id)) return null
     this.#acquiring.add(id)
     try {
-      return await this.#track(this.#tryPlain(id, name, key))
+      return await this.#track(this.#tryPlain(id, name, key, bound))
     } finally {
       this.#acquiring.delete(id)
     }
   }
 
-  async #tryPlain(id: string, name: string, key: string): Promise<Lock | null> {
+  async #tryPlain(id: string, name: string, key: string, bound: Bound | undefined): Promise<Lock | null> {
     const held = this.#held.get(id)
     if (held) {
       const sentAt = this.#clocks.monotonicNow()
-      const status = await this.#table.status(held, this.#clocks.nowMs())
+      const status = await this.#table.status(held, this.#clocks.nowMs(), bound)
       if (status === 'valid' && held.state === 'held') return this.#refused(name, key, sentAt)
       this.#held.end(held, status === 'stale' ? 'expired' : 'taken-over', () => status === 'stale'
         ? `worker-locks: lock ${describeLock(name, key)} was lost: its lease ran out before a renewal, so another worker may hold it now.`
@@ -172,7 +177,7 @@ export class LockStore {
     }
     const token = randomUUID()
     const sentAt = this.#clocks.monotonicNow()
-    const fence = await this.#table.acquire({ name, key }, token, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs())
+    const fence = await this.#table.acquire({ name, key }, token, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs(), bound)
     if (fence === null) return this.#refused(name, key, sentAt)
     return (await this.#won(sentAt, [{ id, mode: 'exclusive', name, key, token, fence }]))?.[0] ?? null
   }
@@ -233,7 +238,7 @@ export class LockStore {
     if (this.#closed) throw new LockStoreClosedError()
     wait.signal?.throwIfAborted()
     const id = lockId(name, key)
-    return this.#waits.wait({ id, wakeIds: [id], name, key, ...wait, attempt: () => this.tryAcquireLock(name, key) })
+    return this.#waits.wait({ id, wakeIds: [id], name, key, ...wait, attempt: (bound) => this.#try(name, key, bound) })
   }
 
   /**
@@ -283,11 +288,12 @@ export class LockStore {
   }
 
   /**
-   * Every lock in the table (held by any worker), sorted by name and key, or those matching
-   * `filter` exactly: one entry per plain lock (`mode` `exclusive`) and one per holder of a
-   * read/write lock (`read` or `write`, with `holders` counting that key's holders). Ages are
-   * judged by this store's clock (the database's by default), and staleness by the lease each
-   * row's holder wrote, whatever this store's `lockTimeoutMs`.
+   * Every lock in the table (held by any worker), or those matching `filter` exactly (an empty
+   * `instanceName` lists the locks kept after their release): one entry per plain lock (`mode`
+   * `exclusive`) and one per holder of a read/write lock (`read` or `write`, with `holders`
+   * counting that key's holders), sorted by name and key, the plain lock first, each kind in
+   * fence order. Ages are judged by this store's clock (the database's by default), and
+   * staleness by the lease each row's holder wrote, whatever this store's `lockTimeoutMs`.
    * @throws InvalidLockNameError for a bad filter value, before any SQL runs
    */
   async listLocks(filter: LockFilter = {}): Promise<LockInfo[]> {
@@ -296,7 +302,8 @@ export class LockStore {
     for (const row of rows) if (row.mode !== 'exclusive') counts.set(lockId(row.name, row.key), (counts.get(lockId(row.name, row.key)) ?? 0) + 1)
     return rows
       .map((row) => ({ ...row, stale: row.ageMs > row.leaseMs, holders: row.mode === 'exclusive' ? 1 : counts.get(lockId(row.name, row.key)) ?? 1 }))
-      .sort((a, b) => byNameAndKey(a, b) || Number(a.fence - b.fence))
+      // A plain lock and the read/write lock of one name and key draw fences from separate counters.
+      .sort((a, b) => byNameAndKey(a, b) || Number(a.mode !== 'exclusive') - Number(b.mode !== 'exclusive') || Number(a.fence - b.fence))
   }
 
   /**
@@ -328,7 +335,7 @@ export class LockStore {
    */
   async tryAcquireReadWriteLock(name: string, key: string, options: ReadWriteOptions): Promise<Lock | null> {
     const { part } = resolveReadWrite(name, key, options, false)
-    return (await this.#tryReadWrite([part], undefined))?.locks[0] ?? null
+    return (await this.#tryReadWrite([part], undefined, undefined))?.locks[0] ?? null
   }
 
   /**
@@ -362,7 +369,7 @@ export class LockStore {
    * @throws InvalidLockNameError, TypeError or RangeError for a bad list (empty, over 1,000 entries, an entry without a boolean `write`), before any SQL runs
    */
   async tryAcquireMultiLock(parts: readonly MultiLockPart[]): Promise<MultiLock | null> {
-    return this.#tryReadWrite(resolveParts(parts), undefined)
+    return this.#tryReadWrite(resolveParts(parts), undefined, undefined)
   }
 
   /** Waits until every listed lock can be taken at once (see {@link tryAcquireMultiLock} and {@link acquireReadWriteLock}). */
@@ -372,14 +379,14 @@ export class LockStore {
     return this.#waitReadWrite(resolved, wait, blockNewReaders)
   }
 
-  /** One attempt at every part, all or none (`intent`: a waiting writer's, which its own attempt clears). */
-  async #tryReadWrite(parts: readonly Part[], intent: string | undefined): Promise<MultiLock | null> {
+  /** One attempt at every part, all or none (`intent`: a waiting writer's, which its own attempt clears), within `bound` (a wait's). */
+  async #tryReadWrite(parts: readonly Part[], intent: string | undefined, bound: Bound | undefined): Promise<MultiLock | null> {
     if (this.#closed) throw new LockStoreClosedError()
     return this.#track((async () => {
       // Every acquirer locks key rows in one (sorted) order, so multi-locks cannot deadlock.
       const sorted = [...parts].sort(byNameAndKey).map((p) => ({ ...p, token: randomUUID() }))
       const sentAt = this.#clocks.monotonicNow()
-      const fences = await this.#table.acquireReadWrite(sorted, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs(), intent, describeParts(parts))
+      const fences = await this.#table.acquireReadWrite(sorted, this.instanceName, this.lockTimeoutMs, this.#clocks.nowMs(), intent, describeParts(parts), bound)
       const first = parts[0] as Part
       if (fences === null) return this.#refused(first.name, first.key, sentAt)
       const locks = await this.#won(sentAt, sorted.map((p, i): Won => ({
@@ -399,13 +406,15 @@ export class LockStore {
     // A waiting writer's claim outlives the pause between its attempts (at most maxDelayMs) twice over.
     const intentMs = 2 * this.#o.backoff.maxDelayMs + 1_000
     const ids = parts.map((p) => readWriteId(p.name, p.key))
+    const [only] = parts
     return this.#track(this.#waits.wait({
       id: [...ids].sort().join('\0\0'), wakeIds: ids, ...wait,
-      name: parts.length === 1 ? (parts[0] as Part).name : describeParts(parts), key: parts.length === 1 ? (parts[0] as Part).key : '',
-      attempt: async () => {
-        const won = await this.#tryReadWrite(parts, intent)
+      name: parts.length === 1 ? (only as Part).name : describeParts(parts), key: parts.length === 1 ? (only as Part).key : '',
+      what: parts.length === 1 ? `the ${(only as Part).write ? 'write' : 'read'} side of read/write lock ${describeLock((only as Part).name, (only as Part).key)}` : `multi-lock ${describeParts(parts)}`,
+      attempt: async (bound) => {
+        const won = await this.#tryReadWrite(parts, intent, bound)
         // A waiting writer that is refused claims its keys, so that new readers stay out until it is in.
-        if (!won && intent) for (const part of writes) await this.#table.claimIntent(part, intent, intentMs, this.#clocks.nowMs())
+        if (!won && intent) for (const part of writes) await this.#table.claimIntent(part, intent, intentMs, this.#clocks.nowMs(), bound)
         return won
       },
     }).catch(async (error: unknown) => {

@@ -5,7 +5,7 @@ import { setImmediate as turn } from 'node:timers/promises'
 import type { Knex } from 'knex'
 import {
   acquire, acquireReadWrite, claimIntent, database, dropIntent, nowBinding, readWriteTables, releaseByDelete, retryingConflicts,
-  type Db, type Dialect, type ReadWritePart, type RowIdentity, type ServerFacts, type Strategy,
+  type Bound, type Db, type Dialect, type ReadWritePart, type RowIdentity, type ServerFacts, type Strategy,
 } from '../dialects/index.js'
 import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError } from './errors.js'
 import { describeLock } from './held-locks.js'
@@ -47,6 +47,8 @@ export interface LockTableOptions {
   readonly strategy: StrategyOption
   readonly durableReleases: boolean
   readonly preparedStatements: boolean
+  /** How long any statement may take at most, a pooled connection waited for included. */
+  readonly statementTimeoutMs: number
   /** How long a renewal statement may run: one that hangs must fail, or it would hold up every later renewal. */
   readonly renewalTimeoutMs: number
 }
@@ -88,7 +90,7 @@ export class LockTable {
    * Asks the server, once (again after a failure), what it can run and whether the table has
    * every migrated column: a missing table is said here, once, before any lock work.
    */
-  plan(): Promise<Plan> {
+  plan(bound?: Bound): Promise<Plan> {
     if (this.#plan) return Promise.resolve(this.#plan)
     this.#planning ??= this.#call(() => 'look at the database and its lock table', async () => {
       const facts = await this.#dialect.detect(this.#knex)
@@ -97,32 +99,35 @@ export class LockTable {
       if (option === 'native' && !facts.native) {
         throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)
       }
-      await this.#knex(this.name).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0')
+      await this.#within(bound).query(this.#knex(this.name).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0'), 'columns')
       return (this.#plan = { strategy: option !== 'emulated' && facts.native ? 'native' : 'emulated', facts })
     }).finally(() => { this.#planning = undefined })
     return this.#planning
   }
 
-  /** One attempt at `(name, key)` with `token`: the new fence if the row is now ours, else `null`. */
-  acquire(lock: { readonly name: string; readonly key: string }, token: string, instanceName: string, leaseMs: number, nowMs: number | null): Promise<bigint | null> {
+  /**
+   * One attempt at `(name, key)` with `token`: the new fence if the row is now ours, else `null`.
+   * `bound` stops it sooner than `statementTimeoutMs` (a wait's deadline or signal).
+   */
+  acquire(lock: { readonly name: string; readonly key: string }, token: string, instanceName: string, leaseMs: number, nowMs: number | null, bound?: Bound): Promise<bigint | null> {
     return this.#call(() => `acquire lock ${describeLock(lock.name, lock.key)}`, async () => {
-      const { strategy, facts } = this.#plan ?? await this.plan()
-      return acquire(this.#db, this.#dialect, facts, strategy, { table: this.name, name: lock.name, key: lock.key, token, instanceName, leaseMs, nowMs })
+      const { strategy, facts } = this.#plan ?? await this.plan(bound)
+      return acquire(this.#within(bound), this.#dialect, facts, strategy, { table: this.name, name: lock.name, key: lock.key, token, instanceName, leaseMs, nowMs })
     })
   }
 
   /** One attempt at every part (sorted, distinct) at once: their fences, or `null` if any is held in a conflicting mode. */
-  acquireReadWrite(parts: readonly ReadWritePart[], instanceName: string, leaseMs: number, nowMs: number | null, intent: string | undefined, what: string): Promise<bigint[] | null> {
+  acquireReadWrite(parts: readonly ReadWritePart[], instanceName: string, leaseMs: number, nowMs: number | null, intent: string | undefined, what: string, bound?: Bound): Promise<bigint[] | null> {
     return this.#call(() => `acquire ${what}`, async () => {
-      await this.plan()
-      return acquireReadWrite(this.#db, this.#dialect, { table: this.name, parts, instanceName, nowMs, leaseMs, intent })
+      await this.plan(bound)
+      return acquireReadWrite(this.#within(bound), this.#dialect, { table: this.name, parts, instanceName, nowMs, leaseMs, intent })
     })
   }
 
   /** Marks that the writer `intent` waits for `(name, key)`, for `forMs`, unless another live intent is there. */
-  claimIntent(part: { readonly name: string; readonly key: string }, intent: string, forMs: number, nowMs: number | null): Promise<boolean> {
+  claimIntent(part: { readonly name: string; readonly key: string }, intent: string, forMs: number, nowMs: number | null, bound?: Bound): Promise<boolean> {
     return this.#call(() => `mark that a writer waits for ${describeLock(part.name, part.key)}`,
-      () => claimIntent(this.#db, this.#dialect, this.name, part.name, part.key, intent, forMs, nowMs))
+      () => claimIntent(this.#within(bound), this.#dialect, this.name, part.name, part.key, intent, forMs, nowMs))
   }
 
   /** Withdraws the writer `intent` from `(name, key)`, if it is still there. */
@@ -148,7 +153,7 @@ export class LockTable {
         for (const chunk of chunks(rows)) {
           await this.#retrying(async () => {
             if (notifications && table === this.name) await notifications.releaseManyAndNotify(this.#db, table, chunk, this.#o.durableReleases)
-            else await this.#rows(table, chunk).delete()
+            else await this.#db.query(this.#rows(table, chunk).delete(), 'release-many')
           })
         }
       }
@@ -163,23 +168,24 @@ export class LockTable {
   keep(record: HeldLock, token: string, keepForMs: number, nowMs: number | null): Promise<boolean> {
     const kept = { token, instance_name: '', last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs), lease_ms: keepForMs }
     return this.#call(() => `keep lock ${describeLock(record.name, record.key)} for ${keepForMs} ms after its release`,
-      async () => Number(await this.#retrying(() => this.#row(record).update(kept))) > 0)
+      async () => (await this.#retrying(() => this.#db.query(this.#row(record).update(kept), 'keep'))).affectedRows > 0)
   }
 
   /** Refreshes the timestamp of every row that still carries its token; resolves the tokens still ours. */
   renew(records: readonly HeldLock[], nowMs: number | null): Promise<Set<string>> {
+    const db = this.#db.within({ withinMs: this.#o.renewalTimeoutMs })
     return this.#call(() => `renew ${records.length} lock(s)`, async () => {
       const ours = new Set<string>()
       for (const [table, rows] of this.#byTable(records)) {
         for (const chunk of chunks(rows)) {
-          const updated = Number(await this.#limited(this.#rows(table, chunk).update({ last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs) })))
-          if (updated === chunk.length) {
+          const { affectedRows } = await db.query(this.#rows(table, chunk).update({ last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs) }), 'renew')
+          if (affectedRows === chunk.length) {
             for (const row of chunk) ours.add(row.token)
             continue
           }
           // Some rows are gone or taken over: ask which remain. (MySQL without CLIENT_FOUND_ROWS
           // lands here too when a renewal falls in the millisecond of the last write.)
-          for (const found of await this.#limited(this.#rows(table, chunk).select(`${table}.token`)) as Array<{ token: unknown }>) ours.add(text(found.token))
+          for (const found of (await db.query(this.#rows(table, chunk).select(`${table}.token`), 'renew-check')).rows) ours.add(text(found.token))
         }
       }
       return ours
@@ -187,10 +193,10 @@ export class LockTable {
   }
 
   /** Whether `record`'s row still carries its token, and if so whether its lease has run out by `now`. */
-  status(record: HeldLock, nowMs: number | null): Promise<RowStatus> {
+  status(record: HeldLock, nowMs: number | null, bound?: Bound): Promise<RowStatus> {
     return this.#call(() => `check lock ${describeLock(record.name, record.key)}`, async () => {
-      const found = await this.#row(record)
-        .first(this.#knex.raw('CASE WHEN last_renewed_ts + lease_ms >= ? THEN 1 ELSE 0 END AS live', [nowBinding(this.#knex, this.#dialect, nowMs)])) as { live: unknown } | undefined
+      const [found] = (await this.#within(bound).query(this.#row(record)
+        .first(this.#knex.raw('CASE WHEN last_renewed_ts + lease_ms >= ? THEN 1 ELSE 0 END AS live', [nowBinding(this.#knex, this.#dialect, nowMs)])), 'status')).rows
       return found === undefined ? 'gone' : Number(found.live) === 1 ? 'valid' : 'stale'
     })
   }
@@ -204,8 +210,8 @@ export class LockTable {
       if (filter.instanceName !== undefined) where.instance_name = filter.instanceName
       const listed: ListedRow[] = []
       for (const table of [this.name, this.#holders]) {
-        const rows = await this.#knex(table).where(where).select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence',
-          this.#knex.raw('? AS now_ms', [nowBinding(this.#knex, this.#dialect, nowMs)]), ...(table === this.name ? [] : ['write_mode'])) as Array<Record<string, unknown>>
+        const { rows } = await this.#db.query(this.#knex(table).where(where).select('lock_name', 'lock_key', 'instance_name', 'last_renewed_ts', 'lease_ms', 'fence',
+          this.#knex.raw('? AS now_ms', [nowBinding(this.#knex, this.#dialect, nowMs)]), ...(table === this.name ? [] : ['write_mode'])), 'list')
         for (const row of rows) {
           const renewed = Number(row.last_renewed_ts)
           listed.push({
@@ -222,10 +228,11 @@ export class LockTable {
   /** Deletes the plain lock and every read/write holder of `(name, key)`, whoever holds them, telling other processes where the database can. */
   forceRelease(name: string, key: string): Promise<{ plain: boolean; readWrite: boolean }> {
     return this.#call(() => `force-release lock ${describeLock(name, key)}`, async () => {
-      const removed = async (table: string): Promise<boolean> => Number(await this.#retrying(() => this.#knex(table).where({ lock_name: name, lock_key: key }).delete())) > 0
+      const removed = async (table: string): Promise<boolean> =>
+        (await this.#retrying(() => this.#db.query(this.#knex(table).where({ lock_name: name, lock_key: key }).delete(), 'force-release'))).affectedRows > 0
       const plain = await removed(this.name)
       const readWrite = await removed(this.#holders)
-      if (plain) await this.#dialect.notifications?.notifyReleased(this.#knex, this.name, name, key)
+      if (plain) await this.#dialect.notifications?.notifyReleased(this.#db, this.name, name, key)
       return { plain, readWrite }
     })
   }
@@ -252,8 +259,8 @@ export class LockTable {
     return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
   }
 
-  #limited(query: Knex.QueryBuilder): Knex.QueryBuilder {
-    return query.timeout(this.#o.renewalTimeoutMs, { cancel: this.#dialect.cancelsQueries })
+  #within(bound: Bound | undefined): Db {
+    return bound ? this.#db.within(bound) : this.#db
   }
 
   #row(record: HeldLock): Knex.QueryBuilder {

@@ -135,6 +135,15 @@ export interface LockStoreOptions {
    */
   durableReleases?: boolean
   /**
+   * The longest any statement of the store may take, waiting for a connection of knex's pool
+   * included: then it is cancelled (on SQLite, its wait for another writer is cut short) and the
+   * call rejects with a `LockDatabaseError` saying what it waited for. A wait's attempts end at
+   * the wait's deadline or signal sooner. Renewals have their own, shorter bound
+   * (`renewalIntervalMs`, at least a second).
+   * @default 30_000
+   */
+  statementTimeoutMs?: number
+  /**
    * PostgreSQL: run the library's statements as named prepared statements, planned once per
    * server connection (faster: see bench/RESULTS.md). Only on a direct connection or a pooler
    * that keeps prepared statements (PgBouncer 1.21+ with `max_prepared_statements` set): behind a
@@ -165,9 +174,10 @@ export interface ResolvedOptions {
   readonly slowWaitWarningMs: number
   readonly durableReleases: boolean
   readonly preparedStatements: boolean
+  readonly statementTimeoutMs: number
 }
 
-const STORE_OPTIONS = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs', 'durableReleases', 'preparedStatements']
+const STORE_OPTIONS = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs', 'durableReleases', 'preparedStatements', 'statementTimeoutMs']
 
 function oneOf<T extends string>(what: string, value: unknown, allowed: readonly T[]): T {
   if (value === undefined) return allowed[0] as T
@@ -229,6 +239,7 @@ export function resolveOptions(options: unknown): ResolvedOptions {
     slowWaitWarningMs: wholeMs('LockStore option slowWaitWarningMs', o.slowWaitWarningMs, 600_000, 1),
     durableReleases: booleanOption('LockStore option durableReleases', o.durableReleases, false),
     preparedStatements: booleanOption('LockStore option preparedStatements', o.preparedStatements, false),
+    statementTimeoutMs: wholeMs('LockStore option statementTimeoutMs', o.statementTimeoutMs, 30_000, 1),
   }
 }
 

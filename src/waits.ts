@@ -2,6 +2,7 @@
 // attempt as a function. Waits for the same lock queue first come, first served; only the head
 // attempts, backing off while the lock is busy, and a wake-up (see wakeups.ts) sends it back at
 // once. A wait ends with the lock, at its deadline, when its signal aborts, or when the store closes.
+import type { Bound } from '../dialects/index.js'
 import { backoffDelay, type Backoff } from './backoff.js'
 import { MAX_TIMER_MS, type StoreClocks, type TimerHandle } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, LockTimeoutError } from './errors.js'
@@ -16,13 +17,18 @@ export interface WaitRequest<T> {
   readonly id: string
   /** The ids (see wakeups.ts) whose release may let it in: the lock's, or each part's of a multi-lock. */
   readonly wakeIds: readonly string[]
-  /** How events and messages name the lock. */
+  /** How events name the lock. */
   readonly name: string
   readonly key: string
+  /** How a timeout's message names what was waited for (`lock "n" (key "k")`, the write side of …). */
+  readonly what?: string
   readonly timeoutMs: number
   readonly signal: AbortSignal | undefined
-  /** One attempt: what it won, or `null` if the lock is busy. */
-  attempt(): Promise<T | null>
+  /**
+   * One attempt within `bound`, whose signal aborts when the wait ends: what it won, or `null` if
+   * the lock is busy. An attempt that wins after its wait ended is released.
+   */
+  attempt(bound: Bound): Promise<T | null>
 }
 
 export interface WaitsOptions {
@@ -34,10 +40,21 @@ export interface WaitsOptions {
   readonly wakeups: Wakeups
 }
 
+// What a waiter's `stop` holds when its deadline passed: the LockTimeoutError is made when thrown,
+// with the cause known by then.
+const TIMED_OUT = Symbol('timed out')
+
+// How long a wait that ends with an attempt under way gives that attempt, cancelled with it, to
+// say what held it up (it becomes the timeout's cause) before the wait settles anyway.
+const REPORT_MS = 100
+
 interface Waiter {
   readonly request: WaitRequest<unknown>
-  /** Set once the waiter must give up: thrown by its loop. */
+  /** Set once the waiter must give up (TIMED_OUT, or the reason to throw). */
   stop: unknown
+  /** Resolves when `stop` is set; aborts the attempt under way. */
+  readonly stopped: { promise: Promise<void>; resolve: () => void }
+  readonly abort: AbortController
   /** A wake-up came while it was not asleep: its next sleep returns at once. */
   woken: boolean
   /** Ends the current sleep early. */
@@ -75,26 +92,26 @@ export class Waits {
    */
   async wait<T extends { release(): Promise<void> }>(request: WaitRequest<T>): Promise<T> {
     const o = this.#o
-    const waiter: Waiter = { request, stop: undefined, woken: false, interrupt: undefined, settled: undefined, lastError: undefined }
+    const waiter: Waiter = {
+      request, stop: undefined, stopped: deferred(), abort: new AbortController(), woken: false, interrupt: undefined, settled: undefined, lastError: undefined,
+    }
     this.#enter(waiter)
     const started = o.clocks.monotonicNow()
-    const timedOut = (): LockTimeoutError => new LockTimeoutError(request.name, request.key, request.timeoutMs, waiter.lastError === undefined ? undefined : { cause: waiter.lastError })
     const onAbort = (): void => this.#stop(waiter, request.signal?.reason)
     request.signal?.addEventListener('abort', onAbort, { once: true })
     // No timer for 0: it would fire during the one attempt and throw its win away.
     const timeout: TimerHandle | undefined = Number.isFinite(request.timeoutMs) && request.timeoutMs > 0
       ? o.clocks.timers.setTimeout(() => {
-        this.#stop(waiter, timedOut())
+        this.#stop(waiter, TIMED_OUT)
         return waiter.settled?.promise
       }, request.timeoutMs)
       : undefined
     let outcome: 'acquired' | 'timeout' | 'aborted' | 'closed' = 'aborted'
     try {
-      const won = await this.#loop(waiter, started, timedOut) as T
+      const won = await this.#loop(waiter, started) as T
       if (waiter.stop !== undefined) {
-        await won.release().catch((error: unknown) => o.log('warn', { err: error, lockName: request.name, lockKey: request.key },
-          'worker-locks: could not release a lock won as its wait ended; it will expire.'))
-        throw waiter.stop
+        await this.#undo(waiter, won)
+        throw this.#reason(waiter)
       }
       outcome = 'acquired'
       return won
@@ -117,32 +134,78 @@ export class Waits {
     return this.#count === 0 ? Promise.resolve() : new Promise((resolve) => this.#emptied.push(resolve))
   }
 
+  /** The error a stopped wait rejects with. */
+  #reason(waiter: Waiter): unknown {
+    if (waiter.stop !== TIMED_OUT) return waiter.stop
+    const { name, key, timeoutMs, what } = waiter.request
+    return new LockTimeoutError(name, key, timeoutMs, { what, ...(waiter.lastError === undefined ? {} : { cause: waiter.lastError }) })
+  }
+
+  /** Releases what an attempt won after its wait ended. */
+  async #undo(waiter: Waiter, won: unknown): Promise<void> {
+    const { name, key } = waiter.request
+    await (won as { release(): Promise<void> } | null)?.release().catch((error: unknown) => this.#o.log('warn', { err: error, lockName: name, lockKey: key },
+      'worker-locks: could not release a lock won as its wait ended; it will expire.'))
+  }
+
+  /**
+   * One attempt, which ends the moment the wait is stopped: then it is cancelled (its signal) and
+   * given REPORT_MS to say what held it up; whatever it wins after that is released.
+   */
+  async #attempt(waiter: Waiter, remainingMs: number): Promise<unknown> {
+    const attempt = waiter.request.attempt({ withinMs: Number.isFinite(remainingMs) ? Math.max(1, remainingMs) : undefined, signal: waiter.abort.signal })
+    const result = attempt.then((won) => ({ won }), (error: unknown) => ({ error }))
+    const first = await Promise.race([result, waiter.stopped.promise.then(() => undefined)])
+    if (first !== undefined) {
+      if ('error' in first) throw first.error
+      return first.won
+    }
+    const late = await Promise.race([result, new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), REPORT_MS).unref())])
+    if (late === undefined) {
+      void attempt.then((won) => this.#undo(waiter, won), () => undefined)
+      waiter.lastError ??= new Error(`an attempt was still under way ${REPORT_MS} ms after the wait ended (a statement blocked by another session, no free connection in the pool, or a server that does not answer); it was cancelled`)
+    } else if ('error' in late) {
+      if (late.error instanceof LockDatabaseError) waiter.lastError = late.error
+    } else {
+      await this.#undo(waiter, late.won)
+    }
+    throw this.#reason(waiter)
+  }
+
   /** Attempts until it wins; sleeps between attempts (backoff) and while others of its queue are ahead. */
-  async #loop(waiter: Waiter, started: number, timedOut: () => LockTimeoutError): Promise<unknown> {
+  async #loop(waiter: Waiter, started: number): Promise<unknown> {
     const { request } = waiter
     const now = (): number => this.#o.clocks.monotonicNow()
     const deadline = started + request.timeoutMs
     let grown = 0
     let warnedAt = started
     for (;;) {
-      if (waiter.stop !== undefined) throw waiter.stop
+      if (waiter.stop !== undefined) throw this.#reason(waiter)
       if (this.#queues.get(request.id)?.waiters[0] !== waiter) {
-        if (request.timeoutMs === 0) throw timedOut() // another wait is ahead: one try now is none
+        if (request.timeoutMs === 0) { // another wait is ahead: one try now is none
+          waiter.stop = TIMED_OUT
+          throw this.#reason(waiter)
+        }
         await this.#sleep(waiter, this.#o.slowWaitWarningMs)
       } else {
         let failed = false
         try {
-          const won = await request.attempt()
+          // timeoutMs 0 is one attempt, as long as a statement may take; any other wait bounds it by its deadline.
+          const won = await this.#attempt(waiter, request.timeoutMs === 0 ? Infinity : deadline - now())
           waiter.lastError = undefined
           if (won) return won
         } catch (error) {
+          if (waiter.stop !== undefined) throw error
           // A failing database counts as a refusal (and never makes a waiter spin); anything else ends the wait.
           if (!(error instanceof LockDatabaseError)) throw error
           waiter.lastError = error
           failed = true
           this.#o.log('warn', { err: error, lockName: request.name, lockKey: request.key }, `worker-locks: an attempt to acquire ${describeLock(request.name, request.key)} failed while waiting; retrying after a pause.`)
         }
-        if (now() >= deadline) throw timedOut()
+        if (now() >= deadline) {
+          waiter.stop = TIMED_OUT
+          throw this.#reason(waiter)
+        }
         // Only a sleep that ran its full length (or a failure) grows the next one; a wake-up never does.
         if (await this.#sleep(waiter, Math.min(backoffDelay(this.#o.backoff, grown), deadline - now())) === 'elapsed' || failed) grown++
       }
@@ -157,6 +220,8 @@ export class Waits {
   #stop(waiter: Waiter, reason: unknown): void {
     if (waiter.stop !== undefined) return
     waiter.stop = reason ?? new Error('aborted')
+    waiter.abort.abort()
+    waiter.stopped.resolve()
     waiter.interrupt?.()
   }
 

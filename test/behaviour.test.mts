@@ -3,6 +3,7 @@ import { Harness } from './harness.mjs'
 import { forEachTarget } from './matrix.mjs'
 import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
+import { deadlinesSuite } from './suite/deadlines.mjs'
 import { eventLoopSuite } from './suite/event-loop.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
@@ -29,5 +30,6 @@ forEachTarget('behaviour', (target) => {
   propertiesSuite(h)
   badInputSuite(h)
   eventLoopSuite(h)
+  deadlinesSuite(h)
   schemaSuite(h)
 })

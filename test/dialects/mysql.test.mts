@@ -39,7 +39,7 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
 
       it('tells inserted, refused, taken over and reclaimed apart on one connection, with the fence written', async () => {
         const acquired = async (r: AcquireRequest) => {
-          const fence = await mysqlDialect.acquireNative(database(knex, mysqlDialect.rowsOf, { preparedStatements: false }), r, facts)
+          const fence = await mysqlDialect.acquireNative(database(knex, mysqlDialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }), r, facts)
           if (fence !== null) assert.deepEqual(await row(), { token: r.token, fence }, 'the fence handed back is the row\'s')
           return fence !== null
         }
@@ -64,8 +64,8 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
 
       it('keeps a lock renewed twice in the same millisecond', async () => {
         await knex(tableName).delete()
-        assert.notEqual(await mysqlDialect.acquireNative(database(knex, mysqlDialect.rowsOf, { preparedStatements: false }), request('A', 'tA', 5000), facts), null)
-        const table = new LockTable(knex, mysqlDialect, { tableName, strategy: 'native', durableReleases: true, preparedStatements: false, renewalTimeoutMs: 5_000 })
+        assert.notEqual(await mysqlDialect.acquireNative(database(knex, mysqlDialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }), request('A', 'tA', 5000), facts), null)
+        const table = new LockTable(knex, mysqlDialect, { tableName, strategy: 'native', durableReleases: true, preparedStatements: false, statementTimeoutMs: 30_000, renewalTimeoutMs: 5_000 })
         const held = { id: 'n\0k', mode: 'exclusive', name: 'n', key: 'k', token: 'tA' } as unknown as HeldLock
         assert.deepEqual(await table.renew([held], 5000), new Set(['tA']))
         assert.deepEqual(await table.renew([held, { ...held, token: 'other' }], 5000), new Set(['tA']))
