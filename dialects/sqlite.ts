@@ -30,11 +30,17 @@ export const sqliteDialect: Dialect = {
   cancelsQueries: false,
 
   async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))
+    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version, (SELECT query_only FROM pragma_query_only) AS query_only'))
     const version = String(rows[0]?.version ?? '0')
     const native = sqliteSupportsNative(version)
     const reason = native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`
-    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '' }
+    // better-sqlite3 says whether it opened the file read-only; a file the OS lets no one write is
+    // found at the first write (SQLITE_READONLY, see isReadOnly).
+    const connection = await knex.client.acquireConnection() as { readonly?: unknown }
+    const file = connection.readonly === true
+    await knex.client.releaseConnection(connection)
+    const readOnly = Number(rows[0]?.query_only) === 1 ? 'the connection is read-only (PRAGMA query_only is on)' : file ? 'the database file is opened read-only' : ''
+    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '', readOnly, standby: false }
   },
 
   acquireNative: (db, request) => acquireOnConflict(db, sqliteDialect, request),
@@ -69,6 +75,8 @@ export const sqliteDialect: Dialect = {
   isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_PRIMARYKEY' || errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
+  // SQLITE_READONLY and its extended codes (SQLITE_READONLY_DBMOVED, …)
+  isReadOnly: (error) => String(errorCode(error)).startsWith('SQLITE_READONLY'),
 
   readWrite: {
     lockKey: upsertKey,
