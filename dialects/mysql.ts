@@ -129,12 +129,14 @@ export const mysqlDialect: Dialect = {
     // InnoDB's default, REPEATABLE READ, takes gap locks that deadlock concurrent acquisitions.
     transaction: { isolationLevel: 'read committed' },
     // An UPDATE locks the key row and draws the fence; LAST_INSERT_ID(expr) hands the new value
-    // back in the same reply. No row (no row changed): createKey makes it, outside the transaction.
+    // back in the same reply. No row (no row changed): createKeys makes the missing ones, outside the transaction.
     lockKey: (knex, keys, withIntent) => statement(knex, withIntent ? 'rw-key/intent' : 'rw-key', keys, (quote) => `UPDATE ${quote(keys)}
       SET fence = LAST_INSERT_ID(fence + 1)${withIntent ? ', intent_token = IF(intent_token = :intent, NULL, intent_token)' : ''}
       WHERE lock_name = :name AND lock_key = :key`),
     fenceOf: (result) => (result.affectedRows === 0 ? null : BigInt(result.insertId)),
-    createKey: (knex, keys) => statement(knex, 'rw-key-create', keys, (quote) => `INSERT IGNORE INTO ${quote(keys)} (lock_name, lock_key, fence) VALUES (:name, :key, 0)`),
+    createKeys: (knex, keys) => statement(knex, 'rw-keys-create', keys, (quote) => `INSERT IGNORE INTO ${quote(keys)} (lock_name, lock_key, fence)
+      SELECT n, k, 0 FROM JSON_TABLE(:parts, '$[*]' COLUMNS (
+        n VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[0]', k VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[1]')) AS wl_parts`),
     integer: (placeholder) => placeholder,
   },
 }
