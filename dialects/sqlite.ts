@@ -21,7 +21,7 @@ export function sqliteSupportsNative(version: string): boolean {
 const highWater = (table: string, quote: (name: string) => string): string =>
   `(SELECT high_water FROM ${quote(`${table}_fence`)} WHERE id = 1)`
 
-/** SQLite through `better-sqlite3` (or `sqlite3`). */
+/** SQLite through `better-sqlite3` (the `sqlite3` driver is refused, see `findDialect`). */
 export const sqliteDialect: Dialect = {
   name: 'sqlite',
   // julianday() arithmetic loses milliseconds to floating point; whole seconds plus the
