@@ -4,6 +4,7 @@ import { forEachTarget } from './matrix.mjs'
 import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
 import { eventLoopSuite } from './suite/event-loop.mjs'
+import { failedAttemptsSuite } from './suite/failed-attempts.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
 import { keepingSuite } from './suite/keeping.mjs'
@@ -30,4 +31,5 @@ forEachTarget('behaviour', (target) => {
   badInputSuite(h)
   eventLoopSuite(h)
   schemaSuite(h)
+  failedAttemptsSuite(h)
 })
