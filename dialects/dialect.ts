@@ -50,6 +50,10 @@ export interface ServerFacts {
   readonly returning: boolean
   /** Why worker-locks cannot run on this server or session at all; empty when it can. */
   readonly unsupported: string
+  /** Why this server or session takes no writes (saying "standby" or "read-only"); empty when it does. */
+  readonly readOnly: string
+  /** Whether the server is a standby (PostgreSQL in recovery). */
+  readonly standby: boolean
 }
 
 /**
@@ -95,6 +99,8 @@ export interface Dialect {
   isUniqueViolation(error: unknown): boolean
   /** This transaction lost a race (deadlock, serialization failure) and may be retried. */
   isTransientConflict(error: unknown): boolean
+  /** The statement was refused because the server, session or file takes no writes. */
+  isReadOnly(error: unknown): boolean
   /** How read/write locks lock a key and draw its fence here (see `read-write.ts`). */
   readonly readWrite: ReadWriteSql
 }

@@ -25,11 +25,16 @@ export function knexDialectName(knex: Knex): string | undefined {
   return typeof dialect === 'string' ? dialect : undefined
 }
 
-/** The dialect for a knex instance, or `undefined` when its database is not supported. */
+/**
+ * The dialect for a knex instance, or `undefined` when its database or driver is not supported.
+ * SQLite only through better-sqlite3: read/write locks run their transaction on one connection
+ * without returning to the event loop, which the `sqlite3` driver cannot do.
+ */
 export function findDialect(knex: Knex): Dialect | undefined {
   const name = knexDialectName(knex)
+  if (name === 'sqlite3' && (knex.client as { driverName?: unknown }).driverName !== 'better-sqlite3') return undefined
   return name !== undefined && Object.hasOwn(registry, name) ? registry[name] : undefined
 }
 
 /** The knex client names that are supported, for error messages. */
-export const supportedKnexClients: readonly string[] = ['pg', 'better-sqlite3', 'sqlite3', 'mysql2', 'mysql']
+export const supportedKnexClients: readonly string[] = ['pg', 'better-sqlite3', 'mysql2', 'mysql']

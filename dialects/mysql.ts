@@ -27,6 +27,14 @@ export function mysqlVersionProblem(version: string): string {
   return atLeast(8, 0, 4) ? '' : 'worker-locks needs MySQL 8.0.4 or later (JSON_TABLE)'
 }
 
+/** The sql_modes a session may not have, and why (the first found is named; ORACLE includes SIMULTANEOUS_ASSIGNMENT). */
+const REFUSED_SQL_MODES: Readonly<Record<string, string>> = {
+  // mysql2 formats bound values into the SQL text on the client, escaping quotes with backslashes.
+  NO_BACKSLASH_ESCAPES: 'under which mysql2 cannot quote values safely',
+  ORACLE: 'whose syntax the library\'s statements are not written in',
+  SIMULTANEOUS_ASSIGNMENT: 'under which the native acquire\'s later assignments would read the row\'s old token',
+}
+
 /** MySQL and MariaDB through `mysql2` (or `mysql`). */
 export const mysqlDialect: Dialect = {
   name: 'mysql',
@@ -35,18 +43,28 @@ export const mysqlDialect: Dialect = {
   nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
 
   async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = mysqlDialect.rowsOf(await knex.raw('SELECT VERSION() AS version, @@SESSION.sql_mode AS sql_mode'))
-    const version = String(rows[0]?.version ?? 'unknown')
+    const rows = mysqlDialect.rowsOf(await knex.raw(`SHOW SESSION VARIABLES WHERE Variable_name IN ('version', 'sql_mode', 'autocommit',
+      'character_set_client', 'character_set_connection', 'character_set_results', 'read_only', 'super_read_only', 'transaction_read_only', 'tx_read_only')`))
+    const settings = new Map(rows.map((row) => [String(row.Variable_name).toLowerCase(), String(row.Value ?? 'NULL')]))
+    const setting = (name: string): string => settings.get(name) ?? ''
+    const version = setting('version') || 'unknown'
     const server = /mariadb/i.test(version) ? `MariaDB ${version}` : `MySQL ${version}`
-    // mysql2 formats bound values into the SQL text on the client, escaping quotes with
-    // backslashes; under NO_BACKSLASH_ESCAPES the server reads those escapes differently.
-    const sqlMode = String(rows[0]?.sql_mode ?? '')
+    const sqlModes = setting('sql_mode').toUpperCase().split(',')
+    const refusedMode = Object.keys(REFUSED_SQL_MODES).find((mode) => sqlModes.includes(mode))
+    // Names are bound as text and compared as the bytes the connection's charset makes of them:
+    // stores on utf8mb4, utf8mb3 and latin1 connections would each hold the same name at once.
+    const charset = ['character_set_client', 'character_set_connection', 'character_set_results'].find((name) => setting(name) !== 'utf8mb4')
+    const on = (name: string): boolean => /^(on|1)$/i.test(setting(name))
+    const readOnlyBy = ['super_read_only', 'read_only', 'transaction_read_only', 'tx_read_only'].find(on)
     const unsupported = mysqlVersionProblem(version)
-      || (/NO_BACKSLASH_ESCAPES/i.test(sqlMode) ? 'the session runs with sql_mode NO_BACKSLASH_ESCAPES, under which mysql2 cannot quote values safely' : '')
+      || (refusedMode ? `the session runs with sql_mode ${refusedMode}, ${REFUSED_SQL_MODES[refusedMode]}; leave it out of the session's sql_mode` : '')
+      || (on('autocommit') ? '' : 'autocommit is off in the session, so the library\'s single statements would never be committed; leave autocommit on')
+      || (charset ? `the connection's ${charset} is ${setting(charset)}, under which lock names are stored and compared as ${setting(charset)} bytes; connect with charset 'utf8mb4' (mysql2's default)` : '')
+    const readOnly = readOnlyBy === undefined ? '' : `the ${/^(transaction|tx)_/.test(readOnlyBy) ? 'session' : 'server'} is read-only (${readOnlyBy} is ON)`
     // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
     // MariaDB's INSERT … RETURNING is not used: on Galera the server drops the reply to one that
     // loses a certification conflict, and the caller would wait for ever. It saves one round trip.
-    return { server, native: true, reason: '', returning: false, unsupported }
+    return { server, native: true, reason: '', returning: false, unsupported, readOnly, standby: false }
   },
 
   async acquireNative(db, r) {
@@ -106,16 +124,20 @@ export const mysqlDialect: Dialect = {
   isUniqueViolation: (error) => errno(error) === 1062 || errorCode(error) === 'ER_DUP_ENTRY',
   // 1213 ER_LOCK_DEADLOCK: InnoDB rolled this transaction back to let another one proceed.
   isTransientConflict: (error) => errno(error) === 1213 || errorCode(error) === 'ER_LOCK_DEADLOCK',
+  // 1792 ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION; 1290 ER_OPTION_PREVENTS_STATEMENT, here for --read-only
+  isReadOnly: (error) => errno(error) === 1792 || (errno(error) === 1290 && error instanceof Error && /read[-_]only/i.test(error.message)),
   readWrite: {
     // InnoDB's default, REPEATABLE READ, takes gap locks that deadlock concurrent acquisitions.
     transaction: { isolationLevel: 'read committed' },
     // An UPDATE locks the key row and draws the fence; LAST_INSERT_ID(expr) hands the new value
-    // back in the same reply. No row (no row changed): createKey makes it, outside the transaction.
+    // back in the same reply. No row (no row changed): createKeys makes the missing ones, outside the transaction.
     lockKey: (knex, keys, withIntent) => statement(knex, withIntent ? 'rw-key/intent' : 'rw-key', keys, (quote) => `UPDATE ${quote(keys)}
       SET fence = LAST_INSERT_ID(fence + 1)${withIntent ? ', intent_token = IF(intent_token = :intent, NULL, intent_token)' : ''}
       WHERE lock_name = :name AND lock_key = :key`),
     fenceOf: (result) => (result.affectedRows === 0 ? null : BigInt(result.insertId)),
-    createKey: (knex, keys) => statement(knex, 'rw-key-create', keys, (quote) => `INSERT IGNORE INTO ${quote(keys)} (lock_name, lock_key, fence) VALUES (:name, :key, 0)`),
+    createKeys: (knex, keys) => statement(knex, 'rw-keys-create', keys, (quote) => `INSERT IGNORE INTO ${quote(keys)} (lock_name, lock_key, fence)
+      SELECT n, k, 0 FROM JSON_TABLE(:parts, '$[*]' COLUMNS (
+        n VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[0]', k VARCHAR(255) CHARACTER SET utf8mb4 PATH '$[1]')) AS wl_parts`),
     integer: (placeholder) => placeholder,
   },
 }

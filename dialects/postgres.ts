@@ -78,10 +78,14 @@ export const postgresDialect: Dialect = {
   nowSql: NOW_SQL,
 
   async detect(knex: Knex): Promise<ServerFacts> {
-    const result = await knex.raw("SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version")
-    const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string }
+    const result = await knex.raw(`SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version,
+      pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only, current_setting('default_transaction_read_only') AS by_default`)
+    const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string; standby: boolean; read_only: string; by_default: string }
     const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
-    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '' }
+    // A standby's transactions are read-only too; say the cause that needs another server.
+    const readOnly = row.standby ? 'it is a standby (in recovery), which takes no writes; connect to the primary'
+      : row.read_only === 'on' ? `the session is read-only (${row.by_default === 'on' ? 'default_' : ''}transaction_read_only is on)` : ''
+    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '', readOnly, standby: row.standby }
   },
 
   acquireNative: (db, request) => acquireOnConflict(db, postgresDialect, request),
@@ -187,6 +191,8 @@ export const postgresDialect: Dialect = {
   isUniqueViolation: (error) => errorCode(error) === '23505',
   // 40001 serialization_failure, 40P01 deadlock_detected
   isTransientConflict: (error) => errorCode(error) === '40001' || errorCode(error) === '40P01',
+  // 25006 read_only_sql_transaction: a standby, or a read-only transaction
+  isReadOnly: (error) => errorCode(error) === '25006',
 
   readWrite: {
     // Explicit: at REPEATABLE READ or SERIALIZABLE most acquisitions of a busy key would fail.

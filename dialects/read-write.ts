@@ -53,10 +53,13 @@ export interface ReadWriteSql {
    * Placeholders: `:name`, `:key`, `:intent`.
    */
   lockKey(knex: Knex, keys: string, withIntent: boolean): Statement
-  /** The fence `lockKey` drew, or `null` when the key row does not exist (then `createKey` makes it, outside the transaction). */
+  /** The fence `lockKey` drew, or `null` when the key row does not exist (then `createKeys` makes it, outside the transaction). */
   fenceOf(result: StatementResult): bigint | null
-  /** The statement that makes a key row on its own, where `lockKey` cannot (placeholders `:name`, `:key`). */
-  createKey?(knex: Knex, keys: string): Statement
+  /**
+   * The one statement that makes every missing key row of a request, where `lockKey` cannot:
+   * placeholder `:parts`, a JSON array of `[name, key]`.
+   */
+  createKeys?(knex: Knex, keys: string): Statement
   /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
   integer(placeholder: string): string
   /**
@@ -91,9 +94,7 @@ function transactAsync<T>(db: Db, config: Knex.TransactionConfig | undefined, wo
 
 // Thrown inside the transaction to roll it back: a part was refused, or a key row is missing.
 class Refused extends Error {}
-class MissingKey extends Error {
-  constructor(readonly part: ReadWritePart) { super('key row missing') }
-}
+class MissingKey extends Error {}
 
 /** The clock as SQL: the database's, or the bound `:now`. */
 const nowOf = (dialect: Dialect, sql: ReadWriteSql, nowMs: number | null): string => (nowMs === null ? dialect.nowSql : sql.integer(':now'))
@@ -143,7 +144,7 @@ function* takeAll(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteR
     const withIntent = part.write && r.intent !== undefined
     const locked = yield { statement: sql.lockKey(knex, readWriteTables(r.table).keys, withIntent), values: { name: part.name, key: part.key, intent: r.intent ?? '' } }
     const fence = sql.fenceOf(locked)
-    if (fence === null) throw new MissingKey(part)
+    if (fence === null) throw new MissingKey('key row missing')
     const inserted = (yield* insertHolder(knex, dialect, sql, r, part, fence))
       || ((yield* reapStale(knex, dialect, sql, r, part)) > 0 && (yield* insertHolder(knex, dialect, sql, r, part, fence)))
     if (!inserted) throw new Refused()
@@ -165,14 +166,15 @@ export async function acquireReadWrite(db: Db, dialect: Dialect, r: ReadWriteReq
       if (error instanceof Refused) return null
       throw error
     })
-  // Key rows that lockKey cannot make (MySQL) are made outside the transaction, then one retry:
-  // made inside a transaction that may roll back, they caused insert-intention deadlocks.
-  const withKeys = (created: number): Promise<bigint[] | null> => once().catch(async (error: unknown) => {
-    if (!(error instanceof MissingKey) || !sql.createKey || created >= r.parts.length) throw error
-    await db.run(sql.createKey(db.knex, readWriteTables(r.table).keys), { name: error.part.name, key: error.part.key })
-    return withKeys(created + 1)
+  // Key rows that lockKey cannot make (MySQL) are made outside the transaction, all of the
+  // request's in one statement, then one retry: made inside a transaction that may roll back,
+  // they caused insert-intention deadlocks; made one per retry, N fresh keys cost O(N²) statements.
+  const withKeys = (): Promise<bigint[] | null> => once().catch(async (error: unknown) => {
+    if (!(error instanceof MissingKey) || !sql.createKeys) throw error
+    await db.run(sql.createKeys(db.knex, readWriteTables(r.table).keys), { parts: JSON.stringify(r.parts.map((p) => [p.name, p.key])) })
+    return once()
   })
-  return retryingConflicts(dialect, 3, () => withKeys(0), () => null)
+  return retryingConflicts(dialect, 3, withKeys, () => null)
 }
 
 /**

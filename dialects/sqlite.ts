@@ -21,7 +21,7 @@ export function sqliteSupportsNative(version: string): boolean {
 const highWater = (table: string, quote: (name: string) => string): string =>
   `(SELECT high_water FROM ${quote(`${table}_fence`)} WHERE id = 1)`
 
-/** SQLite through `better-sqlite3` (or `sqlite3`). */
+/** SQLite through `better-sqlite3` (the `sqlite3` driver is refused, see `findDialect`). */
 export const sqliteDialect: Dialect = {
   name: 'sqlite',
   // julianday() arithmetic loses milliseconds to floating point; whole seconds plus the
@@ -29,11 +29,17 @@ export const sqliteDialect: Dialect = {
   nowSql: "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))",
 
   async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version'))
+    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version, (SELECT query_only FROM pragma_query_only) AS query_only'))
     const version = String(rows[0]?.version ?? '0')
     const native = sqliteSupportsNative(version)
     const reason = native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`
-    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '' }
+    // better-sqlite3 says whether it opened the file read-only; a file the OS lets no one write is
+    // found at the first write (SQLITE_READONLY, see isReadOnly).
+    const connection = await knex.client.acquireConnection() as { readonly?: unknown }
+    const file = connection.readonly === true
+    await knex.client.releaseConnection(connection)
+    const readOnly = Number(rows[0]?.query_only) === 1 ? 'the connection is read-only (PRAGMA query_only is on)' : file ? 'the database file is opened read-only' : ''
+    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '', readOnly, standby: false }
   },
 
   acquireNative: (db, request) => acquireOnConflict(db, sqliteDialect, request),
@@ -68,6 +74,8 @@ export const sqliteDialect: Dialect = {
   isUniqueViolation: (error) => errorCode(error) === 'SQLITE_CONSTRAINT_PRIMARYKEY' || errorCode(error) === 'SQLITE_CONSTRAINT_UNIQUE',
   // Writers are serialised by the busy timeout; a BUSY that outlasts it is an error to report.
   isTransientConflict: () => false,
+  // SQLITE_READONLY and its extended codes (SQLITE_READONLY_DBMOVED, …)
+  isReadOnly: (error) => String(errorCode(error)).startsWith('SQLITE_READONLY'),
 
   readWrite: {
     lockKey: upsertKey,

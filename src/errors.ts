@@ -7,6 +7,7 @@ export type LockErrorCode =
   | 'LOCK_LOST'
   | 'LOCK_TIMEOUT'
   | 'TABLE_NOT_READY'
+  | 'DATABASE_READ_ONLY'
 
 /**
  * Base class of every error worker-locks raises itself. `code` is stable across versions;
@@ -118,5 +119,21 @@ export class LockTableError extends LockError {
     const detail = cause instanceof Error ? cause.message : String(cause)
     super('TABLE_NOT_READY', `The lock table ${JSON.stringify(tableName)} is missing or not fully migrated (${detail}); run "worker-locks migrate", your knex migrations with migrationsDirectory, or createLockTable().`, { cause })
     this.tableName = tableName
+  }
+}
+
+/**
+ * The server takes no writes, so no lock can be taken there: a PostgreSQL hot standby
+ * (`standby` true), or a server, session or SQLite connection set read-only. `init()`, the first
+ * acquire and `createLockTable` say so before any lock work; a statement that fails later because
+ * the server became read-only says so too (its driver error is `cause`). Waits reject at once.
+ */
+export class ReadOnlyDatabaseError extends LockError {
+  /** Whether the server is a standby (in recovery): connect to the primary instead. */
+  readonly standby: boolean
+
+  constructor(message: string, standby: boolean, options?: { cause?: unknown }) {
+    super('DATABASE_READ_ONLY', message, options)
+    this.standby = standby
   }
 }

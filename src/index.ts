@@ -6,6 +6,7 @@ export { MultiLock } from './multi-lock.js'
 export { ManualClock, systemClock, type Clock, type TimerHandle } from './clock.js'
 export {
   LockError, InvalidLockNameError, UnsupportedDatabaseError, LockStoreClosedError, LockDatabaseError, LockLostError, LockTimeoutError, LockTableError,
+  ReadOnlyDatabaseError,
   type LockErrorCode, type LockLossReason,
 } from './errors.js'
 export type { Logger, LogLevel } from './logger.js'

@@ -9,6 +9,7 @@ import {
 } from '../dialects/index.js'
 import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError } from './errors.js'
 import { describeLock } from './held-locks.js'
+import { readOnlyError } from './read-only.js'
 import type { HeldLock, LockMode } from './lock.js'
 import type { LockFilter, StrategyOption } from './validate.js'
 
@@ -95,6 +96,7 @@ export class LockTable {
     this.#planning ??= this.#call(() => 'look at the database and its lock table', async () => {
       const facts = await this.#dialect.detect(this.#knex)
       if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
+      if (facts.readOnly) throw readOnlyError(facts)
       const option = this.#o.strategy
       if (option === 'native' && !facts.native) {
         throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)

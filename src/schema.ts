@@ -3,6 +3,8 @@ import { readdir } from 'node:fs/promises'
 import { extname, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
+import { findDialect } from '../dialects/index.js'
+import { readOnlyError } from './read-only.js'
 import { DEFAULT_TABLE_NAME, optionsObject, validateTableName } from './validate.js'
 
 /**
@@ -48,9 +50,13 @@ function tableNameOption(options: unknown, fn: string): string {
  * part of one.
  * @throws TypeError for options that are not an object, unknown options, or a bad `tableName`
  *   (null included), before any SQL runs
+ * @throws ReadOnlyDatabaseError on a standby or a read-only server, session or file, before any change
  */
 export async function createLockTable(knex: Knex, options?: LockTableOptions): Promise<void> {
   const tableName = tableNameOption(options, 'createLockTable')
+  // Asked first: on a standby whose primary has the table, every step would find its change there and succeed.
+  const facts = await findDialect(knex)?.detect(knex)
+  if (facts?.readOnly) throw readOnlyError(facts)
   for (const file of migrationFiles()) await load(file).upTable(knex, tableName)
 }
 

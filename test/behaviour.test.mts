@@ -5,6 +5,7 @@ import { acquireSuite } from './suite/acquire.mjs'
 import { badInputSuite } from './suite/bad-input.mjs'
 import { deadlinesSuite } from './suite/deadlines.mjs'
 import { eventLoopSuite } from './suite/event-loop.mjs'
+import { failedAttemptsSuite } from './suite/failed-attempts.mjs'
 import { fenceSuite } from './suite/fence.mjs'
 import { inspectionSuite } from './suite/inspection.mjs'
 import { keepingSuite } from './suite/keeping.mjs'
@@ -32,4 +33,5 @@ forEachTarget('behaviour', (target) => {
   eventLoopSuite(h)
   deadlinesSuite(h)
   schemaSuite(h)
+  failedAttemptsSuite(h)
 })

@@ -32,8 +32,12 @@ if (process.env.WL_SQLITE_FILE === undefined) {
 export interface ConnectionTweaks {
   mysqlFlags?: string[]
   poolMax?: number
-  /** A statement each new PostgreSQL or MySQL connection runs first (session settings). */
+  /** A statement each new connection runs first (session settings; on SQLite, after the pragmas below). */
   sessionSql?: string
+  /** SQLite only: open the file read-only. */
+  sqliteReadonly?: boolean
+  /** MySQL only: mysql2's `charset` option (the connection's character set and collation). */
+  mysqlCharset?: string
   /** PostgreSQL only: connect to this URL instead of POSTGRES_URL (a connection pooler's, say). */
   postgresUrl?: string
   /**
@@ -75,14 +79,15 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
     case 'sqlite':
       return knexFactory({
         client: 'better-sqlite3',
-        connection: { filename: sqliteFile },
+        connection: { filename: sqliteFile, ...(tweaks.sqliteReadonly ? { options: { readonly: true } } : {}) },
         useNullAsDefault: true,
         // As applications run SQLite: WAL, several connections, a busy timeout.
         pool: {
           ...pool,
-          afterCreate(conn: { pragma(s: string): unknown }, done: Callback) {
-            conn.pragma('journal_mode = WAL')
+          afterCreate(conn: { pragma(s: string): unknown; exec(sql: string): unknown }, done: Callback) {
+            if (!tweaks.sqliteReadonly) conn.pragma('journal_mode = WAL')
             conn.pragma('busy_timeout = 5000')
+            if (tweaks.sessionSql !== undefined) conn.exec(tweaks.sessionSql)
             done(null, conn)
           },
         },
@@ -100,7 +105,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
         connection: {
           host: url.hostname, port: Number(url.port || 3306), user: decodeURIComponent(url.username),
           password: decodeURIComponent(url.password), database: url.pathname.slice(1), connectTimeout: 3000,
-          ...(tweaks.mysqlFlags ? { flags: tweaks.mysqlFlags } : {}),
+          ...(tweaks.mysqlFlags ? { flags: tweaks.mysqlFlags } : {}), ...(tweaks.mysqlCharset ? { charset: tweaks.mysqlCharset } : {}),
         },
         pool: { ...pool, ...runOnConnect(tweaks.sessionSql) },
       })

@@ -144,3 +144,82 @@ forEachDatabase('contention on one row', () => {
     }
   })
 }, 'mysql')
+
+forEachDatabase('session settings', () => {
+  const settings = [
+    { setting: 'sql_mode ORACLE', sessionSql: "SET SESSION sql_mode = 'ORACLE'", says: /sql_mode ORACLE/ },
+    // Part of ORACLE: the native acquire's assignments must see the ones before them.
+    { setting: 'sql_mode SIMULTANEOUS_ASSIGNMENT', sessionSql: "SET SESSION sql_mode = CONCAT(@@sql_mode, ',SIMULTANEOUS_ASSIGNMENT')", says: /sql_mode SIMULTANEOUS_ASSIGNMENT/ },
+    { setting: 'autocommit off', sessionSql: 'SET autocommit = 0', says: /autocommit is off/ },
+  ]
+  for (const { setting, sessionSql, says } of settings) {
+    it(`refuses a session with ${setting} at init() and the first acquire, by name, before any lock SQL`, async () => {
+      const tableName = uniqueName('wl_session')
+      const setup = connect('mysql', { poolMax: 1 })
+      const knex = connect('mysql', { poolMax: 1, sessionSql })
+      try {
+        await createLockTable(setup, { tableName })
+        const store = new LockStore(knex, { tableName })
+        const refused = (error: unknown): boolean => {
+          assert.ok(error instanceof UnsupportedDatabaseError, String(error))
+          assert.match(error.message, says)
+          return true
+        }
+        const { sql } = await statementsDuring(knex, async () => {
+          await assert.rejects(store.init(), refused)
+          await assert.rejects(store.tryAcquireMultiLock([{ name: 'settings', write: true }]), refused)
+        })
+        assert.deepEqual(sql.filter((text) => !/^\s*show session variables/i.test(text)), [])
+        await store.close()
+      } finally {
+        await knex.destroy()
+        await dropLockTable(setup, { tableName })
+        await setup.destroy()
+      }
+    })
+  }
+}, 'mysql')
+
+forEachDatabase('connection charsets', () => {
+  it('takes names as UTF-8 on a utf8mb4 connection, and refuses utf8 (mb3) and latin1 connections on the same table before any lock SQL', async () => {
+    const tableName = uniqueName('wl_charset')
+    const [utf8mb4, utf8, latin1] = ['UTF8MB4_GENERAL_CI', 'UTF8_GENERAL_CI', 'LATIN1_SWEDISH_CI'].map((mysqlCharset) => connect('mysql', { mysqlCharset, poolMax: 1 }))
+    // knex's schema builder writes the charset option into CREATE TABLE, where a collation is no charset.
+    const setup = connect('mysql', { poolMax: 1 })
+    const stores: LockStore[] = []
+    const store = (knex: Knex): LockStore => {
+      const made = new LockStore(knex, { tableName })
+      stores.push(made)
+      return made
+    }
+    try {
+      await createLockTable(setup, { tableName })
+      const holder = store(utf8mb4!)
+      for (const key of ['é', 'a😀c']) {
+        assert.ok(await holder.tryAcquireLock('charset', key), key)
+        assert.equal(await store(utf8mb4!).tryAcquireLock('charset', key), null, key)
+      }
+      for (const [knex, charset] of [[utf8!, 'utf8mb3'], [latin1!, 'latin1']] as const) {
+        const refused = (error: unknown): boolean => {
+          assert.ok(error instanceof UnsupportedDatabaseError, `${charset}: ${String(error)}`)
+          assert.match(error.message, new RegExp(`character_set_client is ${charset}\\b.*charset 'utf8mb4'`))
+          assert.doesNotMatch(error.message, /\n/)
+          return true
+        }
+        const other = store(knex)
+        const { sql } = await statementsDuring(knex, async () => {
+          await assert.rejects(other.init(), refused)
+          for (const key of ['é', 'a😀c']) await assert.rejects(other.tryAcquireLock('charset', key), refused)
+        })
+        assert.deepEqual(sql.filter((text) => !/^\s*show session variables/i.test(text)), [], charset)
+      }
+      const rows = await utf8mb4!(tableName).select(utf8mb4!.raw('HEX(lock_key) AS hex'), 'instance_name')
+      assert.deepEqual(rows.map((r: { hex: string }) => r.hex).sort(), ['61F09F988063', 'C3A9'], 'one row per name, its key in UTF-8')
+      assert.ok(rows.every((r: { instance_name: unknown }) => String(r.instance_name) === holder.instanceName))
+    } finally {
+      await Promise.all(stores.map((s) => s.close()))
+      await dropLockTable(setup, { tableName })
+      await Promise.all([setup, utf8mb4, utf8, latin1].map((k) => k?.destroy()))
+    }
+  })
+}, 'mysql')

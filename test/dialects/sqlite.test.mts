@@ -295,3 +295,24 @@ describe('sqlite: memory over many cycles', () => {
     }
   })
 })
+
+describe('sqlite: the sqlite3 driver', () => {
+  it('is refused at construction with UnsupportedDatabaseError naming better-sqlite3, before any SQL', async () => {
+    // Without a connection knex loads no driver, so this is knex's real sqlite3 client.
+    const old = knexFactory({ client: 'sqlite3', useNullAsDefault: true })
+    const current = connect('sqlite', { poolMax: 1 })
+    try {
+      assert.deepEqual([old.client.dialect, old.client.driverName], ['sqlite3', 'sqlite3'])
+      assert.throws(() => new LockStore(old), (error: unknown) => {
+        assert.ok(error instanceof UnsupportedDatabaseError, String(error))
+        assert.match(error.message, /"sqlite3".*\bbetter-sqlite3\b/)
+        return true
+      })
+      assert.equal(current.client.dialect, 'sqlite3', 'better-sqlite3 shares the knex dialect, and is taken')
+      await new LockStore(current).close()
+    } finally {
+      await old.destroy()
+      await current.destroy()
+    }
+  })
+})

@@ -602,6 +602,19 @@ export function readWriteSuite(h: Harness): void {
     })
   })
 
+  describe('multi-locks over many fresh keys', () => {
+    it('takes 200 fresh keys in O(N) statements, well within a 5 s lease', async () => {
+      const store = h.store({ lockTimeoutMs: 5_000 })
+      const name = h.lockName('fresh')
+      const parts = Array.from({ length: 200 }, (_, i) => ({ name, key: `k${i}`, write: i % 2 === 0 }))
+      const { result: multi, sql } = await statementsDuring(h.knex, () => store.tryAcquireMultiLock(parts))
+      assert.ok(sql.length <= 5 * 200 + 20, `${sql.length} statements`)
+      assert.ok(multi, 'uncontended: acquired')
+      assert.equal(multi.locks.length, 200)
+      await multi.release()
+    })
+  })
+
   describe('read/write locks: listing and forceRelease', () => {
     it('lists one entry per holder with its mode and the key\'s holder count', async () => {
       const a = h.store({ instanceName: 'rw-list-a' })
