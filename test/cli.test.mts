@@ -314,6 +314,104 @@ forEachDatabase('worker-locks command', (database) => {
     }
   })
 
+  it('names the plain lock\'s holder when it is busy, not a read/write holder of the same name and key', async () => {
+    const knex = connect(database)
+    const { LockStore } = await import('../src/index.js')
+    const [reader, plain] = [new LockStore(knex, { tableName: table, instanceName: 'rw-reader' }), new LockStore(knex, { tableName: table, instanceName: 'plain-holder' })]
+    try {
+      // Plain fences drawn past the read/write lock's, so that a list in fence order puts the reader first.
+      for (let i = 0; i < 3; i++) await (await plain.tryAcquireLock('fence-bump'))?.release()
+      assert.ok(await reader.tryAcquireReadWriteLock('both', '', { write: false }))
+      const held = await plain.tryAcquireLock('both')
+      assert.ok(held)
+      const busy = await cli(['run', 'both', ...db, '--', 'true']).exited
+      assert.equal(busy.code, 75, busy.stderr)
+      assert.match(busy.stderr, /^worker-locks: lock "both" is held by plain-holder; not running true\n$/)
+      await held.release({ keepForMs: 60_000 })
+      const kept = await cli(['run', 'both', ...db, '--', 'true']).exited
+      assert.equal(kept.code, 75, kept.stderr)
+      assert.match(kept.stderr, /^worker-locks: lock "both" is kept by an earlier run's --min-hold for \d+\.\d s more; not running true\n$/)
+    } finally {
+      await Promise.all([reader.close(), plain.close()])
+      await cli(['release', 'both', ...db]).exited
+      await knex.destroy()
+    }
+  })
+
+  it('lists a plain lock before the read/write holders of its name and key, each kind in fence order', async () => {
+    const knex = connect(database)
+    const { LockStore } = await import('../src/index.js')
+    const store = (instanceName: string) => new LockStore(knex, { tableName: table, instanceName })
+    const [a, b, plain] = [store('reader-a'), store('reader-b'), store('plain')]
+    try {
+      // The two counters apart: the plain lock's fence above the readers', whose order is theirs.
+      for (let i = 0; i < 3; i++) await (await plain.tryAcquireLock('fence-bump'))?.release()
+      assert.ok(await a.tryAcquireReadWriteLock('mixed', 'k', { write: false }))
+      assert.ok(await plain.tryAcquireLock('mixed', 'k'))
+      assert.ok(await b.tryAcquireReadWriteLock('mixed', 'k', { write: false }))
+      const status = await cli(['status', ...db]).exited
+      assert.equal(status.code, 0, status.stderr)
+      const rows = status.stdout.split('\n').filter((line) => line.startsWith('mixed ')).map((line) => line.split(/ +/))
+      assert.deepEqual(rows.map((r) => [r[2], r[6]]), [['plain', 'exclusive'], ['reader-a', 'read'], ['reader-b', 'read']], status.stdout)
+      assert.ok(BigInt(rows[1]![3]!) < BigInt(rows[2]![3]!), 'the readers in fence order')
+      const json = JSON.parse((await cli(['status', '--json', ...db]).exited).stdout) as Array<{ name: string; instanceName: string }>
+      assert.deepEqual(json.filter((l) => l.name === 'mixed').map((l) => l.instanceName), ['plain', 'reader-a', 'reader-b'])
+    } finally {
+      await Promise.all([a, b, plain].map((s) => s.close()))
+      await knex.destroy()
+    }
+  })
+
+  it('prints the server\'s whole reason in one line, never our SQL', async () => {
+    const own = uniqueName('wl_reason')
+    const ownDb = ['--db', urls[database], '--table', own]
+    const knex = connect(database)
+    const { dropLockTable } = await import('../src/index.js')
+    let view = false
+    const runCli = async (args: string[], text: string): Promise<void> => {
+      const run = await cli(args).exited
+      assert.equal(run.code, 1, run.stderr)
+      assert.equal(run.stdout, '')
+      assert.equal(run.stderr.trim().split('\n').length, 1, `one line: ${run.stderr}`)
+      assert.ok(run.stderr.includes(text), `${JSON.stringify(text)} in ${run.stderr}`)
+      assert.doesNotMatch(run.stderr, /\b(insert|update|select|alter table|create)\b/i, `none of our SQL: ${run.stderr}`)
+    }
+    const frozen = (text: string): Promise<void> => runCli(['run', 'frozen', ...ownDb, '--', process.execPath, '-e', "console.log('ran')"], text)
+    try {
+      // A statement of a migration: a view where the table should be.
+      await knex.raw('CREATE VIEW ?? AS SELECT 1 AS x', [own])
+      view = true
+      await runCli(['migrate', ...ownDb], {
+        postgres: `ALTER action ADD COLUMN cannot be performed on relation "${own}"; DETAIL: This operation is not supported for views.`,
+        mysql: 'is not of type \'BASE TABLE\'',
+        sqlite: `view \`${own}\` already exists`,
+      }[database])
+      await knex.raw('DROP VIEW ??', [own])
+      view = false
+      assert.equal((await cli(['migrate', ...ownDb]).exited).code, 0)
+      // A statement of the library's: a trigger refuses every new lock, in two lines.
+      if (database === 'postgres') {
+        await knex.raw(`CREATE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+          RAISE EXCEPTION E'locks are frozen\\nfor maintenance' USING DETAIL = 'until 06:00', HINT = 'ask the operators'; END $$`, [own])
+        await knex.raw('CREATE TRIGGER ?? BEFORE INSERT ON ?? FOR EACH ROW EXECUTE FUNCTION ??()', [own, own, own])
+        await frozen('(locks are frozen for maintenance; DETAIL: until 06:00; HINT: ask the operators); not running')
+        // The server's own hint.
+        await knex.raw('CREATE OR REPLACE FUNCTION ??() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM wl_no_such_function(1); RETURN NEW; END $$', [own])
+        await frozen('function wl_no_such_function(integer) does not exist; HINT: No function matches the given name and argument types.')
+      } else {
+        await knex.raw(database === 'mysql'
+          ? "CREATE TRIGGER ?? BEFORE INSERT ON ?? FOR EACH ROW SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'locks are frozen\\nfor maintenance'"
+          : "CREATE TRIGGER ?? BEFORE INSERT ON ?? BEGIN SELECT RAISE(ABORT, 'locks are frozen' || char(10) || 'for maintenance'); END", [`${own}_frozen`, own])
+        await frozen('(locks are frozen for maintenance); not running')
+      }
+    } finally {
+      if (view) await knex.raw('DROP VIEW ??', [own])
+      await dropLockTable(knex, { tableName: own })
+      if (database === 'postgres') await knex.raw('DROP FUNCTION IF EXISTS ??()', [own])
+      await knex.destroy()
+    }
+  })
+
   it('answers bad input with one line and a non-zero exit', async () => {
     const cases: Array<[string[], RegExp]> = [
       [['status', '--db', 'redis://localhost'], /unsupported database URL scheme/],
@@ -334,6 +432,64 @@ forEachDatabase('worker-locks command', (database) => {
       assert.equal(run.stderr.trim().split('\n').length, 1, `one line for ${args.join(' ')}: ${run.stderr}`)
     }
   })
+})
+
+forEachDatabase('worker-locks migrate on a read-only server', () => {
+  // A session whose transactions are read-only unless they say otherwise, as on a hot standby.
+  const readOnly = `${POSTGRES_URL}${POSTGRES_URL.includes('?') ? '&' : '?'}options=-c%20default_transaction_read_only%3Don`
+  const table = uniqueName('wl_read_only')
+  after(async () => {
+    const knex = connect('postgres')
+    try {
+      const { dropLockTable } = await import('../src/index.js')
+      await dropLockTable(knex, { tableName: table })
+    } finally {
+      await knex.destroy()
+    }
+  })
+
+  it('exits non-zero in one line saying read-only and naming the database, whether the table exists or not', async () => {
+    const { maskPassword, openDatabase, chooseDatabase } = await import('../src/cli/database.js')
+    const knex = openDatabase(chooseDatabase(readOnly, undefined))
+    try {
+      const { rows } = await knex.raw('SHOW default_transaction_read_only') as { rows: Array<{ default_transaction_read_only: string }> }
+      assert.equal(rows[0]?.default_transaction_read_only, 'on', 'the URL\'s options reach the session')
+    } finally {
+      await knex.destroy()
+    }
+    for (const existing of [false, true]) {
+      if (existing) assert.equal((await cli(['migrate', '--db', POSTGRES_URL, '--table', table]).exited).code, 0)
+      const run = await cli(['migrate', '--db', readOnly, '--table', table]).exited
+      const label = existing ? 'an existing table' : 'no table yet'
+      assert.notEqual(run.code, 0, `${label}: ${run.stdout}`)
+      assert.equal(run.stderr.trim().split('\n').length, 1, `${label}, one line: ${run.stderr}`)
+      assert.ok(run.stderr.includes(maskPassword(readOnly)), `${label}, names the database: ${run.stderr}`)
+      assert.match(run.stderr, /read-only/, `${label}: ${run.stderr}`)
+    }
+  })
+}, 'postgres')
+
+it('prints a LockError by its message, naming the database, and the fix for a MySQL trigger that binary logging refuses', async () => {
+  const { describeFailure } = await import('../src/cli/main.js')
+  const { LockDatabaseError, LockError } = await import('../src/index.js')
+  // A kind of LockError the CLI does not know by name (a read-only server, say).
+  const readOnly = new (class extends LockError {})('DATABASE_READ_ONLY' as never, 'The database is a standby (read-only); connect to the primary.')
+  assert.equal(describeFailure(readOnly, 'postgres://db/app'), 'postgres://db/app: The database is a standby (read-only); connect to the primary.')
+  // mysql2's error for a trigger a migration creates, as knex throws it: our statement in front.
+  const text = 'You do not have the SUPER privilege and binary logging is enabled (you *might* want to use the less safe log_bin_trust_function_creators variable)'
+  const statement = 'CREATE TRIGGER `wl_fence_insert` BEFORE INSERT ON `wl` FOR EACH ROW BEGIN\n  UPDATE `wl_counter` SET value = value + 1 WHERE id = 1;\nEND'
+  const mysql2 = (errno: number, code: string, message: string): Error =>
+    Object.assign(new Error(`${statement} - ${message}`), { errno, code, sqlState: 'HY000', sqlMessage: message })
+  const fix = 'to fix: set log_bin_trust_function_creators = 1 on the server (on every node of a cluster), or run "worker-locks migrate" as a user with SUPER'
+  assert.equal(describeFailure(mysql2(1419, 'ER_BINLOG_UNSAFE_ROUTINE', text), 'mysql://db/app'), `mysql://db/app: ${text}; ${fix}`)
+  const denied = 'Access denied; you need (at least one of) the SUPER privilege(s) for this operation'
+  assert.equal(describeFailure(mysql2(1227, 'ER_SPECIFIC_ACCESS_DENIED_ERROR', denied), 'mysql://db/app'), `mysql://db/app: ${denied}; ${fix}`)
+  // Wrapped by the library, the server's reason still replaces our statement.
+  const wrapped = new LockDatabaseError('worker-locks could not create table "wl"', mysql2(1419, 'ER_BINLOG_UNSAFE_ROUTINE', text))
+  assert.equal(describeFailure(wrapped, 'mysql://db/app'), `mysql://db/app: could not create table "wl": ${text}; ${fix}`)
+  // Access denied for anything but a trigger is not this case.
+  const other = Object.assign(new Error(denied), { errno: 1227, code: 'ER_SPECIFIC_ACCESS_DENIED_ERROR', sqlMessage: denied })
+  assert.equal(describeFailure(other, 'mysql://db/app'), `mysql://db/app: ${denied}`)
 })
 
 it('does not run the command when the database cannot be reached, waiting or not', async () => {

@@ -1,7 +1,7 @@
 import { resolve } from 'node:path'
 import knexFactory, { type Knex } from 'knex'
 import { UsageError } from './args.js'
-import { quoted } from './failure.js'
+import { quoted, statementFailed } from './failure.js'
 
 // knex prints pool and connection trouble itself; the CLI reports failures in one line instead.
 const quiet = { warn() {}, error() {}, deprecate() {}, debug() {} }
@@ -69,11 +69,16 @@ export function maskPassword(url: string): string {
 
 /** A knex instance for `database`; SQLite files, shared by several processes, run in WAL mode with a busy timeout. */
 export function openDatabase({ client, connection }: DatabaseChoice): Knex {
-  if (client !== 'better-sqlite3') return knexFactory({ client, connection, log: quiet, pool: { min: 0, max: 2 } })
+  const sqlite = client === 'better-sqlite3'
   const afterCreate = (conn: { pragma(sql: string): unknown }, done: (error: Error | null, conn: unknown) => void): void => {
     conn.pragma('journal_mode = WAL')
     conn.pragma('busy_timeout = 5000')
     done(null, conn)
   }
-  return knexFactory({ client, connection: { filename: connection }, useNullAsDefault: true, log: quiet, pool: { min: 0, max: 2, afterCreate } })
+  // Without its values, the statement knex puts in front of a server's reason in a failed
+  // statement's message is the one it reports, so the two can be told apart.
+  const knex = knexFactory({ client, connection: sqlite ? { filename: connection } : connection, useNullAsDefault: sqlite,
+    log: quiet, compileSqlOnError: false, pool: { min: 0, max: 2, ...sqlite ? { afterCreate } : {} } })
+  knex.on('query-error', (error: unknown, query: { sql: string }) => { statementFailed(error, query.sql) })
+  return knex
 }

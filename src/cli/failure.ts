@@ -1,5 +1,5 @@
 // The one-line messages the CLI prints for people: errors, and text from the database made safe.
-import { LockDatabaseError, LockError, LockTableError } from '../index.js'
+import { InvalidLockNameError, LockTableError } from '../index.js'
 import { UsageError } from './args.js'
 
 /** Prints `message` as one line of ours on stderr. */
@@ -33,23 +33,47 @@ export function quoted(text: string): string {
 const CONNECTION_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'ECONNRESET', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT',
   'EHOSTUNREACH', 'ENETUNREACH', 'EPIPE', 'PROTOCOL_CONNECTION_LOST', '57P01', '57P02', '57P03'])
 
-/** The first line of `error`'s message, without the SQL statement knex puts in front of the driver's reason. */
-function firstLine(error: unknown): string {
-  let message = (error instanceof Error ? error.message : String(error)).split('\n')[0] ?? ''
+// What the server said in each error of a statement run through knex (migrations), whose message
+// is "SQL - REASON".
+const reasons = new WeakMap<object, string>()
+
+/** Notes the server's reason in `error`, thrown by `sql` (as knex reports it with `compileSqlOnError: false`). */
+export function statementFailed(error: unknown, sql: string): void {
+  if (error instanceof Error && error.message.startsWith(`${sql} - `)) reasons.set(error, error.message.slice(sql.length + 3))
+}
+
+// MySQL/MariaDB: triggers need SUPER while binary logging is on, unless the server trusts them.
+const TRIGGER_FIX = 'to fix: set log_bin_trust_function_creators = 1 on the server (on every node of a cluster), or run "worker-locks migrate" as a user with SUPER'
+
+/**
+ * `error`'s whole message, without the SQL knex puts in front of the server's reason (a cause's
+ * message embedded in it too), with PostgreSQL's DETAIL and HINT, and the fix where we know it.
+ */
+function whole(error: unknown, depth = 0): string {
+  if (!(error instanceof Error)) return String(error)
+  const e = error as Error & { code?: unknown, errno?: unknown, sqlMessage?: unknown, detail?: unknown, hint?: unknown }
+  // mysql2 keeps the server's text apart.
+  let message = reasons.get(error) ?? (typeof e.sqlMessage === 'string' ? e.sqlMessage : e.message)
   // Node reports a refused connection to a name with several addresses as an AggregateError
   // without a message of its own.
-  if (message === '' && error instanceof AggregateError) message = error.errors.map(firstLine).find((m) => m !== '') ?? ''
-  if (message === '' && error instanceof Error) message = String((error as NodeJS.ErrnoException).code ?? error.name)
-  // knex's form is "STATEMENT - REASON", the statement either first or after a "…: " of ours.
-  const statement = message.match(/^((?:.*?: )?)(?:select|insert|update|delete|with|create|alter|pragma)\b.* - (.*)$/is)
-  return printable(statement ? `${statement[1]}${statement[2]}` : message)
+  if (message === '' && error instanceof AggregateError) message = error.errors.map((m) => whole(m, depth + 1)).find((m) => m !== '') ?? ''
+  if (message === '') message = String(e.code ?? e.name)
+  // The library's messages end with their cause's, which may carry the statement.
+  const cause = error.cause
+  if (cause instanceof Error && cause.message !== '' && depth < 8) message = message.replace(cause.message, () => whole(cause, depth + 1))
+  for (const [label, text] of [['DETAIL', e.detail], ['HINT', e.hint]]) if (typeof text === 'string' && text !== '') message += `; ${label}: ${text}`
+  if (e.errno === 1419 || (e.errno === 1227 && /\btrigger\b/i.test(e.message))) message += `; ${TRIGGER_FIX}`
+  return message
 }
+
+/** `error`'s whole message in one line: newlines folded, control characters escaped, no SQL of ours. */
+const oneLine = (error: unknown): string => printable(whole(error).replace(/\s*[\r\n]+\s*/g, ' ').trim())
 
 /** The reason of the innermost error `error` wraps (usually the driver's), in one line. */
 export function reasonOf(error: unknown): string {
   let root = error
   for (let depth = 0; root instanceof Error && root.cause !== undefined && depth < 8; depth++) root = root.cause
-  return firstLine(root)
+  return oneLine(root)
 }
 
 /** Whether `error`, or an error it wraps (its cause, an AggregateError's members), says the database was not there to ask. */
@@ -90,7 +114,8 @@ export function describeFailure(error: unknown, database?: string): string {
   if (driver !== undefined) return driver
   if (error instanceof LockTableError) return `${tableTrouble(error, database ?? 'the database')} ${MIGRATE_HINT}`
   if (database !== undefined && isConnectionFailure(error)) return databaseTrouble(error, undefined, database)
-  // Invalid names and the like are not the database's business; its failures name it.
-  const where = database === undefined || (error instanceof LockError && !(error instanceof LockDatabaseError)) ? '' : `${database}: `
-  return `${where}${firstLine(error).replace(/^worker-locks /, '')}`
+  // An invalid name is not the database's business; everything else (any LockError: a read-only
+  // server, say) happened in it, and names it.
+  const where = database === undefined || error instanceof InvalidLockNameError ? '' : `${database}: `
+  return `${where}${oneLine(error).replace(/^worker-locks /, '')}`
 }

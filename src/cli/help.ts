@@ -35,9 +35,11 @@ ${common}`,
 
 Says which database it reads ("database: URL", any password as ***; on stderr with
 --json), then shows every lock in the table: name, key, holder, fence, age since its last renewal,
-its mode (exclusive for a plain lock, read or write for each holder of a read/write lock), and
-whether it is stale (not renewed within its holder's own lock timeout, so anyone may take it
-over). A lock kept by "run --min-hold" after its command ended shows "(kept)" as its holder. Control characters in names are shown escaped (\\n, \\x1b, …).
+its mode (exclusive for a plain lock, read or write for each holder of a read/write lock, listed
+after the plain lock of its name and key: the two count fences apart), and whether it is stale
+(not renewed within its holder's own lock timeout, so anyone may take it over). A lock kept by
+"run --min-hold" after its command ended shows "(kept)" as its holder. Control characters in
+names are shown escaped (\\n, \\x1b, …).
 
   --json            print a JSON array instead of a table
 

@@ -118,7 +118,8 @@ async function notAcquired(store: LockStore, run: Run, error?: unknown): Promise
   if (error instanceof LockTimeoutError) return end(`${run.what} is still busy after ${waited} s`, EXIT.busy)
   if (error instanceof LockDatabaseError) return end(databaseTrouble(error, undefined, run.database), EXIT.failed)
   if (error !== undefined) throw error
-  const [holder] = await store.listLocks({ name: run.name, key: run.key })
+  // The read/write lock of the same name and key is another lock, whose holders are not in our way.
+  const holder = (await store.listLocks({ name: run.name, key: run.key })).find((l) => l.mode === 'exclusive')
   if (holder?.instanceName !== '') return end(`${run.what} is held by ${holder ? printable(holder.instanceName) : 'another worker'}`, EXIT.busy)
   const left = Math.max(0, holder.leaseMs - holder.ageMs) / 1000
   return end(`${run.what} is kept by an earlier run's --min-hold for ${left.toFixed(1)} s more`, EXIT.busy)
