@@ -1,7 +1,7 @@
 // A real PostgreSQL hot standby: a store, createLockTable and `worker-locks migrate` there say
 // "standby" with a ReadOnlyDatabaseError before any lock work, while its primary works.
 //
-// .ci/pg-standby starts a throwaway primary and its standby; PG_STANDBY_PRIMARY_URL and
+// .ci/pg-failover starts a throwaway primary and its synchronous standby; PG_PRIMARY_URL and
 // PG_STANDBY_URL point at them. A server that is not set or does not answer is a failure under
 // CI=true, and otherwise a loud warning and a skipped test. (DIALECTS without postgres skips it.)
 import assert from 'node:assert/strict'
@@ -16,7 +16,7 @@ import { statementsDuring } from './harness.mjs'
 import { connect, inCI, uniqueName } from './targets.mjs'
 
 const SERVERS = [
-  { role: 'primary', variable: 'PG_STANDBY_PRIMARY_URL' },
+  { role: 'primary', variable: 'PG_PRIMARY_URL' },
   { role: 'standby', variable: 'PG_STANDBY_URL' },
 ] as const
 
@@ -24,7 +24,7 @@ const main = join(import.meta.dirname, '..', 'src', 'cli', 'main.js')
 
 /** Why the server in `variable` cannot be used, or undefined when it answers. */
 async function unreachable(variable: string, url: string | undefined): Promise<string | undefined> {
-  if (!url) return `${variable} is not set (.ci/pg-standby start runs the servers; .ci/run sets it)`
+  if (!url) return `${variable} is not set (.ci/pg-failover start runs the servers; .ci/run sets it)`
   const knex = connect('postgres', { postgresUrl: url, poolMax: 1 })
   try {
     await knex.raw('SELECT 1')
@@ -120,7 +120,7 @@ if (!postgresWanted) {
         throw new Error(`the standby test could not run and CI=true forbids skipping it: ${reason}`)
       })
     } else {
-      console.warn(`\n*** SKIPPED PostgreSQL standby: ${reason}\n*** Run .ci/pg-standby start and set PG_STANDBY_PRIMARY_URL, PG_STANDBY_URL; CI=true makes this a failure.\n`)
+      console.warn(`\n*** SKIPPED PostgreSQL standby: ${reason}\n*** Run .ci/pg-failover start and set PG_PRIMARY_URL, PG_STANDBY_URL; CI=true makes this a failure.\n`)
       it('PostgreSQL standby: skipped, servers not reachable', { skip: reason }, () => undefined)
     }
   } else {
