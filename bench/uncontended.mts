@@ -29,7 +29,7 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   const durable = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000, durableReleases: true })
   const dialect = findDialect(knex)
   if (!dialect) throw new Error('no dialect')
-  const facts = await dialect.detect(knex)
+  const facts = await dialect.detect(runner(knex, dialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }))
   const db = runner(knex, dialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 })
   // The same as the default, with named prepared statements (PostgreSQL; the same statements elsewhere).
   const prepared = new LockStore(knex, { tableName: table, lockTimeoutMs, renewalIntervalMs: 30_000, preparedStatements: true })

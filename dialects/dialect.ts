@@ -65,7 +65,7 @@ export interface Dialect {
   /** An SQL expression for the database clock as whole milliseconds since the epoch. */
   readonly nowSql: string
   /** Asks the server what it supports. */
-  detect(knex: Knex): Promise<ServerFacts>
+  detect(db: Db): Promise<ServerFacts>
   /** The native acquire: the new fence when our row was written (inserted, or taken over from a stale row or our own instance), `null` when refused. */
   acquireNative(db: Db, request: AcquireRequest, facts: ServerFacts): Promise<bigint | null>
   /**

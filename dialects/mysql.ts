@@ -1,7 +1,7 @@
 import type { Knex } from 'knex'
 import { clockKind, statement } from './executor.js'
 import { fenceOf, releaseByDelete } from './acquire.js'
-import { errorCode, rowsJson, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, rowsJson, type Dialect, type RowIdentity } from './dialect.js'
 
 // LAST_INSERT_ID(expr) called in the refusal branch of the upsert below makes the server report
 // `expr` as the statement's insert id; the table has no AUTO_INCREMENT column, so a statement that
@@ -42,9 +42,9 @@ export const mysqlDialect: Dialect = {
   // change; the difference of two UTC datetimes is plain calendar arithmetic.
   nowSql: "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', UTC_TIMESTAMP(6)) DIV 1000)",
 
-  async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = mysqlDialect.rowsOf(await knex.raw(`SHOW SESSION VARIABLES WHERE Variable_name IN ('version', 'sql_mode', 'autocommit',
-      'character_set_client', 'character_set_connection', 'character_set_results', 'read_only', 'super_read_only', 'transaction_read_only', 'tx_read_only')`))
+  async detect(db) {
+    const { rows } = await db.query(db.knex.raw(`SHOW SESSION VARIABLES WHERE Variable_name IN ('version', 'sql_mode', 'autocommit',
+      'character_set_client', 'character_set_connection', 'character_set_results', 'read_only', 'super_read_only', 'transaction_read_only', 'tx_read_only')`), 'detect')
     const settings = new Map(rows.map((row) => [String(row.Variable_name).toLowerCase(), String(row.Value ?? 'NULL')]))
     const setting = (name: string): string => settings.get(name) ?? ''
     const version = setting('version') || 'unknown'

@@ -3,7 +3,7 @@ import type { Knex } from 'knex'
 import { upsertKey, upsertedFence } from './read-write.js'
 import { statement } from './executor.js'
 import { acquireOnConflict } from './acquire.js'
-import { errorCode, rowsJson, type Dialect, type Heard, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, rowsJson, type Dialect, type Heard, type RowIdentity } from './dialect.js'
 
 // The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
 // now() is frozen at the start of the caller's transaction, which may be long open.
@@ -77,10 +77,10 @@ export const postgresDialect: Dialect = {
   name: 'postgres',
   nowSql: NOW_SQL,
 
-  async detect(knex: Knex): Promise<ServerFacts> {
-    const result = await knex.raw(`SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version,
-      pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only, current_setting('default_transaction_read_only') AS by_default`)
-    const row = postgresDialect.rowsOf(result)[0] as { num: string; version: string; standby: boolean; read_only: string; by_default: string }
+  async detect(db) {
+    const { rows } = await db.query(db.knex.raw(`SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version,
+      pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only, current_setting('default_transaction_read_only') AS by_default`), 'detect')
+    const row = rows[0] as { num: string; version: string; standby: boolean; read_only: string; by_default: string }
     const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
     // A standby's transactions are read-only too; say the cause that needs another server.
     const readOnly = row.standby ? 'it is a standby (in recovery), which takes no writes; connect to the primary'

@@ -2,7 +2,7 @@ import type { Knex } from 'knex'
 import { upsertKey, upsertedFence } from './read-write.js'
 import { statement } from './executor.js'
 import { acquireOnConflict, releaseByDelete } from './acquire.js'
-import { errorCode, rowsJson, type Dialect, type RowIdentity, type ServerFacts } from './dialect.js'
+import { errorCode, rowsJson, type Dialect, type RowIdentity } from './dialect.js'
 
 // Upsert needs 3.24; telling whether our row was written, and its fence, in the same statement
 // needs RETURNING (3.35).
@@ -28,8 +28,9 @@ export const sqliteDialect: Dialect = {
   // millisecond digits of %f is exact. 'now' is fixed for the whole statement.
   nowSql: "(CAST(strftime('%s', 'now') AS INTEGER) * 1000 + CAST(substr(strftime('%f', 'now'), 4) AS INTEGER))",
 
-  async detect(knex: Knex): Promise<ServerFacts> {
-    const rows = sqliteDialect.rowsOf(await knex.raw('SELECT sqlite_version() AS version, (SELECT query_only FROM pragma_query_only) AS query_only'))
+  async detect(db) {
+    const { knex } = db
+    const { rows } = await db.query(knex.raw('SELECT sqlite_version() AS version, (SELECT query_only FROM pragma_query_only) AS query_only'), 'detect')
     const version = String(rows[0]?.version ?? '0')
     const native = sqliteSupportsNative(version)
     const reason = native ? '' : `the native acquire needs SQLite ${MIN_NATIVE_VERSION.join('.')} or later (INSERT … RETURNING)`

@@ -126,7 +126,9 @@ export class LockStore {
    * Asks the server which strategy to use and whether the table is ready. Optional: the first
    * acquire does it too. Call it at start-up to fail early on an unreachable database, a missing
    * table or an impossible `strategy: 'native'`.
-   * @throws UnsupportedDatabaseError when `strategy: 'native'` was asked for and the server cannot run it
+   * @throws UnsupportedDatabaseError when `strategy: 'native'` was asked for and the server cannot
+   *   run it, or the server or session is set up in a way worker-locks cannot work with (named)
+   * @throws ReadOnlyDatabaseError on a standby or a read-only server, session or file
    * @throws LockTableError when the table is missing or not migrated
    * @throws LockDatabaseError when the database cannot be asked
    */

@@ -9,7 +9,7 @@ import {
 } from '../dialects/index.js'
 import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError } from './errors.js'
 import { describeLock } from './held-locks.js'
-import { readOnlyError } from './read-only.js'
+import { readOnlyError, readOnlyFailure } from './read-only.js'
 import type { HeldLock, LockMode } from './lock.js'
 import type { LockFilter, StrategyOption } from './validate.js'
 
@@ -94,7 +94,7 @@ export class LockTable {
   plan(bound?: Bound): Promise<Plan> {
     if (this.#plan) return Promise.resolve(this.#plan)
     this.#planning ??= this.#call(() => 'look at the database and its lock table', async () => {
-      const facts = await this.#dialect.detect(this.#knex)
+      const facts = await this.#dialect.detect(this.#within(bound))
       if (facts.unsupported) throw new UnsupportedDatabaseError(`worker-locks cannot run on ${facts.server}: ${facts.unsupported}.`)
       if (facts.readOnly) throw readOnlyError(facts)
       const option = this.#o.strategy
@@ -251,7 +251,8 @@ export class LockTable {
     } catch (error) {
       if (error instanceof LockError) throw error
       if (this.#dialect.isMissingSchema(error)) throw new LockTableError(this.name, error)
-      throw new LockDatabaseError(`worker-locks could not ${what()} in table ${JSON.stringify(this.name)}`, error)
+      throw readOnlyFailure(this.#dialect, error, this.#plan?.facts.server)
+        ?? new LockDatabaseError(`worker-locks could not ${what()} in table ${JSON.stringify(this.name)}`, error)
     }
   }
 

@@ -3,7 +3,7 @@ import { readdir } from 'node:fs/promises'
 import { extname, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import type { Knex } from 'knex'
-import { findDialect } from '../dialects/index.js'
+import { database, findDialect } from '../dialects/index.js'
 import { readOnlyError } from './read-only.js'
 import { DEFAULT_TABLE_NAME, optionsObject, validateTableName } from './validate.js'
 
@@ -55,7 +55,8 @@ function tableNameOption(options: unknown, fn: string): string {
 export async function createLockTable(knex: Knex, options?: LockTableOptions): Promise<void> {
   const tableName = tableNameOption(options, 'createLockTable')
   // Asked first: on a standby whose primary has the table, every step would find its change there and succeed.
-  const facts = await findDialect(knex)?.detect(knex)
+  const dialect = findDialect(knex)
+  const facts = await dialect?.detect(database(knex, dialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }))
   if (facts?.readOnly) throw readOnlyError(facts)
   for (const file of migrationFiles()) await load(file).upTable(knex, tableName)
 }

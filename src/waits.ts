@@ -2,7 +2,7 @@
 // attempt as a function. Waits for the same lock queue first come, first served; only the head
 // attempts, backing off while the lock is busy, and a wake-up (see wakeups.ts) sends it back at
 // once. A wait ends with the lock, at its deadline, when its signal aborts, or when the store closes.
-import type { Bound } from '../dialects/index.js'
+import { StatementTimeoutError, type Bound } from '../dialects/index.js'
 import { backoffDelay, type Backoff } from './backoff.js'
 import { MAX_TIMER_MS, type StoreClocks, type TimerHandle } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, LockTimeoutError } from './errors.js'
@@ -141,6 +141,17 @@ export class Waits {
     return new LockTimeoutError(name, key, timeoutMs, { what, ...(waiter.lastError === undefined ? {} : { cause: waiter.lastError }) })
   }
 
+  /**
+   * Keeps an attempt's failure as the cause a timeout will give, except an attempt cut short at its
+   * bound (the wait's deadline) after one that failed on its own: that failure says more (say, the
+   * connection refused) than "no answer within 2 ms" does.
+   */
+  #failed(waiter: Waiter, error: LockDatabaseError): void {
+    const cut = (e: unknown): boolean => (e as { cause?: unknown } | undefined)?.cause instanceof StatementTimeoutError
+    if (cut(error) && waiter.lastError instanceof LockDatabaseError && !cut(waiter.lastError)) return
+    waiter.lastError = error
+  }
+
   /** Releases what an attempt won after its wait ended. */
   async #undo(waiter: Waiter, won: unknown): Promise<void> {
     const { name, key } = waiter.request
@@ -165,7 +176,7 @@ export class Waits {
       void attempt.then((won) => this.#undo(waiter, won), () => undefined)
       waiter.lastError ??= new Error(`an attempt was still under way ${REPORT_MS} ms after the wait ended (a statement blocked by another session, no free connection in the pool, or a server that does not answer); it was cancelled`)
     } else if ('error' in late) {
-      if (late.error instanceof LockDatabaseError) waiter.lastError = late.error
+      if (late.error instanceof LockDatabaseError) this.#failed(waiter, late.error)
     } else {
       await this.#undo(waiter, late.won)
     }
@@ -198,7 +209,7 @@ export class Waits {
           if (waiter.stop !== undefined) throw error
           // A failing database counts as a refusal (and never makes a waiter spin); anything else ends the wait.
           if (!(error instanceof LockDatabaseError)) throw error
-          waiter.lastError = error
+          this.#failed(waiter, error)
           failed = true
           this.#o.log('warn', { err: error, lockName: request.name, lockKey: request.key }, `worker-locks: an attempt to acquire ${describeLock(request.name, request.key)} failed while waiting; retrying after a pause.`)
         }

@@ -24,7 +24,7 @@ forEachDatabase('CLIENT_FOUND_ROWS', () => {
       before(async () => {
         knex = connect('mysql', { mysqlFlags: flags, poolMax: 1 }) // one connection: session state carries over
         await createLockTable(knex, { tableName })
-        facts = await mysqlDialect.detect(knex)
+        facts = await mysqlDialect.detect(database(knex, mysqlDialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }))
       })
       after(async () => {
         await dropLockTable(knex, { tableName })

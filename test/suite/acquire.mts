@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import { Lock, LockDatabaseError, LockStore, LockTableError, ManualClock } from '../../src/index.js'
-import { findDialect } from '../../dialects/index.js'
+import { database, findDialect } from '../../dialects/index.js'
 import { isAcquire, statementsDuring, type Harness } from '../harness.mjs'
 
 export function acquireSuite(h: Harness): void {
@@ -85,7 +85,8 @@ export function acquireSuite(h: Harness): void {
   it('takes a free lock in one statement (native; MySQL, without RETURNING, reads the fence in a second) and releases it in one', async () => {
     const store = h.store()
     await store.init()
-    const { returning } = await findDialect(h.knex)!.detect(h.knex)
+    const dialect = findDialect(h.knex)!
+    const { returning } = await dialect.detect(database(h.knex, dialect.rowsOf, { preparedStatements: false, statementTimeoutMs: 30_000 }))
     const name = h.lockName()
     const taking = await statementsDuring(h.knex, () => store.tryAcquireLock(name))
     const lock = taking.result
