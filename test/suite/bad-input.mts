@@ -47,7 +47,7 @@ const badOptions: Array<[string, object, typeof TypeError | typeof RangeError]> 
 ]
 
 // null is never "use the default": each of these names the option in a TypeError.
-const nullOptions = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs', 'durableReleases']
+const nullOptions = ['instanceName', 'tableName', 'lockTimeoutMs', 'renewalIntervalMs', 'strategy', 'clock', 'logger', 'backoff', 'slowWaitWarningMs', 'durableReleases', 'statementTimeoutMs', 'preparedStatements']
 
 // Built once, when first needed: 50 million characters, far past any limit.
 let huge: string | undefined

@@ -26,6 +26,11 @@ export function keepingSuite(h: Harness): void {
     assert.equal(kept?.leaseMs, 5_000)
     assert.equal(kept?.stale, false)
     assert.notEqual((await h.row(name))?.token, lock.token)
+    // An empty instanceName filter lists exactly the kept rows.
+    const other = await a.tryAcquireLock(h.lockName())
+    assert.ok(other)
+    assert.deepEqual((await b.listLocks({ instanceName: '' })).filter((l) => l.name === name || l.name === other.name).map((l) => l.name), [name])
+    await other.release()
 
     // Nobody may take it meanwhile: not another store, not the releasing store, not a restarted
     // worker with the same instance name (which could take over its own live row).

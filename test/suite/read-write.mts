@@ -690,8 +690,10 @@ export function readWriteSuite(h: Harness): void {
       let refusals = 0
       waiter.on('refused', () => refusals++)
       const timers = clock.pendingTimers
-      await assert.rejects(waiter.acquireReadWriteLock(name, 'k', { write: false, timeoutMs: 0 }), LockTimeoutError)
-      await assert.rejects(waiter.acquireMultiLock([{ name, key: 'k', write: true }], { timeoutMs: 0 }), LockTimeoutError)
+      await assert.rejects(waiter.acquireReadWriteLock(name, 'k', { write: false, timeoutMs: 0 }),
+        (e: Error) => e instanceof LockTimeoutError && e.message.includes(`the read side of read/write lock "${name}" (key "k")`))
+      await assert.rejects(waiter.acquireMultiLock([{ name, key: 'k', write: true }], { timeoutMs: 0 }),
+        (e: Error) => e instanceof LockTimeoutError && e.message.includes(`the write side of read/write lock "${name}" (key "k")`))
       assert.equal(refusals, 2, 'one attempt each')
       // On PostgreSQL the waits listened for releases: that connection lingers on one timer of the clock.
       assert.equal(clock.pendingTimers, timers + (h.target.database === 'postgres' ? 1 : 0), 'no timer left behind but the listener\'s linger')
