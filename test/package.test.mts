@@ -11,6 +11,10 @@ import { after, before, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { uniqueName } from './targets.mjs'
 
+/** The anchors GitHub gives a markdown file's headings: lower case, punctuation dropped, spaces as hyphens. */
+const headingAnchors = (markdown: string): Set<string> =>
+  new Set([...markdown.matchAll(/^#+ (.+)$/gm)].map((m) => m[1]!.toLowerCase().replace(/[^\w\- ]/g, '').replaceAll(' ', '-')))
+
 const run = promisify(execFile)
 const root = join(import.meta.dirname, '..', '..')
 const scratch = join(root, 'dist', 'scratch', uniqueName('package'))
@@ -46,13 +50,16 @@ describe('package', () => {
     const readme = readFileSync(join(root, 'README.md'), 'utf8')
     const { stdout } = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: root })
     const shipped = new Set((JSON.parse(stdout) as Array<{ files: Array<{ path: string }> }>)[0]?.files.map((f) => f.path))
-    // GitHub's anchors: lower case, punctuation dropped, spaces as hyphens.
-    const anchors = new Set([...readme.matchAll(/^#+ (.+)$/gm)].map((m) => m[1]!.toLowerCase().replace(/[^\w\- ]/g, '').replaceAll(' ', '-')))
+    const anchors = headingAnchors(readme)
     const links = [...readme.matchAll(/\]\(([^)\s]+)\)/g)].map((m) => m[1]!)
     assert.ok(links.length > 5)
     for (const link of links) {
       if (link.startsWith('#')) assert.ok(anchors.has(link.slice(1)), `${link} is a heading of the README`)
-      else if (link.startsWith(`${repository}/blob/main/`)) assert.ok(existsSync(join(root, link.slice(`${repository}/blob/main/`.length))), `${link} names a file of the repository`)
+      else if (link.startsWith(`${repository}/blob/main/`)) {
+        const [file, anchor] = link.slice(`${repository}/blob/main/`.length).split('#') as [string, string | undefined]
+        assert.ok(existsSync(join(root, file)), `${link} names a file of the repository`)
+        if (anchor !== undefined) assert.ok(headingAnchors(readFileSync(join(root, file), 'utf8')).has(anchor), `${link}: a heading of ${file}`)
+      }
       else if (!link.startsWith('https://')) assert.ok(shipped.has(link), `${link}: a relative link must name a shipped file (the package page has no others)`)
     }
   })
@@ -312,7 +319,7 @@ describe('package', () => {
         "import type { Knex } from 'knex'\nimport { LockStore, type Logger, type Clock, type BackoffOptions } from 'worker-locks'\n" +
         'declare const knex: Knex, instanceName: string, tableName: string, lockTimeoutMs: number, renewalIntervalMs: number\n' +
         "declare const strategy: 'auto' | 'native' | 'emulated', clock: 'database' | 'local' | Clock, logger: Logger\n" +
-        'declare const backoff: BackoffOptions, slowWaitWarningMs: number, durableReleases: boolean, preparedStatements: boolean\n'
+        'declare const backoff: BackoffOptions, slowWaitWarningMs: number, durableReleases: boolean, preparedStatements: boolean, statementTimeoutMs: number\n'
       const file = `readme-line-${line}.mts`
       // The prelude shares the block's first line, so that tsc's line k is the block's line k.
       writeFileSync(join(dir, file), `${prelude.replaceAll('\n', '; ')}${code}\nexport {}\n`)
