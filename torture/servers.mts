@@ -107,11 +107,15 @@ function mysqlAdmin(...command: string[]): Promise<unknown> {
   return run('mariadb-admin', ['--protocol=tcp', `-h${url.hostname}`, `-P${url.port || '3306'}`, '-uroot', ...command], { timeout: 60_000 })
 }
 
+// The server is told apart from other mariadbd processes on the machine (CI's Galera nodes) by
+// its pid file: matching the executable alone would take a Galera node for the server.
+let mariadbPidFile = '/run/mysqld/mysqld.pid' // Debian's, until the server says otherwise
+
 const mariadbRunning = (): Promise<boolean> =>
-  run('start-stop-daemon', ['--status', '--exec', '/usr/sbin/mariadbd']).then(() => true, () => false)
+  run('start-stop-daemon', ['--status', '--pidfile', mariadbPidFile, '--exec', '/usr/sbin/mariadbd']).then(() => true, () => false)
 
 async function startMariadb(): Promise<void> {
-  await run('start-stop-daemon', ['--start', '--oknodo', '--background', '--exec', '/usr/sbin/mariadbd'])
+  await run('start-stop-daemon', ['--start', '--oknodo', '--background', '--pidfile', mariadbPidFile, '--exec', '/usr/sbin/mariadbd'])
   const until = Date.now() + 60_000
   while (!(await mysqlAdmin('ping').then(() => true, () => false))) {
     if (Date.now() > until) throw new Error('MariaDB did not answer within 60 s of being started')
@@ -126,6 +130,8 @@ export async function restartServer(knex: Knex, database: Database): Promise<voi
     if (!version) throw new Error('no cluster under /etc/postgresql')
     await run('pg_ctlcluster', ['--skip-systemctl-redirect', version, 'main', 'restart'], { timeout: 60_000 })
   } else if (database === 'mysql') {
+    const [rows] = (await knex.raw('SELECT @@pid_file AS pidFile')) as [Array<{ pidFile: string }>]
+    if (rows[0]?.pidFile) mariadbPidFile = rows[0].pidFile
     await mysqlAdmin('shutdown')
     const until = Date.now() + 60_000
     while (await mariadbRunning()) {
