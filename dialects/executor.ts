@@ -5,7 +5,7 @@
 // ones (see `DatabaseOptions.preparedStatements`). knex's `query` event still fires for each.
 import { createHash } from 'node:crypto'
 import type { Knex } from 'knex'
-import { bounded, sqliteBusyMs, type Bound } from './bounds.js'
+import { bounded, sqliteBusyMs, StatementTimeoutError, type Bound } from './bounds.js'
 
 /** What one statement did, whatever the driver. */
 export interface StatementResult {
@@ -97,6 +97,11 @@ function withBusyCap<T>(connection: SqliteConnection & object, ms: number, work:
   connection.pragma(`busy_timeout = ${Math.floor(ms)}`)
   try {
     return work()
+  } catch (error) {
+    // The bound cut the wait for the other writer short: the same end as a statement cancelled
+    // at its bound on a server, and told apart from a BUSY that outlasted the application's own timeout.
+    if ((error as { code?: unknown } | null)?.code === 'SQLITE_BUSY') throw new StatementTimeoutError('server', Math.floor(ms), error)
+    throw error
   } finally {
     connection.pragma(`busy_timeout = ${own}`)
   }

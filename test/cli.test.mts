@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { after, it } from 'node:test'
+import type { Knex } from 'knex'
 import { forEachDatabase } from './matrix.mjs'
 import { connect, MYSQL_URL, POSTGRES_URL, sqliteFile, uniqueName, type Database } from './targets.mjs'
 
@@ -85,6 +86,23 @@ async function withGrandchild(file: string, check: (pid: number) => Promise<void
   }
 }
 
+/** Has `knex`'s one connection hold the whole lock `table` until the returned function runs. */
+async function blockTable(knex: Knex, database: Database, table: string): Promise<() => Promise<void>> {
+  switch (database) {
+    case 'postgres': {
+      const trx = await knex.transaction()
+      await trx.raw('LOCK TABLE ?? IN ACCESS EXCLUSIVE MODE', [table])
+      return async () => { await trx.commit() }
+    }
+    case 'mysql':
+      await knex.raw('LOCK TABLES ?? WRITE', [table])
+      return async () => { await knex.raw('UNLOCK TABLES') }
+    case 'sqlite':
+      await knex.raw('BEGIN IMMEDIATE') // the database's write lock
+      return async () => { await knex.raw('COMMIT') }
+  }
+}
+
 const urls: Record<Database, string> = { sqlite: `sqlite:${sqliteFile}`, postgres: POSTGRES_URL, mysql: MYSQL_URL }
 
 forEachDatabase('worker-locks command', (database) => {
@@ -132,12 +150,35 @@ forEachDatabase('worker-locks command', (database) => {
     assert.equal(waited.code, 7, waited.stderr)
     assert.match(waited.stdout, /ran/)
     const timedOut = cli(['run', 'waited', ...db, '--', ...longRunning])
-    await timedOut.printed('started')
-    const gaveUp = await cli(['run', 'waited', '--wait', '0.2', ...db, '--', 'true']).exited
-    assert.equal(gaveUp.code, 75)
-    assert.match(gaveUp.stderr, /still busy after 0.2 s/)
-    timedOut.kill('SIGTERM')
-    await timedOut.exited
+    try {
+      await timedOut.printed('started')
+      const gaveUp = await cli(['run', 'waited', '--wait', '0.2', ...db, '--', 'true']).exited
+      assert.equal(gaveUp.code, 75, gaveUp.stderr)
+      assert.match(gaveUp.stderr, /still busy after 0.2 s/)
+    } finally {
+      timedOut.kill('SIGTERM') // the tests after this one list the table's locks
+      await timedOut.exited
+    }
+  })
+
+  it('--wait on a lock table another session blocks exits 75 at its deadline, saying the database did not answer', async () => {
+    assert.equal((await cli(['migrate', ...db]).exited).code, 0)
+    const blocker = connect(database, { poolMax: 1 }) // one connection: its session holds the table
+    try {
+      const release = await blockTable(blocker, database, table)
+      try {
+        const run = await cli(['run', 'blocked', '--wait', '1', ...db, '--', process.execPath, '-e', "console.log('ran')"]).exited
+        assert.equal(run.code, 75, run.stderr)
+        assert.doesNotMatch(run.stdout, /ran/)
+        assert.equal(run.stderr.trim().split('\n').length, 1, run.stderr)
+        assert.match(run.stderr, /lock "blocked" is still busy after 1 s \(the last attempt had no answer in time: .*\); not running /)
+      } finally {
+        await release()
+      }
+      assert.equal((await cli(['run', 'blocked', ...db, '--', 'true']).exited).code, 0, 'free once the table is')
+    } finally {
+      await blocker.destroy()
+    }
   })
 
   it('frees the lock for another process as soon as SIGTERM has stopped the command', async () => {

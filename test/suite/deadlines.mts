@@ -6,6 +6,7 @@ import assert from 'node:assert/strict'
 import { it } from 'node:test'
 import type { Knex } from 'knex'
 import { LockDatabaseError, LockTimeoutError, ManualClock, type LockStore } from '../../src/index.js'
+import { StatementTimeoutError } from '../../dialects/index.js'
 import { isAcquire, kindOf, type Harness } from '../harness.mjs'
 
 /** Another session holds the whole lock table until `release()`. */
@@ -60,6 +61,7 @@ export function deadlinesSuite(h: Harness): void {
     assert.ok(error instanceof LockTimeoutError, String(error))
     // PostgreSQL and MySQL cancel the blocked statement; SQLite waited for the other writer only until the deadline.
     assert.ok(error.cause instanceof LockDatabaseError, `the cause says what held the attempt up: ${String(error.cause)}`)
+    assert.ok(error.cause.cause instanceof StatementTimeoutError, `an attempt stopped at its bound, not one the database failed: ${String(error.cause.cause)}`)
     await store.close()
     assert.equal(await h.row(name), undefined, 'nothing is held')
   })
