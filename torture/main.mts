@@ -22,7 +22,7 @@
 //                                    demonstrations on 2 cores
 //   npm run torture -- --long        release checks: 150 s per pair (a fault cycle every 16 s), ~25 minutes
 //   npm run torture -- --seconds=40  any length per pair
-//   npm run torture -- --only=pgbouncer   only the PgBouncer runs (see below)
+//   npm run torture -- --only=pgbouncer   only the runs through PgBouncer
 //   npm run torture -- --help        these options
 //   DIALECTS=sqlite npm run torture  some databases only (see test/targets.mts); CI=true fails on
 //                                    an unreachable server instead of skipping it
@@ -37,7 +37,7 @@ import type { Knex } from 'knex'
 import { LockStore, createLockTable, dropLockTable } from '../src/index.js'
 import { connect, inCI, resolveMatrix, sqliteFile, uniqueName, type Database, type StrategyName } from '../test/targets.mjs'
 import {
-  checkFences, checkJournal, checkKills, checkReports, checkStableReads, findOverlaps, invariant,
+  checkFences, checkJournal, checkKills, checkPoolerRestarts, checkReports, checkStableReads, findOverlaps, invariant,
   type Acquisition, type FenceVerdict, type Grant, type Invariant, type JournalEntry, type Kill, type Reclaim, type SectionRecord,
 } from './check.mjs'
 import { POOLER_VARIABLE, findPooler, poolerPid, restartPooler, type Pooler } from './pooler.mjs'
@@ -893,16 +893,10 @@ async function tortureOne(database: Database, strategy: StrategyName, kind: Work
 
     if (pooler) {
       const restarts = run.faults.poolerRestarts
-      const after = restarts.map((r) => count(run.sections, (s) => s.start > r.end && s.write === 'ok'))
-      const expectedPid = restarts.at(-1)?.newPid ?? run.poolerPidAtStart
-      const problems = [
-        ...(restarts.length === 0 ? ['PgBouncer was never restarted'] : []),
-        ...after.flatMap((n, i) => (n === 0 ? [`no accepted write after PgBouncer's restart #${i + 1}`] : [])),
-        ...(poolerPidAtEnd === expectedPid ? [] : [`PgBouncer ran as pid ${expectedPid ?? 'none'} after the harness's last start of it, but as ${poolerPidAtEnd ?? 'no process'} at the end of the run: it died by itself`]),
-      ]
-      invariants.push(invariant('PgBouncer was restarted (a new process each time), the run went on after each restart, and it never died by itself', problems,
+      const verdict = checkPoolerRestarts(restarts, run.sections, { atStart: run.poolerPidAtStart, atEnd: poolerPidAtEnd })
+      invariants.push(invariant('PgBouncer was restarted (a new process each time), the run went on after each restart, and it never died by itself', verdict.problems,
         `pid ${run.poolerPidAtStart ?? '?'} at the start, ${restarts.map((r) => `${r.oldPid} → ${r.newPid}`).join(', ') || 'no restart'}, ${poolerPidAtEnd ?? 'none'} at the end; ` +
-        `accepted writes after each restart: ${after.join(', ') || '—'}`))
+        `accepted writes after each restart: ${verdict.writesAfter.join(', ') || '—'}`))
     }
     if (run.faults.restarts > 0) {
       const after = run.restartEnds.map((t) => count(run.sections, (s) => s.start > t && s.write === 'ok'))
@@ -1033,6 +1027,7 @@ checks fences, as the demonstrations show, but the lock itself no longer exclude
 const failed = verdicts.filter((v) => !v.ok).length + demos.filter((d) => !d.verdict.ok).length
 const missingInCI = inCI && (matrix.missing.length > 0 || poolerMissing !== undefined)
 const pairs = onlyPooler ? 0 : matrix.targets.length
-console.log(`\ntorture ${failed === 0 && !missingInCI ? 'PASSED' : 'FAILED'}: ${pairs} pair(s), ${poolerRuns} run(s) through PgBouncer, ${rwDatabases.length} read/write run(s), ` +
-  `${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
-process.exit(failed === 0 && !missingInCI && verdicts.length > 0 ? 0 : 1)
+const passed = failed === 0 && !missingInCI && verdicts.length > 0
+console.log(`\ntorture ${passed ? 'PASSED' : verdicts.length === 0 ? 'FAILED (nothing ran)' : 'FAILED'}: ${pairs} pair(s), ${poolerRuns} run(s) through PgBouncer, ` +
+  `${rwDatabases.length} read/write run(s), ${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
+process.exit(passed ? 0 : 1)
