@@ -64,9 +64,14 @@ async function cancel(client: Client, connection: unknown): Promise<void> {
     packet.writeInt32BE(c.processID, 8)
     packet.writeInt32BE(c.secretKey, 12)
     const socket = c.host?.startsWith('/') ? connect(`${c.host}/.s.PGSQL.${c.port ?? 5432}`) : connect(c.port ?? 5432, c.host ?? 'localhost')
+    // Send the key, then let the server hang up first, as libpq does: a pooler may still be
+    // relaying the cancel, and PgBouncer 1.18 (Debian 12's) exits on a fatal error when its
+    // client hangs up before that is done (pgbouncer/pgbouncer#801).
     await new Promise<void>((resolve) => {
-      socket.on('error', () => resolve()).on('close', () => resolve())
-      socket.end(packet)
+      const timer = setTimeout(() => socket.destroy(), CANCEL_GRACE_MS).unref()
+      socket.on('error', () => resolve()).on('close', () => { clearTimeout(timer); resolve() })
+      socket.resume() // nothing comes back but the end, which must be read to be seen
+      socket.write(packet)
     })
   } else if (client.driverName === 'mysql2') {
     const threadId = (connection as { threadId?: number }).threadId

@@ -12,7 +12,7 @@ import assert from 'node:assert/strict'
 import { after, afterEach, before, beforeEach, describe, it } from 'node:test'
 import type { Knex } from 'knex'
 import pg from 'pg'
-import { LockStore, ManualClock, createLockTable, dropLockTable, type Lock, type LockStoreOptions } from '../src/index.js'
+import { LockDatabaseError, LockStore, ManualClock, createLockTable, dropLockTable, type Lock, type LockStoreOptions } from '../src/index.js'
 import { RecordingLogger } from './harness.mjs'
 import { connect, inCI, uniqueName, type StrategyName, type Target } from './targets.mjs'
 import { killChildren, startWorker } from './worker-process.mjs'
@@ -382,6 +382,33 @@ function poolerSuite(run: PoolerRun): void {
       assert.ok(poolDuringRun.clients > poolDuringRun.servers,
         `the pooler shares server connections: ${poolDuringRun.clients} clients on ${poolDuringRun.servers} servers`)
     }
+    await run.closeAndCheck()
+  })
+
+  it('cancels statements cut short by statementTimeoutMs through the pooler, which stays up', options, async () => {
+    // A transaction on a direct connection keeps the lock table locked, so that each attempt
+    // waits until its bound and the store sends the server a cancel, through the pooler. (A
+    // client that hangs up on its cancel too early makes PgBouncer 1.18 exit on a fatal error.)
+    const store = run.store({ statementTimeoutMs: 200 })
+    await store.init()
+    const direct = connect('postgres', { poolMax: 1 })
+    try {
+      const trx = await direct.transaction()
+      try {
+        await trx.raw('LOCK TABLE ?? IN ACCESS EXCLUSIVE MODE', [run.tableName])
+        for (let i = 0; i < 3; i++) {
+          const error = await store.tryAcquireLock(run.lockName('cancelled')).then(() => undefined, (e: unknown) => e)
+          assert.ok(error instanceof LockDatabaseError, `attempt ${i + 1} was cut short by its bound: ${String(error)}`)
+        }
+      } finally {
+        await trx.commit()
+      }
+    } finally {
+      await direct.destroy()
+    }
+    const fresh = run.connection(1)
+    assert.deepEqual((await fresh.raw('SELECT 1 AS one')).rows, [{ one: 1 }], 'the pooler still answers after the cancels')
+    assert.ok(await store.tryAcquireLock(run.lockName('after')), 'the store works through the pooler again')
     await run.closeAndCheck()
   })
 

@@ -2,12 +2,12 @@
 // accepted with a stale fence, a fence that did not grow in grant order (or was granted twice), a
 // fence the database never granted, two unaware holders at once (a writer with anyone, for
 // read/write locks), a reader that saw a write while it held its lock, or a lock taken from a
-// killed holder too early, it says so. The run itself (`npm run torture`) is too long
+// killed holder too early, or a pooler that was not really restarted or died by itself, it says so. The run itself (`npm run torture`) is too long
 // for the test suite; CI runs it separately.
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import {
-  checkFences, checkJournal, checkKills, checkReports, checkStableReads, findOverlaps, type Acquisition, type Grant, type JournalEntry, type SectionRecord,
+  checkFences, checkJournal, checkKills, checkPoolerRestarts, checkReports, checkStableReads, findOverlaps, type Acquisition, type Grant, type JournalEntry, type SectionRecord,
 } from '../torture/check.mjs'
 
 let nextId = 0
@@ -172,5 +172,21 @@ describe('torture verdict', () => {
     assert.match(slipped.reclaimInconclusive[0] ?? '', /w2 took it 495 ms after the kill, while its replacement was asking/)
     const before = checkKills([{ ...kill, sameName: true }], [{ worker: 'w2', lock: 'lock-a', fence: 8n, at: 10_480 }], [{ worker: 'w1', lock: 'lock-a', acquired: false, start: 10_490, at: 10_500 }], timing)
     assert.match(before.problems[0] ?? '', /went to w2 480 ms after the kill/)
+  })
+
+  it('reports a pooler that was not restarted, not by a new process, not followed by work, or that died by itself', () => {
+    const section = (start: number, write: string): SectionRecord => ({
+      worker: 'w1', lock: 'lock-a', fence: 1n, start, end: start + 10, claim: 'ok', write, aborted: false, maxLagMs: 0, stalled: false, killed: false,
+    })
+    const work = [section(1_000, 'ok'), section(6_000, 'ok')]
+    const restart = { oldPid: 100, newPid: 200, end: 5_000 }
+    const fine = checkPoolerRestarts([restart], work, { atStart: 100, atEnd: 200 })
+    assert.deepEqual(fine, { problems: [], writesAfter: [1] })
+    assert.deepEqual(checkPoolerRestarts([], work, { atStart: 100, atEnd: 100 }).problems, ['the pooler was never restarted'])
+    assert.match(checkPoolerRestarts([{ ...restart, newPid: 100 }], work, { atStart: 100, atEnd: 100 }).problems.join('\n'), /restart #1: the pooler still ran as pid 100/)
+    assert.match(checkPoolerRestarts([restart], [section(1_000, 'ok'), section(6_000, 'error')], { atStart: 100, atEnd: 200 }).problems.join('\n'), /no accepted write after restart #1/)
+    // Its own crash, after the harness's restart or without any: another pid, or none, at the end.
+    assert.match(checkPoolerRestarts([restart], work, { atStart: 100, atEnd: undefined }).problems.join('\n'), /ran as pid 200 .* but as no process at the end of the run: it died by itself/)
+    assert.match(checkPoolerRestarts([restart], work, { atStart: 100, atEnd: 300 }).problems.join('\n'), /but as 300 at the end/)
   })
 })

@@ -315,6 +315,32 @@ export function checkKills(
   return verdict
 }
 
+/** One restart of the pooler by the harness: its process before and after, and when it answered again. */
+export interface PoolerRestartRecord { oldPid: number; newPid: number; end: number }
+
+/**
+ * A run through a pooler the harness restarts: it must have been restarted at least once, each
+ * time by a new process (a restart that left the old one running proved nothing), a write must
+ * have been accepted after each restart, and at the end the pooler must still be the process the
+ * harness started last (or found at the start): any other pid, or none, means it died by itself.
+ */
+export function checkPoolerRestarts(
+  restarts: readonly PoolerRestartRecord[], sections: readonly SectionRecord[], pids: { atStart: number | undefined; atEnd: number | undefined },
+): { problems: string[]; writesAfter: number[] } {
+  const problems: string[] = []
+  if (restarts.length === 0) problems.push('the pooler was never restarted')
+  for (const [i, r] of restarts.entries()) {
+    if (r.newPid === r.oldPid) problems.push(`restart #${i + 1}: the pooler still ran as pid ${r.oldPid}`)
+  }
+  const writesAfter = restarts.map((r) => sections.filter((s) => s.start > r.end && s.write === 'ok').length)
+  writesAfter.forEach((n, i) => { if (n === 0) problems.push(`no accepted write after restart #${i + 1}`) })
+  const expected = restarts.at(-1)?.newPid ?? pids.atStart
+  if (expected === undefined || pids.atEnd !== expected) {
+    problems.push(`the pooler ran as pid ${expected ?? 'none'} after the harness last started it (or at the start), but as ${pids.atEnd ?? 'no process'} at the end of the run: it died by itself`)
+  }
+  return { problems, writesAfter }
+}
+
 /** One line of the verdict: an invariant, whether it held, and the evidence. */
 export interface Invariant { name: string; ok: boolean; detail: string; problems: string[] }
 

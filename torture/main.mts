@@ -12,13 +12,18 @@
 // locks and multi-locks (workers of kind `rw`): writers do the fenced read-modify-write, readers
 // claim the counter with their fence and must read it unchanged at the end of their section, and
 // no writer may share its lock with anyone unless a lease was lost. Finally, per database, a short
-// demonstration of what `clock: 'local'` does with the same skewed workers.
+// demonstration of what `clock: 'local'` does with the same skewed workers. On PostgreSQL the
+// pairs run once more with the workers connected through PgBouncer in transaction pooling mode
+// (PGBOUNCER_TRANSACTION_URL, started by .ci/pgbouncer), which the harness SIGKILLs and starts
+// again mid-run instead of restarting the server (pooler.mts).
 //
 //   npm run torture                  short mode, what CI runs (also: -- --short): about 3 minutes
 //                                    for all six pairs, three read/write runs and the three
 //                                    demonstrations on 2 cores
 //   npm run torture -- --long        release checks: 150 s per pair (a fault cycle every 16 s), ~25 minutes
 //   npm run torture -- --seconds=40  any length per pair
+//   npm run torture -- --only=pgbouncer   only the runs through PgBouncer
+//   npm run torture -- --help        these options
 //   DIALECTS=sqlite npm run torture  some databases only (see test/targets.mts); CI=true fails on
 //                                    an unreachable server instead of skipping it
 //   TORTURE_NO_RESTART=1             never restart the database servers
@@ -32,9 +37,10 @@ import type { Knex } from 'knex'
 import { LockStore, createLockTable, dropLockTable } from '../src/index.js'
 import { connect, inCI, resolveMatrix, sqliteFile, uniqueName, type Database, type StrategyName } from '../test/targets.mjs'
 import {
-  checkFences, checkJournal, checkKills, checkReports, checkStableReads, findOverlaps, invariant,
+  checkFences, checkJournal, checkKills, checkPoolerRestarts, checkReports, checkStableReads, findOverlaps, invariant,
   type Acquisition, type FenceVerdict, type Grant, type Invariant, type JournalEntry, type Kill, type Reclaim, type SectionRecord,
 } from './check.mjs'
+import { POOLER_VARIABLE, findPooler, poolerPid, restartPooler, type Pooler } from './pooler.mjs'
 import { cannotRestart, dropSlotLogin, ensureServerUp, killConnections, restartServer, slotLogin, type SlotLogin } from './servers.mjs'
 import {
   FORGED_FENCE, LOCK_TIMEOUT_MS, RENEWAL_INTERVAL_MS, STALL_MS, countersTable, createGrantJournal, createResource, dropResource,
@@ -44,19 +50,42 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Settings
 
+const USAGE = `usage: node dist/torture/main.mjs [--short | --long | --seconds=N] [--only=pgbouncer]
+  --short            what CI runs (the default): every pair once, with one server restart per server
+  --long             release checks: 150 s per pair, a fault cycle every 16 s
+  --seconds=N        N seconds per pair
+  --only=pgbouncer   only the runs through PgBouncer (PostgreSQL, both strategies)
+environment: DIALECTS=sqlite,postgres,mysql; CI=true (an unreachable server or pooler fails the run);
+  PGBOUNCER_TRANSACTION_URL (the pooler .ci/pgbouncer start runs, under the same TMPDIR);
+  TORTURE_NO_RESTART=1 (never restart the database servers); TORTURE_VERBOSE=1 (every worker error);
+  TORTURE_UNFENCED=1 (self-check: workers skip the fence check, and the run must FAIL)`
 const args = process.argv.slice(2)
+if (args.includes('--help')) {
+  console.log(USAGE)
+  process.exit(0)
+}
 for (const arg of args) {
-  if (!['--short', '--long'].includes(arg) && !/^--seconds=\d+$/.test(arg)) {
-    console.error(`usage: node dist/torture/main.mjs [--short | --long | --seconds=N]   (unknown argument ${JSON.stringify(arg)})`)
+  if (!['--short', '--long', '--only=pgbouncer'].includes(arg) && !/^--seconds=\d+$/.test(arg)) {
+    console.error(`${USAGE}\n(unknown argument ${JSON.stringify(arg)})`)
     process.exit(2)
   }
 }
+const onlyPooler = args.includes('--only=pgbouncer')
 const long = args.includes('--long')
 const secondsArg = args.find((a) => a.startsWith('--seconds='))
 const mode = secondsArg ? `${secondsArg.slice(10)} s per pair` : long ? 'long' : 'short'
 /** How long workers run in one pair, before the harness stops them. */
 const pairMs = (database: Database): number => 1_000 * (secondsArg ? Number(secondsArg.slice(10)) : long ? 150 : database === 'sqlite' ? 12 : 16)
 const demoMs = long ? 20_000 : 6_000
+/**
+ * A run through PgBouncer in short mode: long enough for its one pooler restart and a few
+ * seconds of work after it, short enough to add little to CI.
+ */
+const poolerMs = (): number => 1_000 * (secondsArg ? Number(secondsArg.slice(10)) : long ? 150 : 10.5)
+/** How long the pooler stays down: past the lock timeout, so that every lease held runs out meanwhile. */
+const POOLER_DOWN_MS = 2_000
+/** Worker errors this long after the pooler answers again still count as what its restart caused. */
+const POOLER_AFTERMATH_MS = 3_000
 
 const WORKERS = 4
 const LOCKS = ['lock-a', 'lock-b', 'lock-c']
@@ -150,9 +179,13 @@ interface Faults {
   connectionsKilled: number
   restarts: number
   restartMs: number[]
+  /** PgBouncer restarts: from the SIGKILL until it answered again, and its processes before and after. */
+  poolerRestarts: Array<{ start: number; end: number; oldPid: number; newPid: number }>
   stallsRequested: number
   skipped: string[]
 }
+
+type FaultKind = 'stall' | 'kill-same' | 'kill-new' | 'connection' | 'restart' | 'pooler-restart'
 
 interface RunOptions {
   database: Database
@@ -165,6 +198,8 @@ interface RunOptions {
   forge: boolean
   /** Plain locks, or read/write locks and multi-locks. */
   kind: WorkerKind
+  /** Workers connect through this transaction pooler, which the harness restarts instead of the server. */
+  pooler?: Pooler
 }
 
 class Run {
@@ -181,7 +216,9 @@ class Run {
   readonly lost = new Set<string>()
   readonly lossReasons = new Map<string, number>()
   readonly violations: string[] = []
-  readonly workerErrors: string[] = []
+  readonly workerErrors: Array<{ at: number; text: string }> = []
+  /** When a worker's lock signal aborted, and why. */
+  readonly losses: Array<{ at: number; reason: string }> = []
   readonly libraryErrors: string[] = []
   readonly harnessErrors: string[] = []
   readonly restartEnds: number[] = []
@@ -192,10 +229,14 @@ class Run {
   multiParts = 0
   readonly sawReady = new Set<Proc>()
   forger: ForgerProc | undefined
-  readonly faults: Faults = { killSameName: 0, killNewName: 0, connectionKills: 0, connectionsKilled: 0, restarts: 0, restartMs: [], stallsRequested: 0, skipped: [] }
+  readonly faults: Faults = {
+    killSameName: 0, killNewName: 0, connectionKills: 0, connectionsKilled: 0, restarts: 0, restartMs: [], poolerRestarts: [], stallsRequested: 0, skipped: [],
+  }
   warnings = 0
   lastConnectionKill = 0
   lastRestartEnd = 0
+  /** The pooler's process when the workers started (runs through a pooler). */
+  poolerPidAtStart: number | undefined
 
   /** The locks its workers take. */
   get locks(): string[] {
@@ -220,13 +261,14 @@ class Run {
     // It stops by itself well after the pair's end, should the harness never tell it to.
     if (this.o.forge) this.spawnForger(realNow() + this.o.durationMs + LOCK_TIMEOUT_MS + STOP_BOUND_MS + 30_000)
     for (let index = 1; index <= WORKERS; index++) {
-      const login = await slotLogin(this.knex, this.o.database, this.table, index)
+      const login = await slotLogin(this.knex, this.o.database, this.table, index, this.o.pooler?.url)
       const skewMs = SKEWS[index - 1] ?? 0
       this.slots.push({ index, skewMs, base: `worker-${index}`, generation: 0, login })
     }
     const first = this.slots.map((slot) => this.spawnWorker(slot, slot.base, []))
     await Promise.all(first.map((p) => this.ready(p)))
     this.started = realNow()
+    if (this.o.pooler) this.poolerPidAtStart = poolerPid(this.o.pooler.pidFile)
   }
 
   spawnWorker(slot: Slot, name: string, reclaim: string[]): Proc {
@@ -350,6 +392,7 @@ class Run {
       case 'lost':
         this.lost.add(`${e.worker}\0${e.lock}\0${e.fence}`)
         this.lossReasons.set(e.reason, (this.lossReasons.get(e.reason) ?? 0) + 1)
+        this.losses.push({ at: e.at, reason: e.reason })
         break
       case 'sec':
         this.sections.push({
@@ -371,7 +414,7 @@ class Run {
         this.reclaims.push({ worker: e.worker, lock: e.lock, acquired: e.acquired, start: e.start, at: e.at })
         break
       case 'err':
-        this.workerErrors.push(`${e.where}: ${e.message}`)
+        this.workerErrors.push({ at: e.at, text: `${e.where}: ${e.message}` })
         if (verbose) this.note(`(${e.worker} ${e.where}: ${e.message})`)
         break
       case 'log':
@@ -478,6 +521,18 @@ class Run {
     this.note(`the ${this.o.database} server answers again after ${fmtS(ms)}`)
   }
 
+  async restartPooler(): Promise<void> {
+    const pooler = this.o.pooler
+    if (!pooler) throw new Error('this run has no pooler')
+    const start = realNow()
+    this.note(`SIGKILL PgBouncer (transaction pooling), keep it down ${fmtS(POOLER_DOWN_MS)}, start it again`)
+    const { oldPid, newPid } = await restartPooler(pooler, POOLER_DOWN_MS)
+    const end = realNow()
+    this.faults.poolerRestarts.push({ start, end, oldPid, newPid })
+    this.lastRestartEnd = end
+    this.note(`PgBouncer answers again after ${fmtS(end - start)}: pid ${oldPid} SIGKILLed, now pid ${newPid}`)
+  }
+
   stall(): void {
     const proc = pick(this.live().filter((p) => p.stallPendingSince === undefined))
     if (!proc) return
@@ -488,11 +543,18 @@ class Run {
   }
 
   /** The faults of one run, at roughly these moments (ms), each after the previous one is done. */
-  schedule(): Array<{ at: number; kind: 'stall' | 'kill-same' | 'kill-new' | 'connection' | 'restart' }> {
+  schedule(): Array<{ at: number; kind: FaultKind }> {
     const server = this.o.database !== 'sqlite'
-    const restartable = cannotRestart(this.o.database)
+    const restartable = this.o.pooler ? undefined : cannotRestart(this.o.database)
     if (server && restartable) this.faults.skipped.push(`server restart: ${restartable}`)
-    const cycle: Array<{ at: number; kind: 'stall' | 'kill-same' | 'kill-new' | 'connection' | 'restart' }> = server
+    // Through the pooler, the pooler is restarted instead of the server, early enough in a short
+    // run (10.5 s) that the workers are seen to go on after it; what follows it is for longer runs.
+    const cycle: Array<{ at: number; kind: FaultKind }> = this.o.pooler
+      ? [
+          { at: 1_000, kind: 'stall' }, { at: 2_000, kind: 'kill-same' }, { at: 3_500, kind: 'connection' }, { at: 5_000, kind: 'pooler-restart' },
+          { at: 9_000, kind: 'stall' }, { at: 11_500, kind: 'kill-new' }, { at: 12_500, kind: 'connection' }, { at: 14_000, kind: 'kill-same' },
+        ]
+      : server
       ? [
           { at: 1_000, kind: 'stall' }, { at: 2_000, kind: 'kill-same' }, { at: 4_000, kind: 'connection' },
           { at: 6_000, kind: 'kill-new' }, { at: 7_500, kind: restartable ? 'connection' : 'restart' },
@@ -537,6 +599,9 @@ class Run {
             break
           case 'restart':
             await this.restart()
+            break
+          case 'pooler-restart':
+            await this.restartPooler()
             break
         }
       } catch (error) {
@@ -647,6 +712,8 @@ interface Verdict {
   seconds: number
   /** For the summary: what the forger sent, if one ran. */
   forged?: string
+  /** For the summary: anything else to say about the run (the pooler restarts). */
+  note?: string
 }
 
 function count<T>(items: readonly T[], test: (item: T) => boolean): number {
@@ -692,14 +759,36 @@ async function commonInvariants(run: Run, hung: string[]): Promise<{ invariants:
       `(${run.procs.reduce((n, p) => n + (p.summary?.handOvers ?? 0), 0)} taken by another task of the same worker as it was released); lost locks ${[...run.lossReasons].map(([r, n]) => `${r} ${n}`).join(', ') || 'none'}; ` +
       `library warnings ${run.warnings}, worker-side errors ${run.workerErrors.length}`,
   ]
-  const kinds = new Map<string, number>()
-  for (const e of run.workerErrors) {
-    const kind = e.replace(/\d+/g, 'N').slice(0, 140)
-    kinds.set(kind, (kinds.get(kind) ?? 0) + 1)
-  }
-  if (kinds.size > 0) stats.push(`worker-side errors (all handled): ${[...kinds].sort((a, b) => b[1] - a[1]).slice(0, 4).map(([k, n]) => `${n}× ${k}`).join(' | ')}`)
+  const kinds = errorKinds(run.workerErrors, 4)
+  if (kinds) stats.push(`worker-side errors (all handled): ${kinds}`)
   if (run.libraryErrors.length > 0) stats.push(`library error-level logs: ${run.libraryErrors.slice(0, 3).join(' | ')}`)
   return { invariants, stats, fences }
+}
+
+/**
+ * Worker errors grouped by kind (names and numbers masked), the most frequent `top` first.
+ * `rootOnly`: a kind is where the error happened and its innermost cause (the driver's words).
+ */
+function errorKinds(errors: ReadonlyArray<{ text: string }>, top: number, rootOnly = false): string {
+  const kinds = new Map<string, number>()
+  for (const e of errors) {
+    const parts = e.text.split(': ')
+    // knex puts the statement before the driver's message: `<sql> - <message>`.
+    const text = rootOnly && parts.length > 1 ? `${parts[0]}: ${parts.at(-1)!.split(' - ').at(-1)}` : e.text
+    const kind = text.replace(/"[^"]*"/g, '"…"').replace(/\d+/g, 'N').slice(0, 140)
+    kinds.set(kind, (kinds.get(kind) ?? 0) + 1)
+  }
+  return [...kinds].sort((a, b) => b[1] - a[1]).slice(0, top).map(([k, n]) => `${n}× ${k}`).join(' | ')
+}
+
+/** What the workers saw of one pooler restart: their errors and lost leases from its SIGKILL to a little after it answered again. */
+function poolerAftermath(run: Run, r: Faults['poolerRestarts'][number]): string {
+  const within = (at: number): boolean => at >= r.start && at <= r.end + POOLER_AFTERMATH_MS
+  const errors = run.workerErrors.filter((e) => within(e.at))
+  const losses = new Map<string, number>()
+  for (const l of run.losses.filter((x) => within(x.at))) losses.set(l.reason, (losses.get(l.reason) ?? 0) + 1)
+  return `pid ${r.oldPid} → ${r.newPid}, down ${fmtS(r.end - r.start)}; until ${fmtS(POOLER_AFTERMATH_MS)} after, the workers saw ` +
+    `${errors.length} error(s)${errors.length ? ` (${errorKinds(errors, 4, true)})` : ''} and lost ${[...losses].map(([reason, n]) => `${n} lock(s) '${reason}'`).join(', ') || 'no lock'}`
 }
 
 function faultLine(run: Run): string {
@@ -711,7 +800,8 @@ function faultLine(run: Run): string {
   ]
   if (run.o.database !== 'sqlite') {
     parts.push(`connection kills ${f.connectionKills} (${f.connectionsKilled} connections)`)
-    parts.push(`server restarts ${f.restarts}${f.restartMs.length ? ` (${f.restartMs.map(fmtS).join(', ')})` : ''}`)
+    if (run.o.pooler) parts.push(`PgBouncer restarts ${f.poolerRestarts.length}${f.poolerRestarts.length ? ` (${f.poolerRestarts.map((r) => poolerAftermath(run, r)).join('; ')})` : ''}`)
+    else parts.push(`server restarts ${f.restarts}${f.restartMs.length ? ` (${f.restartMs.map(fmtS).join(', ')})` : ''}`)
   }
   return `faults: ${parts.join('; ')}${f.skipped.length ? `; not injected: ${f.skipped.join('; ')}` : ''}`
 }
@@ -720,15 +810,17 @@ function faultLine(run: Run): string {
  * One pair under faults: plain locks (`kind` 'plain', per strategy), or read/write locks and
  * multi-locks (`kind` 'rw', once per database: they take no strategy).
  */
-async function tortureOne(database: Database, strategy: StrategyName, kind: WorkerKind = 'plain'): Promise<Verdict> {
+async function tortureOne(database: Database, strategy: StrategyName, kind: WorkerKind = 'plain', pooler?: Pooler): Promise<Verdict> {
   const rw = kind === 'rw'
-  const label = rw ? `${database} read/write` : `${database}/${strategy}`
-  const durationMs = pairMs(database)
+  const label = rw ? `${database} read/write` : `${database}/${strategy}${pooler ? ' via PgBouncer' : ''}`
+  const durationMs = pooler ? poolerMs() : pairMs(database)
   console.log(`\n== ${label}: ${WORKERS} workers, ${rw ? `read/write locks ${RW_LOCKS.join(', ')} (about 70 % reads; 20 % multi-locks over two of them)` : `locks ${LOCKS.join(', ')}`}, ` +
-    `${fmtS(durationMs)}, lock timeout ${LOCK_TIMEOUT_MS} ms, renewal ${RENEWAL_INTERVAL_MS} ms, clock 'database'`)
-  // Read/write locks use no notifications: nothing for a forger to forge.
-  const forge = database === 'postgres' && !rw
-  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label, forge, kind })
+    `${fmtS(durationMs)}, lock timeout ${LOCK_TIMEOUT_MS} ms, renewal ${RENEWAL_INTERVAL_MS} ms, clock 'database'` +
+    `${pooler ? `; the workers connect through PgBouncer in transaction pooling mode at ${pooler.url}, which is SIGKILLed and started again (not the server)` : ''}`)
+  // Read/write locks use no notifications: nothing for a forger to forge. Nor do stores whose
+  // connections go through a pooler: they never LISTEN.
+  const forge = database === 'postgres' && !rw && !pooler
+  const run = new Run({ database, strategy, clock: 'database', durationMs, work: 'mixed', label, forge, kind, ...(pooler ? { pooler } : {}) })
   current = run
   const t0 = realNow()
   let verdict: Verdict
@@ -741,6 +833,8 @@ async function tortureOne(database: Database, strategy: StrategyName, kind: Work
     const until = Math.max(end, lastKill + LOCK_TIMEOUT_MS + 2_500)
     if (realNow() < until) await sleep(until - realNow())
     const runEnd = realNow()
+    // Whatever ran the pooler at the end must be what the harness started last: else it died by itself.
+    const poolerPidAtEnd = pooler ? poolerPid(pooler.pidFile) : undefined
     const hung = await run.stopWorkers()
     run.note(`stopped the workers`)
     // The forger ran on while the workers closed their stores.
@@ -797,6 +891,13 @@ async function tortureOne(database: Database, strategy: StrategyName, kind: Work
         `overlaps involving a writer ${overlaps.length} (two readers' are not overlaps)`)
     }
 
+    if (pooler) {
+      const restarts = run.faults.poolerRestarts
+      const verdict = checkPoolerRestarts(restarts, run.sections, { atStart: run.poolerPidAtStart, atEnd: poolerPidAtEnd })
+      invariants.push(invariant('PgBouncer was restarted (a new process each time), the run went on after each restart, and it never died by itself', verdict.problems,
+        `pid ${run.poolerPidAtStart ?? '?'} at the start, ${restarts.map((r) => `${r.oldPid} → ${r.newPid}`).join(', ') || 'no restart'}, ${poolerPidAtEnd ?? 'none'} at the end; ` +
+        `accepted writes after each restart: ${verdict.writesAfter.join(', ') || '—'}`))
+    }
     if (run.faults.restarts > 0) {
       const after = run.restartEnds.map((t) => count(run.sections, (s) => s.start > t && s.write === 'ok'))
       invariants.push(invariant('the run went on after each server restart', after.filter((n) => n === 0).map(() => 'no accepted write after a restart'),
@@ -805,6 +906,7 @@ async function tortureOne(database: Database, strategy: StrategyName, kind: Work
     verdict = {
       label, invariants, seconds: (realNow() - t0) / 1000, ok: invariants.every((i) => i.ok),
       lines: [...stats, faultLine(run)], ...(forged ? { forged } : {}),
+      ...(pooler ? { note: `PgBouncer restarted ${run.faults.poolerRestarts.length}×${run.faults.poolerRestarts.map((r) => ` (${poolerAftermath(run, r)})`).join('')}` } : {}),
     }
   } catch (error) {
     verdict = { label, seconds: (realNow() - t0) / 1000, ok: false, lines: [], invariants: [invariant('the run completed', [`harness failure: ${error instanceof Error ? error.stack : String(error)}`], '')] }
@@ -882,21 +984,34 @@ for (const m of matrix.missing) {
   console.log(`${inCI ? 'ERROR' : 'WARNING'}: ${m.database} is not reachable (${m.reason}); ${inCI ? 'CI=true requires it' : 'its pairs are SKIPPED'}`)
 }
 console.log(`worker-locks torture, ${mode} mode: ${matrix.targets.map((t) => t.id).join(', ') || 'nothing to run'}`)
+// The PostgreSQL pairs again through PgBouncer, which must be there under CI=true.
+const postgresTargets = matrix.targets.filter((t) => t.database === 'postgres')
+const found = postgresTargets.length > 0 ? await findPooler() : undefined
+const poolerMissing = found && 'reason' in found ? found.reason : undefined
+const poolerWarning = poolerMissing === undefined ? undefined
+  : `${inCI ? 'ERROR' : 'WARNING'}: PgBouncer (${POOLER_VARIABLE}) cannot be used: ${poolerMissing}; ` +
+    `${inCI ? 'CI=true requires it' : 'the runs through PgBouncer are SKIPPED (.ci/pgbouncer start, then set it; CI=true makes this a failure)'}`
+if (poolerWarning) console.log(`\n${'*'.repeat(100)}\n${poolerWarning}\n${'*'.repeat(100)}`)
 console.log(`Each worker's critical section: claim the counter with the lock's fence, read it, work, write read + 1 if no higher fence was seen (no transaction).`)
 
 const verdicts: Verdict[] = []
-for (const target of matrix.targets) verdicts.push(await tortureOne(target.database, target.strategy))
+if (!onlyPooler) for (const target of matrix.targets) verdicts.push(await tortureOne(target.database, target.strategy))
+const pooler = found && 'pooler' in found ? found.pooler : undefined
+const poolerRuns = pooler ? postgresTargets.length : 0
+if (pooler) for (const target of postgresTargets) verdicts.push(await tortureOne('postgres', target.strategy, 'plain', pooler))
 // Read/write locks and multi-locks take no strategy: one run per database.
-for (const database of [...new Set(matrix.targets.map((t) => t.database))]) verdicts.push(await tortureOne(database, 'native', 'rw'))
+const rwDatabases = onlyPooler ? [] : [...new Set(matrix.targets.map((t) => t.database))]
+for (const database of rwDatabases) verdicts.push(await tortureOne(database, 'native', 'rw'))
 
 const demos: Array<{ verdict: Verdict; overlaps: number }> = []
-for (const database of [...new Set(matrix.targets.map((t) => t.database))]) demos.push(await demonstrateLocalClock(database, 'native'))
+if (!onlyPooler) for (const database of [...new Set(matrix.targets.map((t) => t.database))]) demos.push(await demonstrateLocalClock(database, 'native'))
 
 console.log('\n== summary')
 for (const v of verdicts) {
   const forged = v.forged === undefined ? '' : `; ${v.forged}, ${v.invariants.some((i) => i.name.startsWith('forged notifications') && i.ok) ? 'no worker held a fence the database had not given it' : 'SEE ABOVE'}`
-  console.log(`  ${v.ok ? 'PASS' : 'FAIL'}  ${v.label.padEnd(20)} ${v.invariants.filter((i) => i.ok).length}/${v.invariants.length} invariants held${forged}  (${v.seconds.toFixed(1)} s)`)
+  console.log(`  ${v.ok ? 'PASS' : 'FAIL'}  ${v.label.padEnd(20)} ${v.invariants.filter((i) => i.ok).length}/${v.invariants.length} invariants held${forged}${v.note ? `; ${v.note}` : ''}  (${v.seconds.toFixed(1)} s)`)
 }
+if (poolerWarning) console.log(`  ${inCI ? 'FAIL' : 'SKIP'}  postgres via PgBouncer: ${poolerWarning}`)
 for (const d of demos) {
   console.log(`  ${d.verdict.ok ? 'PASS' : 'FAIL'}  ${d.verdict.label.padEnd(20)} ${d.verdict.invariants.filter((i) => i.ok).length}/${d.verdict.invariants.length} invariants held; mutual exclusion broken ${d.overlaps} time(s), as expected  (${d.verdict.seconds.toFixed(1)} s)`)
 }
@@ -910,6 +1025,9 @@ from it, and a worker running slow writes rows that everyone else finds stale at
 only where clocks agree to well within the lock timeout. Fencing still protects a resource that
 checks fences, as the demonstrations show, but the lock itself no longer excludes anyone.`)
 const failed = verdicts.filter((v) => !v.ok).length + demos.filter((d) => !d.verdict.ok).length
-const missingInCI = inCI && matrix.missing.length > 0
-console.log(`\ntorture ${failed === 0 && !missingInCI ? 'PASSED' : 'FAILED'}: ${matrix.targets.length} pair(s), ${verdicts.length - matrix.targets.length} read/write run(s), ${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
-process.exit(failed === 0 && !missingInCI && matrix.targets.length > 0 ? 0 : 1)
+const missingInCI = inCI && (matrix.missing.length > 0 || poolerMissing !== undefined)
+const pairs = onlyPooler ? 0 : matrix.targets.length
+const passed = failed === 0 && !missingInCI && verdicts.length > 0
+console.log(`\ntorture ${passed ? 'PASSED' : verdicts.length === 0 ? 'FAILED (nothing ran)' : 'FAILED'}: ${pairs} pair(s), ${poolerRuns} run(s) through PgBouncer, ` +
+  `${rwDatabases.length} read/write run(s), ${demos.length} demonstration(s), ${fmtS(realNow() - startedAt)}`)
+process.exit(passed ? 0 : 1)

@@ -21,8 +21,12 @@ export interface SlotLogin {
 
 const isLocal = (url: string): boolean => ['127.0.0.1', 'localhost', '::1', '[::1]'].includes(new URL(url).hostname)
 
-/** A login for worker slot `slot` of the run using `table`: its own application_name, or its own MySQL user. */
-export async function slotLogin(knex: Knex, database: Database, table: string, slot: number): Promise<SlotLogin> {
+/**
+ * A login for worker slot `slot` of the run using `table`: its own application_name, or its own
+ * MySQL user. PostgreSQL workers connect to `postgresUrl` (a pooler's, say); PgBouncer passes the
+ * application_name on to the server connections its clients use.
+ */
+export async function slotLogin(knex: Knex, database: Database, table: string, slot: number, postgresUrl = POSTGRES_URL): Promise<SlotLogin> {
   const tag = `${table}_w${slot}`
   switch (database) {
     case 'sqlite':
@@ -30,7 +34,7 @@ export async function slotLogin(knex: Knex, database: Database, table: string, s
     case 'postgres': {
       // In the URL rather than a session SET: it then covers the connection worker-locks opens
       // outside knex's pool to LISTEN for releases, too.
-      const url = new URL(POSTGRES_URL)
+      const url = new URL(postgresUrl)
       url.searchParams.set('application_name', tag)
       return { env: { POSTGRES_URL: url.toString() }, tag }
     }

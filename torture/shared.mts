@@ -103,9 +103,12 @@ export const resourceSql = {
   read: (table: string) => `SELECT value FROM ${countersTable(table)} WHERE lock_name = ?`,
   write: (table: string) =>
     `UPDATE ${countersTable(table)} SET value = ?, fence = ?, op = 'write', writer = ?, read_value = ? WHERE lock_name = ? AND fence <= ?`,
-  /** TORTURE_UNFENCED=1 only: the same write without the fence check, so that the run must fail. */
+  /**
+   * TORTURE_UNFENCED=1 only: the same write without the fence check, so that the run must fail.
+   * (The fence is still bound, in a condition always true, whose `0` gives PostgreSQL its type.)
+   */
   unfencedWrite: (table: string) =>
-    `UPDATE ${countersTable(table)} SET value = ?, fence = ?, op = 'write', writer = ?, read_value = ? WHERE lock_name = ? AND ? IS NOT NULL`,
+    `UPDATE ${countersTable(table)} SET value = ?, fence = ?, op = 'write', writer = ?, read_value = ? WHERE lock_name = ? AND ? > 0`,
 }
 
 /** Rows changed by an UPDATE run through knex.raw, whatever the driver. */
