@@ -305,8 +305,21 @@ describe('PostgreSQL failover', { skip: !wanted && 'DIALECTS without postgres' }
       assert.ok(restored.every((f) => epochOf(f) === 2n), `fences of epoch 2: ${restored}`)
       assert.ok(restored[0]! > promoted[0]! && restored[1]! > promoted[1]!)
       // And within one timeline, fences keep coming from the sequence and the key rows.
-      const [next] = [await plain()]
-      assert.equal(next, restored[0]! + 1n)
+      assert.equal(await plain(), restored[0]! + 1n)
+
+      // Fences beyond 2^53 (a JavaScript number's exact integers) stay exact everywhere.
+      await app.raw('UPDATE ?? SET timeline = ?, epoch = 100', [epochTable, String(timeline - 1n)])
+      const plainLock = await store.tryAcquireLock('p')
+      const rwLock = await store.tryAcquireReadWriteLock('rw', 'k', { write: true })
+      assert.ok(plainLock && rwLock)
+      assert.ok(plainLock.fence > 2n ** 53n && epochOf(plainLock.fence) === 101n, `${plainLock.fence}`)
+      const inRows = await rows<{ fence: string }>(app, 'SELECT fence::text AS fence FROM ?? UNION ALL SELECT fence::text FROM ??', [tableName, `${tableName}_rw_holders`])
+      assert.deepEqual(inRows.map((r) => BigInt(r.fence)).sort(), [plainLock.fence, rwLock.fence].sort())
+      assert.deepEqual((await store.listLocks({})).map((l) => l.fence).sort(), [plainLock.fence, rwLock.fence].sort())
+      await plainLock.release()
+      await rwLock.release()
+      assert.equal(await plain(), plainLock.fence + 1n)
+      assert.equal(await readWrite(), rwLock.fence + 1n)
       await store.close()
     } finally {
       await app?.destroy()
