@@ -90,8 +90,8 @@ function describeStall(t: TestContext, run: Run, steps: { kill: number; killed: 
   }
   const grantsBefore = run.grants.filter((g) => g.at < steps.kill).length
   t.diagnostic(`durableReleases ${run.durable}: ${grantsBefore} grants before the kill, ${run.grants.length - grantsBefore} after; ` +
-    `longest time without a grant ${gap.ms} ms, from ${gap.from - steps.kill} ms (primary dead at ${steps.killed - steps.kill} ms, ` +
-    `standby promoted at ${steps.promoted - steps.kill} ms); ${run.errors} calls failed`)
+    `longest time without a grant ${gap.ms} ms, from ${gap.from - steps.kill} ms (kill command returned at ${steps.killed - steps.kill} ms, ` +
+    `promote command returned at ${steps.promoted - steps.kill} ms); ${run.errors} calls failed`)
 }
 
 describe('PostgreSQL failover', { skip: !wanted && 'DIALECTS without postgres' }, () => {
