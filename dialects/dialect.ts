@@ -93,6 +93,12 @@ export interface Dialect {
   readonly notifications?: ReleaseNotifications
   /** The rows of a `knex.raw` result (each driver shapes it differently). */
   rowsOf(result: unknown): readonly Record<string, unknown>[]
+  /**
+   * What of the shipped migrations' objects beyond the lock table's columns is missing (tables,
+   * triggers the database itself needs), or `''` when all are there. Asked once per store.
+   * @default nothing more to check
+   */
+  missingObjects?(db: Db, table: string): Promise<string>
   /** The lock table, or a column a shipped migration adds, does not exist. */
   isMissingSchema(error: unknown): boolean
   /** The primary key already exists: another worker won the insert. */

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto'
 import type { Knex } from 'knex'
-import { upsertKey, upsertedFence } from './read-write.js'
+import { readWriteTables, upsertKey, upsertedFence } from './read-write.js'
 import { statement } from './executor.js'
 import { acquireOnConflict } from './acquire.js'
 import { errorCode, rowsJson, type Dialect, type Heard, type RowIdentity } from './dialect.js'
@@ -178,6 +178,16 @@ export const postgresDialect: Dialect = {
       }
       return { probe: async () => { await knex.raw('SELECT pg_notify(?, ?)', [own, '']) }, close }
     },
+  },
+
+  // The fence epoch (migration 5): without its trigger, fences could go back after a failover.
+  async missingObjects(db, table) {
+    const epoch = `${table}_fence_epoch`
+    const { rows } = await db.query(db.knex.raw(
+      `SELECT count(*)::int AS triggers FROM pg_trigger WHERE tgname = ? AND tgrelid IN (to_regclass(?), to_regclass(?))
+         AND EXISTS (SELECT 1 FROM ?? WHERE id = 1)`,
+      [epoch, `"${table}"`, `"${readWriteTables(table).keys}"`, epoch]), 'fence-epoch')
+    return (rows[0] as { triggers: number }).triggers === 2 ? '' : `the fence epoch's row or triggers of table "${epoch}" are missing`
   },
 
   rowsOf: (result) => (result as { rows: Record<string, unknown>[] }).rows,

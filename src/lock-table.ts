@@ -102,6 +102,8 @@ export class LockTable {
         throw new UnsupportedDatabaseError(`strategy 'native' cannot run on ${facts.server}: ${facts.reason}. Use strategy 'auto' or 'emulated'.`)
       }
       await this.#within(bound).query(this.#knex(this.name).select('lock_name', 'fence', 'lease_ms').whereRaw('1 = 0'), 'columns')
+      const missing = await this.#dialect.missingObjects?.(this.#within(bound), this.name)
+      if (missing) throw new LockTableError(this.name, new Error(missing))
       return (this.#plan = { strategy: option !== 'emulated' && facts.native ? 'native' : 'emulated', facts })
     }).finally(() => { this.#planning = undefined })
     return this.#planning

@@ -1,7 +1,7 @@
 // The shipped migrations, through the knex migrator and through createLockTable.
 import assert from 'node:assert/strict'
 import { it } from 'node:test'
-import { LockStore, createLockTable, dropLockTable, migrationsDirectory } from '../../src/index.js'
+import { LockStore, LockTableError, createLockTable, dropLockTable, migrationsDirectory } from '../../src/index.js'
 import { uniqueName } from '../targets.mjs'
 import type { Harness } from '../harness.mjs'
 
@@ -12,10 +12,12 @@ export function schemaSuite(h: Harness): void {
     const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
     try {
       const [, applied] = await knex.migrate.latest(config)
-      assert.equal(applied.length, 4)
+      assert.equal(applied.length, 5)
       if (h.target.database === 'sqlite') {
         // Migration 4 drops SQLite's index on the fence, which the draw no longer reads; its down brings it back.
         const fenceIndex = async () => (await h.knex.raw("SELECT name FROM sqlite_master WHERE type = 'index' AND name = ?", [`${tableName}_fence_idx`])).length
+        assert.equal(await fenceIndex(), 0)
+        await knex.migrate.down(config) // migration 5, nothing on SQLite
         assert.equal(await fenceIndex(), 0)
         await knex.migrate.down(config)
         assert.equal(await fenceIndex(), 1)
@@ -27,6 +29,8 @@ export function schemaSuite(h: Harness): void {
       for (const column of ['fence', 'lease_ms']) assert.equal(await h.knex.schema.hasColumn(tableName, column), true, column)
       // Migration 1 made PostgreSQL's waiting line, which only versions up to 0.1 use (see docs/internals.md).
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
+      // Migration 5: PostgreSQL's fence epoch (see docs/internals.md), nothing elsewhere.
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_fence_epoch`), h.target.database === 'postgres')
       const [, again] = await knex.migrate.latest(config)
       assert.deepEqual(again, [], 'a second run applies nothing')
       const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
@@ -36,7 +40,10 @@ export function schemaSuite(h: Harness): void {
       assert.equal(await h.knex.schema.hasTable(tableName), false)
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
       for (const table of ['rw_keys', 'rw_holders']) assert.equal(await h.knex.schema.hasTable(`${tableName}_${table}`), false, table)
+      assert.equal(await h.knex.schema.hasTable(`${tableName}_fence_epoch`), false)
     } finally {
+      if (h.target.database === 'postgres') await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [`${tableName}_fence_epoch_fn`])
+      await h.knex.schema.dropTableIfExists(`${tableName}_fence_epoch`)
       await h.knex.schema.dropTableIfExists(`${tableName}_rw_holders`)
       await h.knex.schema.dropTableIfExists(`${tableName}_rw_keys`)
       await h.knex.schema.dropTableIfExists(`${tableName}_waiters`)
@@ -63,6 +70,30 @@ export function schemaSuite(h: Harness): void {
     }
     assert.equal(await h.knex.schema.hasTable(tableName), false)
     assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
+  })
+
+  // Without the fence epoch's trigger, fences could go back after a failover: such a table is not migrated.
+  it('refuses on PostgreSQL a table whose fence epoch trigger or table is missing (migration 5)', { skip: h.target.database !== 'postgres' && 'PostgreSQL only' }, async () => {
+    const tableName = uniqueName('wl_epoch')
+    try {
+      await createLockTable(h.knex, { tableName })
+      await h.knex.raw('DROP TRIGGER ?? ON ??', [`${tableName}_fence_epoch`, `${tableName}_rw_keys`])
+      const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      const error = await store.init().then(() => undefined, (e: unknown) => e)
+      assert.ok(error instanceof LockTableError, String(error))
+      assert.match(error.message, /fence epoch/)
+      await store.close()
+      await h.knex.schema.dropTable(`${tableName}_fence_epoch`)
+      const again = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      assert.ok(await again.tryAcquireLock('x').then(() => undefined, (e: unknown) => e) instanceof LockTableError)
+      await again.close()
+      await createLockTable(h.knex, { tableName })
+      const migrated = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      assert.ok(await migrated.tryAcquireLock('x'), 'migrating again repairs it')
+      await migrated.close()
+    } finally {
+      await dropLockTable(h.knex, { tableName })
+    }
   })
 
   it('validates the table name of createLockTable', async () => {
