@@ -43,17 +43,25 @@ export function isDeadlock(error: unknown): boolean {
 
 const bump = (counts: Map<string, number>, key: string): void => { counts.set(key, (counts.get(key) ?? 0) + 1) }
 
-/** A logger that counts what the stores log at warn and error level, by error kind. */
+/**
+ * A logger that counts what the stores log at warn and error level, by error kind; and apart,
+ * conflicts (error 1213) that failed an attempt of a wait (which the wait counts as a refusal,
+ * so only the log tells) or a renewal, retries included.
+ */
 export class CountingLogger implements Logger {
   readonly counts = new Map<string, number>()
-  deadlocks = 0
+  attemptDeadlocks = 0
+  renewalDeadlocks = 0
   debug(): void {}
   info(): void {}
-  warn(details: object): void { this.#count('warn', details) }
-  error(details: object): void { this.#count('error', details) }
-  #count(level: string, details: object): void {
+  warn(details: object, message: string): void { this.#count('warn', details, message) }
+  error(details: object, message: string): void { this.#count('error', details, message) }
+  #count(level: string, details: object, message: string): void {
     const err = (details as { err?: unknown }).err
-    if (isDeadlock(err)) this.deadlocks++
+    if (isDeadlock(err)) {
+      if (/renewing/.test(message)) this.renewalDeadlocks++
+      else this.attemptDeadlocks++
+    }
     bump(this.counts, `${level} ${err === undefined ? 'message' : errorKind(err)}`)
   }
 }
