@@ -182,7 +182,8 @@ export class LockTable {
       const ours = new Set<string>()
       for (const [table, rows] of this.#byTable(records)) {
         for (const chunk of chunks(rows)) {
-          const { affectedRows } = await db.query(this.#rows(table, chunk).update({ last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs) }), 'renew')
+          const { affectedRows } = await this.#retrying(() =>
+            db.query(this.#rows(table, chunk).update({ last_renewed_ts: nowBinding(this.#knex, this.#dialect, nowMs) }), 'renew'))
           if (affectedRows === chunk.length) {
             for (const row of chunk) ours.add(row.token)
             continue
@@ -258,8 +259,10 @@ export class LockTable {
     }
   }
 
-  // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213).
-  // Every such statement is guarded by our token, so trying again is safe.
+  // InnoDB may pick a release as the victim of a deadlock with acquirers of the same row (1213),
+  // and Galera fails a renewal's certification against grants of other rows on other nodes (also
+  // 1213, a third of renewals under contention). Every such statement is guarded by our token, so
+  // trying again is safe.
   #retrying<T>(run: () => Promise<T>): Promise<T> {
     return retryingConflicts(this.#dialect, 5, run, (error) => { throw error })
   }

@@ -1,70 +1,20 @@
-// The replicated servers the deployment tests of issue 25 run on are what they claim to be: a
-// PostgreSQL primary with a synchronous streaming standby (.ci/pg-failover), and a 3-node MariaDB
-// Galera cluster (.ci/galera). A smoke test only: nothing is killed or promoted here, and what it
-// creates it drops.
+// The replicated PostgreSQL servers the deployment tests run on are what they claim to be: a
+// primary with a synchronous streaming standby (.ci/pg-failover). A smoke test only: nothing is
+// promoted here, and what it creates it drops. (The Galera cluster's is in galera.test.mts.)
 //
-// PG_PRIMARY_URL and PG_STANDBY_URL point at the PostgreSQL pair, GALERA_URLS (comma-separated)
-// at the Galera nodes; .ci/run starts them and sets these. A topology that is not set or does not
-// answer is a failure under CI=true, and otherwise a loud warning and a skipped test. (DIALECTS
-// without postgres, or without mysql, skips the corresponding one as asked.)
+// PG_PRIMARY_URL and PG_STANDBY_URL point at the pair; .ci/run starts it and sets these. A pair
+// that is not set or does not answer is a failure under CI=true, and otherwise a loud warning and
+// a skipped test. (DIALECTS without postgres skips it.)
 import assert from 'node:assert/strict'
-import { after, before, describe, it } from 'node:test'
-import knexFactory, { type Knex } from 'knex'
-import { connect, inCI, uniqueName } from './targets.mjs'
+import { after, before, it } from 'node:test'
+import type { Knex } from 'knex'
+import { uniqueName } from './targets.mjs'
+import { connectPostgres, describeError, sleep, topology, unreachable, wanted } from './topology-helpers.mjs'
 
 /** A guard against a hang: each test takes well under a second. */
 const TEST_TIMEOUT_MS = 60_000
 /** How long a row written on the primary may take to be applied on the standby. */
 const REPLAY_WAIT_MS = 10_000
-const GALERA_NODES = 3
-
-const describeError = (error: unknown): string => (error instanceof Error ? `${error.name}: ${error.message}` : String(error))
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms))
-
-const wanted = (database: string): boolean =>
-  !process.env.DIALECTS?.trim() || process.env.DIALECTS.split(',').map((s) => s.trim()).includes(database)
-
-/** A knex instance on one connection to the MySQL/MariaDB server at `url` (session settings stick). */
-function connectMysql(url: string): Knex {
-  const parsed = new URL(url)
-  return knexFactory({
-    client: 'mysql2',
-    connection: {
-      host: parsed.hostname, port: Number(parsed.port || 3306), user: decodeURIComponent(parsed.username),
-      password: decodeURIComponent(parsed.password), database: decodeURIComponent(parsed.pathname.slice(1)), connectTimeout: 3000,
-    },
-    pool: { min: 0, max: 1 },
-  })
-}
-
-const connectPostgres = (url: string): Knex => connect('postgres', { postgresUrl: url, poolMax: 1 })
-
-/** Why the server at `url` cannot be used, or undefined when it answers. */
-async function unreachable(label: string, url: string, open: (url: string) => Knex): Promise<string | undefined> {
-  const knex = open(url)
-  try {
-    await knex.raw('SELECT 1')
-    return undefined
-  } catch (error) {
-    return `${label}=${url}: ${describeError(error)}`
-  } finally {
-    await knex.destroy()
-  }
-}
-
-/** Declares the topology's tests, or, when a server is missing, a failure (CI=true) or a loud skip. */
-function topology(title: string, setUp: string, reason: string | undefined, body: () => void): void {
-  if (reason === undefined) {
-    describe(title, body)
-  } else if (inCI) {
-    it(`${title}: servers are reachable (CI=true)`, () => {
-      throw new Error(`${title} could not be used and CI=true forbids skipping it: ${reason}`)
-    })
-  } else {
-    console.warn(`\n*** SKIPPED ${title}: ${reason}\n*** ${setUp}; CI=true makes this a failure.\n`)
-    it(`${title}: skipped, not reachable`, { skip: reason }, () => undefined)
-  }
-}
 
 // --- PostgreSQL: a primary and its synchronous streaming standby ----------------------------------
 
@@ -134,67 +84,6 @@ function postgresPair(primaryUrl: string, standbyUrl: string): void {
   })
 }
 
-// --- MariaDB Galera: 3 nodes ------------------------------------------------------------------------
-
-const galeraUrls = (process.env.GALERA_URLS ?? '').split(',').map((s) => s.trim()).filter(Boolean)
-
-async function galeraReason(urls: readonly string[]): Promise<string | undefined> {
-  if (urls.length === 0) return 'GALERA_URLS is not set (.ci/galera start runs the cluster; .ci/run sets it)'
-  if (urls.length !== GALERA_NODES) return `GALERA_URLS names ${urls.length} node(s), not ${GALERA_NODES}: ${urls.join(',')}`
-  for (const [index, url] of urls.entries()) {
-    const reason = await unreachable(`GALERA_URLS node ${index + 1}`, url, connectMysql)
-    if (reason !== undefined) return reason
-  }
-  return undefined
-}
-
-function galeraCluster(urls: readonly string[]): void {
-  const options = { timeout: TEST_TIMEOUT_MS }
-  const table = uniqueName('wl_topology')
-  let nodes: Knex[] = []
-  before(() => { nodes = urls.map(connectMysql) })
-  after(async () => {
-    await nodes[0]?.schema.dropTableIfExists(table)
-    await Promise.all(nodes.map((knex) => knex.destroy()))
-  })
-
-  async function wsrepStatus(knex: Knex): Promise<Record<string, string>> {
-    const [rows] = (await knex.raw(`SHOW GLOBAL STATUS WHERE Variable_name IN
-      ('wsrep_cluster_size', 'wsrep_ready', 'wsrep_local_state_comment', 'wsrep_cluster_status', 'wsrep_cluster_state_uuid')`)) as
-      [Array<{ Variable_name: string; Value: string }>]
-    return Object.fromEntries(rows.map((r) => [r.Variable_name, r.Value]))
-  }
-
-  it(`every node is ready and Synced in one primary cluster of ${GALERA_NODES}`, options, async () => {
-    const statuses = await Promise.all(nodes.map(wsrepStatus))
-    for (const [index, status] of statuses.entries()) {
-      assert.deepEqual(
-        [status.wsrep_cluster_size, status.wsrep_ready, status.wsrep_local_state_comment, status.wsrep_cluster_status],
-        [String(GALERA_NODES), 'ON', 'Synced', 'Primary'],
-        `node ${index + 1} (${urls[index]}): ${JSON.stringify(status)}`)
-    }
-    assert.equal(new Set(statuses.map((s) => s.wsrep_cluster_state_uuid)).size, 1, 'one cluster, not several')
-  })
-
-  it('a row written on node 1 is visible on nodes 2 and 3', options, async () => {
-    const [first, ...others] = nodes
-    assert.ok(first)
-    // Galera certifies and replicates only InnoDB tables with a primary key.
-    await first.schema.createTable(table, (t) => {
-      t.engine('InnoDB')
-      t.integer('id').primary()
-      t.string('note', 100).notNullable()
-    })
-    const note = `written on node 1 at ${new Date().toISOString()}`
-    await first(table).insert({ id: 1, note })
-    for (const [index, knex] of others.entries()) {
-      // A causal read: the node applies everything committed in the cluster before it answers.
-      await knex.raw('SET SESSION wsrep_sync_wait = 1')
-      assert.deepEqual(await knex(table).select('id', 'note'), [{ id: 1, note }], `node ${index + 2} shows the row`)
-    }
-  })
-}
-
 // --- Which run ------------------------------------------------------------------------------------------
 
 if (!wanted('postgres')) {
@@ -206,13 +95,4 @@ if (!wanted('postgres')) {
     'Run .ci/pg-failover start and set PG_PRIMARY_URL and PG_STANDBY_URL',
     await postgresReason(primaryUrl, standbyUrl),
     () => postgresPair(primaryUrl!, standbyUrl!))
-}
-
-if (!wanted('mysql')) {
-  it('MariaDB Galera cluster: skipped, DIALECTS leaves out mysql', { skip: 'DIALECTS leaves out mysql' }, () => undefined)
-} else {
-  topology(`MariaDB Galera cluster of ${GALERA_NODES} nodes`,
-    'Run .ci/galera start and set GALERA_URLS',
-    await galeraReason(galeraUrls),
-    () => galeraCluster(galeraUrls))
 }
