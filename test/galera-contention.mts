@@ -28,6 +28,21 @@ export function errorKind(error: unknown): string {
 }
 
 /**
+ * Whether MariaDB failed `error` because its cached triggers of the table broke: "Unknown trigger
+ * has an error in its body: 'Query was empty'". Seen on Galera 10.11 once a statement was killed
+ * (a brute-force abort by a replicated write, a cancel, a dropped connection) while the node was
+ * loading the table's triggers; from then on that node fails every statement on the table. A
+ * server defect, counted apart: the library reports it as the LockDatabaseError it is.
+ */
+export function isServerTriggerFault(error: unknown): boolean {
+  for (let e: unknown = error, depth = 0; typeof e === 'object' && e !== null && depth < 4; depth++) {
+    if (/Unknown trigger has an error in its body/.test(String((e as { sqlMessage?: unknown }).sqlMessage ?? ''))) return true
+    e = (e as { cause?: unknown }).cause
+  }
+  return false
+}
+
+/**
  * Whether a deadlock or a failed certification (MySQL error 1213) is among `error`'s causes. Not
  * below a statement the library cancelled at its bound: on Galera a killed statement says 1213 too.
  */
@@ -76,6 +91,8 @@ export class Referee {
   readonly grants: Array<{ at: number; node: number; name: string }> = []
   /** Errors other than timeouts, by `node N op kind`. */
   readonly errors = new Map<string, number>()
+  /** Calls failed by the server's broken triggers (see isServerTriggerFault), by node and call. */
+  readonly serverFaults = new Map<string, number>()
   /** Errors that are not the library's own (LockError), or that carry a conflict (error 1213). */
   readonly untyped: string[] = []
   /** Timeouts, by `node N cause kind`. */
@@ -124,7 +141,8 @@ export class Referee {
 
   /** Records an error of `member`'s `op`: a timeout by its cause, anything else by kind. */
   failed(member: Member, op: string, error: unknown): void {
-    if (error instanceof LockTimeoutError) bump(this.timeouts, `node ${member.node} ${error.cause === undefined ? 'busy' : errorKind(error.cause)}`)
+    if (isServerTriggerFault(error)) bump(this.serverFaults, `node ${member.node} ${op}`)
+    else if (error instanceof LockTimeoutError) bump(this.timeouts, `node ${member.node} ${error.cause === undefined ? 'busy' : errorKind(error.cause)}`)
     else bump(this.errors, `node ${member.node} ${op} ${errorKind(error)}`)
     if (!(error instanceof LockError) || isDeadlock(error)) this.untyped.push(`${member.label} ${op}: ${errorKind(error)}: ${String(error)}`)
   }
