@@ -16,8 +16,8 @@ function errno(error: unknown): unknown {
 
 /**
  * Why a MySQL or MariaDB server version (as `SELECT VERSION()` spells it) is too old, or '' when
- * it is recent enough. JSON_TABLE, which renews all of a store's locks in one statement, needs
- * MySQL 8.0.4 or MariaDB 10.6.
+ * it is recent enough. JSON_TABLE, which makes all missing read/write key rows in one statement,
+ * needs MySQL 8.0.4 or MariaDB 10.6.
  */
 export function mysqlVersionProblem(version: string): string {
   const [major = 0, minor = 0, patch = 0] = (/^(\d+)\.(\d+)\.(\d+)/.exec(version) ?? []).slice(1).map(Number)
@@ -100,11 +100,11 @@ export const mysqlDialect: Dialect = {
     await db.query(db.knex.raw('SELECT value FROM ?? WHERE id = 1 FOR UPDATE', [`${table}_fence`]), 'emulated-prelude')
   },
 
-  // A join, not `(a, b, c) IN (subquery)`: MariaDB runs that subquery once per row of the table
-  // (1,000 locks: 1.2 s against 30 ms). JSON_TABLE needs MySQL 8.0.4 or MariaDB 10.6.
-  // A derived table of bound rows, each joined by primary key. Not JSON_TABLE: on Galera, an
-  // UPDATE joined to JSON_TABLE failed certification against other nodes' grants of other rows
-  // (a third of renewals under multi-writer contention); this form never did.
+  // A join to a derived table of bound rows, each found by primary key. Not `(a, b, c) IN (…)`:
+  // MariaDB scans the whole table for that (a subquery once per row: 1,000 locks took 1.2 s
+  // against 30 ms). Not JSON_TABLE either: on Galera an UPDATE joined to JSON_TABLE failed
+  // certification against other nodes' grants of other rows (a quarter of renewals under
+  // multi-writer contention); this form never did.
   restrictToRows: (query: Knex.QueryBuilder, table: string, rows: readonly RowIdentity[]) =>
     query.joinRaw(
       `JOIN (${rows.map(() => 'SELECT ? AS n, ? AS k, ? AS tok').join(' UNION ALL ')}) AS wl_rows
