@@ -2,7 +2,7 @@
 // runs this once per database and prints the tables.
 //
 // Usage: node dist/bench/database.mjs DATABASE [--smoke] [--only=SECTION]
-// (--only=uncontended: section 1 alone; --only=contention: sections 2 and 2b; --only=read-write: section 6; --only=many-keys: section 7;
+// (--only=uncontended: section 1 alone; --only=contention: sections 2 and 2b; --only=read-write: section 6; --only=many-keys: section 7; --only=wake: section 8;
 // the JSON object then has `database` and that section's figures only)
 import { performance } from 'node:perf_hooks'
 import { setTimeout as sleep } from 'node:timers/promises'
@@ -16,13 +16,14 @@ import { newToken, rawContender } from './raw.mjs'
 import { manyKeysSection } from './many-keys.mjs'
 import { readWriteSection } from './read-write.mjs'
 import { uncontended } from './uncontended.mjs'
+import { wakeLatencySection } from './wake-latency.mjs'
 import { beforeBuild, beforeDir } from './before.mjs'
 import { median, p99 } from './stats.mjs'
 
 const database = process.argv[2] as Database
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))?.slice('--only='.length)
-const sections = ['uncontended', 'contention', 'read-write', 'many-keys']
+const sections = ['uncontended', 'contention', 'read-write', 'many-keys', 'wake']
 if (only !== undefined && !sections.includes(only)) throw new Error(`--only takes ${sections.join(', ')}, got ${JSON.stringify(only)}`)
 const LOCK_TIMEOUT = 120_000
 const gc = (globalThis as { gc?: () => void }).gc ?? (() => undefined)
@@ -265,6 +266,7 @@ async function allSections(knex: Knex, table: string): Promise<void> {
     bytesPerLock: await memory(knex, table),
     readWrite: await readWriteSection(database, smoke),
     manyKeys: await manyKeysSection(database, smoke),
+    wake: await wakeLatencySection(database, smoke),
   }
   for (const n of smoke ? [1, 100] : [1, 100, 10_000]) result.renewal[n] = await renewal(knex, table, n)
   console.log(JSON.stringify({
@@ -296,4 +298,5 @@ async function contentionOnly(_knex: Knex, table: string): Promise<void> {
 
 if (only === 'read-write') console.log(JSON.stringify({ database, readWrite: await readWriteSection(database, smoke) }))
 else if (only === 'many-keys') console.log(JSON.stringify({ database, manyKeys: await manyKeysSection(database, smoke) }))
+else if (only === 'wake') console.log(JSON.stringify({ database, wake: await wakeLatencySection(database, smoke) }))
 else await withLockTable(only === 'uncontended' ? uncontendedOnly : only === 'contention' ? contentionOnly : allSections)

@@ -1,5 +1,5 @@
-// npm run bench [-- --smoke] [-- --only=uncontended|contention|read-write|many-keys] [-- --before=DIR]:
-// every benchmark (or only section 1, 2 and 2b, 6 or 7), one process per database, printed as
+// npm run bench [-- --smoke] [-- --only=uncontended|contention|read-write|many-keys|wake] [-- --before=DIR]:
+// every benchmark (or only section 1, 2 and 2b, 6, 7 or 8), one process per database, printed as
 // markdown; with --before, an earlier version's built checkout runs as one more contender in
 // sections 1, 2b and 7. Ratios within one run are the figure; absolute times on a shared machine
 // are noise.
@@ -8,6 +8,7 @@ import { join, resolve } from 'node:path'
 import { resolveMatrix } from '../test/targets.mjs'
 import type { ManyKeysFigures } from './many-keys.mjs'
 import type { RwFigures } from './read-write.mjs'
+import type { WakeFigures } from './wake-latency.mjs'
 
 const smoke = process.argv.includes('--smoke')
 const only = process.argv.find((a) => a.startsWith('--only='))
@@ -29,6 +30,7 @@ interface Result {
   bytesPerLock?: number
   readWrite?: Record<string, { readWrite: RwFigures; plain: RwFigures }>
   manyKeys?: Record<string, ManyKeysFigures>
+  wake?: Record<string, WakeFigures>
 }
 
 const { targets, missing } = await resolveMatrix()
@@ -47,6 +49,7 @@ if (results.some((r) => r.processes)) printContention()
 if (!only) printRest()
 if (results.some((r) => r.readWrite)) printReadWrite()
 if (results.some((r) => r.manyKeys)) printManyKeys()
+if (results.some((r) => r.wake)) printWake()
 
 function printUncontended(): void {
   console.log('## 1. Uncontended tryAcquireLock + release (µs)\n')
@@ -152,4 +155,16 @@ function printReadWrite(): void {
     }
   }
   if (samples.length > 0) console.log(`\nFailed waits and releases, first messages:\n\n${samples.map((m) => `- ${m}`).join('\n')}`)
+}
+
+function printWake(): void {
+  console.log('\n## 8. Release → grant across processes (ms)\n')
+  console.log('A holder process releases after 50 ms to 3 s (50-200 ms in smoke mode); a store in another process waits for the lock. From the moment the holder begins its release to the moment the waiter holds the lock; 4 lanes at once. "statements / s": what the waiting store ran per second of waiting (attempts and looks for releases), median over samples. Then one store waits 10 s (1 s in smoke mode) for a lock another process holds throughout: this process\'s CPU time and the store\'s statements per second of that wait.\n')
+  console.log('| database | contender, mode | samples | p50 | p90 | p99 | max | statements / s while waiting | one 10 s wait on a held lock: CPU ms / s, statements / s |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    for (const [name, w] of Object.entries(r.wake ?? {})) {
+      console.log(`| ${r.database} | ${name} | ${w.samples} | ${f(w.p50)} | ${f(w.p90)} | ${f(w.p99)} | ${f(w.max)} | ${f(w.statementsPerSecond)} | ${f(w.idleWait.cpuMsPerSecond, 2)}, ${f(w.idleWait.statementsPerSecond)} |`)
+    }
+  }
 }

@@ -7,6 +7,7 @@
 import { join } from 'node:path'
 import { createLockTable, dropLockTable } from '../src/index.js'
 import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
+import { beforeDir, beforeLibrary } from './before.mjs'
 import { runBenchChildren } from './child.mjs'
 import type { RwPhase, RwPhaseResult, Section } from './rw-worker.mjs'
 import { median, p99 } from './stats.mjs'
@@ -122,6 +123,13 @@ function summarise(phase: RwPhase, results: readonly RwPhaseResult[]): RwFigures
  * `graceMs` after a phase's end is cut.
  */
 export async function readWriteSection(database: Database, smoke: boolean, processes = 8): Promise<Record<string, { readWrite: RwFigures; plain: RwFigures }>> {
+  const out = await readWriteRun(database, smoke, processes, undefined)
+  // With --before, the earlier build's LockStore in the same processes' code, right after: "N (before)".
+  if (beforeDir()) for (const [keys, figures] of Object.entries(await readWriteRun(database, smoke, processes, beforeLibrary()))) out[`${keys} (before)`] = figures
+  return out
+}
+
+async function readWriteRun(database: Database, smoke: boolean, processes: number, library: string | undefined): Promise<Record<string, { readWrite: RwFigures; plain: RwFigures }>> {
   const [seconds, graceMs, pauseMs] = smoke ? [0.5, 500, 200] : [3, 1000, 200]
   const phases: RwPhase[] = (smoke ? [1] : [1, 16]).flatMap((keys) => [{ kind: 'read-write', keys }, { kind: 'plain', keys }] as const)
   const knex = connect(database, { poolMax: 2 })
@@ -131,6 +139,7 @@ export async function readWriteSection(database: Database, smoke: boolean, proce
     const env = {
       WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_PHASES: JSON.stringify(phases),
       WL_SECONDS: String(seconds), WL_GRACE_MS: String(graceMs), WL_PAUSE_MS: String(pauseMs), WL_WRITE_SHARE: '0.3', WL_HOLD_MS: '0.2',
+      ...(library ? { WL_LIBRARY: library } : {}),
     }
     const totalSeconds = (phases.length * (seconds * 1000 + graceMs + pauseMs)) / 1000
     const { finished } = await runBenchChildren<RwPhaseResult[]>(processes, [script], env, totalSeconds)

@@ -19,7 +19,8 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Sqlite from 'better-sqlite3'
 import mysql from 'mysql2'
 import pg from 'pg'
-import { LockStore, type Lock } from '../src/index.js'
+import { pathToFileURL } from 'node:url'
+import type { Lock } from '../src/index.js'
 import { connect, type Database } from '../test/targets.mjs'
 import { waitForGo } from './child.mjs'
 
@@ -56,6 +57,8 @@ const pauseMs = Number(env.WL_PAUSE_MS ?? 200)
 const writeShare = Number(env.WL_WRITE_SHARE ?? 0.3)
 const holdMs = Number(env.WL_HOLD_MS ?? 0.2)
 const knex = connect(env.WL_DATABASE as Database, { poolMax: 2 })
+// WL_LIBRARY: another build's dist/src/index.js to take LockStore from (the bench's --before).
+const { LockStore } = await import(env.WL_LIBRARY ? pathToFileURL(env.WL_LIBRARY).href : '../src/index.js') as typeof import('../src/index.js')
 const store = new LockStore(knex, { tableName: env.WL_TABLE ?? '', lockTimeoutMs: 120_000, renewalIntervalMs: 30_000 })
 await store.init()
 

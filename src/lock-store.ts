@@ -20,7 +20,8 @@ import {
   type ReadWriteWaitOptions, type ResolvedOptions, type Wait, type WaitOptions,
 } from './validate.js'
 import { Waits } from './waits.js'
-import { lockId, readWriteId, Wakeups } from './wakeups.js'
+import { LOOK_MAX_MS } from './release-watch.js'
+import { lockId, lockOfId, readWriteId, Wakeups } from './wakeups.js'
 import { keyThenOptions, lockedCall, runHolding, type LockedFunction, type TryWithLockOptions, type WithLockOptions } from './with-lock.js'
 
 /** One row of the lock table, as {@link LockStore.listLocks} reports it. */
@@ -113,7 +114,17 @@ export class LockStore {
     // A renewal slower than the interval is as good as failed; give it at least a second.
     const table = (this.#table = new LockTable(knex, dialect, { ...o, renewalTimeoutMs: Math.max(1_000, o.renewalIntervalMs) }))
     this.#held = new HeldLocks({ table, clocks, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
-    const wakeups = (this.#wakeups = new Wakeups(knex, o.tableName, dialect.notifications, clocks.timers, log))
+    const look = async (ids: readonly string[], signal: AbortSignal): Promise<Map<string, Map<string, boolean>>> => {
+      const live = new Map<string, Map<string, boolean>>()
+      for (const holder of await table.liveHolders(ids.map(lockOfId), clocks.nowMs(), { withinMs: LOOK_MAX_MS, signal })) {
+        const id = holder.readWrite ? readWriteId(holder.name, holder.key) : lockId(holder.name, holder.key)
+        live.set(id, (live.get(id) ?? new Map()).set(holder.token, holder.writes))
+      }
+      return live
+    }
+    const wakeups = (this.#wakeups = new Wakeups({
+      knex, table: o.tableName, notifications: dialect.notifications, look, timers: clocks.timers, monotonicNow: clocks.monotonicNow, log,
+    }))
     this.#waits = new Waits({ clocks, backoff: o.backoff, slowWaitWarningMs: o.slowWaitWarningMs, log, events, wakeups })
   }
 

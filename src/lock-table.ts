@@ -57,9 +57,22 @@ export interface LockTableOptions {
 // MySQL hands binary string columns back as Buffers of UTF-8.
 const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
 
-function chunks<T>(items: readonly T[]): T[][] {
+// Locks per statement when looking for releases: bound parameters, two per lock.
+const LOOKS_PER_STATEMENT = 100
+
+/** A live holder of a waited lock, as a look for releases found it. */
+export interface LiveHolder {
+  readonly readWrite: boolean
+  readonly name: string
+  readonly key: string
+  readonly token: string
+  /** A plain lock's holder, or a read/write lock's writer. */
+  readonly writes: boolean
+}
+
+function chunks<T>(items: readonly T[], size = ROWS_PER_STATEMENT): T[][] {
   const out: T[][] = []
-  for (let i = 0; i < items.length; i += ROWS_PER_STATEMENT) out.push(items.slice(i, i + ROWS_PER_STATEMENT))
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
   return out
 }
 
@@ -227,6 +240,29 @@ export class LockTable {
         }
       }
       return listed
+    })
+  }
+
+  /**
+   * The live holders (lease not run out by `now`) of each listed lock, plain or read/write: one
+   * statement per kind and LOOKS_PER_STATEMENT locks.
+   */
+  liveHolders(locks: ReadonlyArray<{ readonly readWrite: boolean; readonly name: string; readonly key: string }>, nowMs: number | null, bound: Bound): Promise<LiveHolder[]> {
+    return this.#call(() => `look for released locks`, async () => {
+      const live: LiveHolder[] = []
+      const db = this.#within(bound)
+      for (const readWrite of [false, true]) {
+        const ids = locks.filter((l) => l.readWrite === readWrite).map((l) => [l.name, l.key])
+        for (const chunk of chunks(ids, LOOKS_PER_STATEMENT)) {
+          // OR of key equalities, not a row-value IN: MariaDB scans the whole index for that.
+          const { rows } = await db.query(this.#knex(readWrite ? this.#holders : this.name)
+            .where((q) => { for (const [name, key] of chunk) void q.orWhere({ lock_name: name, lock_key: key }) })
+            .whereRaw('last_renewed_ts + lease_ms >= ?', [nowBinding(this.#knex, this.#dialect, nowMs)])
+            .select('lock_name', 'lock_key', 'token', ...(readWrite ? ['write_mode'] : [])), 'look')
+          for (const row of rows) live.push({ readWrite, name: text(row.lock_name), key: text(row.lock_key), token: text(row.token), writes: !readWrite || Number(row.write_mode) === 1 })
+        }
+      }
+      return live
     })
   }
 

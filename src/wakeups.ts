@@ -5,12 +5,14 @@
 // server session of its own: through a pooler (PgBouncer in transaction mode) LISTEN is accepted
 // and nothing ever arrives, so a pooled connection never listens, and a deaf one is given up;
 // either way the store says so once and its waiters poll. What is heard only wakes a waiter,
-// which then asks the row: it never grants.
+// which then asks the row: it never grants. Where nothing is announced, a release in another
+// process is seen by looking at the rows waited for (release-watch.ts).
 import type { Knex } from 'knex'
 import type { Heard, ReleaseNotifications, ReleaseSubscription } from '../dialects/index.js'
 import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
 import type { Clock, TimerHandle } from './clock.js'
 import type { Log } from './logger.js'
+import { ReleaseWatch, type Look } from './release-watch.js'
 
 // How long the listening connection stays open after the last wait ended: a service that waits
 // now and then keeps one connection (a server backend) instead of opening one per wait.
@@ -26,33 +28,64 @@ export const lockId = (name: string, key: string): string => `${name}\0${key}`
 /** A read/write key's id: never a plain lock's, which has no leading NUL. */
 export const readWriteId = (name: string, key: string): string => `\0rw\0${name}\0${key}`
 
+/** The lock an id names: the inverse of {@link lockId} and {@link readWriteId}. */
+export function lockOfId(id: string): { readonly readWrite: boolean; readonly name: string; readonly key: string } {
+  const readWrite = id.startsWith('\0rw\0')
+  const rest = readWrite ? id.slice(4) : id
+  const split = rest.indexOf('\0')
+  return { readWrite, name: rest.slice(0, split), key: rest.slice(split + 1) }
+}
+
 // Every wait of this process, by table name and lock id. Stores on different databases that share
 // a table name may wake each other once too often: one wasted attempt.
 const waiting = new Map<string, Set<() => void>>()
 
 type Ending = 'dropped' | 'deaf' | 'stopped' | 'failed'
 
+export interface WakeupsOptions {
+  readonly knex: Knex
+  readonly table: string
+  /** How the database announces releases, where it can. */
+  readonly notifications: ReleaseNotifications | undefined
+  /** Reads the live holders of waited locks: how releases in other processes are seen without announcements. */
+  readonly look: Look
+  readonly timers: Clock
+  readonly monotonicNow: () => number
+  readonly log: Log
+}
+
 export class Wakeups {
   readonly #knex: Knex
   readonly #table: string
   readonly #notifications: ReleaseNotifications | undefined
   readonly #timers: Clock
+  readonly #monotonicNow: () => number
   readonly #log: Log
-  // This store's waits by lock id: what a release heard from another process wakes.
+  readonly #watch: ReleaseWatch
+  // This store's waits by lock id: what a release heard from another process, or seen by a look, wakes.
   readonly #mine = new Map<string, Set<() => void>>()
   #waits = 0
+  #youngestSince = 0
+  #hearing = false
   #wanted = false
   #running: Promise<void> | undefined
   #linger: TimerHandle | undefined
   #stop: (() => void) | undefined
   #deafUntil: number | undefined
 
-  constructor(knex: Knex, table: string, notifications: ReleaseNotifications | undefined, timers: Clock, log: Log) {
-    this.#knex = knex
-    this.#table = table
-    this.#notifications = notifications
-    this.#timers = timers
-    this.#log = log
+  constructor(options: WakeupsOptions) {
+    this.#knex = options.knex
+    this.#table = options.table
+    this.#notifications = options.notifications
+    this.#timers = options.timers
+    this.#monotonicNow = options.monotonicNow
+    this.#log = options.log
+    this.#watch = new ReleaseWatch({
+      look: options.look, timers: options.timers, monotonicNow: options.monotonicNow, log: options.log,
+      waited: () => ({ ids: [...this.#mine.keys()], youngestSince: this.#youngestSince }),
+      wake: (id) => { for (const wake of [...this.#mine.get(id) ?? []]) wake() },
+      hearing: () => this.#hearing,
+    })
   }
 
   /** Calls `wake` whenever a release may have freed lock `id`, until the returned function is called. */
@@ -63,13 +96,20 @@ export class Wakeups {
       if (!set) map.set(key, (set = new Set()))
       set.add(wake)
     }
-    if (this.#waits++ === 0) this.#listen()
+    this.#youngestSince = this.#monotonicNow()
+    if (this.#waits++ === 0) {
+      this.#listen()
+      this.#watch.start()
+    }
     return () => {
       for (const [map, key] of entries) {
         const set = map.get(key)
         if (set?.delete(wake) && set.size === 0) map.delete(key)
       }
-      if (--this.#waits === 0) this.#idle()
+      if (--this.#waits === 0) {
+        void this.#watch.stop()
+        this.#idle()
+      }
     }
   }
 
@@ -83,7 +123,7 @@ export class Wakeups {
     this.#cancelLinger()
     this.#wanted = false
     this.#stop?.()
-    await this.#running
+    await Promise.all([this.#running, this.#watch.stop()])
   }
 
   #listen(): void {
@@ -166,7 +206,12 @@ export class Wakeups {
       if (ending === 'heard') {
         this.#log('debug', { table: this.#table }, `worker-locks: listening for releases in table ${JSON.stringify(this.#table)}.`)
         verdict = next()
-        ending = dropped !== undefined ? 'dropped' : this.#wanted ? await verdict : 'stopped'
+        this.#hearing = true
+        try {
+          ending = dropped !== undefined ? 'dropped' : this.#wanted ? await verdict : 'stopped'
+        } finally {
+          this.#hearing = false
+        }
       }
       if (ending !== 'stopped' && this.#wanted) {
         this.#log('warn', { err: dropped, table: this.#table }, 'worker-locks: the connection listening for releases dropped; waiters poll until it is back.')

@@ -11,6 +11,7 @@ import { inspectionSuite } from './suite/inspection.mjs'
 import { keepingSuite } from './suite/keeping.mjs'
 import { propertiesSuite } from './suite/properties.mjs'
 import { readWriteSuite } from './suite/read-write.mjs'
+import { releaseWatchSuite } from './suite/release-watch.mjs'
 import { renewalSuite } from './suite/renewal.mjs'
 import { schemaSuite } from './suite/schema.mjs'
 import { shutdownSuite } from './suite/shutdown.mjs'
@@ -25,6 +26,7 @@ forEachTarget('behaviour', (target) => {
   fenceSuite(h)
   shutdownSuite(h)
   waitingSuite(h)
+  releaseWatchSuite(h)
   inspectionSuite(h)
   keepingSuite(h)
   readWriteSuite(h)

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidLockNameError, LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
-import { isAcquire, isRelease, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
+import { isAcquire, isRelease, kindOf, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
 
@@ -322,8 +322,9 @@ export function waitingSuite(h: Harness): void {
       const held = await holder.tryAcquireLock(name)
       assert.ok(held)
       const statementTimes: number[] = []
-      // Attempts only: on PostgreSQL the waiter also keeps its place in the waiting line.
-      knex.on('query', () => { statementTimes.push(clock.now()) })
+      const lookTimes: number[] = []
+      // Attempts apart from the looks for releases by other processes, which have a pace of their own.
+      knex.on('query', (query: object) => { (kindOf(query) === 'look' ? lookTimes : statementTimes).push(clock.now()) })
       // The clock must not move before the first attempt has been refused, or its first sleep
       // would start late and look like a gap over the cap.
       await waiter.init()
@@ -343,6 +344,13 @@ export function waitingSuite(h: Harness): void {
       assert.ok(gaps.slice(-100).every((g) => g >= 4_500), 'at the cap, jitter stays within ±10 %')
       const warnings = logger.at('warn').filter((m) => m.includes('still waiting'))
       assert.ok(warnings.length >= hours * 6 - 1 && warnings.length <= hours * 6, `${warnings.length} warnings`)
+      // Looks come every 50 ms while the wait is young, every second once it is 20 s old (and on
+      // PostgreSQL, where releases are heard, every second once the listener is proven).
+      const lookGaps = lookTimes.slice(1).map((t, i) => t - (lookTimes[i] ?? t))
+      assert.ok(lookGaps.every((g) => g >= 50 && g <= 1_000), `look gaps from ${Math.min(...lookGaps)} to ${Math.max(...lookGaps)} ms`)
+      if (h.target.database !== 'postgres') assert.equal(lookGaps[0], 50, 'a young wait looks every 50 ms')
+      assert.ok(lookGaps.slice(-100).every((g) => g === 1_000), 'an old wait looks once a second')
+      assert.ok(lookTimes.length >= 3_500 && lookTimes.length <= 3_900, `${lookTimes.length} looks in ${hours} h`)
       await held.release()
       assert.ok(await waiting)
     })
