@@ -131,8 +131,10 @@ export async function bounded<T>(client: Client, limitMs: number, bound: Bound |
     return outcome.value
   } finally {
     wait.clear()
-    await cancelling
-    await client.releaseConnection(connection)
+    // After a cancel, the caller does not wait for it to be taken in (reaching the server may itself
+    // take a while): the connection goes back to the pool then, in the background.
+    if (cancelling === undefined) await client.releaseConnection(connection)
+    else void cancelling.then(() => client.releaseConnection(connection)).catch(() => undefined)
   }
 }
 
