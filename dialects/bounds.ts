@@ -23,10 +23,14 @@ export class StatementTimeoutError extends Error {
   }
 }
 
+/** Whether `error` (a LockDatabaseError, say) is a statement stopped at its bound rather than failed by the database. */
+export const stoppedAtBound = (error: unknown): boolean => (error as { cause?: unknown } | null)?.cause instanceof StatementTimeoutError
+
 /** How long a cancelled statement may take to end before its connection is closed. */
 const CANCEL_GRACE_MS = 1_000
 
-interface Client {
+/** What the library uses of knex's client (`knex.client`): its pool, raw connections and driver. */
+export interface Client {
   driverName?: string
   acquireConnection(): Promise<unknown>
   releaseConnection(connection: unknown): Promise<void>

@@ -5,7 +5,7 @@
 // ones (see `DatabaseOptions.preparedStatements`). knex's `query` event still fires for each.
 import { createHash } from 'node:crypto'
 import type { Knex } from 'knex'
-import { bounded, sqliteBusyMs, StatementTimeoutError, type Bound } from './bounds.js'
+import { bounded, sqliteBusyMs, StatementTimeoutError, type Bound, type Client as PoolClient } from './bounds.js'
 
 /** What one statement did, whatever the driver. */
 export interface StatementResult {
@@ -57,12 +57,7 @@ export interface DatabaseOptions {
   readonly statementTimeoutMs: number
 }
 
-interface Client {
-  driverName?: string
-  acquireConnection(): Promise<unknown>
-  releaseConnection(connection: unknown): Promise<void>
-  acquireRawConnection(): Promise<unknown>
-  destroyRawConnection(connection: unknown): Promise<void>
+interface Client extends PoolClient {
   emit(event: 'query', data: object): void
 }
 

@@ -8,7 +8,7 @@ export type { AcquireRequest, Dialect, DialectName, Heard, ReleaseNotifications,
 export { nowBinding } from './dialect.js'
 export { acquire, releaseByDelete, retryingConflicts } from './acquire.js'
 export { database, type Db, type DatabaseOptions } from './executor.js'
-export { StatementTimeoutError, type Bound } from './bounds.js'
+export { StatementTimeoutError, stoppedAtBound, type Bound } from './bounds.js'
 export { acquireReadWrite, claimIntent, dropIntent, readWriteTables, type ReadWritePart, type ReadWriteRequest, type ReadWriteSql } from './read-write.js'
 
 // Keyed by knex's `client.dialect`, which driver variants inherit (mysql2 → 'mysql',

@@ -21,7 +21,8 @@ import {
 } from './validate.js'
 import { Waits } from './waits.js'
 import { LOOK_MAX_MS } from './release-watch.js'
-import { lockId, lockOfId, readWriteId, Wakeups } from './wakeups.js'
+import { lockId, lockOfId, readWriteId } from './lock-ids.js'
+import { Wakeups } from './wakeups.js'
 import { keyThenOptions, lockedCall, runHolding, type LockedFunction, type TryWithLockOptions, type WithLockOptions } from './with-lock.js'
 
 /** One row of the lock table, as {@link LockStore.listLocks} reports it. */

@@ -5,6 +5,7 @@
 // often is cheap while a wait is young and would be wasteful for waits that last minutes, so the
 // interval grows with the age of the youngest wait. What a look sees only wakes: it never grants.
 import type { Clock, TimerHandle } from './clock.js'
+import { isReadWriteId } from './lock-ids.js'
 import type { Log } from './logger.js'
 
 /** The shortest and longest interval between looks, and how it grows: a twentieth of the youngest wait's age. */
@@ -17,9 +18,6 @@ export type Holders = ReadonlyMap<string, boolean>
 
 /** Reads the live holders of each waited lock id (an id with none is absent or empty). */
 export type Look = (ids: readonly string[], signal: AbortSignal) => Promise<ReadonlyMap<string, Holders>>
-
-/** Whether a lock id is a read/write lock's (see wakeups.ts). */
-const readWrite = (id: string): boolean => id.startsWith('\0rw\0')
 
 export interface ReleaseWatchOptions {
   readonly look: Look
@@ -104,7 +102,7 @@ export class ReleaseWatch {
       // A lock that merely changed hands, or readers coming and going, wake no one: the attempt
       // would be refused (a waiting writer needs every reader gone).
       const writerGone = [...before].some(([token, writes]) => writes && !now.has(token))
-      if (now.size === 0 || (readWrite(id) && writerGone)) this.#o.wake(id)
+      if (now.size === 0 || (isReadWriteId(id) && writerGone)) this.#o.wake(id)
     }
     this.#seen = seen
   }

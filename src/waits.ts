@@ -2,7 +2,7 @@
 // attempt as a function. Waits for the same lock queue first come, first served; only the head
 // attempts, backing off while the lock is busy, and a wake-up (see wakeups.ts) sends it back at
 // once. A wait ends with the lock, at its deadline, when its signal aborts, or when the store closes.
-import { StatementTimeoutError, type Bound } from '../dialects/index.js'
+import { stoppedAtBound, type Bound } from '../dialects/index.js'
 import { backoffDelay, type Backoff } from './backoff.js'
 import { MAX_TIMER_MS, type StoreClocks, type TimerHandle } from './clock.js'
 import { LockDatabaseError, LockStoreClosedError, LockTimeoutError } from './errors.js'
@@ -147,8 +147,7 @@ export class Waits {
    * connection refused) than "no answer within 2 ms" does.
    */
   #failed(waiter: Waiter, error: LockDatabaseError): void {
-    const cut = (e: unknown): boolean => (e as { cause?: unknown } | undefined)?.cause instanceof StatementTimeoutError
-    if (cut(error) && waiter.lastError instanceof LockDatabaseError && !cut(waiter.lastError)) return
+    if (stoppedAtBound(error) && waiter.lastError instanceof LockDatabaseError && !stoppedAtBound(waiter.lastError)) return
     waiter.lastError = error
   }
 

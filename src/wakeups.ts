@@ -12,6 +12,7 @@ import type { Heard, ReleaseNotifications, ReleaseSubscription } from '../dialec
 import { backoffDelay, DEFAULT_BACKOFF } from './backoff.js'
 import type { Clock, TimerHandle } from './clock.js'
 import type { Log } from './logger.js'
+import { lockId, readWriteId } from './lock-ids.js'
 import { ReleaseWatch, type Look } from './release-watch.js'
 
 // How long the listening connection stays open after the last wait ended: a service that waits
@@ -21,20 +22,6 @@ const LINGER_MS = 10_000
 // it: waiters poll meanwhile), and how long a store then polls before it probes again.
 const PROBE_MS = 5_000
 const DEAF_MS = 600_000
-
-/** A plain lock's id among waits and wake-ups (names never contain NUL, so this join is unambiguous). */
-export const lockId = (name: string, key: string): string => `${name}\0${key}`
-
-/** A read/write key's id: never a plain lock's, which has no leading NUL. */
-export const readWriteId = (name: string, key: string): string => `\0rw\0${name}\0${key}`
-
-/** The lock an id names: the inverse of {@link lockId} and {@link readWriteId}. */
-export function lockOfId(id: string): { readonly readWrite: boolean; readonly name: string; readonly key: string } {
-  const readWrite = id.startsWith('\0rw\0')
-  const rest = readWrite ? id.slice(4) : id
-  const split = rest.indexOf('\0')
-  return { readWrite, name: rest.slice(0, split), key: rest.slice(split + 1) }
-}
 
 // Every wait of this process, by table name and lock id. Stores on different databases that share
 // a table name may wake each other once too often: one wasted attempt.

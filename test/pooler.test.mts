@@ -15,6 +15,7 @@ import pg from 'pg'
 import { LockDatabaseError, LockStore, ManualClock, createLockTable, dropLockTable, type Lock, type LockStoreOptions } from '../src/index.js'
 import { RecordingLogger } from './harness.mjs'
 import { connect, inCI, uniqueName, type StrategyName, type Target } from './targets.mjs'
+import { connectPostgres, describeError, unreachable as serverUnreachable } from './topology-helpers.mjs'
 import { killChildren, startWorker } from './worker-process.mjs'
 
 type PoolMode = 'transaction' | 'session'
@@ -44,20 +45,10 @@ const TEST_TIMEOUT_MS = 300_000
 const unhandled: unknown[] = []
 process.on('unhandledRejection', (reason) => { unhandled.push(reason) })
 
-const describeError = (error: unknown): string => (error instanceof Error ? `${error.name}: ${error.message}` : String(error))
-
 /** Why the pooler at `url` cannot be used, or undefined when it answers. */
 async function unreachable(variable: string, url: string | undefined): Promise<string | undefined> {
   if (!url) return `${variable} is not set (.ci/pgbouncer start runs the poolers; .ci/run sets it)`
-  const knex = connect('postgres', { postgresUrl: url, poolMax: 1 })
-  try {
-    await knex.raw('SELECT 1')
-    return undefined
-  } catch (error) {
-    return `${variable}=${url}: ${describeError(error)}`
-  } finally {
-    await knex.destroy()
-  }
+  return serverUnreachable(variable, url, connectPostgres)
 }
 
 /**

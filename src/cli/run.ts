@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { constants } from 'node:os'
 import type { Knex } from 'knex'
 import { LockDatabaseError, LockStore, LockTableError, LockTimeoutError, type Lock } from '../index.js'
-import { StatementTimeoutError } from '../../dialects/index.js'
+import { stoppedAtBound } from '../../dialects/index.js'
 import { seconds, text, UsageError, type CommandLine } from './args.js'
 import { databaseTrouble, MIGRATE_HINT, printable, quoted, reasonOf, say, tableTrouble } from './failure.js'
 
@@ -115,7 +115,7 @@ async function notAcquired(store: LockStore, run: Run, error?: unknown): Promise
   if (error instanceof LockTableError) return end(tableTrouble(error, run.database), EXIT.failed, ` ${MIGRATE_HINT}`)
   // An attempt still unanswered at the deadline (another session holding the table, a slow
   // server) is a wait that ran out like any other: busy for now, worth trying again later.
-  if (error instanceof LockTimeoutError && cutAtDeadline(error.cause)) {
+  if (error instanceof LockTimeoutError && stoppedAtBound(error.cause)) {
     return end(`${run.what} is still busy after ${waited} s (the last attempt had no answer in time: ${reasonOf(error.cause)})`, EXIT.busy)
   }
   // With another cause, the wait ended because the database could not be asked, not because the
@@ -129,11 +129,6 @@ async function notAcquired(store: LockStore, run: Run, error?: unknown): Promise
   if (holder?.instanceName !== '') return end(`${run.what} is held by ${holder ? printable(holder.instanceName) : 'another worker'}`, EXIT.busy)
   const left = Math.max(0, holder.leaseMs - holder.ageMs) / 1000
   return end(`${run.what} is kept by an earlier run's --min-hold for ${left.toFixed(1)} s more`, EXIT.busy)
-}
-
-/** Whether `cause` is an attempt stopped at its bound, rather than one the database failed. */
-function cutAtDeadline(cause: unknown): boolean {
-  return cause instanceof LockDatabaseError && cause.cause instanceof StatementTimeoutError
 }
 
 /** Sends `signal` to the process group led by `child`; false when no process is left in it. */
