@@ -4,6 +4,8 @@
 // plain locks (every section exclusive) is the baseline. Besides throughput and waits, the
 // sections of all workers are laid side by side and checked: no writer may overlap another
 // section of its key, on the one clock of the machine or in the order of the fences.
+// WL_BENCH_WRITE_SHARE (0 to 1, default 0.3) changes the writers' share, to tell the cost of the
+// statements (all readers, or all writers) from that of readers and writers waiting for each other.
 import { join } from 'node:path'
 import { createLockTable, dropLockTable } from '../src/index.js'
 import { connect, sqliteFile, uniqueName, type Database } from '../test/targets.mjs'
@@ -138,7 +140,7 @@ async function readWriteRun(database: Database, smoke: boolean, processes: numbe
     await createLockTable(knex, { tableName: table })
     const env = {
       WL_DATABASE: database, WL_TABLE: table, WL_SQLITE_FILE: sqliteFile, WL_PHASES: JSON.stringify(phases),
-      WL_SECONDS: String(seconds), WL_GRACE_MS: String(graceMs), WL_PAUSE_MS: String(pauseMs), WL_WRITE_SHARE: '0.3', WL_HOLD_MS: '0.2',
+      WL_SECONDS: String(seconds), WL_GRACE_MS: String(graceMs), WL_PAUSE_MS: String(pauseMs), WL_WRITE_SHARE: process.env.WL_BENCH_WRITE_SHARE ?? '0.3', WL_HOLD_MS: '0.2',
       ...(library ? { WL_LIBRARY: library } : {}),
     }
     const totalSeconds = (phases.length * (seconds * 1000 + graceMs + pauseMs)) / 1000

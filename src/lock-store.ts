@@ -20,7 +20,7 @@ import {
   type ReadWriteWaitOptions, type ResolvedOptions, type Wait, type WaitOptions,
 } from './validate.js'
 import { Waits } from './waits.js'
-import { LOOK_MAX_MS } from './release-watch.js'
+import { LOOK_MAX_MS, type HolderKind } from './release-watch.js'
 import { lockId, lockOfId, readWriteId } from './lock-ids.js'
 import { Wakeups } from './wakeups.js'
 import { keyThenOptions, lockedCall, runHolding, type LockedFunction, type TryWithLockOptions, type WithLockOptions } from './with-lock.js'
@@ -115,11 +115,11 @@ export class LockStore {
     // A renewal slower than the interval is as good as failed; give it at least a second.
     const table = (this.#table = new LockTable(knex, dialect, { ...o, renewalTimeoutMs: Math.max(1_000, o.renewalIntervalMs) }))
     this.#held = new HeldLocks({ table, clocks, lockTimeoutMs: o.lockTimeoutMs, renewalIntervalMs: o.renewalIntervalMs, log, events })
-    const look = async (ids: readonly string[], signal: AbortSignal): Promise<Map<string, Map<string, boolean>>> => {
-      const live = new Map<string, Map<string, boolean>>()
+    const look = async (ids: readonly string[], signal: AbortSignal): Promise<Map<string, Map<string, HolderKind>>> => {
+      const live = new Map<string, Map<string, HolderKind>>()
       for (const holder of await table.liveHolders(ids.map(lockOfId), clocks.nowMs(), { withinMs: LOOK_MAX_MS, signal })) {
         const id = holder.readWrite ? readWriteId(holder.name, holder.key) : lockId(holder.name, holder.key)
-        live.set(id, (live.get(id) ?? new Map()).set(holder.token, holder.writes))
+        live.set(id, (live.get(id) ?? new Map()).set(holder.token, holder.kind))
       }
       return live
     }

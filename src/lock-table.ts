@@ -11,6 +11,7 @@ import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError 
 import { describeLock } from './held-locks.js'
 import { readOnlyError, readOnlyFailure } from './read-only.js'
 import type { HeldLock, LockMode } from './lock.js'
+import type { HolderKind } from './release-watch.js'
 import type { LockFilter, StrategyOption } from './validate.js'
 
 // Rows per statement when renewing or releasing many locks. They travel as one JSON parameter,
@@ -57,8 +58,10 @@ export interface LockTableOptions {
 // MySQL hands binary string columns back as Buffers of UTF-8.
 const text = (value: unknown): string => (Buffer.isBuffer(value) ? value.toString('utf8') : String(value))
 
-// Locks per statement when looking for releases: bound parameters, two per lock.
+// Locks per statement when looking for releases: bound parameters, two per lock (four for read/write locks).
 const LOOKS_PER_STATEMENT = 100
+// What a look's `write_mode` column says: the holders' own values, and 2 for a writer's intent.
+const HOLDER_KINDS: readonly HolderKind[] = ['read', 'write', 'intent']
 
 /** A live holder of a waited lock, as a look for releases found it. */
 export interface LiveHolder {
@@ -66,8 +69,8 @@ export interface LiveHolder {
   readonly name: string
   readonly key: string
   readonly token: string
-  /** A plain lock's holder, or a read/write lock's writer. */
-  readonly writes: boolean
+  /** A reader, a writer (a plain lock's holder too), or the intent of a writer waiting for a read/write lock, which keeps new readers out. */
+  readonly kind: HolderKind
 }
 
 function chunks<T>(items: readonly T[], size = ROWS_PER_STATEMENT): T[][] {
@@ -83,6 +86,7 @@ export class LockTable {
   readonly #db: Db
   readonly #o: LockTableOptions
   readonly #holders: string
+  readonly #keys: string
   #plan: Plan | undefined
   #planning: Promise<Plan> | undefined
 
@@ -92,7 +96,9 @@ export class LockTable {
     this.#dialect = dialect
     this.#o = options
     this.#db = database(knex, dialect.rowsOf, options)
-    this.#holders = readWriteTables(this.name).holders
+    const readWrite = readWriteTables(this.name)
+    this.#holders = readWrite.holders
+    this.#keys = readWrite.keys
   }
 
   /** The acquire statement in use, once the server has been asked. */
@@ -244,22 +250,29 @@ export class LockTable {
   }
 
   /**
-   * The live holders (lease not run out by `now`) of each listed lock, plain or read/write: one
+   * The live holders (lease not run out by `now`) of each listed lock, plain or read/write, and
+   * the live intents of writers waiting for the read/write ones (with the intent's token): one
    * statement per kind and LOOKS_PER_STATEMENT locks.
    */
   liveHolders(locks: ReadonlyArray<{ readonly readWrite: boolean; readonly name: string; readonly key: string }>, nowMs: number | null, bound: Bound): Promise<LiveHolder[]> {
     return this.#call(() => `look for released locks`, async () => {
       const live: LiveHolder[] = []
       const db = this.#within(bound)
+      const now = nowBinding(this.#knex, this.#dialect, nowMs)
       for (const readWrite of [false, true]) {
         const ids = locks.filter((l) => l.readWrite === readWrite).map((l) => [l.name, l.key])
         for (const chunk of chunks(ids, LOOKS_PER_STATEMENT)) {
           // OR of key equalities, not a row-value IN: MariaDB scans the whole index for that.
-          const { rows } = await db.query(this.#knex(readWrite ? this.#holders : this.name)
-            .where((q) => { for (const [name, key] of chunk) void q.orWhere({ lock_name: name, lock_key: key }) })
-            .whereRaw('last_renewed_ts + lease_ms >= ?', [nowBinding(this.#knex, this.#dialect, nowMs)])
-            .select('lock_name', 'lock_key', 'token', ...(readWrite ? ['write_mode'] : [])), 'look')
-          for (const row of rows) live.push({ readWrite, name: text(row.lock_name), key: text(row.lock_key), token: text(row.token), writes: !readWrite || Number(row.write_mode) === 1 })
+          const among = (q: Knex.QueryBuilder): void => { for (const [name, key] of chunk) void q.orWhere({ lock_name: name, lock_key: key }) }
+          const holders = this.#knex(readWrite ? this.#holders : this.name).where(among).whereRaw('last_renewed_ts + lease_ms >= ?', [now])
+            .select('lock_name', 'lock_key', 'token', readWrite ? 'write_mode' : this.#knex.raw('1 AS write_mode'))
+          // A waiting writer's intent keeps new readers out as a writer does: its end may let them in.
+          const query = readWrite
+            ? holders.unionAll((q) => void q.from(this.#keys).where(among).whereNotNull('intent_token').whereRaw('intent_until >= ?', [now])
+              .select('lock_name', 'lock_key', { token: 'intent_token' }, this.#knex.raw('2 AS write_mode')))
+            : holders
+          const { rows } = await db.query(query, 'look')
+          for (const row of rows) live.push({ readWrite, name: text(row.lock_name), key: text(row.lock_key), token: text(row.token), kind: HOLDER_KINDS[Number(row.write_mode)] ?? 'write' })
         }
       }
       return live

@@ -13,8 +13,11 @@ export const LOOK_MIN_MS = 50
 export const LOOK_MAX_MS = 1_000
 const AGE_PER_INTERVAL = 20
 
-/** The live holders of one lock: token → whether it writes (a plain lock's holder does). */
-export type Holders = ReadonlyMap<string, boolean>
+/** A live holder of a lock (a plain lock's is a writer), or the intent of a writer waiting for a read/write lock, which keeps new readers out. */
+export type HolderKind = 'read' | 'write' | 'intent'
+
+/** The live holders of one lock, and the intents on it: token → kind. */
+export type Holders = ReadonlyMap<string, HolderKind>
 
 /** Reads the live holders of each waited lock id (an id with none is absent or empty). */
 export type Look = (ids: readonly string[], signal: AbortSignal) => Promise<ReadonlyMap<string, Holders>>
@@ -95,14 +98,18 @@ export class ReleaseWatch {
     this.#failing = false
     const seen = new Map<string, Holders>()
     for (const id of ids) {
-      const now = live.get(id) ?? new Map<string, boolean>()
-      const before = this.#seen.get(id) ?? new Map<string, boolean>()
+      const now = live.get(id) ?? new Map<string, HolderKind>()
+      const before = this.#seen.get(id)
       seen.set(id, now)
-      // Free now; or, for a read/write lock, a writer seen before is gone (readers may come in).
-      // A lock that merely changed hands, or readers coming and going, wake no one: the attempt
-      // would be refused (a waiting writer needs every reader gone).
-      const writerGone = [...before].some(([token, writes]) => writes && !now.has(token))
-      if (now.size === 0 || (isReadWriteId(id) && writerGone)) this.#o.wake(id)
+      // No holder now (an intent holds nothing: the writer waiting may be this store's); or, for a
+      // read/write lock, readers may come in now and could not at the last look (a writer or an
+      // intent was there), or this is the first look (what refused the wait left before it could
+      // be seen). A lock that merely changed hands, readers coming and going, or an intent turning
+      // into its writer's hold wake no one: the attempt would be refused.
+      const free = ![...now.values()].some((kind) => kind !== 'intent')
+      const keepsReadersOut = (holders: Holders): boolean => [...holders.values()].some((kind) => kind !== 'read')
+      const readable = !keepsReadersOut(now) && (before === undefined || keepsReadersOut(before))
+      if (free || (isReadWriteId(id) && readable)) this.#o.wake(id)
     }
     this.#seen = seen
   }

@@ -62,6 +62,35 @@ export function releaseWatchSuite(h: Harness): void {
     await lock.release()
   })
 
+  it('wakes a reader kept out by a waiting writer once that writer gives up, while other readers hold', async () => {
+    const name = h.lockName('watch-intent')
+    const clock = new ManualClock()
+    const reading = h.clockedStore(new ManualClock(clock.now()), { lockTimeoutMs: 3_600_000 })
+    const held = await reading.tryAcquireReadWriteLock(name, '', { write: false })
+    assert.ok(held)
+    // A writer waits (refused by the reader): its intent keeps new readers out.
+    const writer = h.clockedStore(new ManualClock(clock.now()), PATIENT)
+    const giveUp = new AbortController()
+    const writing = writer.acquireReadWriteLock(name, '', { write: true, timeoutMs: 3_600_000, signal: giveUp.signal })
+    const writerEnded = assert.rejects(writing)
+    const intents = h.connection().from(`${h.tableName}_rw_keys`).where({ lock_name: name }).whereNotNull('intent_token')
+    await settles((async () => { while ((await intents.clone()).length === 0) await sleep(5) })(), 'the writer claiming its intent')
+    const waiter = h.clockedStore(clock, PATIENT)
+    const refused = refusedOnce(waiter)
+    const outcome = waiter.acquireReadWriteLock(name, '', { write: false, timeoutMs: 3_600_000 })
+    await refused
+    await clock.advance(lookMs) // a look sees the reader and the intent: nothing to wake for
+    giveUp.abort()
+    await writerEnded // its intent is withdrawn before its wait settles
+    assert.equal((await intents.clone()).length, 0)
+    await clock.advance(lookMs) // the next look sees the reader alone: readers may come in
+    const lock = await settles(outcome, 'after the waiting writer gave up')
+    assert.equal(lock.mode, 'read')
+    assert.equal(held.signal.aborted, false, 'the first reader still holds')
+    await lock.release()
+    await held.release()
+  })
+
   it('wakes a wait when the holder stops renewing and its lease runs out, and when its row is deleted by hand', async () => {
     const clock = new ManualClock()
     // Their clocks never move: they never renew. One lease is clockedStore's 10 s, the other an hour.
