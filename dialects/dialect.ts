@@ -54,6 +54,12 @@ export interface ServerFacts {
   readonly readOnly: string
   /** Whether the server is a standby (PostgreSQL in recovery). */
   readonly standby: boolean
+  /**
+   * Whether a read/write acquisition may run as the one statement of `readWrite.acquireInOne`:
+   * on PostgreSQL, where the session's transactions run at READ COMMITTED (the routine's checks
+   * must see holders committed while it waited for a key row).
+   */
+  readonly readWriteInOne: boolean
 }
 
 /**

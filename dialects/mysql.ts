@@ -64,7 +64,7 @@ export const mysqlDialect: Dialect = {
     // INSERT … ON DUPLICATE KEY UPDATE and LAST_INSERT_ID(expr) exist in every supported version.
     // MariaDB's INSERT … RETURNING is not used: on Galera the server drops the reply to one that
     // loses a certification conflict, and the caller would wait for ever. It saves one round trip.
-    return { server, native: true, reason: '', returning: false, unsupported, readOnly, standby: false }
+    return { server, native: true, reason: '', returning: false, unsupported, readOnly, standby: false, readWriteInOne: false }
   },
 
   async acquireNative(db, r) {

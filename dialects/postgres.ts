@@ -3,7 +3,7 @@ import type { Knex } from 'knex'
 import { readWriteTables, upsertKey, upsertedFence } from './read-write.js'
 import { statement } from './executor.js'
 import { acquireOnConflict } from './acquire.js'
-import { errorCode, rowsJson, type Dialect, type Heard, type RowIdentity } from './dialect.js'
+import { errorCode, rowsJson, toFence, type Dialect, type Heard, type RowIdentity } from './dialect.js'
 
 // The database clock in whole milliseconds since the epoch. clock_timestamp() rather than now():
 // now() is frozen at the start of the caller's transaction, which may be long open.
@@ -72,6 +72,9 @@ interface ListeningClient {
   connection?: { stream?: { unref?(): unknown } }
 }
 
+// The parameter types of migration 6's routine `<table>_rw_acquire`.
+const RW_ACQUIRE_SIGNATURE = 'text[], text[], text[], boolean[], text, bigint, bigint, text'
+
 /** PostgreSQL through `pg`. */
 export const postgresDialect: Dialect = {
   name: 'postgres',
@@ -79,13 +82,15 @@ export const postgresDialect: Dialect = {
 
   async detect(db) {
     const { rows } = await db.query(db.knex.raw(`SELECT current_setting('server_version_num') AS num, current_setting('server_version') AS version,
-      pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only, current_setting('default_transaction_read_only') AS by_default`), 'detect')
-    const row = rows[0] as { num: string; version: string; standby: boolean; read_only: string; by_default: string }
+      pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS read_only, current_setting('default_transaction_read_only') AS by_default,
+      current_setting('transaction_isolation') AS isolation`), 'detect')
+    const row = rows[0] as { num: string; version: string; standby: boolean; read_only: string; by_default: string; isolation: string }
     const native = Number(row.num) >= MIN_NATIVE_VERSION_NUM
     // A standby's transactions are read-only too; say the cause that needs another server.
     const readOnly = row.standby ? 'it is a standby (in recovery), which takes no writes; connect to the primary'
       : row.read_only === 'on' ? `the session is read-only (${row.by_default === 'on' ? 'default_' : ''}transaction_read_only is on)` : ''
-    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '', readOnly, standby: row.standby }
+    return { server: `PostgreSQL ${row.version}`, native, reason: native ? '' : 'INSERT … ON CONFLICT needs PostgreSQL 9.5 or later', returning: true, unsupported: '', readOnly, standby: row.standby,
+      readWriteInOne: row.isolation === 'read committed' }
   },
 
   acquireNative: (db, request) => acquireOnConflict(db, postgresDialect, request),
@@ -181,13 +186,16 @@ export const postgresDialect: Dialect = {
   },
 
   // The fence epoch (migration 5): without its trigger, fences could go back after a failover.
+  // The read/write routine (migration 6): the native strategy calls it.
   async missingObjects(db, table) {
     const epoch = `${table}_fence_epoch`
     const { rows } = await db.query(db.knex.raw(
-      `SELECT count(*)::int AS triggers FROM pg_trigger WHERE tgname = ? AND tgrelid IN (to_regclass(?), to_regclass(?))
-         AND EXISTS (SELECT 1 FROM ?? WHERE id = 1)`,
-      [epoch, `"${table}"`, `"${readWriteTables(table).keys}"`, epoch]), 'fence-epoch')
-    return (rows[0] as { triggers: number }).triggers === 2 ? '' : `the fence epoch's row or triggers of table "${epoch}" are missing`
+      `SELECT (SELECT count(*)::int FROM pg_trigger WHERE tgname = ? AND tgrelid IN (to_regclass(?), to_regclass(?))
+         AND EXISTS (SELECT 1 FROM ?? WHERE id = 1)) AS triggers, to_regprocedure(?) IS NOT NULL AS routine`,
+      [epoch, `"${table}"`, `"${readWriteTables(table).keys}"`, epoch, `"${table}_rw_acquire"(${RW_ACQUIRE_SIGNATURE})`]), 'missing-objects')
+    const found = rows[0] as { triggers: number; routine: boolean }
+    if (found.triggers !== 2) return `the fence epoch's row or triggers of table "${epoch}" are missing`
+    return found.routine ? '' : `the read/write routine "${table}_rw_acquire" is missing`
   },
 
   rowsOf: (result) => (result as { rows: Record<string, unknown>[] }).rows,
@@ -209,6 +217,17 @@ export const postgresDialect: Dialect = {
     transaction: { isolationLevel: 'read committed' },
     lockKey: upsertKey,
     fenceOf: upsertedFence,
+    // Migration 6's routine: the same steps, row locks and order, in one round trip.
+    async acquireInOne(db, r) {
+      const sql = statement(db.knex, 'rw-acquire', r.table, (quote) => `SELECT ${quote(`${r.table}_rw_acquire`)}(CAST(:names AS text[]), CAST(:keys AS text[]),
+        CAST(:tokens AS text[]), CAST(:writes AS boolean[]), CAST(:instance AS text), CAST(:now AS bigint), CAST(:lease AS bigint), CAST(:intent AS text)) AS fences`)
+      const { rows } = await db.run(sql, {
+        names: r.parts.map((p) => p.name), keys: r.parts.map((p) => p.key), tokens: r.parts.map((p) => p.token), writes: r.parts.map((p) => p.write),
+        instance: r.instanceName, now: r.nowMs, lease: r.leaseMs, intent: r.intent ?? null,
+      })
+      const fences = rows[0]?.fences as readonly string[] | null | undefined
+      return fences ? fences.map((fence) => toFence(fence)) : null
+    },
     integer: (placeholder) => `CAST(${placeholder} AS BIGINT)`,
   },
 }

@@ -60,6 +60,13 @@ export interface ReadWriteSql {
    * placeholder `:parts`, a JSON array of `[name, key]`.
    */
   createKeys?(knex: Knex, keys: string): Statement
+  /**
+   * The whole acquisition as one statement (a stored routine), where the database has one and its
+   * facts allow it (`readWriteInOne`): the parts' fences, or `null` when refused. It must take the
+   * same row locks in the same order as the statements above, so that stores using either way
+   * can run side by side.
+   */
+  acquireInOne?(db: Db, r: ReadWriteRequest): Promise<bigint[] | null>
   /** `placeholder` as an integer expression (PostgreSQL types a bare parameter in a SELECT list as text). */
   integer(placeholder: string): string
   /**
@@ -154,12 +161,17 @@ function* takeAll(knex: Knex, dialect: Dialect, sql: ReadWriteSql, r: ReadWriteR
 }
 
 /**
- * Takes every part of `r` or none, in one transaction. Resolves the parts' fences in order, or
- * `null` when any part is held in a conflicting mode (or, for a reader, a writer waits). A lost
- * deadlock or serialization race counts as refused; other errors reject.
+ * Takes every part of `r` or none, in one transaction (with `inOne`, in the dialect's one
+ * statement, where it has one). Resolves the parts' fences in order, or `null` when any part is
+ * held in a conflicting mode (or, for a reader, a writer waits). A lost deadlock or serialization
+ * race counts as refused; other errors reject.
  */
-export async function acquireReadWrite(db: Db, dialect: Dialect, r: ReadWriteRequest): Promise<bigint[] | null> {
+export async function acquireReadWrite(db: Db, dialect: Dialect, r: ReadWriteRequest, inOne: boolean): Promise<bigint[] | null> {
   const sql = dialect.readWrite
+  if (inOne && sql.acquireInOne) {
+    const acquireInOne = sql.acquireInOne.bind(sql)
+    return retryingConflicts(dialect, 3, () => acquireInOne(db, r), () => null)
+  }
   const work = (): Work<bigint[]> => takeAll(db.knex, dialect, sql, r)
   const once = (): Promise<bigint[] | null> => (sql.transact ? sql.transact(db, work) : transactAsync(db, sql.transaction, work))
     .catch((error: unknown) => {

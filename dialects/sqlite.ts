@@ -40,7 +40,7 @@ export const sqliteDialect: Dialect = {
     const file = connection.readonly === true
     await knex.client.releaseConnection(connection)
     const readOnly = Number(rows[0]?.query_only) === 1 ? 'the connection is read-only (PRAGMA query_only is on)' : file ? 'the database file is opened read-only' : ''
-    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '', readOnly, standby: false }
+    return { server: `SQLite ${version}`, native, reason, returning: native, unsupported: '', readOnly, standby: false, readWriteInOne: false }
   },
 
   acquireNative: (db, request) => acquireOnConflict(db, sqliteDialect, request),

@@ -142,8 +142,10 @@ export class LockTable {
   /** One attempt at every part (sorted, distinct) at once: their fences, or `null` if any is held in a conflicting mode. */
   acquireReadWrite(parts: readonly ReadWritePart[], instanceName: string, leaseMs: number, nowMs: number | null, intent: string | undefined, what: string, bound?: Bound): Promise<bigint[] | null> {
     return this.#call(() => `acquire ${what}`, async () => {
-      await this.plan(bound)
-      return acquireReadWrite(this.#within(bound), this.#dialect, { table: this.name, parts, instanceName, nowMs, leaseMs, intent })
+      const { strategy, facts } = this.#plan ?? await this.plan(bound)
+      // The native strategy takes it in one statement where the database can, as it does plain locks.
+      const inOne = strategy === 'native' && facts.readWriteInOne
+      return acquireReadWrite(this.#within(bound), this.#dialect, { table: this.name, parts, instanceName, nowMs, leaseMs, intent }, inOne)
     })
   }
 

@@ -5,18 +5,25 @@ import { LockStore, LockTableError, createLockTable, dropLockTable, migrationsDi
 import { uniqueName } from '../targets.mjs'
 import type { Harness } from '../harness.mjs'
 
+const RW_ACQUIRE_SIGNATURE = 'text[], text[], text[], boolean[], text, bigint, bigint, text'
+
 export function schemaSuite(h: Harness): void {
+  /** Whether PostgreSQL has the read/write routine of migration 6 for `tableName` (never elsewhere). */
+  const routineExists = async (tableName: string): Promise<boolean> => h.target.database === 'postgres'
+    && (await h.knex.raw('SELECT to_regprocedure(?) IS NOT NULL AS found', [`"${tableName}_rw_acquire"(${RW_ACQUIRE_SIGNATURE})`]) as { rows: Array<{ found: boolean }> }).rows[0]!.found
+
   it('migrates up and down with the knex migrator, table name from userParams', async () => {
     const tableName = uniqueName('wl_mig')
     const knex = h.knex.withUserParams({ workerLocksTableName: tableName })
     const config = { directory: migrationsDirectory, tableName: `${tableName}_migrations`, loadExtensions: ['.cjs'] }
     try {
       const [, applied] = await knex.migrate.latest(config)
-      assert.equal(applied.length, 5)
+      assert.equal(applied.length, 6)
       if (h.target.database === 'sqlite') {
         // Migration 4 drops SQLite's index on the fence, which the draw no longer reads; its down brings it back.
         const fenceIndex = async () => (await h.knex.raw("SELECT name FROM sqlite_master WHERE type = 'index' AND name = ?", [`${tableName}_fence_idx`])).length
         assert.equal(await fenceIndex(), 0)
+        await knex.migrate.down(config) // migration 6, nothing on SQLite
         await knex.migrate.down(config) // migration 5, nothing on SQLite
         assert.equal(await fenceIndex(), 0)
         await knex.migrate.down(config)
@@ -31,6 +38,8 @@ export function schemaSuite(h: Harness): void {
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), h.target.database === 'postgres')
       // Migration 5: PostgreSQL's fence epoch (see docs/internals.md), nothing elsewhere.
       assert.equal(await h.knex.schema.hasTable(`${tableName}_fence_epoch`), h.target.database === 'postgres')
+      // Migration 6: PostgreSQL's read/write routine, nothing elsewhere.
+      assert.equal(await routineExists(tableName), h.target.database === 'postgres')
       const [, again] = await knex.migrate.latest(config)
       assert.deepEqual(again, [], 'a second run applies nothing')
       const store = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
@@ -41,8 +50,12 @@ export function schemaSuite(h: Harness): void {
       assert.equal(await h.knex.schema.hasTable(`${tableName}_waiters`), false)
       for (const table of ['rw_keys', 'rw_holders']) assert.equal(await h.knex.schema.hasTable(`${tableName}_${table}`), false, table)
       assert.equal(await h.knex.schema.hasTable(`${tableName}_fence_epoch`), false)
+      assert.equal(await routineExists(tableName), false)
     } finally {
-      if (h.target.database === 'postgres') await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [`${tableName}_fence_epoch_fn`])
+      if (h.target.database === 'postgres') {
+        await h.knex.raw('DROP FUNCTION IF EXISTS ??()', [`${tableName}_fence_epoch_fn`])
+        await h.knex.raw(`DROP FUNCTION IF EXISTS ??(${RW_ACQUIRE_SIGNATURE})`, [`${tableName}_rw_acquire`])
+      }
       await h.knex.schema.dropTableIfExists(`${tableName}_fence_epoch`)
       await h.knex.schema.dropTableIfExists(`${tableName}_rw_holders`)
       await h.knex.schema.dropTableIfExists(`${tableName}_rw_keys`)
@@ -73,7 +86,7 @@ export function schemaSuite(h: Harness): void {
   })
 
   // Without the fence epoch's trigger, fences could go back after a failover: such a table is not migrated.
-  it('refuses on PostgreSQL a table whose fence epoch trigger or table is missing (migration 5)', { skip: h.target.database !== 'postgres' && 'PostgreSQL only' }, async () => {
+  it('refuses on PostgreSQL a table whose fence epoch trigger or table (migration 5) or read/write routine (migration 6) is missing', { skip: h.target.database !== 'postgres' && 'PostgreSQL only' }, async () => {
     const tableName = uniqueName('wl_epoch')
     try {
       await createLockTable(h.knex, { tableName })
@@ -91,6 +104,17 @@ export function schemaSuite(h: Harness): void {
       const migrated = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
       assert.ok(await migrated.tryAcquireLock('x'), 'migrating again repairs it')
       await migrated.close()
+      // Migration 6: the read/write routine, which the native strategy calls.
+      await h.knex.raw(`DROP FUNCTION ??(${RW_ACQUIRE_SIGNATURE})`, [`${tableName}_rw_acquire`])
+      const withoutRoutine = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      const refused = await withoutRoutine.tryAcquireReadWriteLock('x', '', { write: true }).then(() => undefined, (e: unknown) => e)
+      assert.ok(refused instanceof LockTableError, String(refused))
+      assert.match(refused.message, /read\/write routine/)
+      await withoutRoutine.close()
+      await createLockTable(h.knex, { tableName })
+      const repaired = new LockStore(h.knex, { tableName, strategy: h.target.strategy })
+      assert.ok(await repaired.tryAcquireReadWriteLock('x', '', { write: true }), 'migrating again brings the routine back')
+      await repaired.close()
     } finally {
       await dropLockTable(h.knex, { tableName })
     }
