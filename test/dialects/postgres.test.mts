@@ -325,4 +325,26 @@ forEachTarget('cross-process wake-ups', (target) => {
     }
   })
 
+  // Migration 6's routine: one round trip with the native strategy (the emulated one keeps the transaction of statements).
+  it(`takes a read/write lock ${h.target.strategy === 'native' ? 'in one statement, the routine' : 'in a transaction of statements'}, refusing and undoing all parts alike`, async () => {
+    const [a, b] = [h.lockName('rw-1'), h.lockName('rw-2')] // parts are taken in this order
+    const store = h.store()
+    await store.init()
+    const taken = await statementsDuring(h.knex, () => store.tryAcquireReadWriteLock(b, '', { write: true }))
+    assert.ok(taken.result)
+    if (h.target.strategy === 'native') assert.deepEqual(taken.kinds, ['rw-acquire'])
+    else assert.ok(taken.kinds.includes('rw-key') && !taken.kinds.includes('rw-acquire'), taken.kinds.join(', '))
+    // A multi-lock whose first part is free and second held: refused, and the first part undone.
+    const other = h.store()
+    const rowsOf = async (table: string): Promise<number> => Number((await h.knex(table).where({ lock_name: a }).count({ n: '*' }).first())?.n)
+    assert.equal(await other.tryAcquireMultiLock([{ name: a, write: true }, { name: b, write: false }]), null)
+    assert.equal(await rowsOf(`${h.tableName}_rw_holders`), 0, 'no holder row of the refused multi-lock stays')
+    assert.equal(await rowsOf(`${h.tableName}_rw_keys`), 0, 'nor the key row it made')
+    await taken.result.release()
+    const multi = await other.tryAcquireMultiLock([{ name: a, write: true }, { name: b, write: false }])
+    assert.ok(multi)
+    assert.deepEqual(multi.locks.map((l) => l.mode), ['write', 'read'])
+    await multi.release()
+  })
+
 }, ['postgres'])
