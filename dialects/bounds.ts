@@ -135,10 +135,20 @@ export async function bounded<T>(client: Client, limitMs: number, bound: Bound |
     return outcome.value
   } finally {
     wait.clear()
-    // After a cancel, the caller does not wait for it to be taken in (reaching the server may itself
-    // take a while): the connection goes back to the pool then, in the background.
     if (cancelling === undefined) await client.releaseConnection(connection)
-    else void cancelling.then(() => client.releaseConnection(connection)).catch(() => undefined)
+    else if ((client as { transacting?: boolean }).transacting === true) {
+      // A transaction's connection goes back to the pool when knex ends the transaction, right after
+      // this returns, whatever this does: the cancel must have reached the server first (which
+      // ignores one that finds the session between statements), or the connection is closed. Else a
+      // cancel still on its way would stop the statement of whoever uses the connection next.
+      const taken = expiry(CANCEL_GRACE_MS, undefined)
+      if (await Promise.race([cancelling.then(() => true), taken.expired.then(() => false)]) === false) destroy(connection)
+      taken.clear()
+    } else {
+      // After a cancel, the caller does not wait for it to be taken in (reaching the server may itself
+      // take a while): the connection goes back to the pool then, in the background.
+      void cancelling.then(() => client.releaseConnection(connection)).catch(() => undefined)
+    }
   }
 }
 

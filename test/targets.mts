@@ -40,6 +40,8 @@ export interface ConnectionTweaks {
   mysqlCharset?: string
   /** PostgreSQL only: connect to this URL instead of POSTGRES_URL (a connection pooler's, say). */
   postgresUrl?: string
+  /** PostgreSQL and MySQL: connect to this port of the usual host (a proxy's, say). */
+  port?: number
   /**
    * PostgreSQL only: the pool's connections swallow a listener's probe (its NOTIFY is not sent),
    * as a transaction pooler makes it miss the listening session. The listener's own connection,
@@ -73,6 +75,18 @@ function swallowingProbes() {
 }
 
 /** A new knex instance for `database`; the caller destroys it. */
+/** `url` with its port replaced by `port`, if given. */
+function withPort(url: string, port: number | undefined): string {
+  if (port === undefined) return url
+  const parsed = new URL(url)
+  parsed.port = String(port)
+  return parsed.href
+}
+
+/** The port of `database`'s server in the usual URLs. */
+export const serverPort = (database: 'postgres' | 'mysql'): number =>
+  Number(new URL(database === 'postgres' ? POSTGRES_URL : MYSQL_URL).port || (database === 'postgres' ? 5432 : 3306))
+
 export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex {
   const pool = { min: 0, max: tweaks.poolMax ?? 4 }
   switch (database) {
@@ -95,7 +109,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
     case 'postgres':
       return knexFactory({
         client: 'pg',
-        connection: { connectionString: tweaks.postgresUrl ?? POSTGRES_URL, connectionTimeoutMillis: 3000 },
+        connection: { connectionString: withPort(tweaks.postgresUrl ?? POSTGRES_URL, tweaks.port), connectionTimeoutMillis: 3000 },
         pool: { ...pool, ...(tweaks.swallowProbes ? swallowingProbes() : runOnConnect(tweaks.sessionSql)) },
       })
     case 'mysql': {
@@ -103,7 +117,7 @@ export function connect(database: Database, tweaks: ConnectionTweaks = {}): Knex
       return knexFactory({
         client: 'mysql2',
         connection: {
-          host: url.hostname, port: Number(url.port || 3306), user: decodeURIComponent(url.username),
+          host: url.hostname, port: tweaks.port ?? Number(url.port || 3306), user: decodeURIComponent(url.username),
           password: decodeURIComponent(url.password), database: url.pathname.slice(1), connectTimeout: 3000,
           ...(tweaks.mysqlFlags ? { flags: tweaks.mysqlFlags } : {}), ...(tweaks.mysqlCharset ? { charset: tweaks.mysqlCharset } : {}),
         },

@@ -1,13 +1,15 @@
 // A TCP forwarder on loopback that a test can freeze: while frozen it reads nothing from either
 // side, so what one end sends stays in kernel buffers and never reaches the other; close() then
 // drops it. Put between a standby and its primary, it makes a standby that lags as far as the
-// test wants, and loses the rest when the primary dies.
+// test wants, and loses the rest when the primary dies. It can also hold new connections back for
+// a while (a slow network path for a cancel request, which travels on a connection of its own).
 import { createServer, connect, type Server, type Socket } from 'node:net'
 
 export class TcpProxy {
   readonly #server: Server
   readonly #sockets = new Set<Socket>()
   #frozen = false
+  #delayMs = 0
 
   private constructor(server: Server) {
     this.#server = server
@@ -35,6 +37,11 @@ export class TcpProxy {
     for (const socket of this.#sockets) socket.pause()
   }
 
+  /** Holds each connection opened from now on for `ms` before it reaches the target (0: none). */
+  delayConnections(ms: number): void {
+    this.#delayMs = ms
+  }
+
   /** Drops every connection, with what they had not forwarded, and stops listening. */
   async close(): Promise<void> {
     for (const socket of this.#sockets) socket.destroy()
@@ -42,6 +49,16 @@ export class TcpProxy {
   }
 
   #forward(client: Socket, targetPort: number): void {
+    if (this.#delayMs === 0) return this.#pipe(client, targetPort)
+    client.pause() // what it sends waits in the kernel meanwhile
+    this.#sockets.add(client)
+    setTimeout(() => {
+      this.#sockets.delete(client)
+      if (!client.destroyed) this.#pipe(client, targetPort)
+    }, this.#delayMs)
+  }
+
+  #pipe(client: Socket, targetPort: number): void {
     const upstream = connect(targetPort, '127.0.0.1')
     for (const [from, to] of [[client, upstream], [upstream, client]] as const) {
       this.#sockets.add(from)
@@ -53,6 +70,7 @@ export class TcpProxy {
         to.destroy()
       })
       if (this.#frozen) from.pause()
+      else from.resume()
     }
   }
 }
