@@ -64,6 +64,16 @@ function printUncontended(): void {
     const fencing = raw.median - bare.median
     console.log(`| ${r.database} | ${f(bare.median)} | ${f(raw.median)} | ${f(dl.median)} | ${f(wl.median)} | ${f(wd.median)} | ${f(wp.median)} | ${f(v.median)} | ${f(bare.p99)} | ${f(wl.p99)} | ${f(v.p99)} | ${f(raw.median / bare.median, 2)}× | ${f(dl.median / bare.median, 2)}× | ${f(wl.median / bare.median, 2)}× | ${f(wd.median / bare.median, 2)}× | ${f(wp.median / bare.median, 2)}× | ${f(v.median / bare.median, 2)}× | ${f(fencing)} | ${f((fencing / wl.median) * 100, 0)} % |`)
   }
+  console.log('\nRead/write locks, uncontended `tryAcquireReadWriteLock` + release against `tryAcquireLock` + release, same run:\n')
+  console.log('| database | plain median | write side median | read side median | write / plain | read / plain | before: write / plain |')
+  console.log('| --- | --- | --- | --- | --- | --- | --- |')
+  for (const r of results) {
+    const u = r.uncontended ?? {}
+    const wl = u['worker-locks'], w = u['worker-locks, read/write (write)'], rd = u['worker-locks, read/write (read)']
+    const before = u['worker-locks before'], beforeW = u['worker-locks before, read/write (write)']
+    if (!wl || !w || !rd) continue
+    console.log(`| ${r.database} | ${f(wl.median)} | ${f(w.median)} | ${f(rd.median)} | ${f(w.median / wl.median, 2)}× | ${f(rd.median / wl.median, 2)}× | ${before && beforeW ? `${f(beforeW.median / before.median, 2)}×` : '—'} |`)
+  }
   if (!results.some((r) => r.uncontended?.['worker-locks before'])) return
   console.log(`\nBefore and after, same run ("before": the build in ${process.env.WL_BENCH_BEFORE}, on a table its own createLockTable made):\n`)
   console.log('| database | bare median | worker-locks before median | worker-locks median | before / bare | **after / bare** |')

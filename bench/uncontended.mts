@@ -63,6 +63,17 @@ export async function uncontended(database: Database, knex: Knex, table: string,
       if (!lock) throw new Error('refused while uncontended')
       await lock.release()
     },
+    // The read/write lock's two sides: the cost of their acquisition against a plain lock's.
+    'worker-locks, read/write (write)': async (i) => {
+      const lock = await store.tryAcquireReadWriteLock('bench-wlw', `k${i % 8}`, { write: true })
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    'worker-locks, read/write (read)': async (i) => {
+      const lock = await store.tryAcquireReadWriteLock('bench-wlr', `k${i % 8}`, { write: false })
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
     verrou: async (i) => {
       const lock = verrou.createLock(`bench-v-k${i % 8}`, '2m')
       if (!(await lock.acquireImmediately())) throw new Error('verrou refused while uncontended')
@@ -70,7 +81,10 @@ export async function uncontended(database: Database, knex: Knex, table: string,
     },
   }
   const before = await beforeContender(knex, lockTimeoutMs)
-  if (before) contenders['worker-locks before'] = before.run
+  if (before) {
+    contenders['worker-locks before'] = before.run
+    contenders['worker-locks before, read/write (write)'] = before.runWrite
+  }
   const series: Series = Object.fromEntries(Object.keys(contenders).map((name) => [name, []]))
   for (const run of Object.values(contenders)) for (let i = 0; i < 20; i++) await run(i) // warm up
   // Contenders take turns in short batches: often enough that drift on this shared machine hits
@@ -98,7 +112,7 @@ export async function uncontended(database: Database, knex: Knex, table: string,
   return series
 }
 
-async function beforeContender(knex: Knex, lockTimeoutMs: number): Promise<{ run: (i: number) => Promise<void>; close: () => Promise<void> } | undefined> {
+async function beforeContender(knex: Knex, lockTimeoutMs: number): Promise<{ run: (i: number) => Promise<void>; runWrite: (i: number) => Promise<void>; close: () => Promise<void> } | undefined> {
   const old = await beforeBuild()
   if (!old) return undefined
   const tableName = uniqueName('wl_before')
@@ -107,6 +121,11 @@ async function beforeContender(knex: Knex, lockTimeoutMs: number): Promise<{ run
   return {
     async run(i) {
       const lock = await store.tryAcquireLock('bench-before', `k${i % 8}`)
+      if (!lock) throw new Error('refused while uncontended')
+      await lock.release()
+    },
+    async runWrite(i) {
+      const lock = await store.tryAcquireReadWriteLock('bench-before-w', `k${i % 8}`, { write: true })
       if (!lock) throw new Error('refused while uncontended')
       await lock.release()
     },
