@@ -117,6 +117,7 @@ export async function bounded<T>(client: Client, limitMs: number, bound: Bound |
   // A cancel reaches whatever the connection runs when it arrives: the connection goes back to the
   // pool only once the server has taken the cancel in, or the next statement on it could be hit.
   let cancelling: Promise<void> | undefined
+  let closed = false
   try {
     const work = settled(Promise.resolve().then(() => use(connection)))
     let outcome = await Promise.race([work, wait.expired.then(() => undefined)])
@@ -127,6 +128,7 @@ export async function bounded<T>(client: Client, limitMs: number, bound: Bound |
       grace.clear()
       if (outcome === undefined) {
         destroy(connection)
+        closed = true
         throw new StatementTimeoutError('server', Math.round(performance.now() - started))
       }
       if (!outcome.ok) throw new StatementTimeoutError('server', Math.round(performance.now() - started), outcome.error)
@@ -136,7 +138,7 @@ export async function bounded<T>(client: Client, limitMs: number, bound: Bound |
   } finally {
     wait.clear()
     if (cancelling === undefined) await client.releaseConnection(connection)
-    else if ((client as { transacting?: boolean }).transacting === true) {
+    else if ((client as { transacting?: boolean }).transacting === true && !closed) {
       // A transaction's connection goes back to the pool when knex ends the transaction, right after
       // this returns, whatever this does: the cancel must have reached the server first (which
       // ignores one that finds the session between statements), or the connection is closed. Else a
