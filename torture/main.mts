@@ -808,7 +808,7 @@ function faultLine(run: Run): string {
 
 /**
  * One pair under faults: plain locks (`kind` 'plain', per strategy), or read/write locks and
- * multi-locks (`kind` 'rw', once per database: they take no strategy).
+ * multi-locks (`kind` 'rw', once per database, native: PostgreSQL's acquisitions then call the routine).
  */
 async function tortureOne(database: Database, strategy: StrategyName, kind: WorkerKind = 'plain', pooler?: Pooler): Promise<Verdict> {
   const rw = kind === 'rw'
@@ -999,7 +999,7 @@ if (!onlyPooler) for (const target of matrix.targets) verdicts.push(await tortur
 const pooler = found && 'pooler' in found ? found.pooler : undefined
 const poolerRuns = pooler ? postgresTargets.length : 0
 if (pooler) for (const target of postgresTargets) verdicts.push(await tortureOne('postgres', target.strategy, 'plain', pooler))
-// Read/write locks and multi-locks take no strategy: one run per database.
+// Read/write locks and multi-locks: one run per database, native (on PostgreSQL, the one-call routine).
 const rwDatabases = onlyPooler ? [] : [...new Set(matrix.targets.map((t) => t.database))]
 for (const database of rwDatabases) verdicts.push(await tortureOne(database, 'native', 'rw'))
 
