@@ -84,6 +84,10 @@ async function upTable(knex, tableName) {
   try {
     await knex.raw(`CREATE OR REPLACE FUNCTION ??(names text[], keys text[], tokens text[], writes boolean[], instance text, now_ms bigint, lease bigint, intent text)
       RETURNS bigint[] LANGUAGE plpgsql AS $wl$${functionSql(n)}$wl$`, [n.fn])
+    // Every role that may use the tables may call it (it runs with the caller's rights), also
+    // where default privileges keep new functions from PUBLIC: the application's role is often
+    // not the one that migrates.
+    await knex.raw(`GRANT EXECUTE ON FUNCTION ??(${SIGNATURE}) TO PUBLIC`, [n.fn])
   } catch (error) {
     // Processes migrating at once: the losers' CREATE may fail ("tuple concurrently updated").
     if (await functionExists(knex, n.fn).catch(() => false)) return

@@ -5,9 +5,11 @@ import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { join } from 'node:path'
 import { afterEach, it } from 'node:test'
-import { ManualClock, type LockStoreOptions } from '../../src/index.js'
+import type { Knex } from 'knex'
+import { LockStore, ManualClock, createLockTable, dropLockTable, type LockStoreOptions } from '../../src/index.js'
 import { Harness, RecordingLogger, statementsDuring } from '../harness.mjs'
 import { forEachTarget } from '../matrix.mjs'
+import { connect, POSTGRES_URL, uniqueName } from '../targets.mjs'
 import { killChildren, startWaiter, startWorker, type ChildWorker } from '../worker-process.mjs'
 
 const LISTENING = 'listening for releases in table'
@@ -37,6 +39,14 @@ async function until<T>(read: () => Promise<T[]>, length: number, what: string):
 /** Options of a store that never polls: only a release can end its waits. */
 function patient(): LockStoreOptions {
   return { clock: new ManualClock(), lockTimeoutMs: 600_000, renewalIntervalMs: 60_000, backoff: { initialDelayMs: 3_600_000, maxDelayMs: 3_600_000 } }
+}
+
+/** `url` logging in as `user`. */
+function withUser(url: string, user: string): string {
+  const parsed = new URL(url)
+  parsed.username = user
+  parsed.password = ''
+  return parsed.href
 }
 
 /** The attempts a waiter process had refused. */
@@ -346,5 +356,42 @@ forEachTarget('cross-process wake-ups', (target) => {
     assert.deepEqual(multi.locks.map((l) => l.mode), ['write', 'read'])
     await multi.release()
   })
+
+  // The routine belongs to whoever migrated; the application may run as another role, and default
+  // privileges may keep new functions from PUBLIC. The migration grants it to every role: the
+  // tables' own privileges still decide.
+  if (h.target.strategy === 'native') {
+    it('lets the application\'s role call the routine that another role migrated, where default privileges keep functions from PUBLIC', { timeout: 30_000 }, async () => {
+      const [migrator, app] = [uniqueName('wl_migrator'), uniqueName('wl_app')]
+      const tableName = uniqueName('wl_roles')
+      const as = (role: string): Knex => connect('postgres', { postgresUrl: withUser(POSTGRES_URL, role), poolMax: 1 })
+      await h.knex.raw('CREATE ROLE ?? LOGIN', [migrator])
+      await h.knex.raw('CREATE ROLE ?? LOGIN', [app])
+      const [asMigrator, asApp] = [as(migrator), as(app)]
+      try {
+        await h.knex.raw('GRANT CREATE ON SCHEMA public TO ??', [migrator])
+        await h.knex.raw('ALTER DEFAULT PRIVILEGES FOR ROLE ?? REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC', [migrator])
+        await createLockTable(asMigrator, { tableName })
+        for (const table of [tableName, `${tableName}_rw_keys`, `${tableName}_rw_holders`, `${tableName}_fence_epoch`, `${tableName}_waiters`]) {
+          await asMigrator.raw('GRANT SELECT, INSERT, UPDATE, DELETE ON ?? TO ??', [table, app])
+        }
+        await asMigrator.raw('GRANT USAGE, UPDATE ON SEQUENCE ?? TO ??', [`${tableName}_fence_seq`, app])
+        const store = new LockStore(asApp, { tableName, strategy: 'native' })
+        await store.init()
+        const taken = await statementsDuring(asApp, () => store.tryAcquireReadWriteLock('roles', '', { write: true }))
+        assert.deepEqual(taken.kinds, ['rw-acquire'])
+        assert.ok(taken.result, 'taken through the routine')
+        await taken.result.release()
+        await store.close()
+      } finally {
+        await asMigrator.destroy()
+        await asApp.destroy()
+        await dropLockTable(h.knex, { tableName })
+        for (const role of [migrator, app]) await h.knex.raw('DROP OWNED BY ??', [role])
+        await h.knex.raw('REVOKE CREATE ON SCHEMA public FROM ??', [migrator])
+        for (const role of [migrator, app]) await h.knex.raw('DROP ROLE ??', [role])
+      }
+    })
+  }
 
 }, ['postgres'])
