@@ -7,7 +7,7 @@ import { sqliteDialect } from './sqlite.js'
 export type { AcquireRequest, Dialect, DialectName, Heard, ReleaseNotifications, ReleaseSubscription, RowIdentity, ServerFacts, Strategy } from './dialect.js'
 export { nowBinding } from './dialect.js'
 export { acquire, releaseByDelete, retryingConflicts } from './acquire.js'
-export { database, type Db, type DatabaseOptions } from './executor.js'
+export { clockKind, database, statement, type Db, type DatabaseOptions, type Statement } from './executor.js'
 export { StatementTimeoutError, stoppedAtBound, type Bound } from './bounds.js'
 export { acquireReadWrite, claimIntent, dropIntent, readWriteTables, type ReadWritePart, type ReadWriteRequest, type ReadWriteSql } from './read-write.js'
 

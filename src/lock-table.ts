@@ -4,8 +4,8 @@
 import { setImmediate as turn } from 'node:timers/promises'
 import type { Knex } from 'knex'
 import {
-  acquire, acquireReadWrite, claimIntent, database, dropIntent, nowBinding, readWriteTables, releaseByDelete, retryingConflicts,
-  type Bound, type Db, type Dialect, type ReadWritePart, type RowIdentity, type ServerFacts, type Strategy,
+  acquire, acquireReadWrite, claimIntent, clockKind, database, dropIntent, nowBinding, readWriteTables, releaseByDelete, retryingConflicts,
+  statement, type Bound, type Db, type Dialect, type ReadWritePart, type RowIdentity, type ServerFacts, type Statement, type Strategy,
 } from '../dialects/index.js'
 import { LockDatabaseError, LockError, LockTableError, UnsupportedDatabaseError } from './errors.js'
 import { describeLock } from './held-locks.js'
@@ -260,24 +260,31 @@ export class LockTable {
     return this.#call(() => `look for released locks`, async () => {
       const live: LiveHolder[] = []
       const db = this.#within(bound)
-      const now = nowBinding(this.#knex, this.#dialect, nowMs)
       for (const readWrite of [false, true]) {
         const ids = locks.filter((l) => l.readWrite === readWrite).map((l) => [l.name, l.key])
         for (const chunk of chunks(ids, LOOKS_PER_STATEMENT)) {
-          // OR of key equalities, not a row-value IN: MariaDB scans the whole index for that.
-          const among = (q: Knex.QueryBuilder): void => { for (const [name, key] of chunk) void q.orWhere({ lock_name: name, lock_key: key }) }
-          const holders = this.#knex(readWrite ? this.#holders : this.name).where(among).whereRaw('last_renewed_ts + lease_ms >= ?', [now])
-            .select('lock_name', 'lock_key', 'token', readWrite ? 'write_mode' : this.#knex.raw('1 AS write_mode'))
-          // A waiting writer's intent keeps new readers out as a writer does: its end may let them in.
-          const query = readWrite
-            ? holders.unionAll((q) => void q.from(this.#keys).where(among).whereNotNull('intent_token').whereRaw('intent_until >= ?', [now])
-              .select('lock_name', 'lock_key', { token: 'intent_token' }, this.#knex.raw('2 AS write_mode')))
-            : holders
-          const { rows } = await db.query(query, 'look')
+          const values: Record<string, unknown> = { now: nowMs }
+          for (const [i, [name, key]] of chunk.entries()) Object.assign(values, { [`n${i}`]: name, [`k${i}`]: key })
+          const { rows } = await db.run(this.#look(readWrite, chunk.length, nowMs), values)
           for (const row of rows) live.push({ readWrite, name: text(row.lock_name), key: text(row.lock_key), token: text(row.token), kind: HOLDER_KINDS[Number(row.write_mode)] ?? 'write' })
         }
       }
       return live
+    })
+  }
+
+  /** The look for `count` locks of one kind, built once per table, kind, count and clock. */
+  #look(readWrite: boolean, count: number, nowMs: number | null): Statement {
+    const table = readWrite ? this.#holders : this.name
+    return statement(this.#knex, clockKind(`look/${readWrite ? 'rw' : 'plain'}/${count}`, nowMs), table, (quote) => {
+      // OR of key equalities, not a row-value IN: MariaDB scans the whole index for that.
+      const among = Array.from({ length: count }, (_, i) => `(lock_name = :n${i} AND lock_key = :k${i})`).join(' OR ')
+      const now = nowMs === null ? this.#dialect.nowSql : ':now'
+      const holders = `SELECT lock_name, lock_key, token, ${readWrite ? 'write_mode' : '1 AS write_mode'} FROM ${quote(table)}
+        WHERE (${among}) AND last_renewed_ts + lease_ms >= ${now}`
+      // A waiting writer's intent keeps new readers out as a writer does: its end may let them in.
+      return !readWrite ? holders : `${holders} UNION ALL SELECT lock_name, lock_key, intent_token AS token, 2 AS write_mode FROM ${quote(this.#keys)}
+        WHERE (${among}) AND intent_token IS NOT NULL AND intent_until >= ${now}`
     })
   }
 

@@ -111,6 +111,8 @@ export function kindOf(query: object): string {
 /** Statement kinds that take a lock or release one. */
 export const isAcquire = (kind: string): boolean => /^(on-conflict|odku|emulated-)/.test(kind)
 export const isRelease = (kind: string): boolean => kind.startsWith('release')
+/** Statement kinds of a look for releases (src/release-watch.ts). */
+export const isLook = (kind: string): boolean => kind.startsWith('look/')
 
 /**
  * The SQL text and the kind (see {@link kindOf}) of every statement `knex` runs while `fn` runs

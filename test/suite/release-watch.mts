@@ -7,7 +7,7 @@ import { randomUUID } from 'node:crypto'
 import { afterEach, it } from 'node:test'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { ManualClock, type LockStore } from '../../src/index.js'
-import { isAcquire, kindOf, type Harness } from '../harness.mjs'
+import { isAcquire, isLook, kindOf, type Harness } from '../harness.mjs'
 import { killChildren, startWorker } from '../worker-process.mjs'
 
 const PATIENT = { backoff: { initialDelayMs: 600_000, maxDelayMs: 600_000 } }
@@ -135,7 +135,7 @@ export function releaseWatchSuite(h: Harness): void {
     await allRefused
     kinds.length = 0
     await clock.advance(1_000)
-    const looks = kinds.filter((k) => k === 'look').length
+    const looks = kinds.filter(isLook).length
     if (h.target.database === 'postgres') assert.ok(looks >= 1 && looks <= 20, `${looks} looks`)
     else assert.equal(looks, 20, 'one look every 50 ms for a second')
     assert.equal(kinds.filter(isAcquire).length, 0, `no attempts while nothing was released: ${kinds.join(', ')}`)

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict'
 import { describe, it } from 'node:test'
 import { InvalidLockNameError, LockStoreClosedError, LockTimeoutError, ManualClock, type Lock, type LockStore } from '../../src/index.js'
-import { isAcquire, isRelease, kindOf, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
+import { isAcquire, isLook, isRelease, kindOf, RecordingLogger, statementsDuring, type Harness } from '../harness.mjs'
 
 const TIMEOUT = 10_000 // clockedStore's lockTimeoutMs
 
@@ -324,7 +324,7 @@ export function waitingSuite(h: Harness): void {
       const statementTimes: number[] = []
       const lookTimes: number[] = []
       // Attempts apart from the looks for releases by other processes, which have a pace of their own.
-      knex.on('query', (query: object) => { (kindOf(query) === 'look' ? lookTimes : statementTimes).push(clock.now()) })
+      knex.on('query', (query: object) => { (isLook(kindOf(query)) ? lookTimes : statementTimes).push(clock.now()) })
       // The clock must not move before the first attempt has been refused, or its first sleep
       // would start late and look like a gap over the cap.
       await waiter.init()
