@@ -56,7 +56,8 @@ export function isDeadlock(error: unknown): boolean {
   return false
 }
 
-const bump = (counts: Map<string, number>, key: string): void => { counts.set(key, (counts.get(key) ?? 0) + 1) }
+/** Adds one to `key` of `counts`. */
+export const bump = (counts: Map<string, number>, key: string): void => { counts.set(key, (counts.get(key) ?? 0) + 1) }
 
 /**
  * A logger that counts what the stores log at warn and error level, by error kind; and apart,
